@@ -1,0 +1,1 @@
+"""cassini: the command-line client of saturnd."""

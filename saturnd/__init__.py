@@ -1,0 +1,1 @@
+"""saturnd: a per-user cron daemon (see DESIGN.md for the layout)."""
