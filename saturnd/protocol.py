@@ -27,6 +27,12 @@ __all__ = [
     "MAX_REQUEST",
     "MAX_STRING",
     "NEED_DATA",
+    "EXITCODE_ABNORMAL",
+    "NeedData",
+    "decode_reply",
+    "decode_request",
+    "encode_runs",
+    "encode_string",
     "CreateReply",
     "CreateRequest",
     "ErrorReply",
@@ -102,6 +108,8 @@ class _NeedData:
 
 
 NEED_DATA: Final = _NeedData()
+NeedData = _NeedData
+"""The type of NEED_DATA, for isinstance checks that type checkers understand."""
 
 
 # --- requests -------------------------------------------------------------------
@@ -469,6 +477,10 @@ class _Decoder:
     def in_message(self) -> bool:
         """True when some bytes of an unfinished message have been fed."""
         return self.buffered > 0
+
+    def unconsumed(self) -> bytes:
+        """The bytes fed after the last complete message (between messages only)."""
+        return bytes(self._buffer[self._pos :])
 
     def reset(self) -> None:
         """Forget every byte fed so far and any message in progress."""

@@ -69,8 +69,17 @@ FULL_HOURS: Final = HOURS.full
 FULL_DAYSOFWEEK: Final = DAYSOFWEEK.full
 
 # One item of a comma list: `*` or a value or a range, then an optional step.
-_ITEM = re.compile(r"^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?$")
-_NUMBER = re.compile(r"^[0-9]+$")
+# Matched with `fullmatch`: `$` would also match before a trailing newline ("1\n,2").
+_ITEM = re.compile(r"(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?")
+_NUMBER = re.compile(r"[0-9]+")
+# More significant digits than any value or step can have; int() refuses over 4300 digits.
+_MAX_DIGITS = 4
+
+
+def _number(digits: str) -> int:
+    """The value of a digit string; an absurdly long one counts as 10**_MAX_DIGITS."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def _value(field: Field, token: str, text: str) -> int:
@@ -79,13 +88,11 @@ def _value(field: Field, token: str, text: str) -> int:
     Day of week accepts 7 here and callers fold bit 7 into bit 0, so `5-7` is
     Friday to Sunday as in crontab.
     """
-    if _NUMBER.match(token):
-        number = int(token)
+    if _NUMBER.fullmatch(token):
+        number = _number(token)
         high = 7 if field is DAYSOFWEEK else field.high
         if not field.low <= number <= high:
-            raise TimingError(
-                field.name, text, f"{number} is out of range {field.low}-{field.high}"
-            )
+            raise TimingError(field.name, text, f"{token} is out of range {field.low}-{field.high}")
         return number
     if token in field.names:
         return field.names.index(token)
@@ -94,7 +101,7 @@ def _value(field: Field, token: str, text: str) -> int:
 
 
 def _parse_item(field: Field, item: str, text: str) -> int:
-    match = _ITEM.match(item)
+    match = _ITEM.fullmatch(item)
     if match is None:
         raise TimingError(field.name, text, f"{item!r} is not a value, range or step")
     star, first, last, step = match.groups()
@@ -112,11 +119,11 @@ def _parse_item(field: Field, item: str, text: str) -> int:
             high = low
     stride = 1
     if step is not None:
-        stride = int(step)
+        stride = _number(step)
         if stride == 0:
             raise TimingError(field.name, text, "a step must be at least 1")
         if stride > field.high - field.low + 1:
-            raise TimingError(field.name, text, f"step {stride} is larger than the field")
+            raise TimingError(field.name, text, f"step {step} is larger than the field")
     bits = 0
     for value in range(low, high + 1, stride):
         bits |= 1 << value
