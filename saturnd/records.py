@@ -1,0 +1,353 @@
+"""The byte layout of the state files `cmds` and `times-exitcodes` (DESIGN.md, "Files").
+
+This module owns, sans I/O:
+- the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
+  BODY is a task's TIMING then COMMANDLINE exactly as on the wire, then zero padding;
+- `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
+- the `times-exitcodes` layout (NBRUNS, then TIME int64 + EXITCODE uint16 per run) and
+  the consistent TX reply body of a file that may have a half-finished append.
+
+Rules:
+- Pure code: bytes and values in, bytes and values out. `store.py` does the I/O.
+- Big-endian, like the protocol. An unknown MAGIC or VERSION raises `RecordsError`,
+  never a guess: a newer daemon's file must not be "repaired" by an older one.
+- Damage a crash can cause is repaired by the reader, not refused: a torn tail is
+  dropped, and a record whose ID is live but whose BODY does not decode is a free slot.
+  Given the write order (BODY under the tombstone ID first, then the real ID), neither
+  can hold a task that was ever acknowledged.
+- Bodies are decoded strictly, with the protocol's limits, so a record is either
+  exactly what a CREATE carried or it is not a task at all.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from saturnd.protocol import MAX_ARGC, MAX_STRING, Run, encode_commandline, encode_timing
+from saturnd.timing import Timing
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "RECORD_HEAD_SIZE",
+    "RUN_SIZE",
+    "TOMBSTONE",
+    "VERSION",
+    "RecordsError",
+    "Scan",
+    "Slot",
+    "choose_slot",
+    "decode_body",
+    "decode_header",
+    "decode_runs",
+    "encode_body",
+    "encode_header",
+    "encode_record",
+    "encode_run",
+    "runs_body",
+    "scan_cmds",
+]
+
+MAGIC: Final = b"SATD"
+"""First four bytes of every `cmds` file."""
+VERSION: Final = 1
+"""The only `cmds` layout this code reads and writes."""
+TOMBSTONE: Final = 0xFFFF_FFFF_FFFF_FFFF
+"""The ID of a free slot (never a task id)."""
+
+_HEADER: Final = struct.Struct(">4sIQ")  # MAGIC, VERSION, NEXT_ID
+_RECORD_HEAD: Final = struct.Struct(">QI")  # ID, SIZE
+_U32: Final = struct.Struct(">I")
+_TIMING: Final = struct.Struct(">QIB")
+_RUN: Final = struct.Struct(">qH")
+
+HEADER_SIZE: Final = _HEADER.size
+"""Bytes of the `cmds` header (16)."""
+RECORD_HEAD_SIZE: Final = _RECORD_HEAD.size
+"""Bytes of a record's ID and SIZE (12)."""
+ID_SIZE: Final = 8
+"""Bytes of a record's ID: the one field rewritten in place to commit or remove a task."""
+NEXT_ID_OFFSET: Final = 8
+"""Offset of NEXT_ID in the header: the one header field rewritten in place."""
+MAX_SIZE: Final = 0xFFFF_FFFF
+"""Largest SIZE a record head can hold."""
+RUNS_HEAD_SIZE: Final = _U32.size
+"""Bytes of NBRUNS at the start of `times-exitcodes` (4)."""
+RUN_SIZE: Final = _RUN.size
+"""Bytes of one run in `times-exitcodes` (10)."""
+
+
+class RecordsError(Exception):
+    """Bytes that are not a `cmds` file this code may read (or not a valid body)."""
+
+
+# --- header ---------------------------------------------------------------------
+
+
+def encode_header(next_id: int) -> bytes:
+    """The 16-byte `cmds` header announcing `next_id` as the next task id."""
+    return _HEADER.pack(MAGIC, VERSION, next_id)
+
+
+def decode_header(data: bytes) -> int:
+    """NEXT_ID of a `cmds` header (the first 16 bytes of `data`); raises RecordsError."""
+    if len(data) < HEADER_SIZE:
+        raise RecordsError(f"cmds header is {len(data)} bytes, expected {HEADER_SIZE}")
+    magic, version, next_id = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise RecordsError(f"not a saturnd cmds file (magic {magic.hex(' ')})")
+    if version != VERSION:
+        raise RecordsError(f"unsupported cmds version {version}")
+    value: int = next_id
+    return value
+
+
+# --- record bodies --------------------------------------------------------------
+
+
+def _check_task(timing: Timing, argv: tuple[bytes, ...]) -> None:
+    """Refuse what decode_body would refuse: a record must always read back."""
+    if not timing.is_valid():
+        raise ValueError(f"timing has bits outside the fields' ranges: {timing}")
+    if not argv or not argv[0]:
+        raise ValueError("a command line needs a non-empty ARGV[0]")
+    if len(argv) > MAX_ARGC:
+        raise ValueError(f"ARGC {len(argv)} exceeds the limit of {MAX_ARGC}")
+    for arg in argv:
+        if len(arg) > MAX_STRING:
+            raise ValueError(f"argument of {len(arg)} bytes exceeds the limit of {MAX_STRING}")
+
+
+def encode_body(timing: Timing, argv: tuple[bytes, ...]) -> bytes:
+    """A record's BODY without padding: TIMING then COMMANDLINE, as on the wire.
+
+    Raises ValueError for a task the protocol could not have carried (invalid timing
+    bits, empty ARGV[0], limits): such a body would not decode on the next load.
+    """
+    _check_task(timing, argv)
+    return encode_timing(timing) + encode_commandline(argv)
+
+
+def decode_body(body: bytes) -> tuple[Timing, tuple[bytes, ...]]:
+    """The (timing, argv) of a record BODY; trailing zero padding is allowed.
+
+    Raises RecordsError when the bytes are not exactly one TIMING and one COMMANDLINE
+    within the protocol's limits followed only by zeros.
+    """
+    view = memoryview(body)
+    if len(view) < _TIMING.size + _U32.size:
+        raise RecordsError(f"body of {len(view)} bytes is too short")
+    minutes, hours, days = _TIMING.unpack_from(view, 0)
+    timing = Timing(minutes, hours, days)
+    if not timing.is_valid():
+        raise RecordsError("timing has bits outside the fields' ranges")
+    pos = _TIMING.size
+    (argc,) = _U32.unpack_from(view, pos)
+    pos += _U32.size
+    if argc == 0:
+        raise RecordsError("command line with ARGC 0")
+    if argc > MAX_ARGC:
+        raise RecordsError(f"ARGC {argc} exceeds the limit of {MAX_ARGC}")
+    argv: list[bytes] = []
+    for index in range(argc):
+        if pos + _U32.size > len(view):
+            raise RecordsError(f"body ends inside argument {index}")
+        (length,) = _U32.unpack_from(view, pos)
+        pos += _U32.size
+        if length > MAX_STRING:
+            raise RecordsError(f"argument of {length} bytes exceeds the limit of {MAX_STRING}")
+        if pos + length > len(view):
+            raise RecordsError(f"body ends inside argument {index}")
+        argv.append(bytes(view[pos : pos + length]))
+        pos += length
+    if not argv[0]:
+        raise RecordsError("empty program name (ARGV[0])")
+    # Padding is written as zeros; anything else means the body is not what was written.
+    if view[pos:].tobytes().strip(b"\x00"):
+        raise RecordsError(f"non-zero bytes after the command line at body offset {pos}")
+    return timing, tuple(argv)
+
+
+def encode_record(task_id: int, body: bytes, size: int) -> bytes:
+    """A whole record: ID, SIZE, then `body` zero-padded to `size` bytes."""
+    if not len(body) <= size <= MAX_SIZE:
+        raise ValueError(f"record SIZE {size} cannot hold a body of {len(body)} bytes")
+    return _RECORD_HEAD.pack(task_id, size) + body + bytes(size - len(body))
+
+
+def choose_slot(free: Sequence[tuple[int, int]], length: int) -> int | None:
+    """Where a body of `length` bytes goes: the index in `free` ((offset, SIZE) pairs
+    by increasing offset) of the first slot whose SIZE holds it, or None to append.
+
+    First fit keeps the file compact at its start and the choice predictable; the
+    slot keeps its SIZE, so a record never has to move or split.
+    """
+    for index, (_, size) in enumerate(free):
+        if size >= length:
+            return index
+    return None
+
+
+def encode_id(task_id: int) -> bytes:
+    """The 8 bytes of a record's ID field (rewritten in place to commit or remove)."""
+    return struct.pack(">Q", task_id)
+
+
+# --- scanning a whole file ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One record of `cmds`: where it is, its BODY capacity, and its task if live.
+
+    `offset` is where the record head starts; the record spans
+    RECORD_HEAD_SIZE + size bytes. `task_id`, `timing` and `argv` are None for a free
+    slot (a tombstone, or a record whose body did not decode).
+    """
+
+    offset: int
+    size: int
+    task_id: int | None
+    timing: Timing | None = None
+    argv: tuple[bytes, ...] | None = None
+
+    @property
+    def end(self) -> int:
+        """Offset just past this record."""
+        return self.offset + RECORD_HEAD_SIZE + self.size
+
+
+@dataclass
+class Scan:
+    """What `scan_cmds` found in a `cmds` file.
+
+    `valid_length` is where the readable records end: bytes after it are a torn tail
+    that the writer truncates away. `problems` are one-line descriptions of what was
+    repaired or ignored, for the log.
+    """
+
+    next_id: int
+    slots: list[Slot] = field(default_factory=list)
+    valid_length: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def scan_cmds(data: bytes) -> Scan:
+    """Parse a whole `cmds` file; raises RecordsError for a bad magic or version.
+
+    An empty file is a fresh store. A file of 1 to 15 bytes is a header torn while the
+    file was being created (nothing can have been stored yet): also a fresh store,
+    with a problem and `valid_length` 0 so the writer starts over.
+    """
+    if len(data) == 0:
+        return Scan(next_id=0)
+    if len(data) < HEADER_SIZE:
+        return Scan(
+            next_id=0,
+            valid_length=0,
+            problems=[f"dropped a torn header of {len(data)} bytes"],
+        )
+    header_next_id = decode_header(data)
+    scan = Scan(next_id=header_next_id, valid_length=HEADER_SIZE)
+    seen: set[int] = set()
+    view = memoryview(data)
+    pos = HEADER_SIZE
+    while pos < len(data):
+        if len(data) - pos < RECORD_HEAD_SIZE:
+            break
+        task_id, size = _RECORD_HEAD.unpack_from(view, pos)
+        body_start = pos + RECORD_HEAD_SIZE
+        if body_start + size > len(data):
+            break
+        slot = _scan_record(scan, view[body_start : body_start + size], pos, task_id, size)
+        live_id = slot.task_id
+        if live_id is not None:
+            if live_id in seen:
+                # Ids are never reused, so a second record with the same id cannot be
+                # a task that was stored; keep the first and free this one.
+                scan.problems.append(
+                    f"freed a duplicate record of task id {live_id} at offset {pos}"
+                )
+                slot = Slot(pos, size, None)
+            else:
+                seen.add(live_id)
+        scan.slots.append(slot)
+        pos = slot.end
+        scan.valid_length = pos
+    if scan.valid_length < len(data):
+        scan.problems.append(
+            f"dropped a torn tail of {len(data) - scan.valid_length} bytes "
+            f"at offset {scan.valid_length}"
+        )
+    if seen and max(seen) >= scan.next_id:
+        # The header is written before any record uses an id, so this means damage;
+        # never hand out an id that is already on disk.
+        scan.problems.append(
+            f"header NEXT_ID {header_next_id} is not above the highest task id {max(seen)}"
+        )
+        scan.next_id = max(seen) + 1
+    return scan
+
+
+def _scan_record(scan: Scan, body: memoryview, offset: int, task_id: int, size: int) -> Slot:
+    """One complete record as a Slot; a live id with a bad body becomes a free slot."""
+    if task_id == TOMBSTONE:
+        return Slot(offset, size, None)
+    try:
+        timing, argv = decode_body(body.tobytes())
+    except RecordsError as error:
+        scan.problems.append(
+            f"freed the record of task id {task_id} at offset {offset}: its body does "
+            f"not decode ({error})"
+        )
+        return Slot(offset, size, None)
+    return Slot(offset, size, task_id, timing, argv)
+
+
+# --- times-exitcodes ------------------------------------------------------------
+
+
+def encode_run(time: int, exitcode: int) -> bytes:
+    """One run of `times-exitcodes`: TIME int64, EXITCODE uint16."""
+    return _RUN.pack(time, exitcode)
+
+
+def encode_nbruns(count: int) -> bytes:
+    """NBRUNS, the 4 bytes at the start of `times-exitcodes`."""
+    return _U32.pack(count)
+
+
+def complete_runs(head: bytes, file_size: int) -> int:
+    """How many runs of a `times-exitcodes` file count: NBRUNS clamped to those present.
+
+    `head` is the start of the file (at least its first 4 bytes if it has them) and
+    `file_size` its length. An append writes the run first and NBRUNS last, so a run
+    beyond NBRUNS is an unfinished append (ignored, and overwritten by the next one),
+    and NBRUNS beyond the runs present can only be damage (clamped, not trusted).
+    """
+    if len(head) < RUNS_HEAD_SIZE or file_size < RUNS_HEAD_SIZE:
+        return 0
+    (count,) = _U32.unpack_from(head)
+    present = (file_size - RUNS_HEAD_SIZE) // RUN_SIZE
+    return min(int(count), present)
+
+
+def runs_body(data: bytes) -> bytes:
+    """The TX reply body (NBRUNS, then the runs) of a whole `times-exitcodes` file."""
+    count = complete_runs(data, len(data))
+    return encode_nbruns(count) + data[RUNS_HEAD_SIZE : RUNS_HEAD_SIZE + count * RUN_SIZE]
+
+
+def decode_runs(body: bytes) -> tuple[Run, ...]:
+    """The runs of a TX reply body (as `runs_body` returns); raises RecordsError."""
+    if len(body) < RUNS_HEAD_SIZE:
+        raise RecordsError(f"runs body of {len(body)} bytes has no NBRUNS")
+    (count,) = _U32.unpack_from(body)
+    if len(body) != RUNS_HEAD_SIZE + count * RUN_SIZE:
+        raise RecordsError(f"runs body of {len(body)} bytes does not hold {count} runs")
+    return tuple(
+        Run(*_RUN.unpack_from(body, RUNS_HEAD_SIZE + index * RUN_SIZE)) for index in range(count)
+    )

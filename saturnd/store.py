@@ -1,0 +1,610 @@
+"""The state directory on disk: `cmds`, the `task_<ID>/` directories, durable writes.
+
+This module owns every read and write of the state directory's task files (the layout
+itself is `records.py`'s). Two processes use it: the listener opens the store to
+create and remove tasks (`Store.open`), the executor opens the same directory
+read-only and calls `refresh()` to follow the listener's changes, and each run's
+supervising process records its end with `append_run`.
+
+Rules:
+- Nothing is acknowledged before it is durable: `create` and `remove` return only
+  after `fdatasync`, and on failure raise `StoreError` with the in-memory index
+  unchanged (the caller then sends no OK).
+- Crash safety (DESIGN.md "Files"): NEXT_ID is persisted before an id is used; a new
+  record is written under the tombstone ID and flushed before its real ID is written
+  in one 8-byte `pwrite`; a removal writes the tombstone before deleting the task's
+  directory. Loading drops a torn tail and finishes interrupted removals.
+- The in-memory index is the truth between loads: CREATE never scans the file and
+  LIST never parses it.
+- Files are created 0600 and directories 0700; every path in the state directory is
+  opened with O_NOFOLLOW (and task files relative to their directory's descriptor), so
+  a symlink planted there is never followed.
+- One-line errors: OS failures become `StoreError` raised `from` the OSError.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from time import time_ns
+from types import MappingProxyType
+from typing import Final
+
+from saturnd.protocol import REPLY_OK, TaskEntry
+from saturnd.records import (
+    HEADER_SIZE,
+    NEXT_ID_OFFSET,
+    RECORD_HEAD_SIZE,
+    RUN_SIZE,
+    RUNS_HEAD_SIZE,
+    TOMBSTONE,
+    RecordsError,
+    Scan,
+    choose_slot,
+    complete_runs,
+    decode_header,
+    encode_body,
+    encode_header,
+    encode_id,
+    encode_nbruns,
+    encode_record,
+    encode_run,
+    runs_body,
+    scan_cmds,
+)
+from saturnd.timing import Timing
+
+__all__ = ["CMDS", "OUTPUT_STREAMS", "TIMES_EXITCODES", "Store", "StoreError", "append_run"]
+
+CMDS: Final = "cmds"
+"""The task table's file name in the state directory."""
+TIMES_EXITCODES: Final = "times-exitcodes"
+"""A task's run history, in its `task_<ID>/` directory."""
+OUTPUT_STREAMS: Final = frozenset({"stdout", "stderr"})
+"""The output files of a task's last finished run."""
+
+_TASK_DIR: Final = re.compile(r"task_([0-9]+)")
+_REMOVED_PREFIX: Final = ".removed-"
+_U32: Final = struct.Struct(">I")
+_U64: Final = struct.Struct(">Q")
+
+# A file's mtime is a coarse clock on many kernels: two writes within one tick can
+# leave (inode, size, mtime) unchanged. A load this close to the mtime is "racy" (as
+# git calls it) and the next refresh re-reads. Seconds, to cover 1 s and 2 s stamps.
+_RACY_WINDOW_NS: Final = 2_000_000_000
+
+_OPEN_FILE: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class StoreError(Exception):
+    """The state directory cannot be read or written (one line, raised from OSError)."""
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    """What `refresh` compares to know whether `cmds` changed since the last load."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> _Stamp:
+        return cls(status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _describe(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def _read_all(fd: int) -> bytes:
+    """Every byte of an open file, from offset 0 (pread: the offset is not shared)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset`: a short write (file size limit, disk full)
+    is continued, so the error behind it is raised instead of being ignored."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:  # pragma: no cover - pwrite reports an error instead
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        view = view[written:]
+        offset += written
+
+
+def _read_task_file(task_dir: Path, name: str) -> bytes | None:
+    """A file of a task directory, or None if it or the directory does not exist."""
+    try:
+        dir_fd = os.open(task_dir, _OPEN_DIR)
+    except FileNotFoundError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | _OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+def append_run(task_dir: Path, time: int, exitcode: int) -> None:
+    """Record one finished run (start TIME, EXITCODE) at the end of `times-exitcodes`.
+
+    The run's record is written at 4 + 10 * NBRUNS first and NBRUNS after it, so a
+    crash leaves the old count (the extra bytes are ignored, then overwritten) or the
+    new one. An exclusive flock serializes two runs of one task ending together.
+    Raises FileNotFoundError if the task directory is gone (the task was removed:
+    nothing to record) and OSError on other failures.
+    """
+    record = encode_run(time, exitcode)  # ValueError before touching anything
+    dir_fd = os.open(task_dir, _OPEN_DIR)
+    try:
+        fd = os.open(TIMES_EXITCODES, os.O_RDWR | os.O_CREAT | _OPEN_FILE, 0o600, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Only NBRUNS and the file size matter, not the runs themselves.
+        head = os.pread(fd, RUNS_HEAD_SIZE, 0)
+        count = complete_runs(head, os.fstat(fd).st_size)
+        _pwrite_all(fd, record, RUNS_HEAD_SIZE + count * RUN_SIZE)
+        # The run must be on disk before a count that includes it.
+        os.fdatasync(fd)
+        _pwrite_all(fd, encode_nbruns(count + 1), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+class Store:
+    """The state directory: the task table of `cmds` and the `task_<ID>/` directories.
+
+    Build one with `Store.open`. Not thread-safe; one writer process per directory
+    (the daemon's pid-file lock ensures it), any number of read-only ones.
+    """
+
+    def __init__(self, state_dir: Path, logger: logging.Logger, read_only: bool) -> None:
+        """Use `Store.open`; this only sets up an empty index."""
+        self._dir = state_dir
+        self._path = state_dir / CMDS
+        self._log = logger
+        self._read_only = read_only
+        self._fd = -1
+        self._tasks: dict[int, TaskEntry] = {}
+        self._entries: dict[int, bytes] = {}  # task id -> its encoded LIST entry
+        self._slots: dict[int, tuple[int, int]] = {}  # task id -> (offset, SIZE)
+        self._free: list[tuple[int, int]] = []  # (offset, SIZE), by offset
+        self._end = HEADER_SIZE
+        self._next_id = 0
+        self._list_cache: bytes | None = None
+        self._stamp: _Stamp | None = None
+        self._racy = False
+        self._loaded: bytes | None = None  # read-only: the bytes of the last load
+        # Set when a failed append could not be truncated back: bytes after _end.
+        self._tail_dirty = False
+
+    # --- opening and loading ----------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: Path, logger: logging.Logger, *, read_only: bool = False) -> Store:
+        """Open the store of `state_dir` (already checked by the caller), repairing it.
+
+        Creates `cmds` if missing, drops a torn tail, finishes interrupted removals
+        and recreates missing task directories. With `read_only` (the executor), only
+        reads: no file is created or repaired, and a missing `cmds` is an empty store.
+        Raises StoreError.
+        """
+        store = cls(state_dir, logger, read_only)
+        try:
+            if read_only:
+                store._load_read_only()
+                if store._loaded is not None:
+                    store._log.info("read %s: %d tasks", store._path, len(store._tasks))
+            else:
+                store._load_and_repair()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the `cmds` file descriptor (the in-memory index stays readable)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _load_and_repair(self) -> None:
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | _OPEN_FILE, 0o600)
+            status = os.fstat(self._fd)
+        except OSError as error:
+            raise StoreError(f"cannot open {self._path}: {_describe(error)}") from error
+        if not stat.S_ISREG(status.st_mode):
+            raise StoreError(f"{self._path} is not a regular file")
+        try:
+            if stat.S_IMODE(status.st_mode) & 0o077:
+                os.fchmod(self._fd, 0o600)
+                self._log.warning(
+                    "tightened %s from %o to 600", self._path, stat.S_IMODE(status.st_mode)
+                )
+            data = _read_all(self._fd)
+            scan = self._scan(data)
+            for problem in scan.problems:
+                self._log.warning("repairing %s: %s", self._path, problem)
+            if scan.valid_length < HEADER_SIZE:
+                # A fresh (or torn-at-birth) file: start it with a durable header.
+                os.ftruncate(self._fd, 0)
+                _pwrite_all(self._fd, encode_header(scan.next_id), 0)
+                os.fdatasync(self._fd)
+                self._sync_dir()
+            else:
+                if scan.valid_length < len(data):
+                    os.ftruncate(self._fd, scan.valid_length)
+                if decode_header(data) != scan.next_id:
+                    _pwrite_all(self._fd, encode_header(scan.next_id), 0)
+                if scan.valid_length < len(data) or decode_header(data) != scan.next_id:
+                    os.fdatasync(self._fd)
+            self._index(scan)
+            self._stamp_fd()
+            self._sync_task_dirs()
+        except OSError as error:
+            raise StoreError(f"cannot repair {self._dir}: {_describe(error)}") from error
+        self._log.info(
+            "loaded %s: %d tasks, next id %d", self._path, len(self._tasks), self._next_id
+        )
+
+    def _load_read_only(self) -> bool:
+        """Read `cmds` as it is now, without changing anything on disk.
+
+        Returns True when the bytes differ from the previous load's.
+        """
+        try:
+            fd = os.open(self._path, os.O_RDONLY | _OPEN_FILE)
+        except FileNotFoundError:
+            changed = self._loaded is not None
+            self._index(Scan(next_id=self._next_id))
+            self._stamp, self._loaded, self._racy = None, None, False
+            return changed
+        except OSError as error:
+            raise StoreError(f"cannot open {self._path}: {_describe(error)}") from error
+        try:
+            started = time_ns()
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise StoreError(f"{self._path} is not a regular file")
+            data = _read_all(fd)
+        except OSError as error:
+            raise StoreError(f"cannot read {self._path}: {_describe(error)}") from error
+        finally:
+            os.close(fd)
+        self._stamp = _Stamp.of(status)
+        self._racy = status.st_mtime_ns + _RACY_WINDOW_NS > started
+        if data == self._loaded:
+            return False
+        scan = self._scan(data)
+        for problem in scan.problems:
+            # The writer may be in the middle of an append: not worth a warning here.
+            self._log.debug("reading %s: %s", self._path, problem)
+        self._index(scan)
+        self._loaded = data
+        return True
+
+    def _scan(self, data: bytes) -> Scan:
+        try:
+            return scan_cmds(data)
+        except RecordsError as error:
+            raise StoreError(f"{self._path}: {error}") from error
+
+    def _index(self, scan: Scan) -> None:
+        """Replace the in-memory index with what a scan found."""
+        self._tasks = {}
+        self._entries = {}
+        self._slots = {}
+        self._free = []
+        live = sorted(
+            (slot for slot in scan.slots if slot.task_id is not None),
+            key=lambda slot: slot.task_id or 0,
+        )
+        for slot in live:
+            assert slot.task_id is not None and slot.timing is not None and slot.argv is not None
+            self._remember(slot.task_id, slot.timing, slot.argv, (slot.offset, slot.size))
+        self._free = [(slot.offset, slot.size) for slot in scan.slots if slot.task_id is None]
+        self._end = max(scan.valid_length, HEADER_SIZE)
+        self._next_id = scan.next_id
+        self._list_cache = None
+
+    def _remember(
+        self, task_id: int, timing: Timing, argv: tuple[bytes, ...], slot: tuple[int, int]
+    ) -> None:
+        self._tasks[task_id] = TaskEntry(task_id, timing, argv)
+        self._entries[task_id] = _U64.pack(task_id) + encode_body(timing, argv)
+        self._slots[task_id] = slot
+        self._list_cache = None
+
+    def _stamp_fd(self) -> None:
+        # The writer's own changes must not look like someone else's to refresh().
+        self._stamp = _Stamp.of(os.fstat(self._fd))
+        self._racy = False
+
+    def _sync_dir(self) -> None:
+        """fsync the state directory, so a newly created `cmds` keeps its name."""
+        fd = os.open(self._dir, _OPEN_DIR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sync_task_dirs(self) -> None:
+        """Finish interrupted removals and recreate missing task directories."""
+        present: set[int] = set()
+        for entry in os.scandir(self._dir):
+            if entry.name.startswith(_REMOVED_PREFIX):
+                self._log.warning("finishing an interrupted removal: deleting %s", entry.path)
+                try:
+                    self._delete(Path(entry.path))
+                except OSError as error:
+                    # Its name is no task's: harmless, and retried at the next start.
+                    self._log.warning("cannot delete %s: %s", entry.path, error)
+                continue
+            match = _TASK_DIR.fullmatch(entry.name)
+            if match is None:
+                continue
+            task_id = int(match.group(1))
+            if task_id not in self._tasks:
+                self._log.warning("deleting %s: task %d does not exist", entry.path, task_id)
+                self._delete(Path(entry.path))
+            elif not entry.is_dir(follow_symlinks=False):
+                self._log.warning("replacing %s: not a directory", entry.path)
+                self._delete(Path(entry.path))
+            else:
+                present.add(task_id)
+                mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                if mode & 0o077:
+                    os.chmod(entry.path, 0o700, follow_symlinks=False)
+                    self._log.warning("tightened %s from %o to 700", entry.path, mode)
+        for task_id in self._tasks:
+            if task_id not in present:
+                self._log.warning("recreating the missing directory of task %d", task_id)
+                os.mkdir(self.task_dir(task_id), 0o700)
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        """Delete a directory tree, or a file or symlink, without following links."""
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    # --- reading ----------------------------------------------------------------
+
+    @property
+    def tasks(self) -> Mapping[int, TaskEntry]:
+        """The live tasks by increasing id (a read-only view of the current index:
+        take it again after `refresh()`, which builds a new one)."""
+        return MappingProxyType(self._tasks)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next created task gets."""
+        return self._next_id
+
+    @property
+    def state_dir(self) -> Path:
+        """The state directory."""
+        return self._dir
+
+    def task_dir(self, task_id: int) -> Path:
+        """The `task_<ID>/` directory of a task."""
+        return self._dir / f"task_{task_id}"
+
+    def list_reply(self) -> bytes:
+        """The whole encoded LIST reply: `OK`, NBTASKS, then the tasks by increasing id."""
+        if self._list_cache is None:
+            self._list_cache = b"".join(
+                [REPLY_OK, _U32.pack(len(self._entries)), *self._entries.values()]
+            )
+        return self._list_cache
+
+    def times_exitcodes_body(self, task_id: int) -> bytes:
+        """The TX reply body (NBRUNS, runs) of a task; zero runs if it never finished one.
+
+        The caller has checked that the task exists. A run being appended at this
+        moment is either wholly in or wholly out: the count is written after the run.
+        Raises StoreError.
+        """
+        try:
+            data = _read_task_file(self.task_dir(task_id), TIMES_EXITCODES)
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the runs of task {task_id}: {_describe(error)}"
+            ) from error
+        return runs_body(data or b"")
+
+    def output(self, task_id: int, stream: str) -> bytes | None:
+        """What the last finished run of a task wrote on `stream` ("stdout"/"stderr").
+
+        None when the file does not exist (the task never finished a run: NR).
+        Raises StoreError.
+        """
+        if stream not in OUTPUT_STREAMS:
+            raise ValueError(f"unknown output stream {stream!r}")
+        try:
+            return _read_task_file(self.task_dir(task_id), stream)
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the {stream} of task {task_id}: {_describe(error)}"
+            ) from error
+
+    def refresh(self) -> bool:
+        """Reload `cmds` if it changed on disk since the last load; True if the tasks
+        may have changed (the index was rebuilt from different bytes).
+
+        For the read-only process: no repair, no truncation. One `stat` when nothing
+        changed, except within a couple of seconds of a change, where a file time
+        stamp is too coarse to be trusted and the file is read again. Raises
+        StoreError if the file cannot be read or does not decode.
+        """
+        try:
+            status = os.stat(self._path, follow_symlinks=False)
+        except FileNotFoundError:
+            status = None
+        except OSError as error:
+            raise StoreError(f"cannot stat {self._path}: {_describe(error)}") from error
+        stamp = None if status is None else _Stamp.of(status)
+        if not self._racy and stamp == self._stamp:
+            return False
+        return self._load_read_only()
+
+    # --- writing ----------------------------------------------------------------
+
+    def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int:
+        """Store a new task durably and return its id; raises StoreError.
+
+        Order: NEXT_ID+1 in the header and the record under the tombstone ID (in the
+        first free slot big enough, else appended), fdatasync; the real ID in one
+        8-byte pwrite, fdatasync; then `task_<ID>/`. On failure the write is undone
+        as far as possible and the in-memory index is unchanged: the task was not
+        stored and must not be acknowledged. ValueError for a task the protocol
+        cannot carry.
+        """
+        self._check_writable()
+        body = encode_body(timing, argv)
+        task_id = self._next_id
+        choice = choose_slot(self._free, len(body))
+        if choice is None:
+            offset, size, appended = self._end, len(body), True
+        else:
+            (offset, size), appended = self._free[choice], False
+        committing = False  # True once the real ID may have reached the file
+        try:
+            if appended and self._tail_dirty:
+                os.ftruncate(self._fd, self._end)
+                self._tail_dirty = False
+            _pwrite_all(self._fd, encode_id(task_id + 1), NEXT_ID_OFFSET)
+            _pwrite_all(self._fd, encode_record(TOMBSTONE, body, size), offset)
+            os.fdatasync(self._fd)
+            committing = True
+            _pwrite_all(self._fd, encode_id(task_id), offset)
+            os.fdatasync(self._fd)
+            os.mkdir(self.task_dir(task_id), 0o700)
+        except OSError as error:
+            self._undo_create(offset, appended, committing)
+            if committing:
+                # The id may be on disk if the undo failed: never hand it out again.
+                self._next_id = task_id + 1
+            self._log.error("cannot create a task: %s", _describe(error))
+            raise StoreError(f"cannot store the task in {self._dir}: {_describe(error)}") from error
+        if appended:
+            self._end = offset + RECORD_HEAD_SIZE + size
+        else:
+            assert choice is not None
+            del self._free[choice]
+        self._next_id = task_id + 1
+        self._remember(task_id, timing, argv, (offset, size))
+        self._stamp_fd_quietly()
+        self._log.info(
+            "task created id=%d (%s slot at offset %d)",
+            task_id,
+            "new" if appended else "reused",
+            offset,
+        )
+        return task_id
+
+    def _undo_create(self, offset: int, appended: bool, committing: bool) -> None:
+        """Best effort after a failed create: put the tombstone back, drop an append."""
+        try:
+            if committing:
+                _pwrite_all(self._fd, encode_id(TOMBSTONE), offset)
+            if appended:
+                os.ftruncate(self._fd, self._end)
+            os.fdatasync(self._fd)
+        except OSError as error:
+            # Harmless for the file: bytes past _end are a tombstone record or a torn
+            # tail. Remember to cut them before the next append writes over them.
+            self._tail_dirty = self._tail_dirty or appended
+            self._log.error("cannot undo a failed create at offset %d: %s", offset, error)
+        with contextlib.suppress(OSError):
+            self._stamp_fd()
+
+    def remove(self, task_id: int) -> bool:
+        """Remove a task durably; False if there is no such task. Raises StoreError.
+
+        The tombstone is written and flushed first (the removal is then done, even
+        after a crash); then `task_<ID>/` is renamed to `.removed-<ID>-<random>`, so a
+        run ending at this moment cannot write into it by path, and deleted.
+        """
+        self._check_writable()
+        if task_id not in self._tasks:
+            return False
+        offset, size = self._slots[task_id]
+        try:
+            _pwrite_all(self._fd, encode_id(TOMBSTONE), offset)
+            os.fdatasync(self._fd)
+        except OSError as error:
+            self._log.error("cannot remove task %d: %s", task_id, _describe(error))
+            raise StoreError(
+                f"cannot remove task {task_id} from {self._path}: {_describe(error)}"
+            ) from error
+        del self._tasks[task_id]
+        del self._entries[task_id]
+        del self._slots[task_id]
+        bisect.insort(self._free, (offset, size))
+        self._list_cache = None
+        self._stamp_fd_quietly()
+        self._log.info("task removed id=%d", task_id)
+        self._delete_task_dir(task_id)
+        return True
+
+    def _delete_task_dir(self, task_id: int) -> None:
+        """Rename then delete a removed task's directory; failures are only logged
+        (the tombstone is durable, and the next open finishes the deletion)."""
+        doomed = self._dir / f"{_REMOVED_PREFIX}{task_id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.task_dir(task_id), doomed)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            self._log.warning("cannot rename the directory of task %d: %s", task_id, error)
+            return
+        try:
+            shutil.rmtree(doomed)
+        except OSError as error:
+            self._log.warning("cannot delete %s (retried at next start): %s", doomed, error)
+
+    def _check_writable(self) -> None:
+        if self._read_only or self._fd < 0:
+            raise StoreError(f"{self._path} is not open for writing")
+
+    def _stamp_fd_quietly(self) -> None:
+        # After a durable change a failing fstat costs at most one needless re-read.
+        try:
+            self._stamp_fd()
+        except OSError:
+            self._stamp = None

@@ -1,0 +1,372 @@
+"""Tests of saturnd.records: the byte layout of `cmds` and `times-exitcodes` (pure)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from saturnd.protocol import MAX_ARGC, MAX_STRING, Run, encode_runs
+from saturnd.records import (
+    HEADER_SIZE,
+    MAGIC,
+    RECORD_HEAD_SIZE,
+    RUN_SIZE,
+    TOMBSTONE,
+    VERSION,
+    RecordsError,
+    Slot,
+    choose_slot,
+    decode_body,
+    decode_header,
+    decode_runs,
+    encode_body,
+    encode_header,
+    encode_record,
+    encode_run,
+    runs_body,
+    scan_cmds,
+)
+from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
+
+ECHO = (b"echo", b"test-1")
+WEDNESDAY_9_14 = Timing(minutes=1, hours=(1 << 9) | (1 << 14), daysofweek=1 << 3)
+# TIMING then COMMANDLINE of PROTOCOL.md's worked example.
+ECHO_BODY = bytes.fromhex(
+    "0000000000000001 00004200 08 00000002 00000004 6563686f 00000006 746573742d31"
+)
+
+
+def cmds(next_id: int, *records: bytes) -> bytes:
+    return encode_header(next_id) + b"".join(records)
+
+
+def live(task_id: int, argv: tuple[bytes, ...] = ECHO, pad: int = 0) -> bytes:
+    body = encode_body(Timing(), argv)
+    return encode_record(task_id, body, len(body) + pad)
+
+
+# --- header ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("next_id", [0, 1, 26, 2**32, 2**64 - 2])
+def test_it_round_trips_the_header(next_id: int) -> None:
+    data = encode_header(next_id)
+    assert len(data) == HEADER_SIZE == 16
+    assert data[:4] == MAGIC == b"SATD"
+    assert data[4:8] == struct.pack(">I", VERSION) == b"\x00\x00\x00\x01"
+    assert data[8:] == struct.pack(">Q", next_id)
+    assert decode_header(data) == next_id
+
+
+def test_it_refuses_a_bad_magic() -> None:
+    data = b"SATX" + encode_header(3)[4:]
+    with pytest.raises(RecordsError, match="not a saturnd cmds file"):
+        decode_header(data)
+    with pytest.raises(RecordsError, match="not a saturnd cmds file"):
+        scan_cmds(data + live(0))
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFFFF_FFFF])
+def test_it_refuses_an_unknown_version(version: int) -> None:
+    data = MAGIC + struct.pack(">IQ", version, 3)
+    with pytest.raises(RecordsError, match=f"^unsupported cmds version {version}$"):
+        decode_header(data)
+    with pytest.raises(RecordsError, match=f"^unsupported cmds version {version}$"):
+        scan_cmds(data + live(0))
+
+
+def test_it_refuses_a_short_header_in_decode_header() -> None:
+    with pytest.raises(RecordsError):
+        decode_header(encode_header(1)[:15])
+
+
+# --- bodies ---------------------------------------------------------------------
+
+
+def test_it_encodes_a_body_exactly_as_on_the_wire() -> None:
+    assert encode_body(WEDNESDAY_9_14, ECHO) == ECHO_BODY
+    assert decode_body(ECHO_BODY) == (WEDNESDAY_9_14, ECHO)
+
+
+@pytest.mark.parametrize("pad", [1, 7, 1000])
+def test_it_ignores_zero_padding_after_a_body(pad: int) -> None:
+    assert decode_body(ECHO_BODY + bytes(pad)) == (WEDNESDAY_9_14, ECHO)
+
+
+def u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+TIMING_BYTES = ECHO_BODY[:13]
+
+BAD_BODIES = {
+    "empty": b"",
+    "short timing": TIMING_BYTES[:12],
+    "no argc": TIMING_BYTES,
+    "minute 60": struct.pack(">QIB", 1 << 60, 1, 1) + u32(1) + u32(1) + b"x",
+    "hour 24": struct.pack(">QIB", 1, 1 << 24, 1) + u32(1) + u32(1) + b"x",
+    "day bit 7": struct.pack(">QIB", 1, 1, 0x80) + u32(1) + u32(1) + b"x",
+    "argc 0": TIMING_BYTES + u32(0),
+    "argc too large": TIMING_BYTES + u32(MAX_ARGC + 1) + u32(1) + b"x",
+    "missing argument": TIMING_BYTES + u32(2) + u32(1) + b"x",
+    "truncated length": TIMING_BYTES + u32(1) + b"\x00\x00",
+    "truncated argument": TIMING_BYTES + u32(1) + u32(4) + b"ech",
+    "string too long": TIMING_BYTES + u32(1) + u32(MAX_STRING + 1) + b"x",
+    "empty argv0": TIMING_BYTES + u32(1) + u32(0),
+    "garbage after": ECHO_BODY + b"\x00\x01",
+    "garbage after padding": ECHO_BODY + bytes(5) + b"\xff",
+}
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_it_refuses_a_body_that_does_not_decode(body: bytes) -> None:
+    with pytest.raises(RecordsError):
+        decode_body(body)
+
+
+@pytest.mark.parametrize(
+    ("timing", "argv"),
+    [
+        (Timing(minutes=1 << 60), ECHO),
+        (Timing(), ()),
+        (Timing(), (b"",)),
+        (Timing(), (b"", *ECHO)),
+        (Timing(), (b"x" * (MAX_STRING + 1),)),
+    ],
+)
+def test_it_refuses_to_encode_a_body_that_would_not_decode(
+    timing: Timing, argv: tuple[bytes, ...]
+) -> None:
+    with pytest.raises(ValueError):
+        encode_body(timing, argv)
+
+
+# --- records and slots ----------------------------------------------------------
+
+
+def test_it_lays_out_a_record_with_its_padding() -> None:
+    record = encode_record(26, ECHO_BODY, len(ECHO_BODY) + 5)
+    assert record[:8] == struct.pack(">Q", 26)
+    assert record[8:12] == u32(len(ECHO_BODY) + 5)
+    assert record[12:] == ECHO_BODY + bytes(5)
+    assert len(record) == RECORD_HEAD_SIZE + len(ECHO_BODY) + 5
+
+
+def test_it_refuses_a_record_smaller_than_its_body() -> None:
+    with pytest.raises(ValueError):
+        encode_record(1, ECHO_BODY, len(ECHO_BODY) - 1)
+
+
+def test_it_chooses_the_first_free_slot_big_enough() -> None:
+    free = [(16, 10), (100, 40), (200, 30), (300, 50)]
+    assert choose_slot(free, 30) == 1
+    assert choose_slot(free, 40) == 1
+    assert choose_slot(free, 41) == 3
+    assert choose_slot(free, 10) == 0
+    assert choose_slot(free, 51) is None
+    assert choose_slot([], 1) is None
+
+
+def test_it_scans_an_empty_file_as_a_fresh_store() -> None:
+    scan = scan_cmds(b"")
+    assert (scan.next_id, scan.slots, scan.valid_length, scan.problems) == (0, [], 0, [])
+
+
+@pytest.mark.parametrize("length", range(1, HEADER_SIZE))
+def test_it_scans_a_torn_header_as_a_fresh_store(length: int) -> None:
+    scan = scan_cmds(encode_header(5)[:length])
+    assert (scan.next_id, scan.slots, scan.valid_length) == (0, [], 0)
+    assert scan.problems == [f"dropped a torn header of {length} bytes"]
+
+
+def test_it_scans_records_and_tombstones_with_their_sizes() -> None:
+    body = encode_body(WEDNESDAY_9_14, ECHO)
+    first = encode_record(0, body, len(body))
+    hole = encode_record(TOMBSTONE, body, len(body) + 3)
+    third = encode_record(2, encode_body(Timing(), (b"ls",)), 40)
+    scan = scan_cmds(cmds(3, first, hole, third))
+    at_hole = HEADER_SIZE + len(first)
+    at_third = at_hole + len(hole)
+    assert scan.slots == [
+        Slot(HEADER_SIZE, len(body), 0, WEDNESDAY_9_14, ECHO),
+        Slot(at_hole, len(body) + 3, None),
+        Slot(at_third, 40, 2, Timing(), (b"ls",)),
+    ]
+    assert scan.slots[2].end == at_third + RECORD_HEAD_SIZE + 40
+    assert scan.next_id == 3
+    assert scan.valid_length == at_third + len(third)
+    assert scan.problems == []
+
+
+def test_it_scans_a_zero_sized_tombstone() -> None:
+    scan = scan_cmds(cmds(1, encode_record(TOMBSTONE, b"", 0), live(0)))
+    assert scan.slots[0] == Slot(HEADER_SIZE, 0, None)
+    assert scan.slots[1].task_id == 0
+    assert scan.problems == []
+
+
+def test_it_drops_a_torn_tail_at_every_byte_of_the_last_record() -> None:
+    last = live(7, (b"sh", b"-c", b"echo hello"), pad=3)
+    whole = cmds(8, live(0), encode_record(TOMBSTONE, ECHO_BODY, 40), last)
+    start = len(whole) - len(last)
+    expected = scan_cmds(whole).slots[:2]
+    for cut in range(start + 1, len(whole)):
+        scan = scan_cmds(whole[:cut])
+        assert scan.slots == expected, cut
+        assert scan.valid_length == start, cut
+        assert scan.next_id == 8, cut
+        message = f"dropped a torn tail of {cut - start} bytes at offset {start}"
+        assert scan.problems == [message], cut
+    assert scan_cmds(whole[:start]).problems == []
+    assert scan_cmds(whole).slots[2].task_id == 7
+
+
+def test_it_drops_a_tail_whose_size_runs_past_the_end() -> None:
+    head = struct.pack(">QI", 1, 1 << 30)
+    scan = scan_cmds(cmds(2, live(0), head + ECHO_BODY))
+    assert [slot.task_id for slot in scan.slots] == [0]
+    assert scan.problems == [
+        f"dropped a torn tail of {len(head) + len(ECHO_BODY)} bytes at offset {scan.valid_length}"
+    ]
+
+
+def test_it_frees_a_live_record_whose_body_does_not_decode() -> None:
+    bad = struct.pack(">QI", 1, 20) + bytes(20)
+    scan = scan_cmds(cmds(3, live(0), bad, live(2)))
+    offset = HEADER_SIZE + len(live(0))
+    assert [slot.task_id for slot in scan.slots] == [0, None, 2]
+    assert scan.slots[1] == Slot(offset, 20, None)
+    assert scan.valid_length == HEADER_SIZE + len(live(0)) + len(bad) + len(live(2))
+    assert len(scan.problems) == 1
+    assert scan.problems[0].startswith(f"freed the record of task id 1 at offset {offset}")
+    assert scan.next_id == 3
+
+
+def test_it_keeps_the_first_of_two_records_with_one_id() -> None:
+    scan = scan_cmds(cmds(2, live(1, (b"first",)), live(1, (b"second",))))
+    assert [(slot.task_id, slot.argv) for slot in scan.slots] == [
+        (1, (b"first",)),
+        (None, None),
+    ]
+    assert len(scan.problems) == 1
+    assert "duplicate" in scan.problems[0]
+
+
+def test_it_never_gives_a_next_id_at_or_below_a_live_id() -> None:
+    scan = scan_cmds(cmds(2, live(0), live(9)))
+    assert scan.next_id == 10
+    assert scan.problems == ["header NEXT_ID 2 is not above the highest task id 9"]
+
+
+def test_it_keeps_a_next_id_above_every_record() -> None:
+    # Removing the highest id leaves the header as it was: ids never go back.
+    scan = scan_cmds(cmds(12, live(0), encode_record(TOMBSTONE, ECHO_BODY, len(ECHO_BODY))))
+    assert scan.next_id == 12
+    assert scan.problems == []
+
+
+# --- times-exitcodes ------------------------------------------------------------
+
+
+RUNS = (Run(1_790_000_000, 0), Run(1_790_000_060, 0xFFFF), Run(-5, 127))
+
+
+def test_it_encodes_a_run_as_int64_and_uint16() -> None:
+    assert encode_run(-1, 0xFFFF) == b"\xff" * 8 + b"\xff\xff"
+    assert encode_run(1, 2) == bytes(7) + b"\x01\x00\x02"
+    assert len(encode_run(0, 0)) == RUN_SIZE == 10
+
+
+def test_it_gives_the_whole_file_as_the_runs_body() -> None:
+    data = encode_runs(RUNS)
+    assert data == b"\x00\x00\x00\x03" + b"".join(encode_run(r.time, r.exitcode) for r in RUNS)
+    assert runs_body(data) == data
+    assert decode_runs(runs_body(data)) == RUNS
+
+
+def test_it_clamps_the_runs_body_at_every_truncation() -> None:
+    data = encode_runs(RUNS)
+    for cut in range(len(data) + 1):
+        body = runs_body(data[:cut])
+        complete = 0 if cut < 4 else min(3, (cut - 4) // RUN_SIZE)
+        assert body == struct.pack(">I", complete) + data[4 : 4 + complete * RUN_SIZE], cut
+        assert decode_runs(body) == RUNS[:complete], cut
+
+
+def test_it_ignores_a_run_written_before_its_count() -> None:
+    # An append interrupted between the run and NBRUNS: the old count holds.
+    data = encode_runs(RUNS[:1]) + encode_run(99, 1)
+    assert decode_runs(runs_body(data)) == RUNS[:1]
+
+
+def test_it_gives_zero_runs_for_an_empty_file() -> None:
+    assert runs_body(b"") == b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("body", [b"", b"\x00\x00\x00", b"\x00\x00\x00\x01", bytes(15)])
+def test_it_refuses_a_runs_body_of_the_wrong_length(body: bytes) -> None:
+    with pytest.raises(RecordsError):
+        decode_runs(body)
+
+
+# --- properties -----------------------------------------------------------------
+
+timings = st.builds(
+    Timing,
+    st.integers(0, FULL_MINUTES),
+    st.integers(0, FULL_HOURS),
+    st.integers(0, FULL_DAYSOFWEEK),
+)
+argvs = st.tuples(st.binary(min_size=1, max_size=20)).flatmap(
+    lambda head: st.lists(st.binary(max_size=20), max_size=4).map(lambda rest: head + tuple(rest))
+)
+# A record: a live task (timing, argv, padding) or a tombstone of some SIZE.
+records = st.one_of(
+    st.tuples(timings, argvs, st.integers(0, 16)),
+    st.integers(0, 80),
+)
+
+
+@given(timings, argvs, st.integers(0, 64))
+def test_it_decodes_every_body_it_encodes(
+    timing: Timing, argv: tuple[bytes, ...], pad: int
+) -> None:
+    assert decode_body(encode_body(timing, argv) + bytes(pad)) == (timing, argv)
+
+
+@given(st.lists(records, max_size=12), st.integers(0, 5))
+def test_it_scans_back_any_list_of_records(
+    specs: list[tuple[Timing, tuple[bytes, ...], int] | int], spare: int
+) -> None:
+    data = bytearray()
+    expected: list[Slot] = []
+    offset = HEADER_SIZE
+    task_id = 0
+    for spec in specs:
+        if isinstance(spec, int):
+            record = encode_record(TOMBSTONE, bytes(spec), spec)
+            expected.append(Slot(offset, spec, None))
+        else:
+            timing, argv, pad = spec
+            body = encode_body(timing, argv)
+            record = encode_record(task_id, body, len(body) + pad)
+            expected.append(Slot(offset, len(body) + pad, task_id, timing, argv))
+            task_id += 1
+        data += record
+        offset += len(record)
+    scan = scan_cmds(encode_header(task_id + spare) + bytes(data))
+    assert scan.slots == expected
+    assert scan.next_id == task_id + spare
+    assert scan.valid_length == offset
+    assert scan.problems == []
+
+
+@given(st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(0, 0xFFFF))))
+def test_it_decodes_every_runs_body(pairs: list[tuple[int, int]]) -> None:
+    runs = tuple(Run(time, code) for time, code in pairs)
+    body = encode_runs(runs)
+    assert runs_body(body) == body
+    assert decode_runs(body) == runs

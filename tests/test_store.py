@@ -1,0 +1,587 @@
+"""Tests of saturnd.store: the state directory, with real files in tmp_path."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import resource
+import signal
+import stat
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saturnd.protocol import ListReply, Run, TaskEntry, encode
+from saturnd.records import (
+    HEADER_SIZE,
+    RECORD_HEAD_SIZE,
+    TOMBSTONE,
+    decode_runs,
+    encode_body,
+    encode_record,
+    scan_cmds,
+)
+from saturnd.store import Store, StoreError, append_run
+from saturnd.timing import Timing
+
+LOG = logging.getLogger("test.store")
+EVERY_MINUTE = Timing()
+AT_NINE = Timing.parse("0", "9", "1-5")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+@pytest.fixture
+def store(state: Path) -> Iterator[Store]:
+    opened = Store.open(state, LOG)
+    yield opened
+    opened.close()
+
+
+def reopen(state: Path) -> Store:
+    opened = Store.open(state, LOG)
+    opened.close()
+    return opened
+
+
+def cmds_bytes(state: Path) -> bytes:
+    return (state / "cmds").read_bytes()
+
+
+def id_at(state: Path, offset: int) -> int:
+    value: int = struct.unpack_from(">Q", cmds_bytes(state), offset)[0]
+    return value
+
+
+# --- create, remove, reopen -----------------------------------------------------
+
+
+def test_it_creates_a_fresh_store(state: Path, store: Store) -> None:
+    assert dict(store.tasks) == {}
+    assert store.next_id == 0
+    cmds = state / "cmds"
+    assert cmds.read_bytes() == b"SATD\x00\x00\x00\x01" + bytes(8)
+    assert stat.S_IMODE(cmds.stat().st_mode) == 0o600
+
+
+def test_it_keeps_tasks_and_ids_across_reopening(state: Path, store: Store) -> None:
+    assert store.create(EVERY_MINUTE, (b"echo", b"a")) == 0
+    assert store.create(AT_NINE, (b"echo", b"b")) == 1
+    assert store.create(EVERY_MINUTE, (b"true",)) == 2
+    assert store.remove(1) is True
+    assert store.remove(1) is False
+    assert store.remove(42) is False
+    expected = {
+        0: TaskEntry(0, EVERY_MINUTE, (b"echo", b"a")),
+        2: TaskEntry(2, EVERY_MINUTE, (b"true",)),
+    }
+    assert dict(store.tasks) == expected
+    again = reopen(state)
+    assert dict(again.tasks) == expected
+    assert list(again.tasks) == [0, 2]
+    assert again.next_id == 3
+    assert sorted(p.name for p in state.iterdir()) == ["cmds", "task_0", "task_2"]
+    assert stat.S_IMODE((state / "task_0").stat().st_mode) == 0o700
+
+
+def test_it_never_gives_an_id_back_after_removing_the_highest(state: Path, store: Store) -> None:
+    for _ in range(3):
+        store.create(EVERY_MINUTE, (b"true",))
+    assert store.remove(2)
+    assert store.next_id == 3
+    again = Store.open(state, LOG)
+    assert again.next_id == 3
+    assert again.create(EVERY_MINUTE, (b"true",)) == 3
+    assert again.remove(3) and again.remove(0) and again.remove(1)
+    again.close()
+    assert reopen(state).next_id == 4
+    assert dict(reopen(state).tasks) == {}
+
+
+def test_it_reuses_the_first_free_slot_that_is_big_enough(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a" * 50,))
+    store.create(EVERY_MINUTE, (b"b" * 10,))
+    store.create(EVERY_MINUTE, (b"c" * 40,))
+    store.create(EVERY_MINUTE, (b"keep",))
+    offsets = [slot.offset for slot in scan_cmds(cmds_bytes(state)).slots]
+    store.remove(0)
+    store.remove(1)
+    store.remove(2)
+    size = len(cmds_bytes(state))
+    # 30 bytes fit the first hole (50): it is taken, keeping its SIZE.
+    assert store.create(EVERY_MINUTE, (b"d" * 30,)) == 4
+    assert len(cmds_bytes(state)) == size
+    slots = scan_cmds(cmds_bytes(state)).slots
+    assert (slots[0].offset, slots[0].task_id, slots[0].argv) == (offsets[0], 4, (b"d" * 30,))
+    assert slots[0].size == len(encode_body(EVERY_MINUTE, (b"a" * 50,)))
+    # 35 bytes do not fit the 10-byte hole, but fit the 40-byte one after it.
+    assert store.create(EVERY_MINUTE, (b"e" * 35,)) == 5
+    assert len(cmds_bytes(state)) == size
+    assert id_at(state, offsets[1]) == TOMBSTONE
+    assert id_at(state, offsets[2]) == 5
+    # 60 bytes fit no hole: appended, the file grows by exactly one record.
+    body = encode_body(EVERY_MINUTE, (b"f" * 60,))
+    assert store.create(EVERY_MINUTE, (b"f" * 60,)) == 6
+    assert len(cmds_bytes(state)) == size + RECORD_HEAD_SIZE + len(body)
+    assert dict(reopen(state).tasks) == dict(store.tasks)
+    assert list(store.tasks) == [3, 4, 5, 6]
+
+
+def test_it_writes_no_stale_bytes_into_a_reused_slot(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"x" * 64,))
+    store.remove(0)
+    store.create(AT_NINE, (b"y",))
+    assert dict(reopen(state).tasks) == {1: TaskEntry(1, AT_NINE, (b"y",))}
+    assert b"x" not in cmds_bytes(state)
+
+
+# --- repairs on open ------------------------------------------------------------
+
+
+def test_it_drops_a_torn_tail_on_open(
+    state: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.create(EVERY_MINUTE, (b"echo", b"kept"))
+    store.close()
+    good = cmds_bytes(state)
+    torn = encode_record(TOMBSTONE, encode_body(EVERY_MINUTE, (b"lost",)), 30)[:17]
+    (state / "cmds").write_bytes(good + torn)
+    with caplog.at_level(logging.WARNING):
+        again = reopen(state)
+    assert dict(again.tasks) == {0: TaskEntry(0, EVERY_MINUTE, (b"echo", b"kept"))}
+    assert cmds_bytes(state) == good
+    assert f"dropped a torn tail of 17 bytes at offset {len(good)}" in caplog.text
+
+
+def test_it_starts_over_from_a_torn_header(state: Path) -> None:
+    (state / "cmds").write_bytes(b"SAT")
+    assert reopen(state).next_id == 0
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x01" + bytes(8)
+
+
+def test_it_finishes_an_interrupted_removal(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.create(EVERY_MINUTE, (b"b",))
+    store.close()
+    # A crash right after the tombstone of task 1 was written: its directory remains.
+    offset = scan_cmds(cmds_bytes(state)).slots[1].offset
+    with open(state / "cmds", "r+b") as file:
+        file.seek(offset)
+        file.write(struct.pack(">Q", TOMBSTONE))
+    (state / "task_1" / "stdout").write_bytes(b"old")
+    # ... and a crash between renaming a directory and deleting it.
+    leftover = state / ".removed-7-0badcafe"
+    (leftover / "deep").mkdir(parents=True)
+    (leftover / "deep" / "file").write_bytes(b"x")
+    (state / "task_99").mkdir()  # a task that does not exist at all
+    (state / "saturnd.log").write_bytes(b"log")  # not the store's business
+    again = reopen(state)
+    assert list(again.tasks) == [0]
+    assert sorted(p.name for p in state.iterdir()) == ["cmds", "saturnd.log", "task_0"]
+
+
+def test_it_recreates_a_missing_task_directory(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.close()
+    (state / "task_0").rmdir()
+    reopen(state)
+    assert stat.S_IMODE((state / "task_0").lstat().st_mode) == 0o700
+
+
+def test_it_replaces_a_task_directory_that_is_a_symlink(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.close()
+    elsewhere = state.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_bytes(b"x")
+    (state / "task_0").rmdir()
+    (state / "task_0").symlink_to(elsewhere)
+    reopen(state)
+    assert not (state / "task_0").is_symlink()
+    assert (state / "task_0").is_dir()
+    assert (elsewhere / "precious").read_bytes() == b"x"
+
+
+def test_it_frees_a_live_record_that_does_not_decode(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.close()
+    data = cmds_bytes(state) + encode_record(5, bytes(30), 30)
+    (state / "cmds").write_bytes(data)
+    again = Store.open(state, LOG)
+    assert list(again.tasks) == [0]
+    # The freed slot is reused, so nothing was lost but an impossible record.
+    assert again.create(EVERY_MINUTE, (b"b",)) == 1
+    assert len(cmds_bytes(state)) == len(data)
+    again.close()
+    assert list(reopen(state).tasks) == [0, 1]
+
+
+def test_it_refuses_an_unknown_version(state: Path) -> None:
+    (state / "cmds").write_bytes(b"SATD\x00\x00\x00\x02" + bytes(8))
+    with pytest.raises(StoreError, match="unsupported cmds version 2"):
+        Store.open(state, LOG)
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x02" + bytes(8)
+
+
+def test_it_refuses_a_cmds_that_is_a_symlink(state: Path) -> None:
+    target = state.parent / "target"
+    target.write_bytes(b"")
+    (state / "cmds").symlink_to(target)
+    with pytest.raises(StoreError, match="cmds"):
+        Store.open(state, LOG)
+    assert target.read_bytes() == b""
+
+
+def test_it_refuses_a_cmds_that_is_not_a_file(state: Path) -> None:
+    os.mkfifo(state / "cmds", 0o600)
+    with pytest.raises(StoreError, match="not a regular file"):
+        Store.open(state, LOG)
+
+
+def test_it_tightens_a_cmds_open_to_others(state: Path) -> None:
+    reopen(state)
+    os.chmod(state / "cmds", 0o644)
+    reopen(state)
+    assert stat.S_IMODE((state / "cmds").stat().st_mode) == 0o600
+
+
+# --- replies --------------------------------------------------------------------
+
+
+def test_it_builds_the_list_reply(store: Store) -> None:
+    assert store.list_reply() == encode(ListReply(())) == b"OK\x00\x00\x00\x00"
+    store.create(EVERY_MINUTE, (b"echo", b"a b"))
+    store.create(AT_NINE, (b"ls",))
+    store.create(EVERY_MINUTE, (b"x",))
+    assert store.list_reply() == encode(ListReply(tuple(store.tasks.values())))
+    store.remove(1)
+    reply = store.list_reply()
+    assert reply == encode(
+        ListReply(
+            (
+                TaskEntry(0, EVERY_MINUTE, (b"echo", b"a b")),
+                TaskEntry(2, EVERY_MINUTE, (b"x",)),
+            )
+        )
+    )
+    assert store.list_reply() is reply  # cached until the next change
+
+
+def test_it_reads_the_run_history(state: Path, store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    assert store.times_exitcodes_body(task_id) == b"\x00\x00\x00\x00"
+    append_run(store.task_dir(task_id), 1_790_000_000, 0)
+    append_run(store.task_dir(task_id), 1_790_000_060, 0xFFFF)
+    body = store.times_exitcodes_body(task_id)
+    assert decode_runs(body) == (Run(1_790_000_000, 0), Run(1_790_000_060, 0xFFFF))
+    history = state / f"task_{task_id}" / "times-exitcodes"
+    assert history.read_bytes() == body
+    assert stat.S_IMODE(history.stat().st_mode) == 0o600
+
+
+def test_it_reads_the_last_output(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    assert store.output(task_id, "stdout") is None
+    assert store.output(task_id, "stderr") is None
+    (store.task_dir(task_id) / "stdout").write_bytes(b"hello\n")
+    (store.task_dir(task_id) / "stderr").write_bytes(b"")
+    assert store.output(task_id, "stdout") == b"hello\n"
+    assert store.output(task_id, "stderr") == b""
+    with pytest.raises(ValueError):
+        store.output(task_id, "cmds")
+
+
+def test_it_does_not_follow_a_symlinked_output(state: Path, store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    secret = state.parent / "secret"
+    secret.write_bytes(b"secret")
+    (store.task_dir(task_id) / "stdout").symlink_to(secret)
+    with pytest.raises(StoreError):
+        store.output(task_id, "stdout")
+
+
+# --- the read-only view ---------------------------------------------------------
+
+
+def age(state: Path) -> None:
+    """Make `cmds` look long unchanged, so its stamp is trusted (not "racy")."""
+    os.utime(state / "cmds", ns=(1_000_000_000, 1_000_000_000))
+
+
+def test_it_follows_changes_in_a_second_instance(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    age(state)
+    reader = Store.open(state, LOG, read_only=True)
+    assert list(reader.tasks) == [0]
+    assert reader.refresh() is False
+    store.create(AT_NINE, (b"b",))
+    assert reader.refresh() is True
+    assert dict(reader.tasks) == dict(store.tasks)
+    assert reader.next_id == 2
+    store.remove(0)
+    assert reader.refresh() is True
+    assert list(reader.tasks) == [1]
+    assert reader.list_reply() == store.list_reply()
+    age(state)
+    assert reader.refresh() is False  # a new stamp but the same bytes: nothing changed
+    assert reader.refresh() is False
+    with pytest.raises(StoreError):
+        reader.create(EVERY_MINUTE, (b"c",))
+
+
+def test_it_refreshes_with_one_stat_when_nothing_changed(
+    state: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    age(state)
+    reader = Store.open(state, LOG, read_only=True)
+    calls: list[str] = []
+
+    def spy(name: str) -> Callable[..., Any]:
+        real = getattr(os, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("open", "stat", "fstat", "pread", "read"):
+        monkeypatch.setattr(os, name, spy(name))
+    for _ in range(5):
+        assert reader.refresh() is False
+    assert calls == ["stat"] * 5
+
+
+def test_it_sees_a_change_hidden_by_a_coarse_time_stamp(state: Path, store: Store) -> None:
+    # Reuse a slot, so that the file size does not change either.
+    store.create(EVERY_MINUTE, (b"a",))
+    store.remove(0)
+    reader = Store.open(state, LOG, read_only=True)  # just written: racy
+    before = os.stat(state / "cmds")
+    store.create(EVERY_MINUTE, (b"b",))
+    os.utime(state / "cmds", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(state / "cmds").st_size == before.st_size
+    assert reader.refresh() is True
+    assert list(reader.tasks) == [1]
+
+
+def test_it_opens_a_missing_cmds_read_only_as_empty(state: Path) -> None:
+    reader = Store.open(state, LOG, read_only=True)
+    assert dict(reader.tasks) == {}
+    assert not (state / "cmds").exists()
+    assert reader.refresh() is False
+    writer = Store.open(state, LOG)
+    writer.create(EVERY_MINUTE, (b"a",))
+    assert reader.refresh() is True
+    assert list(reader.tasks) == [0]
+    writer.close()
+
+
+# --- append_run -----------------------------------------------------------------
+
+
+def test_it_refuses_to_record_a_run_of_a_removed_task(state: Path, store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    task_dir = store.task_dir(task_id)
+    store.remove(task_id)
+    with pytest.raises(FileNotFoundError):
+        append_run(task_dir, 1, 0)
+    assert not task_dir.exists()
+
+
+def test_it_does_not_follow_a_symlinked_history(state: Path, store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    victim = state.parent / "victim"
+    victim.write_bytes(b"")
+    (store.task_dir(task_id) / "times-exitcodes").symlink_to(victim)
+    with pytest.raises(OSError) as caught:
+        append_run(store.task_dir(task_id), 1, 0)
+    assert caught.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b""
+
+
+def test_it_overwrites_an_unfinished_append(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    history = store.task_dir(task_id) / "times-exitcodes"
+    # A crash after writing run 2 but before its count: NBRUNS still says 1.
+    history.write_bytes(struct.pack(">IqHqH", 1, 10, 0, 20, 1))
+    append_run(store.task_dir(task_id), 30, 2)
+    assert history.read_bytes() == struct.pack(">IqHqH", 2, 10, 0, 30, 2)
+
+
+def test_it_appends_after_the_runs_present_when_the_count_is_damaged(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    history = store.task_dir(task_id) / "times-exitcodes"
+    history.write_bytes(struct.pack(">IqH", 3, 10, 0))  # NBRUNS 3, one run present
+    append_run(store.task_dir(task_id), 30, 2)
+    assert history.read_bytes() == struct.pack(">IqHqH", 2, 10, 0, 30, 2)
+
+
+def test_it_loses_no_run_when_two_processes_append_at_once(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    task_dir = store.task_dir(task_id)
+    writers, each = 4, 25
+    children = []
+    for writer in range(writers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                for run in range(each):
+                    append_run(task_dir, writer * 1000 + run, writer)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    runs = decode_runs(store.times_exitcodes_body(task_id))
+    assert len(runs) == writers * each
+    assert sorted(runs, key=lambda r: r.time) == [
+        Run(writer * 1000 + run, writer) for writer in range(writers) for run in range(each)
+    ]
+    for writer in range(writers):  # each writer's runs stay in its order
+        mine = [r.time for r in runs if r.exitcode == writer]
+        assert mine == sorted(mine)
+
+
+# --- failures -------------------------------------------------------------------
+
+
+class Injected:
+    """Makes the n-th call (counting from 1) of some os functions fail once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int, error: int) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+        self.error = error
+        self.failed = False
+        for name in ("pwrite", "fdatasync", "mkdir", "ftruncate"):
+            monkeypatch.setattr(os, name, self._wrap(getattr(os, name)))
+
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                self.failed = True
+                raise OSError(self.error, os.strerror(self.error))
+            return real(*args, **kwargs)
+
+        return wrapper
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["append", "reuse"])
+def test_it_acknowledges_nothing_when_any_step_of_create_fails(
+    state: Path, reuse: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Store.open(state, LOG)
+    base.create(EVERY_MINUTE, (b"one",))
+    base.create(EVERY_MINUTE, (b"x" * 40,))
+    base.create(AT_NINE, (b"three",))
+    if reuse:
+        base.remove(1)
+    base.close()
+    pristine = cmds_bytes(state)
+    fail_at = 1
+    while True:
+        (state / "cmds").write_bytes(pristine)
+        opened = Store.open(state, LOG)
+        before = (dict(opened.tasks), opened.list_reply())
+        with monkeypatch.context() as patch:
+            injected = Injected(patch, fail_at, errno.ENOSPC)
+            try:
+                new_id = opened.create(EVERY_MINUTE, (b"new",))
+            except StoreError as error:
+                assert injected.failed
+                assert "No space left on device" in str(error)
+                assert (dict(opened.tasks), opened.list_reply()) == before
+                assert not (state / "task_3").exists()
+            else:
+                assert not injected.failed
+                assert new_id == 3
+                break
+        opened.close()
+        after = reopen(state)
+        assert dict(after.tasks) == before[0], fail_at
+        assert after.next_id >= 3
+        # Undone cleanly: what remains is the old file, maybe with NEXT_ID moved on.
+        assert len(cmds_bytes(state)) == len(pristine), fail_at
+        fail_at += 1
+    assert fail_at > 5  # every step was tried: 2 pwrites, fdatasync, pwrite, fdatasync, mkdir
+    opened.close()
+    assert 3 in reopen(state).tasks
+
+
+def test_it_keeps_a_task_whose_removal_fails(
+    state: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    with monkeypatch.context() as patch:
+        Injected(patch, 2, errno.EIO)  # the fdatasync after the tombstone
+        with pytest.raises(StoreError):
+            store.remove(0)
+    assert list(store.tasks) == [0]
+    assert store.remove(0) is True
+
+
+def test_it_survives_a_full_file_system(state: Path) -> None:
+    """ENOSPC for real (a file size limit), in a child: nothing unstored is acknowledged."""
+    base = Store.open(state, LOG)
+    for number in range(3):
+        base.create(EVERY_MINUTE, (b"before", str(number).encode()))
+    base.remove(1)
+    base.close()
+    earlier = dict(reopen(state).tasks)
+    limit = len(cmds_bytes(state)) + 500
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read_end)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            opened = Store.open(state, LOG)
+            acknowledged: list[int] = []
+            failures = 0
+            for number in range(100):
+                tasks = dict(opened.tasks)
+                try:
+                    acknowledged.append(opened.create(AT_NINE, (b"x" * 90, b"%d" % number)))
+                except StoreError:
+                    failures += 1
+                    assert dict(opened.tasks) == tasks
+                    if failures == 3:
+                        break
+            # A slot freed now is still reused although the file cannot grow.
+            opened.remove(acknowledged[0])
+            acknowledged[0] = opened.create(AT_NINE, (b"reused",))
+            os.write(write_end, json.dumps([acknowledged, failures]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    acknowledged, failures = json.loads(report)
+    assert failures == 3
+    assert len(acknowledged) >= 3
+    after = reopen(state)
+    assert {k: v for k, v in after.tasks.items() if k in earlier} == earlier
+    assert set(after.tasks) == set(earlier) | set(acknowledged)
+    assert after.tasks[acknowledged[0]].argv == (b"reused",)
+    assert len(cmds_bytes(state)) <= limit
+    assert scan_cmds(cmds_bytes(state)).problems == []
+    assert len(cmds_bytes(state)) >= HEADER_SIZE
