@@ -1,0 +1,464 @@
+"""Tests of saturnd.spawn with real forks, real files and real commands.
+
+Runs are recorded by `record_run`, a small implementation of the `times-exitcodes`
+format of DESIGN.md (NBRUNS uint32, then TIME int64 + EXITCODE uint16 per run,
+big-endian) with the same locking as `store.append_run`, so these tests do not depend
+on store.py; `test_it_records_with_store_by_default` checks the real default when it
+exists. No test sleeps for long: each polls for what it waits for, with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import shutil
+import signal
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from saturnd.spawn import RunSpec, exitcode_from_status, spawn_run
+
+START = 1_795_248_000  # a fixed start time: the history must show it, not the real clock
+TASK_ID = 7
+DEADLINE = 5.0
+
+
+def record_run(task_dir: Path, time: int, exitcode: int) -> None:
+    """Append one run to `task_dir/times-exitcodes` (the format and lock of store)."""
+    fd = os.open(task_dir / "times-exitcodes", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        header = os.pread(fd, 4, 0)
+        count = struct.unpack(">I", header)[0] if len(header) == 4 else 0
+        os.pwrite(fd, struct.pack(">qH", time, exitcode), 4 + 10 * count)
+        os.pwrite(fd, struct.pack(">I", count + 1), 0)
+    finally:
+        os.close(fd)
+
+
+def read_runs(task_dir: Path) -> list[tuple[int, int]]:
+    """The (time, exitcode) records of `task_dir/times-exitcodes`, oldest first."""
+    try:
+        data = (task_dir / "times-exitcodes").read_bytes()
+    except FileNotFoundError:
+        return []
+    if len(data) < 4:
+        return []  # created, header not written yet
+    (count,) = struct.unpack_from(">I", data)
+    # A longer file is a record being appended: NBRUNS is written after it.
+    assert len(data) >= 4 + 10 * count
+    return [struct.unpack_from(">qH", data, 4 + 10 * i) for i in range(count)]
+
+
+def temp_files(directory: Path) -> list[str]:
+    """Temporary output files left in `directory`."""
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    """Poll `predicate` every few milliseconds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.003)
+
+
+def wait_finished(task_dir: Path, count: int) -> list[tuple[int, int]]:
+    """Wait until `count` runs are recorded and their outputs renamed; the runs."""
+    wait_for(
+        lambda: len(read_runs(task_dir)) == count and not temp_files(task_dir),
+        f"{count} finished runs in {task_dir}",
+    )
+    return read_runs(task_dir)
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited (an orphan may stay a zombie: init may not reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def task_dir(tmp_path: Path) -> Path:
+    """An empty task directory, as store creates it."""
+    directory = tmp_path / f"task_{TASK_ID}"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+def spawn(task_dir: Path, *argv: bytes | str, start: int = START, **kwargs: Any) -> None:
+    """spawn_run with the test recorder unless another is given."""
+    kwargs.setdefault("record", record_run)
+    args = tuple(os.fsencode(a) for a in argv)
+    spawn_run(RunSpec(TASK_ID, task_dir, args, start), **kwargs)
+
+
+def run(task_dir: Path, *argv: bytes | str, **kwargs: Any) -> tuple[int, bytes, bytes]:
+    """Spawn one run, wait for it: (exitcode, stdout, stderr)."""
+    before = len(read_runs(task_dir))
+    spawn(task_dir, *argv, **kwargs)
+    runs = wait_finished(task_dir, before + 1)
+    assert runs[-1][0] == START
+    return runs[-1][1], (task_dir / "stdout").read_bytes(), (task_dir / "stderr").read_bytes()
+
+
+_markers = itertools.count(1)
+
+
+@pytest.fixture
+def sleeper(task_dir: Path) -> Iterator[Callable[..., tuple[int, int]]]:
+    """Start `sleep` runs found by a unique argument: (P5 pid, P6 pid); killed at the end."""
+    started: list[int] = []
+
+    def start(**kwargs: Any) -> tuple[int, int]:
+        marker = f"4.{os.getpid()}{next(_markers):03d}"
+        spawn(task_dir, "sleep", marker, **kwargs)
+        found: list[psutil.Process] = []
+
+        def exec_done() -> bool:
+            found[:] = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["sleep", marker]
+            ]
+            return bool(found)
+
+        wait_for(exec_done, f"sleep {marker}")
+        p6 = found[0].pid
+        started.append(p6)
+        return found[0].ppid(), p6
+
+    yield start
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_it_records_exit_0_with_exact_outputs(task_dir: Path) -> None:
+    code, out, err = run(task_dir, "sh", "-c", "printf 'out\\n2'; printf 'err' >&2")
+    assert (code, out, err) == (0, b"out\n2", b"err")
+    assert read_runs(task_dir) == [(START, 0)]
+    for name in ("stdout", "stderr", "times-exitcodes"):
+        assert (task_dir / name).stat().st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(task_dir)) == ["stderr", "stdout", "times-exitcodes"]
+
+
+def test_it_records_exit_3(task_dir: Path) -> None:
+    assert run(task_dir, "sh", "-c", "echo bye; exit 3") == (3, b"bye\n", b"")
+
+
+def test_it_records_a_death_by_signal_as_ffff(task_dir: Path) -> None:
+    assert run(task_dir, "sh", "-c", "echo before; kill -9 $$")[:2] == (0xFFFF, b"before\n")
+
+
+def test_it_reports_a_missing_program_as_127(task_dir: Path) -> None:
+    code, out, err = run(task_dir, "saturnd-no-such-program", "arg")
+    assert (code, out) == (127, b"")
+    assert err == b"saturnd: cannot execute 'saturnd-no-such-program': No such file or directory\n"
+
+
+def test_it_reports_a_non_executable_file_as_127(task_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho should-not-run\n")
+    script.chmod(0o644)
+    code, out, err = run(task_dir, str(script))
+    assert (code, out) == (127, b"")
+    assert err == f"saturnd: cannot execute '{script}': Permission denied\n".encode()
+
+
+def test_it_reports_a_nul_byte_in_argv_as_127(task_dir: Path) -> None:
+    code, _, err = run(task_dir, b"echo", b"a\0b")
+    assert (code, err) == (127, b"saturnd: cannot execute 'echo': argument contains a NUL byte\n")
+
+
+def test_it_runs_a_script_without_shebang_with_sh(task_dir: Path, tmp_path: Path) -> None:
+    # What execvp does on ENOEXEC, and what a shell does.
+    script = tmp_path / "plain-script"
+    script.write_text('echo from-sh "$1"\n')
+    script.chmod(0o755)
+    assert run(task_dir, str(script), "x y") == (0, b"from-sh x y\n", b"")
+
+
+def test_it_restores_sigpipe(task_dir: Path) -> None:
+    # Python ignores SIGPIPE: inherited, `yes` would get EPIPE and complain on stderr.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+    assert run(task_dir, "sh", "-c", "yes | head -1") == (0, b"y\n", b"")
+
+
+def test_it_resets_ignored_and_blocked_signals(task_dir: Path) -> None:
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        code, out, _ = run(task_dir, "grep", "^Sig", "/proc/self/status")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGHUP, old_hup)
+    fields = dict(line.split(":\t") for line in out.decode().splitlines())
+    assert code == 0
+    assert int(fields["SigIgn"], 16) == 0
+    assert int(fields["SigBlk"], 16) == 0
+
+
+def test_it_reads_stdin_from_dev_null(task_dir: Path) -> None:
+    assert run(task_dir, "cat") == (0, b"", b"")
+    assert run(task_dir, "readlink", "/proc/self/fd/0") == (0, b"/dev/null\n", b"")
+
+
+def test_it_runs_in_home(task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert run(task_dir, "pwd", "-P") == (0, f"{home.resolve()}\n".encode(), b"")
+    monkeypatch.setenv("HOME", str(tmp_path / "no-such-home"))
+    assert run(task_dir, "pwd", "-P") == (0, b"/\n", b"")
+
+
+def test_it_runs_in_its_own_session(sleeper: Callable[..., tuple[int, int]]) -> None:
+    p5, p6 = sleeper()
+    ours = os.getsid(0)
+    assert os.getsid(p5) == p5 != ours
+    assert os.getsid(p6) == p6 != ours
+    assert os.getpgid(p6) == p6
+
+
+def test_it_does_not_leak_the_parents_fds(
+    sleeper: Callable[..., tuple[int, int]], tmp_path: Path
+) -> None:
+    plain_path = tmp_path / "plain"
+    locked_path = tmp_path / "pid-file"
+    plain = os.open(plain_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    locked = os.open(locked_path, os.O_RDWR | os.O_CREAT, 0o600)
+    # Inheritable, so that only spawn's own closing keeps them from the command too.
+    os.set_inheritable(plain, True)
+    os.set_inheritable(locked, True)
+    fcntl.flock(locked, fcntl.LOCK_EX)
+    try:
+        p5, p6 = sleeper()
+    finally:
+        os.close(plain)
+        os.close(locked)  # the flock is released unless a run holds a copy
+    for pid in (p5, p6):
+        targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert str(plain_path) not in targets
+        assert str(locked_path) not in targets
+    assert sorted(os.listdir(f"/proc/{p6}/fd")) == ["0", "1", "2"]
+    again = os.open(locked_path, os.O_RDWR)
+    try:
+        fcntl.flock(again, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if leaked
+    finally:
+        os.close(again)
+
+
+def test_it_keeps_keep_fds_in_p5_only(
+    sleeper: Callable[..., tuple[int, int]], tmp_path: Path
+) -> None:
+    kept_path = tmp_path / "kept"
+    kept = os.open(kept_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        p5, p6 = sleeper(keep_fds=[kept])
+        assert os.readlink(f"/proc/{p5}/fd/{kept}") == str(kept_path)
+        assert sorted(os.listdir(f"/proc/{p6}/fd")) == ["0", "1", "2"]
+    finally:
+        os.close(kept)
+
+
+def test_it_publishes_the_output_of_the_run_recorded_last(task_dir: Path) -> None:
+    def slow_after_recording(directory: Path, start: int, exitcode: int) -> None:
+        record_run(directory, start, exitcode)
+        if exitcode == 5:
+            # Run A has recorded and released the history's lock but not renamed yet:
+            # without spawn's directory lock, run B would record and rename meanwhile,
+            # and A's late rename would leave A's output after B's record.
+            time.sleep(0.3)
+
+    spawn(
+        task_dir, "sh", "-c", "echo A; echo a >&2; exit 5", start=1000, record=slow_after_recording
+    )
+    wait_for(lambda: len(read_runs(task_dir)) == 1, "run A recorded")
+    spawn(
+        task_dir, "sh", "-c", "echo B; echo b >&2; exit 6", start=2000, record=slow_after_recording
+    )
+    assert wait_finished(task_dir, 2) == [(1000, 5), (2000, 6)]
+    assert (task_dir / "stdout").read_bytes() == b"B\n"
+    assert (task_dir / "stderr").read_bytes() == b"b\n"
+
+
+def test_it_keeps_history_and_output_in_step_when_runs_end_together(task_dir: Path) -> None:
+    for i in range(10):
+        spawn(task_dir, "sh", "-c", f"sleep 0.2; echo {i}; echo {i} >&2; exit {i}", start=i)
+    runs = wait_finished(task_dir, 10)
+    assert sorted(runs) == [(i, i) for i in range(10)]
+    last = runs[-1][1]
+    assert (task_dir / "stdout").read_bytes() == f"{last}\n".encode()
+    assert (task_dir / "stderr").read_bytes() == f"{last}\n".encode()
+
+
+def test_it_leaves_nothing_when_the_task_is_removed_during_a_run(
+    sleeper: Callable[..., tuple[int, int]], task_dir: Path
+) -> None:
+    p5, p6 = sleeper()
+    assert len(temp_files(task_dir)) == 2
+    shutil.rmtree(task_dir)
+    os.kill(p6, signal.SIGKILL)
+    wait_for(lambda: gone(p5), "P5 to exit")
+    assert not task_dir.exists()
+
+
+def test_it_leaves_nothing_when_the_task_directory_is_gone(tmp_path: Path) -> None:
+    logger = file_logger(tmp_path / "log")
+    missing = tmp_path / "task_99"
+    spawn(missing, "sh", "-c", f"echo ran > {tmp_path}/ran", logger=logger)
+    wait_for(lambda: b"task directory gone" in (tmp_path / "log").read_bytes(), "log line")
+    assert not missing.exists()
+    assert not (tmp_path / "ran").exists()
+
+
+def test_it_returns_at_once_while_a_long_run_goes_on(task_dir: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    before = time.monotonic()
+    spawn(
+        task_dir,
+        "sh",
+        "-c",
+        f"echo $$ > {pid_file}.new; mv {pid_file}.new {pid_file}; exec sleep 5",
+    )
+    assert time.monotonic() - before < 0.2
+    wait_for(pid_file.exists, "the run's pid file")
+    assert read_runs(task_dir) == []
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert wait_finished(task_dir, 1) == [(START, 0xFFFF)]
+
+
+def test_it_leaves_no_zombie_and_no_temporary_file(task_dir: Path) -> None:
+    for _ in range(50):
+        spawn(task_dir, "true")
+    # P4 is reaped before spawn_run returns; P5 and P6 are not our children.
+    assert psutil.Process().children() == []
+    assert wait_finished(task_dir, 50) == [(START, 0)] * 50
+    assert sorted(os.listdir(task_dir)) == ["stderr", "stdout", "times-exitcodes"]
+
+
+def test_it_passes_argv_bytes_unchanged(task_dir: Path) -> None:
+    argv = (b"printf", b"%s|%s|%s", b"two  spaces", b"\xff\xfe not utf-8", b"")
+    assert run(task_dir, *argv) == (0, b"two  spaces|\xff\xfe not utf-8|", b"")
+
+
+def test_it_searches_path(task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = "/nonexistent-dir:" + os.environ.get("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("PATH", path)
+    code, out, err = run(task_dir, "env")
+    assert (code, err) == (0, b"")
+    assert f"PATH={path}\n".encode() in out
+
+
+def test_it_goes_on_after_a_non_executable_match_in_path(
+    task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "bin1", tmp_path / "bin2"
+    for directory, mode in ((first, 0o644), (second, 0o755)):
+        directory.mkdir()
+        (directory / "tool").write_text(f"#!/bin/sh\necho {directory.name}\n")
+        (directory / "tool").chmod(mode)
+    monkeypatch.setenv("PATH", f"{first}:{second}")
+    assert run(task_dir, "tool") == (0, b"bin2\n", b"")
+    monkeypatch.setenv("PATH", f"{first}:{tmp_path}/none")
+    assert run(task_dir, "tool") == (
+        127,
+        b"",
+        b"saturnd: cannot execute 'tool': Permission denied\n",
+    )
+
+
+def file_logger(path: Path) -> logging.Logger:
+    """A logger writing to `path` only (its descriptor must survive in P5)."""
+    logger = logging.getLogger(f"test_spawn.{path}")
+    logger.handlers[:] = [logging.FileHandler(path)]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def test_it_logs_one_line_per_finished_run(task_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    run(task_dir, "sh", "-c", "exit 3", logger=file_logger(log))
+    wait_for(lambda: log.read_bytes().endswith(b"\n"), "a log line")
+    (line,) = log.read_text().splitlines()
+    assert f"task {TASK_ID}: run pid " in line
+    assert "exit code 3 (exited) after " in line
+
+
+def failing_fork(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
+    """Make the `nth` fork of a run's chain fail with EAGAIN (1: the caller's, 2: P4's,
+    3: P5's). The counter is copied into each child, so it counts along the chain."""
+    real_fork = os.fork
+    calls = [0]
+
+    def fork() -> int:
+        calls[0] += 1
+        if calls[0] == nth:
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+
+
+def test_it_raises_when_p4_cannot_fork(task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing_fork(monkeypatch, 2)
+    with pytest.raises(OSError) as raised:
+        spawn(task_dir, "true")
+    assert raised.value.errno == errno.EAGAIN
+    assert psutil.Process().children() == []
+
+
+def test_it_records_a_run_p5_cannot_fork_as_ffff(
+    task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing_fork(monkeypatch, 3)
+    code, out, err = run(task_dir, "true")
+    assert (code, out) == (0xFFFF, b"")
+    assert err == b"saturnd: cannot start the command: Resource temporarily unavailable\n"
+
+
+def test_it_rejects_an_empty_command_line(task_dir: Path) -> None:
+    with pytest.raises(ValueError):
+        spawn_run(RunSpec(TASK_ID, task_dir, (), START), record=record_run)
+    with pytest.raises(ValueError):
+        spawn_run(RunSpec(TASK_ID, task_dir, (b"",), START), record=record_run)
+
+
+def test_it_records_with_store_by_default(task_dir: Path) -> None:
+    store = pytest.importorskip("saturnd.store")
+    if not hasattr(store, "append_run"):
+        pytest.skip("store.append_run is not written yet")
+    spawn_run(RunSpec(TASK_ID, task_dir, (b"sh", b"-c", b"echo hi; exit 4"), START))
+    assert wait_finished(task_dir, 1) == [(START, 4)]
+    assert (task_dir / "stdout").read_bytes() == b"hi\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "exitcode"),
+    [
+        (0x0000, 0),  # exit 0
+        (0x0300, 3),  # exit 3
+        (0xFF00, 255),  # exit 255
+        (0x0009, 0xFFFF),  # killed by SIGKILL
+        (0x008B, 0xFFFF),  # killed by SIGSEGV, core dumped
+        (0x137F, 0xFFFF),  # stopped by SIGSTOP
+        (0xFFFF, 0xFFFF),  # continued
+    ],
+)
+def test_it_decodes_exit_statuses(status: int, exitcode: int) -> None:
+    assert exitcode_from_status(status) == exitcode
