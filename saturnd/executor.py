@@ -1,0 +1,174 @@
+"""The minute loop: clock -> schedule -> spawn.
+
+This module owns the executor process. Once per real minute (at second 0) it reloads
+the task table if the listener changed it, asks `schedule.plan` which (task, minute)
+pairs are due under the clock-jump and DST rules, records the minute as handled, and
+starts the runs.
+
+Rules:
+- At most once per (task, minute), across restarts too: the minute is written to
+  `last-minute` in the state directory *before* its runs start, so a crash between the
+  two can lose that minute's runs but never repeat them. On start, the gap since the
+  stored minute is handled like a clock jump; with no stored minute (first start), the
+  current minute counts as handled.
+- A task created or removed during minute M counts from minute M+1: the table is
+  reloaded at each minute boundary, before planning.
+- The executor never waits for a run: spawn forks a short-lived intermediate process
+  and returns; the run's own supervisor records it.
+- The loop never sleeps past the next minute boundary nor longer than 60 s, and re-reads
+  the clock after every wake-up (suspend, NTP steps, the fake clock's jumps).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+from saturnd import schedule
+from saturnd.clock import Clock
+from saturnd.listener import StopFlag
+from saturnd.spawn import RunSpec, spawn_run
+from saturnd.store import Store, StoreError
+
+STATE_FILE: Final = "last-minute"
+_WALL_FORMAT: Final = "%Y-%m-%dT%H:%M"
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The last real minute handled and the wall-clock high-water mark."""
+
+    epoch_minute: int
+    wall: datetime
+
+
+def load_handled(state_dir: Path, logger: logging.Logger) -> Handled | None:
+    """The stored last-minute state, or None if there is none (first start)."""
+    path = state_dir / STATE_FILE
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        logger.warning("cannot read %s (%s); treating this as a first start", path, error)
+        return None
+    try:
+        epoch_text, wall_text = text.split()
+        return Handled(int(epoch_text), datetime.strptime(wall_text, _WALL_FORMAT))
+    except ValueError:
+        logger.warning("%s is malformed (%r); treating this as a first start", path, text)
+        return None
+
+
+def save_handled(state_dir: Path, handled: Handled) -> None:
+    """Write the state durably: a temporary file, fsync, rename over the old one."""
+    path = state_dir / STATE_FILE
+    temporary = state_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+    data = f"{handled.epoch_minute} {handled.wall.strftime(_WALL_FORMAT)}\n".encode("ascii")
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+class Executor:
+    """Runs due tasks at each minute boundary until stopped."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        store: Store,
+        clock: Clock,
+        logger: logging.Logger,
+        stop: StopFlag,
+        wake_fd: int | None = None,
+        keep_fds: Collection[int] = (),
+    ) -> None:
+        self.state_dir = state_dir
+        self.store = store
+        self.clock = clock
+        self.log = logger
+        self.stop = stop
+        self.wake_fd = wake_fd
+        self.keep_fds = tuple(keep_fds)
+        self.handled = load_handled(state_dir, logger)
+
+    def run(self) -> int:
+        """The minute loop; returns 0 when stopped."""
+        while not self.stop.stopping:
+            now = self.clock.now()
+            epoch_minute = int(now // 60)
+            if self.handled is None or epoch_minute != self.handled.epoch_minute:
+                self.tick(epoch_minute, now)
+            self.clock.wait((epoch_minute + 1) * 60, self.wake_fd)
+            _reap()
+        return 0
+
+    def tick(self, epoch_minute: int, now: float) -> None:
+        """Handle one new real minute: plan, record it as handled, start the runs."""
+        try:
+            self.store.refresh()
+        except (OSError, StoreError) as error:  # keep the last table rather than stop
+            self.log.error("cannot reload the task table: %s", error)
+        tasks = self.store.tasks
+        current = schedule.local_minute(epoch_minute, None)
+        plan = schedule.plan(
+            None if self.handled is None else self.handled.wall,
+            current,
+            {task_id: entry.timing for task_id, entry in tasks.items()},
+        )
+        handled = Handled(epoch_minute, plan.last)
+        try:
+            save_handled(self.state_dir, handled)
+        except OSError as error:
+            # Running without a durable mark could repeat these runs after a restart.
+            self.log.error(
+                "cannot record minute %s as handled (%s); its runs are skipped",
+                current.strftime(_WALL_FORMAT),
+                error,
+            )
+            return
+        self.handled = handled
+        if plan.kind not in ("normal", "none"):
+            self.log.info(
+                "clock moved from the last handled minute: %s at %s (%d runs)",
+                plan.kind,
+                current.strftime(_WALL_FORMAT),
+                len(plan.runs),
+            )
+        # Every run of this tick is recorded with the second the tick read from the
+        # clock: they start within milliseconds of it, and a fake clock that moves on
+        # while we fork must not change what a run is recorded as.
+        start = int(now)
+        for _minute, task_id in plan.runs:
+            entry = tasks.get(task_id)
+            if entry is None:
+                continue
+            spec = RunSpec(task_id, self.store.task_dir(task_id), entry.argv, start)
+            try:
+                spawn_run(spec, keep_fds=self.keep_fds, logger=self.log)
+            except OSError as error:
+                self.log.error("task %d: cannot start a run: %s", task_id, error)
+                continue
+            self.log.info("task %d: run started", task_id)
+
+
+def _reap() -> None:
+    """Collect any child that ended (spawn waits for its own; this is a safety net)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
