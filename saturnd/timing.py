@@ -5,21 +5,35 @@ This module owns:
   day names `sun`..`sat` in any case, `7` for Sunday) into bit sets;
 - formatting bit sets back to the canonical text of PROTOCOL.md (`*`, or maximal runs
   `N` / `A-B` joined by commas);
-- matching a wall-clock datetime and finding the next matching minute.
+- matching a wall-clock datetime and finding the next matching minute;
+- `Frozen`, the base of the immutable value classes here and in `protocol`.
 
-Rules: pure code, standard library only (cassini imports this module and must start
-fast). The field grammar is expanded here rather than by `croniter.expand`, because
-croniter accepts what we must refuse (`5-3` wraps around, `3/5` means just 3); the
-tests use croniter as an independent oracle for every form both accept. Every malformed
-field raises `TimingError`, whose message names the field and the bad text.
+Rules: pure code, standard library only. The field grammar is expanded here rather than
+by `croniter.expand`, because croniter accepts what we must refuse (`5-3` wraps around,
+`3/5` means just 3); the tests use croniter as an independent oracle for every form both
+accept. Every malformed field raises `TimingError`, whose message names the field and
+the bad text.
+
+Start-up cost: cassini imports this module and `protocol` for every request, and
+`cassini -l` must cost at most 1.3 times a bare `python -c pass`
+(bench/cassini_roundtrip.py). With frozen dataclasses, `import saturnd.protocol` took
+about 26 ms in a regular install (`python -X importtime`, bytecode cached), where the
+interpreter itself starts in about 11 ms: `dataclasses` pulls in `inspect`, `re`,
+`enum` and `typing`, and each of the 17 classes of the two modules compiled its methods
+with `exec()`. Without them it takes about 1.5 ms. So at import time this module uses
+only what a bare interpreter has already loaded: no `typing` (type-only names come in
+under `TYPE_CHECKING`), no `re` (the field grammar is small enough for the hand-written
+scanner below), no `datetime` (imported by the functions that compute with it), no
+`dataclasses`: `Frozen` derives what the dataclasses gave (immutability, equality,
+hash, repr, pattern matching) from `__slots__`, at no import cost.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Final
+TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import ClassVar, Final
 
 __all__ = [
     "FIELDS",
@@ -27,11 +41,58 @@ __all__ = [
     "FULL_HOURS",
     "FULL_MINUTES",
     "Field",
+    "Frozen",
     "Timing",
     "TimingError",
     "format_field",
     "parse_field",
 ]
+
+
+class Frozen:
+    """Base of small immutable value classes, in place of `@dataclass(frozen=True)`.
+
+    A subclass names its fields in a `__slots__` tuple (and `__match_args__`, for
+    positional patterns), in the order of its `__init__` parameters, after those of its
+    bases; declares their types in the class body; and sets them in `__init__` with
+    `object.__setattr__`. Like a frozen dataclass, an instance then compares equal to an
+    instance of the same class with equal fields, hashes and prints by its fields, can
+    be copied and pickled, and refuses to have a field set or deleted. Type checkers do
+    not see the immutability: they accept an assignment that fails at run time.
+    """
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+    """Every field of the class, those of its bases first."""
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._fields = cls._fields + tuple(cls.__dict__.get("__slots__", ()))
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple([getattr(self, name) for name in self._fields])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Frozen) and other.__class__ is self.__class__:
+            return self._values() == other._values()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable: cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple[type[Frozen], tuple[object, ...]]:
+        # copy and pickle rebuild through __init__: the default restores slots with setattr.
+        return self.__class__, self._values()
 
 
 class TimingError(ValueError):
@@ -44,14 +105,20 @@ class TimingError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Frozen):
     """The value range of one timing field and the names it accepts."""
 
+    __slots__ = __match_args__ = ("name", "low", "high", "names")
     name: str
     low: int
     high: int
-    names: tuple[str, ...] = ()
+    names: tuple[str, ...]
+
+    def __init__(self, name: str, low: int, high: int, names: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "names", names)
 
     @property
     def full(self) -> int:
@@ -68,10 +135,10 @@ FULL_MINUTES: Final = MINUTES.full
 FULL_HOURS: Final = HOURS.full
 FULL_DAYSOFWEEK: Final = DAYSOFWEEK.full
 
-# One item of a comma list: `*` or a value or a range, then an optional step.
-# Matched with `fullmatch`: `$` would also match before a trailing newline ("1\n,2").
-_ITEM = re.compile(r"(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?")
-_NUMBER = re.compile(r"[0-9]+")
+# The characters of the item grammar: a value or a day name is a run of _WORD, a step
+# a run of _DIGITS (ASCII only: str.isdigit() would accept fullwidth and other digits).
+_DIGITS = frozenset("0123456789")
+_WORD = _DIGITS | frozenset("abcdefghijklmnopqrstuvwxyz")
 # More significant digits than any value or step can have; int() refuses over 4300 digits.
 _MAX_DIGITS = 4
 
@@ -88,7 +155,7 @@ def _value(field: Field, token: str, text: str) -> int:
     Day of week accepts 7 here and callers fold bit 7 into bit 0, so `5-7` is
     Friday to Sunday as in crontab.
     """
-    if _NUMBER.fullmatch(token):
+    if _DIGITS.issuperset(token):
         number = _number(token)
         high = 7 if field is DAYSOFWEEK else field.high
         if not field.low <= number <= high:
@@ -100,12 +167,47 @@ def _value(field: Field, token: str, text: str) -> int:
     raise TimingError(field.name, text, f"{token!r} is not {kind}")
 
 
+def _run_end(item: str, start: int, chars: frozenset[str]) -> int:
+    """The index just past the run of `chars` that begins at `start` (`start`: no run)."""
+    end = start
+    while end < len(item) and item[end] in chars:
+        end += 1
+    return end
+
+
+def _split_item(item: str) -> tuple[str, str | None, str | None] | None:
+    """An item's parts (first, last, step), or None when it is not of the item grammar.
+
+    The grammar: `*` or WORD or WORD-WORD, then optionally /DIGITS, and nothing else;
+    `first` is "*" for a star.
+    """
+    last = step = None
+    if item.startswith("*"):
+        first, end = "*", 1
+    else:
+        end = _run_end(item, 0, _WORD)
+        if end == 0:
+            return None
+        first = item[:end]
+        if item.startswith("-", end):
+            start, end = end + 1, _run_end(item, end + 1, _WORD)
+            if end == start:
+                return None
+            last = item[start:end]
+    if item.startswith("/", end):
+        start, end = end + 1, _run_end(item, end + 1, _DIGITS)
+        if end == start:
+            return None
+        step = item[start:end]
+    return (first, last, step) if end == len(item) else None
+
+
 def _parse_item(field: Field, item: str, text: str) -> int:
-    match = _ITEM.fullmatch(item)
-    if match is None:
+    parts = _split_item(item)
+    if parts is None:
         raise TimingError(field.name, text, f"{item!r} is not a value, range or step")
-    star, first, last, step = match.groups()
-    if star:
+    first, last, step = parts
+    if first == "*":
         low, high = field.low, field.high
     else:
         low = _value(field, first, text)
@@ -172,16 +274,26 @@ def _next_bit(bits: int, start: int) -> int:
 
 def _weekday(moment: datetime) -> int:
     """Day of week with 0 = Sunday, as in the protocol."""
-    return (moment.weekday() + 1) % 7
+    return moment.isoweekday() % 7  # isoweekday: Monday 1 .. Sunday 7
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
+class Timing(Frozen):
     """When a task runs: bit n of each set is value n (0 = Sunday for days of week)."""
 
-    minutes: int = FULL_MINUTES
-    hours: int = FULL_HOURS
-    daysofweek: int = FULL_DAYSOFWEEK
+    __slots__ = __match_args__ = ("minutes", "hours", "daysofweek")
+    minutes: int
+    hours: int
+    daysofweek: int
+
+    def __init__(
+        self,
+        minutes: int = FULL_MINUTES,
+        hours: int = FULL_HOURS,
+        daysofweek: int = FULL_DAYSOFWEEK,
+    ) -> None:
+        object.__setattr__(self, "minutes", minutes)
+        object.__setattr__(self, "hours", hours)
+        object.__setattr__(self, "daysofweek", daysofweek)
 
     @classmethod
     def parse(cls, minutes: str = "*", hours: str = "*", daysofweek: str = "*") -> Timing:
@@ -220,7 +332,7 @@ class Timing:
         return bool(
             self.minutes >> moment.minute & 1
             and self.hours >> moment.hour & 1
-            and self.daysofweek >> _weekday(moment) & 1
+            and self.daysofweek >> moment.isoweekday() % 7 & 1  # _weekday(), inlined: hot
         )
 
     def next_after(self, moment: datetime) -> datetime | None:
@@ -229,6 +341,8 @@ class Timing:
         Works on naive wall-clock values (the tzinfo, if any, is kept but ignored):
         daylight saving is the scheduler's business, not this arithmetic's.
         """
+        from datetime import timedelta
+
         if not (self.minutes and self.hours and self.daysofweek):
             return None
         candidate = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)

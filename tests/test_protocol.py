@@ -6,7 +6,9 @@ and are checked both ways and fed to the decoders one byte at a time.
 
 from __future__ import annotations
 
+import copy
 import itertools
+import pickle
 import struct
 import tracemalloc
 
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saturnd import protocol
 from saturnd.protocol import (
     MAX_ARGC,
     MAX_REPLY_STRING,
@@ -630,3 +633,37 @@ def test_it_allocates_nothing_for_an_announced_count(opcode: bytes) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+# --- messages are values (Frozen classes, not dataclasses: see the module docstring) ---
+
+EVERY_MESSAGE = [message for message, _ in REQUESTS] + [reply for _, reply, _ in REPLIES]
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_it_treats_every_message_as_an_immutable_value(message: Request | Reply) -> None:
+    clone = pickle.loads(pickle.dumps(message))
+    assert clone is not message
+    assert clone == message and hash(clone) == hash(message)
+    assert copy.deepcopy(message) == message
+    assert eval(repr(message), vars(protocol)) == message  # repr shows every field
+    for name in type(message).__match_args__:
+        with pytest.raises(AttributeError):
+            setattr(message, name, None)
+    with pytest.raises(AttributeError):
+        message.extra = 1  # type: ignore[union-attr]
+
+
+def test_it_tells_messages_of_different_kinds_apart() -> None:
+    assert RemoveRequest(1) == RemoveRequest(1)
+    assert RemoveRequest(1) != StdoutRequest(1)
+    assert RemoveRequest(1) != RemoveRequest(2)
+    assert ListRequest() != TerminateRequest()
+    assert OkReply() != ListRequest()
+    assert CreateReply(3) != 3
+    assert len({ErrorReply(b"NF"), ErrorReply(b"NF"), ErrorReply(b"NR")}) == 2
+    match TaskEntry(5, WEDNESDAY_9_14, ECHO_TEST_1):
+        case TaskEntry(task_id, Timing(minutes, hours, days), argv):
+            assert (task_id, minutes, hours, days, argv) == (5, 1, 0x4200, 0x08, ECHO_TEST_1)
+        case _:
+            pytest.fail("a TaskEntry did not match its positional pattern")

@@ -7,6 +7,8 @@ walk checks `next_after`.
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from saturnd.timing import (
     FULL_DAYSOFWEEK,
     FULL_HOURS,
     FULL_MINUTES,
+    Frozen,
     Timing,
     TimingError,
     format_field,
@@ -619,3 +622,52 @@ def test_it_parses_any_text_into_the_field_or_raises_timing_error(field: str, te
         return
     assert 0 < bitset <= full(field)
     assert text.strip() == text and "\n" not in text
+
+
+# --- Timing is a value (a Frozen class, not a dataclass: see the module docstring) ---
+
+
+def test_it_treats_a_timing_as_an_immutable_value() -> None:
+    timing = Timing(1, 2, 3)
+    assert timing == Timing(minutes=1, hours=2, daysofweek=3)
+    assert timing != Timing(1, 2, 4)
+    assert timing != (1, 2, 3)
+    assert hash(timing) == hash(Timing(1, 2, 3))
+    assert repr(timing) == "Timing(minutes=1, hours=2, daysofweek=3)"
+    clone = pickle.loads(pickle.dumps(timing))
+    assert clone == timing and clone is not timing
+    assert copy.copy(timing) == timing
+    with pytest.raises(AttributeError, match="Timing is immutable"):
+        timing.minutes = 5
+    with pytest.raises(AttributeError, match="Timing is immutable"):
+        del timing.hours
+    with pytest.raises(AttributeError):
+        timing.other = 1  # type: ignore[attr-defined]
+    assert (timing.minutes, timing.hours, timing.daysofweek) == (1, 2, 3)
+    match timing:
+        case Timing(minutes, hours, days):
+            assert (minutes, hours, days) == (1, 2, 3)
+        case _:
+            pytest.fail("a Timing did not match its positional pattern")
+
+
+def test_it_gives_a_subclass_of_a_value_class_the_fields_of_both() -> None:
+    class Point(Frozen):
+        __slots__ = __match_args__ = ("x",)
+        x: int
+
+        def __init__(self, x: int) -> None:
+            object.__setattr__(self, "x", x)
+
+    class Labelled(Point):
+        __slots__ = ("label",)
+        label: str
+
+        def __init__(self, x: int, label: str) -> None:
+            super().__init__(x)
+            object.__setattr__(self, "label", label)
+
+    assert repr(Labelled(1, "a")) == f"{Labelled.__qualname__}(x=1, label='a')"
+    assert Labelled(1, "a") != Labelled(1, "b")
+    assert Labelled(1, "a") != Point(1)
+    assert copy.copy(Labelled(1, "a")) == Labelled(1, "a")
