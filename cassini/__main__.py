@@ -8,6 +8,10 @@ Rules:
   be reached or answers badly; 130 on Ctrl-C. Never a traceback.
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
+- `--import` reads the whole crontab and has every line checked (cassini.crontab)
+  before the first CREATE: a refused line creates nothing. The ids are printed as the
+  tasks are created, so when the daemon fails half-way what was created is on stdout,
+  and stderr names the lines created and the line that failed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from cassini.cli import Import
 
 __all__ = ["default_pipes_dir", "main"]
 
@@ -80,6 +86,75 @@ def _write_stdout(data: bytes) -> int:
     return 0
 
 
+def _line_ranges(lines: Sequence[int]) -> str:
+    """Increasing line numbers as ranges: `1-3, 5`."""
+    ranges: list[str] = []
+    start = previous = -2
+    for line in [*lines, -2]:
+        if line != previous + 1:
+            if start >= 0:
+                ranges.append(str(start) if start == previous else f"{start}-{previous}")
+            start = line
+        previous = line
+    return ", ".join(ranges)
+
+
+def _read_crontab(path: str) -> bytes:
+    """The bytes of FILE, or of standard input for `-`; raises OSError."""
+    if path != "-":
+        with open(path, "rb") as file:
+            return file.read()
+    if sys.stdin is None:  # started with descriptor 0 closed
+        raise OSError(9, "standard input is closed")
+    return sys.stdin.buffer.read()
+
+
+def _import(parsed: Import) -> int:
+    """`--import FILE`: check every line, then one CREATE per task line, in order."""
+    from cassini import crontab, transport
+    from saturnd.protocol import CreateReply
+
+    name = "<stdin>" if parsed.path == "-" else parsed.path
+    try:
+        data = _read_crontab(parsed.path)
+    except OSError as error:
+        _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
+        return 1
+    entries, problems = crontab.parse(data)
+    if problems:
+        for problem in problems:
+            _error(f"cassini: {name}:{problem.line}: {problem.reason}\n")
+        lines = "line was" if len(problems) == 1 else "lines were"
+        _error(f"cassini: nothing imported: {len(problems)} {lines} refused\n")
+        return 1
+
+    pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
+    created: list[int] = []
+    status = 0
+    for entry in entries:
+        try:
+            reply = transport.exchange(pipes_dir, entry.request)
+        except transport.TransportError as error:
+            failure = str(error)
+        except OSError as error:  # not foreseen by transport; still one line
+            failure = str(error)
+        else:
+            if isinstance(reply, CreateReply):
+                created.append(entry.line)
+                # Keep creating even if nobody reads the ids any more: the file asked
+                # for these tasks. The exit status still says something went wrong.
+                status = _write_stdout(b"%d\n" % reply.task_id) or status
+                continue
+            failure = "the daemon did not answer with a task id"
+        if created:
+            done = f"the tasks of lines {_line_ranges(created)} were created"
+        else:
+            done = "no task was created"
+        _error(f"cassini: {name}:{entry.line}: task not created: {failure}; {done}\n")
+        return 1
+    return status
+
+
 def _run(args: Sequence[str]) -> int:
     from cassini import cli
 
@@ -90,6 +165,8 @@ def _run(args: Sequence[str]) -> int:
         return 1
     if isinstance(parsed, cli.Help):
         return _write_stdout(cli.USAGE.encode())
+    if isinstance(parsed, cli.Import):
+        return _import(parsed)
 
     import time
 
@@ -104,7 +181,7 @@ def _run(args: Sequence[str]) -> int:
     except OSError as error:  # not foreseen by transport; still one line, not a traceback
         _error(f"cassini: {error}\n")
         return 1
-    outcome = cli.render(parsed.request, reply, time.localtime)
+    outcome = cli.respond(parsed, reply, time.localtime, time.time())
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)

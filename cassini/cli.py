@@ -1,29 +1,39 @@
 """cassini's command line and output, sans I/O (PROTOCOL.md, "cassini's command line").
 
 This module owns:
-- `parse_args`: the arguments (without the program name) -> `Help` or an `Invocation`
-  (the request to send and the pipes directory), or `UsageError`;
+- `parse_args`: the arguments (without the program name) -> `Help`, an `Invocation`
+  (the request to send, the pipes directory and how to show the reply) or an `Import`
+  (`--import FILE`, which sends one CREATE per crontab line), or `UsageError`;
 - `render`: a request and its reply -> an `Outcome` (stdout bytes, stderr text, exit
-  status);
+  status), for the outputs of PROTOCOL.md; `respond` does the same for an `Invocation`,
+  handing the newer outputs (`-n`, `-l -v`, `--json`, `--export`) to `cassini.output`;
+- `make_create_request`: a timing and argv -> CREATE, within the daemon's limits;
 - `USAGE`, the help text.
 
 Rules:
 - Pure: no file descriptor, no clock. The only environment-dependent step, turning a run's
   epoch seconds into local time, is a function the caller passes in.
-- Options are parsed by `getopt.getopt` with PROTOCOL.md's option string, so parsing stops
-  at the first non-option argument: it and everything after it are the command of `-c`.
+- Options are parsed like `getopt.getopt` (by `cassini.options`, which behaves the same
+  without importing `re`) with PROTOCOL.md's option string plus the newer
+  options (`-n: -N: -v` and the long `--export --import= --json`), so parsing stops at the
+  first non-option argument: it and everything after it are the command of `-c`. An
+  argument list the original option string accepts parses exactly as before (the new
+  letters were errors there; long options were errors there).
 - Nothing is sent for invalid arguments: every check happens here, before any I/O.
 - Start-up speed: `cassini -h` must cost little more than starting Python, so this module
-  imports only `getopt` and `os` when it loads. `saturnd.protocol` and `saturnd.timing`
-  (which pull in `dataclasses`, `typing`, `datetime`) are imported by the functions that
-  need them, and this module's own classes are plain classes for the same reason:
-  `import dataclasses` alone costs about a third of the interpreter's start-up.
+  imports only `os` and `cassini.options` when it loads. `saturnd.protocol` and
+  `saturnd.timing` are imported by the functions that need them, and this module's own
+  classes are plain classes: `import dataclasses` alone costs about a third of the
+  interpreter's start-up. The
+  newer outputs live in `cassini.output` and `cassini.crontab`, imported only by the
+  invocations that use them, so the plain options load nothing new.
 """
 
 from __future__ import annotations
 
-import getopt
 import os
+
+from cassini.options import GetoptError, getopt
 
 # `typing.TYPE_CHECKING` would import `typing`; mypy treats any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -39,35 +49,62 @@ if TYPE_CHECKING:
         OutputReply,
         Reply,
         Request,
+        TaskEntry,
         TimesExitcodesReply,
     )
+    from saturnd.timing import Timing
 
     LocalTime = Callable[[int], time.struct_time]
     """Epoch seconds -> local wall-clock time, i.e. `time.localtime`."""
 
 __all__ = [
+    "DEFAULT_COUNT",
+    "LONG_OPTIONS",
+    "MAX_COUNT",
     "OPTIONS",
+    "PROTOCOL_OPTIONS",
     "USAGE",
     "Help",
+    "Import",
     "Invocation",
     "Outcome",
     "UsageError",
+    "local_text",
+    "make_create_request",
+    "out_of_range",
     "parse_args",
+    "parse_count",
     "parse_task_id",
     "render",
+    "respond",
+    "task_line",
 ]
 
-OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
+PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 """The getopt option string of PROTOCOL.md."""
+OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
+"""PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
+LONG_OPTIONS = ("export", "import=", "json")
+"""The long options, for getopt: --export, --import FILE, --json."""
+
+DEFAULT_COUNT = 5
+"""How many start times `-n` prints without `-N`."""
+MAX_COUNT = 1000
+"""The largest `-N`: enough for years of a daily task, quick to compute."""
 
 USAGE = """\
-usage: cassini [-p PIPES_DIR] [-l]
+usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini [-p PIPES_DIR] -c [-m MINUTES] [-H HOURS] [-d DAYSOFWEEK] COMMAND [ARG...]
-       cassini [-p PIPES_DIR] -r|-x|-o|-e TASKID
+       cassini [-p PIPES_DIR] -r|-o|-e TASKID
+       cassini [-p PIPES_DIR] -x TASKID [--json]
+       cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
+       cassini [-p PIPES_DIR] --export
+       cassini [-p PIPES_DIR] --import FILE
        cassini [-p PIPES_DIR] -q
        cassini -h
 
   -l              list the tasks (the default)
+  -v              with -l: add each task's next start time and a description
   -c              create a task running COMMAND [ARG...] (options after COMMAND are its own)
   -m MINUTES      minutes of the new task, crontab syntax such as 0-2,5 (default *)
   -H HOURS        hours of the new task (default *)
@@ -76,6 +113,11 @@ usage: cassini [-p PIPES_DIR] [-l]
   -x TASKID       print a task's run times and exit codes
   -o TASKID       print the standard output of a task's last run
   -e TASKID       print the standard error of a task's last run
+  -n TASKID       print the next start times of a task, in local time
+  -N COUNT        with -n: how many start times (default 5, at most 1000)
+  --json          with -l, -x or -n: print one JSON document instead of text
+  --export        print every task as a crontab line
+  --import FILE   create a task per line of crontab FILE (- for standard input)
   -q              terminate the daemon
   -p PIPES_DIR    directory of the pipes (default /tmp/USERNAME/saturnd/pipes)
   -h              print this help
@@ -84,11 +126,22 @@ usage: cassini [-p PIPES_DIR] [-l]
 _MAX_TASK_ID = (1 << 64) - 1
 _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 
-# Options that choose the request; at most one of them (repeating the same one with the
+# Options that choose what to do; at most one of them (repeating the same one with the
 # same argument is harmless and accepted).
-_OPERATIONS = frozenset({"-l", "-c", "-q", "-r", "-x", "-o", "-e"})
+_OPERATIONS = frozenset({"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import"})
 # Options that only make sense with -c.
 _TIMING_OPTIONS = {"-m": "minutes", "-H": "hours", "-d": "daysofweek"}
+# Every option that only makes sense with some operations: the operations, and how the
+# usage error names them.
+_MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
+    **{option: (frozenset({"-c"}), "-c") for option in _TIMING_OPTIONS},
+    "-N": (frozenset({"-n"}), "-n"),
+    "-v": (frozenset({"-l"}), "-l"),
+    "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
+}
+# How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
+# others are cassini.output's.
+_MODES = ("plain", "verbose", "next", "export")
 
 
 class UsageError(ValueError):
@@ -111,24 +164,75 @@ class Help:
 
 
 class Invocation:
-    """A valid invocation: the request to send and `-p`'s directory (None: the default)."""
+    """A valid invocation that sends one request, and how to show its reply.
 
-    __slots__ = ("pipes_dir", "request")
+    `pipes_dir` is `-p`'s directory (None: the default). `mode` is "plain" (PROTOCOL.md's
+    output), "verbose" (`-l -v`), "next" (`-n task_id`, `count` start times) or "export"
+    (`--export`); `json` is `--json`.
+    """
 
-    def __init__(self, request: Request, pipes_dir: str | None = None) -> None:
+    __slots__ = ("count", "json", "mode", "pipes_dir", "request", "task_id")
+
+    def __init__(
+        self,
+        request: Request,
+        pipes_dir: str | None = None,
+        *,
+        mode: str = "plain",
+        json: bool = False,
+        task_id: int | None = None,
+        count: int = DEFAULT_COUNT,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"unknown mode {mode!r}")
         self.request = request
         self.pipes_dir = pipes_dir
+        self.mode = mode
+        self.json = json
+        self.task_id = task_id
+        self.count = count
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.request, self.pipes_dir, self.mode, self.json, self.task_id, self.count)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Invocation):
             return NotImplemented
-        return (self.request, self.pipes_dir) == (other.request, other.pipes_dir)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.request, self.pipes_dir))
+        return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"Invocation({self.request!r}, {self.pipes_dir!r})"
+        extra = ""
+        if self.mode != "plain":
+            extra += f", mode={self.mode!r}"
+        if self.json:
+            extra += ", json=True"
+        if self.mode == "next":
+            extra += f", task_id={self.task_id!r}, count={self.count!r}"
+        return f"Invocation({self.request!r}, {self.pipes_dir!r}{extra})"
+
+
+class Import:
+    """`--import FILE`: one CREATE per crontab line of `path` ("-" is standard input)."""
+
+    __slots__ = ("path", "pipes_dir")
+
+    def __init__(self, path: str, pipes_dir: str | None = None) -> None:
+        self.path = path
+        self.pipes_dir = pipes_dir
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Import):
+            return NotImplemented
+        return (self.path, self.pipes_dir) == (other.path, other.pipes_dir)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.pipes_dir))
+
+    def __repr__(self) -> str:
+        return f"Import({self.path!r}, {self.pipes_dir!r})"
 
 
 class Outcome:
@@ -182,8 +286,40 @@ def _single(options: list[tuple[str, str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
+def parse_count(text: str) -> int:
+    """A COUNT argument of `-N`: decimal digits, from 1 to MAX_COUNT; raises `UsageError`."""
+    significant = text.lstrip("0")
+    # Bound the length before int(), as for task ids.
+    if text.isascii() and text.isdigit() and 0 < len(significant) <= len(str(MAX_COUNT)):
+        count = int(significant)
+        if count <= MAX_COUNT:
+            return count
+    raise UsageError(f"invalid count {text!r}: expected a number from 1 to {MAX_COUNT}")
+
+
+def make_create_request(timing: Timing, argv: tuple[bytes, ...]) -> Request:
+    """CREATE `argv` at `timing`, or `UsageError` when the daemon could not take it.
+
+    The daemon drops a request beyond its limits without replying; say why here instead.
+    """
     from saturnd.protocol import MAX_ARGC, MAX_REQUEST, MAX_STRING, CreateRequest, encode
+
+    if not argv:
+        raise UsageError("the command is empty")
+    if argv[0] == b"":
+        raise UsageError("the command's name is empty")
+    if len(argv) > MAX_ARGC:
+        raise UsageError(f"too many arguments ({len(argv)}; at most {MAX_ARGC})")
+    for arg in argv:
+        if len(arg) > MAX_STRING:
+            raise UsageError(f"an argument of {len(arg)} bytes is longer than {MAX_STRING}")
+    request = CreateRequest(timing, argv)
+    if len(encode(request)) > MAX_REQUEST:
+        raise UsageError(f"the command line is longer than {MAX_REQUEST} bytes")
+    return request
+
+
+def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
     from saturnd.timing import Timing, TimingError
 
     if not command:
@@ -196,19 +332,7 @@ def _create_request(options: list[tuple[str, str]], command: list[str]) -> Reque
         timing = Timing.parse(**fields)
     except TimingError as error:
         raise UsageError(str(error)) from None
-    argv = tuple(os.fsencode(arg) for arg in command)
-    if argv[0] == b"":
-        raise UsageError("the command's name is empty")
-    # The daemon drops requests beyond its limits without replying; say so here instead.
-    if len(argv) > MAX_ARGC:
-        raise UsageError(f"too many arguments ({len(argv)}; at most {MAX_ARGC})")
-    for arg in argv:
-        if len(arg) > MAX_STRING:
-            raise UsageError(f"an argument of {len(arg)} bytes is longer than {MAX_STRING}")
-    request = CreateRequest(timing, argv)
-    if len(encode(request)) > MAX_REQUEST:
-        raise UsageError(f"the command line is longer than {MAX_REQUEST} bytes")
-    return request
+    return make_create_request(timing, tuple(os.fsencode(arg) for arg in command))
 
 
 def _task_request(option: str, text: str) -> Request:
@@ -232,14 +356,14 @@ def _plain_request(option: str) -> Request:
     return ListRequest() if option == "-l" else TerminateRequest()
 
 
-def parse_args(args: Sequence[str]) -> Help | Invocation:
+def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
     """Parse cassini's arguments (without the program name); raises `UsageError`.
 
     `-h` anywhere among the options wins over everything else; no option at all is LIST.
     """
     try:
-        options, rest = getopt.getopt(list(args), OPTIONS)
-    except getopt.GetoptError as error:
+        options, rest = getopt(list(args), OPTIONS, LONG_OPTIONS)
+    except GetoptError as error:
         raise UsageError(error.msg) from None
     if any(option == "-h" for option, _ in options):
         return Help()
@@ -251,20 +375,37 @@ def parse_args(args: Sequence[str]) -> Help | Invocation:
         raise UsageError(f"conflicting options: {shown}")
     operation, argument = operations[0] if operations else ("-l", "")
 
-    if operation != "-c":
-        misplaced = [option for option, _ in options if option in _TIMING_OPTIONS]
-        if misplaced:
-            raise UsageError(f"option {misplaced[0]} is only valid with -c")
-        if rest:
-            raise UsageError(f"unexpected argument {rest[0]!r} (a command needs -c)")
+    for option, _ in options:
+        allowed = _MODIFIERS.get(option)
+        if allowed is not None and operation not in allowed[0]:
+            raise UsageError(f"option {option} is only valid with {allowed[1]}")
+    if operation != "-c" and rest:
+        raise UsageError(f"unexpected argument {rest[0]!r} (a command needs -c)")
+    json = any(option == "--json" for option, _ in options)
 
     if operation == "-c":
-        request = _create_request(options, rest)
-    elif operation in ("-l", "-q"):
-        request = _plain_request(operation)
-    else:
-        request = _task_request(operation, argument)
-    return Invocation(request, pipes_dir)
+        return Invocation(_create_request(options, rest), pipes_dir)
+    if operation == "--import":
+        if argument == "":
+            raise UsageError("--import needs a file name (- for standard input)")
+        return Import(argument, pipes_dir)
+    if operation in ("-l", "-q"):
+        verbose = any(option == "-v" for option, _ in options)
+        mode = "verbose" if verbose else "plain"
+        return Invocation(_plain_request(operation), pipes_dir, mode=mode, json=json)
+    if operation == "--export":
+        return Invocation(_plain_request("-l"), pipes_dir, mode="export")
+    if operation == "-n":
+        count = _single(options, "-N")
+        return Invocation(
+            _plain_request("-l"),
+            pipes_dir,
+            mode="next",
+            json=json,
+            task_id=parse_task_id(argument),
+            count=DEFAULT_COUNT if count is None else parse_count(count),
+        )
+    return Invocation(_task_request(operation, argument), pipes_dir, json=json)
 
 
 # --- output ---------------------------------------------------------------------
@@ -286,32 +427,46 @@ def _render_error(request: Request, reply: ErrorReply, localtime: LocalTime) -> 
     return Outcome(stderr=f"cassini: {message}\n", status=1)
 
 
+def task_line(task: TaskEntry) -> bytes:
+    """A task as `-l` lists it: `ID: MIN HOUR DOW ARGV0 ARGV1 ...`, newline included."""
+    return f"{task.task_id}: {task.timing.format()} ".encode() + b" ".join(task.argv) + b"\n"
+
+
 def _render_list(request: Request, reply: ListReply, localtime: LocalTime) -> Outcome:
-    lines = [
-        f"{task.task_id}: {task.timing.format()} ".encode() + b" ".join(task.argv) + b"\n"
-        for task in reply.tasks
-    ]
-    return Outcome(stdout=b"".join(lines))
+    return Outcome(stdout=b"".join(task_line(task) for task in reply.tasks))
 
 
 def _render_create(request: Request, reply: CreateReply, localtime: LocalTime) -> Outcome:
     return Outcome(stdout=b"%d\n" % reply.task_id)
 
 
+def local_text(localtime: LocalTime, seconds: int) -> str | None:
+    """`YYYY-MM-DD HH:MM:SS`: epoch `seconds` in local time, or None when out of range."""
+    try:
+        t = localtime(seconds)
+    except (OverflowError, OSError, ValueError):
+        # An int64 can hold times that no calendar of the C library can show.
+        return None
+    # Formatted by hand rather than by strftime: %Y is not zero-padded before year 1000.
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
+
+
+def out_of_range(seconds: int) -> Outcome:
+    """The error for a run time that `local_text` cannot show."""
+    message = f"malformed reply from daemon: run time {seconds} is out of range"
+    return Outcome(stderr=f"cassini: {message}\n", status=1)
+
+
 def _render_runs(request: Request, reply: TimesExitcodesReply, localtime: LocalTime) -> Outcome:
     lines = []
     for run in reply.runs:
-        try:
-            t = localtime(run.time)
-        except (OverflowError, OSError, ValueError):
-            # An int64 can hold times that no calendar of the C library can show.
-            message = f"malformed reply from daemon: run time {run.time} is out of range"
-            return Outcome(stderr=f"cassini: {message}\n", status=1)
-        # Formatted by hand rather than by strftime: %Y is not zero-padded before year 1000.
-        lines.append(
-            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {run.exitcode}\n"
-        )
+        text = local_text(localtime, run.time)
+        if text is None:
+            return out_of_range(run.time)
+        lines.append(f"{text} {run.exitcode}\n")
     return Outcome(stdout="".join(lines).encode())
 
 
@@ -336,3 +491,21 @@ def render(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
         protocol.OutputReply: _render_output,
     }
     return renderers[type(reply)](request, reply, localtime)
+
+
+def respond(
+    invocation: Invocation,
+    reply: Reply,
+    localtime: LocalTime,
+    now: float,
+) -> Outcome:
+    """What to print, and the exit status, for `reply` to `invocation`'s request.
+
+    `now` (epoch seconds) is where `-n` and `-l -v` start looking for the next runs.
+    The plain outputs stay here; the others load `cassini.output` only when asked for.
+    """
+    if invocation.mode == "plain" and not invocation.json:
+        return render(invocation.request, reply, localtime)
+    from cassini import output
+
+    return output.render(invocation, reply, localtime, now)

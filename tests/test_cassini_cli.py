@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import getopt
 import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cassini.cli import (
+    LONG_OPTIONS,
+    OPTIONS,
+    PROTOCOL_OPTIONS,
     USAGE,
     Help,
+    Import,
     Invocation,
     Outcome,
     UsageError,
     parse_args,
     parse_task_id,
     render,
+    respond,
 )
 from saturnd.protocol import (
     CreateReply,
@@ -249,3 +261,193 @@ def test_it_renders_times_with_the_given_local_time() -> None:
     reply = TimesExitcodesReply((Run(1793120400, 3),))
     outcome = render(TimesExitcodesRequest(0), reply, paris_in_winter)
     assert outcome == Outcome(b"2026-10-27 18:00:00 3\n")
+
+
+# --- the newer options: -n -N -v --json --export --import ------------------------------
+
+NEWER = [
+    # (args, the invocation)
+    (["-v"], Invocation(ListRequest(), mode="verbose")),
+    (["-l", "-v"], Invocation(ListRequest(), mode="verbose")),
+    (["-lv", "-v"], Invocation(ListRequest(), mode="verbose")),
+    (["--json"], Invocation(ListRequest(), json=True)),
+    (["-l", "--json", "-p", "/p"], Invocation(ListRequest(), "/p", json=True)),
+    (["-l", "-v", "--js"], Invocation(ListRequest(), mode="verbose", json=True)),
+    (["-x", "3", "--json"], Invocation(TimesExitcodesRequest(3), json=True)),
+    (["-n", "4"], Invocation(ListRequest(), mode="next", task_id=4, count=5)),
+    (["-n4", "-N", "12"], Invocation(ListRequest(), mode="next", task_id=4, count=12)),
+    (["-N", "1000", "-n", "0"], Invocation(ListRequest(), mode="next", task_id=0, count=1000)),
+    (
+        ["-n", "7", "-N", "007", "--json"],
+        Invocation(ListRequest(), mode="next", task_id=7, count=7, json=True),
+    ),
+    (["--export"], Invocation(ListRequest(), mode="export")),
+    (["--exp", "-p", "d"], Invocation(ListRequest(), "d", mode="export")),
+    (["--e"], Invocation(ListRequest(), mode="export")),  # a prefix of one long option
+    (["--import", "f.txt"], Import("f.txt")),
+    (["--import=-", "-p", "d"], Import("-", "d")),
+    (["-p", "d", "--import", "--json"], Import("--json", "d")),
+    # After the command of -c, everything is the command's.
+    (["-c", "echo", "--json"], Invocation(CreateRequest(ALL, (b"echo", b"--json")))),
+    (["-c", "x", "-n", "1", "-v"], Invocation(CreateRequest(ALL, (b"x", b"-n", b"1", b"-v")))),
+    (["-c", "--", "--export"], Invocation(CreateRequest(ALL, (b"--export",)))),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), NEWER, ids=lambda v: repr(v))
+def test_it_parses_the_newer_options(args: list[str], expected: object) -> None:
+    assert parse_args(args) == expected
+
+
+NEWER_INVALID = [
+    (["-N", "3"], "option -N is only valid with -n"),
+    (["-l", "-N", "3"], "option -N is only valid with -n"),
+    (["-x", "1", "-v"], "option -v is only valid with -l"),
+    (["-n", "1", "-v"], "option -v is only valid with -l"),
+    (["-r", "1", "--json"], "option --json is only valid with -l, -x or -n"),
+    (["-o", "1", "--json"], "option --json is only valid with -l, -x or -n"),
+    (["--export", "--json"], "option --json is only valid with -l, -x or -n"),
+    (["--json", "-c", "x"], "option --json is only valid with -l, -x or -n"),
+    (["-q", "--json"], "option --json is only valid with -l, -x or -n"),
+    (["-n"], "option -n requires argument"),
+    (["-n", "x"], "invalid task id 'x'"),
+    (["-n", "1", "-N", "0"], "invalid count '0': expected a number from 1 to 1000"),
+    (["-n", "1", "-N", "1001"], "invalid count '1001'"),
+    (["-n", "1", "-N", "-1"], "invalid count '-1'"),
+    (["-n", "1", "-N", "9" * 5000], "invalid count"),
+    (["-n", "1", "-N", "2", "-N", "3"], "option -N given more than once"),
+    (["-n", "1", "-x", "1"], "conflicting options: -n 1 and -x 1"),
+    (["-l", "--export"], "conflicting options: -l and --export"),
+    (["--import", "a", "--import", "b"], "conflicting options: --import a and --import b"),
+    (["--export", "--import", "a"], "conflicting options"),
+    (["--import", ""], "--import needs a file name"),
+    (["--import"], "option --import requires argument"),
+    (["--json=1"], "option --json must not have an argument"),
+    (["--export", "x"], "unexpected argument 'x'"),
+    (["--import", "f", "x"], "unexpected argument 'x'"),
+    (["-n", "1", "x"], "unexpected argument 'x'"),
+    (["--x"], "option --x not recognized"),
+    (["--list"], "option --list not recognized"),
+    (["--ex", "-m", "1"], "option -m is only valid with -c"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), NEWER_INVALID, ids=lambda v: repr(v)[:60])
+def test_it_rejects_invalid_uses_of_the_newer_options(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_args(args)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_it_documents_every_newer_option_in_the_usage() -> None:
+    for option in ("-n TASKID", "-N COUNT", "-v", "--json", "--export", "--import FILE"):
+        assert option in USAGE
+
+
+# What PROTOCOL.md's option string accepted must parse exactly as it did: the same
+# options with the same arguments, and the same command for -c.
+_WORDS = st.sampled_from(
+    [
+        "-l", "-c", "-q", "-h", "-m", "-H", "-d", "-p", "-r", "-x", "-o", "-e",
+        "-lc", "-cl", "-m5", "-r1", "-pdir", "-lq", "-ql",
+        "-n", "-N", "-v", "-lv", "-n3", "--json", "--export", "--import", "--import=f",
+        "--", "-", "--x", "echo", "ls", "1", "0-5", "*", "", "-json", "--js",
+    ]
+)  # fmt: skip
+
+
+@given(st.lists(_WORDS, max_size=8))
+@settings(max_examples=400, deadline=None)
+def test_it_parses_every_original_command_line_as_before(args: list[str]) -> None:
+    try:
+        before = getopt.getopt(args, PROTOCOL_OPTIONS)
+    except getopt.GetoptError:
+        return  # not a valid command line before: the new options may give it a meaning
+    assert getopt.getopt(args, OPTIONS, list(LONG_OPTIONS)) == before
+
+
+def test_it_keeps_the_original_option_string() -> None:
+    assert PROTOCOL_OPTIONS == "hlcqm:H:d:p:r:x:o:e:"
+    assert OPTIONS.startswith(PROTOCOL_OPTIONS)
+
+
+@pytest.mark.parametrize(("args", "request_", "pipes_dir"), VALID, ids=lambda v: repr(v))
+def test_it_gives_the_original_invocations_their_original_output(
+    args: list[str], request_: Request, pipes_dir: str | None
+) -> None:
+    parsed = parse_args(args)
+    assert isinstance(parsed, Invocation)
+    assert (parsed.mode, parsed.json) == ("plain", False)
+
+
+@pytest.mark.parametrize(("request_", "reply", "outcome"), RENDERED, ids=lambda v: repr(v)[:60])
+def test_it_responds_to_plain_invocations_as_render_does(
+    request_: Request, reply: object, outcome: Outcome
+) -> None:
+    invocation = Invocation(request_)
+    assert respond(invocation, reply, time.gmtime, 0) == outcome  # type: ignore[arg-type]
+
+
+# --- start-up: the plain options load nothing new ---------------------------------------
+
+NEW_MODULES = {"cassini.output", "cassini.crontab", "json", "saturnd.schedule", "cron_descriptor"}
+
+
+def _imported(*args: str) -> set[str]:
+    """Modules that `python -X importtime -m cassini ARGS` imports."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cassini", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-h"],
+        ["-l"],
+        ["-x", "1"],
+        ["-r", "1"],
+        ["-c", "-m", "1", "true"],
+        ["-N", "3"],  # a usage error
+    ],
+)
+def test_it_loads_nothing_new_for_the_plain_options(args: list[str]) -> None:
+    modules = _imported("-p", "/nonexistent/pipes", *args)
+    assert "cassini.cli" in modules
+    assert modules & NEW_MODULES == set()
+
+
+# --- the manual page ------------------------------------------------------------------
+
+MAN_PAGE = Path(__file__).resolve().parent.parent / "man" / "cassini.1"
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+def test_the_manual_page_renders_without_warnings() -> None:
+    done = subprocess.run(
+        ["man", "--warnings", "-l", str(MAN_PAGE)],
+        capture_output=True,
+        env=dict(os.environ, MANWIDTH="80", MANPAGER="cat", PAGER="cat"),
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert b"--import" in done.stdout
+
+
+def test_the_manual_page_documents_every_option() -> None:
+    page = MAN_PAGE.read_text()
+    for letter in "hlcqmHdprxoenNv":
+        assert f".B \\-{letter}" in page or f".BI \\-{letter} " in page, letter
+    for name in ("export", "import", "json"):
+        assert f"\\-\\-{name}" in page, name

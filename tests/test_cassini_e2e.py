@@ -26,6 +26,7 @@ import pytest
 from tests.fake_daemon import REPLY_PIPE, REQUEST_PIPE, Exchange, FakeDaemon, make_pipes
 
 CASSINI = Path(sys.executable).parent / "cassini"
+ROOT = Path(__file__).resolve().parent.parent
 
 FULL_TIMING = "0f ff ff ff ff ff ff ff  00 ff ff ff  7f"  # `* * *`
 
@@ -651,3 +652,81 @@ def test_it_starts_light_for_h() -> None:
     loaded = imported_modules("-m", "cassini", "-h") - baseline
     assert "cassini.cli" in loaded
     assert loaded & heavy == set()
+
+
+# What cassini's own code must not load on the way to a reply: each costs a good share of
+# the interpreter's start-up (bench/cassini_roundtrip.py measures the whole).
+SLOW_TO_IMPORT = ("typing", "dataclasses", "inspect", "re", "datetime")
+
+# cassini's main() in a bare interpreter: -S (no site), so that nothing a .pth file
+# preloads hides an import, and without the console-script wrapper pip generates, which
+# imports `re` before our code runs. Prints the modules it loaded as its last line.
+MAIN_LISTING_IMPORTS = """\
+import sys
+before = set(sys.modules)
+sys.path.insert(0, sys.argv.pop(1))
+from cassini.__main__ import main
+status = main(sys.argv[1:])
+sys.stderr.write("\\nloaded: " + " ".join(sorted(set(sys.modules) - before)) + "\\n")
+sys.exit(status)
+"""
+
+
+def loaded_by_main(*args: str) -> tuple[set[str], subprocess.CompletedProcess[bytes]]:
+    """Modules cassini's main(ARGS) loads from the source tree, and the process's outcome."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", MAIN_LISTING_IMPORTS, str(ROOT), *args],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    last = done.stderr.decode(errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+    assert last.startswith("loaded: "), done.stderr
+    return set(last.split()[1:]), done
+
+
+@pytest.fixture(scope="module")
+def modules_of_a_list(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """What a whole `cassini -l` exchange loads: arguments, codec, transport, output."""
+    pipes = make_pipes(tmp_path_factory.mktemp("imports") / "pipes")
+    reply = h(
+        "4f 4b 00 00 00 01  00 00 00 00 00 00 00 05" + FULL_TIMING + "00 00 00 01 00 00 00 01 78"
+    )
+    with FakeDaemon(pipes, [Exchange(reply)]) as fake:
+        loaded, done = loaded_by_main("-p", str(pipes), "-l")
+    assert (done.returncode, done.stdout) == (0, b"5: * * * x\n"), done.stderr
+    assert fake.requests == [b"LS"]
+    assert {"saturnd.protocol", "saturnd.timing", "cassini.transport"} <= loaded
+    return loaded
+
+
+@pytest.mark.parametrize("module", [*SLOW_TO_IMPORT, "getopt", "gettext"])
+def test_it_loads_nothing_slow_for_a_list(modules_of_a_list: set[str], module: str) -> None:
+    assert module not in modules_of_a_list
+
+
+def test_it_loads_only_struct_for_the_codec() -> None:
+    # saturnd.protocol and saturnd.timing, used as cassini uses them, need nothing but
+    # `struct` beyond what a bare interpreter has loaded (and `__future__`, whose import
+    # every `from __future__ import annotations` performs).
+    code = (
+        "import sys; before = set(sys.modules); sys.path.insert(0, sys.argv[1]);"
+        "from saturnd.protocol import ListRequest, ReplyDecoder, decode_reply, encode;"
+        "from saturnd.timing import Timing;"
+        "assert encode(ListRequest()) == b'LS';"
+        "ReplyDecoder(b'LS').feed(b'OK');"
+        "decode_reply(b'CR', b'OK' + bytes(8));"
+        "print(Timing.parse('1-5,*/20', '9', 'mon-fri').format());"
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    formatted, modules = done.stdout.splitlines()
+    assert formatted == "0-5,20,40 9 1-5"
+    allowed = {"__future__", "struct", "_struct", "saturnd", "saturnd.protocol", "saturnd.timing"}
+    assert set(modules.split()) - allowed == set()

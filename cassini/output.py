@@ -1,0 +1,350 @@
+"""cassini's newer outputs, sans I/O: `-n`, `-l -v`, `--json` and `--export`.
+
+This module owns:
+- `render`: an `Invocation` whose mode or `--json` asks for more than PROTOCOL.md's
+  output, and its reply -> an `Outcome`;
+- `next_starts`: the next start times of a timing, after DESIGN.md's clock-jump and
+  daylight-saving rule;
+- `describe`: a timing in words, for `-l -v`.
+
+Rules:
+- Pure: no file descriptor and no clock. `now` and the local-time function come in as
+  arguments. The time zone
+  of `next_starts` is the process's (`tz` None), the one `localtime` shows times in:
+  the daemon's, when both run with the same `TZ`.
+- Start times come from `saturnd.schedule.next_runs`, the daemon's own rule, so `-n`
+  says what the daemon will do: a wall-clock minute skipped by a spring-forward change
+  runs at the first minute after the gap (the same second may then appear more than
+  once); in a repeated fall-back hour a fixed-time task starts once, a wildcard one at
+  every matching minute of both passes.
+- JSON: one document per call, on one line, ASCII only (`ensure_ascii`), so it is valid
+  UTF-8 whatever bytes the commands hold. An argument is decoded as UTF-8; a byte that
+  is not part of valid UTF-8 becomes the lone surrogate U+DC80 + byte (Python's
+  `surrogateescape`, written `\\udcXX`), so the exact bytes can be recovered. Errors
+  stay one line of text on stderr and print no JSON.
+- Descriptions use `cron-descriptor` when it is installed, in English and 24-hour time
+  like the rest of cassini's output. (Its translations take day names from the C
+  library's LC_TIME, which cassini does not set: a French sentence would name the day
+  "Wednesday".) When it is missing or fails, a plain English description of our own
+  is used: `-l -v` never fails because of it.
+- Imports: this module loads only for the invocations that need it; `json`,
+  `saturnd.schedule` and `cron_descriptor` load inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from cassini.cli import Outcome, local_text, out_of_range, task_line
+from cassini.cli import render as render_plain
+
+TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import tzinfo
+    from typing import Any
+
+    from cassini.cli import Invocation, LocalTime
+    from saturnd.protocol import ListReply, Reply, TaskEntry, TimesExitcodesReply
+    from saturnd.timing import Timing
+
+__all__ = [
+    "describe",
+    "next_starts",
+    "plain_description",
+    "render",
+]
+
+_DAY_NAMES = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+# At most this many "HH:MM" times are listed one by one in a plain description.
+_MAX_LISTED_TIMES = 6
+
+
+# --- next start times --------------------------------------------------------------
+
+
+def next_starts(timing: Timing, now: float, count: int, tz: tzinfo | None = None) -> list[int]:
+    """The epoch seconds of the next `count` starts of `timing` after `now`.
+
+    A run starts at second 0 of its minute, so a minute that has begun is over: the
+    first start is in a later minute. `tz` None is the process's local time zone.
+    """
+    from saturnd.schedule import next_runs
+
+    return next_runs(timing, int(now // 1), count, tz)
+
+
+# --- descriptions -------------------------------------------------------------------
+
+
+def _values(bits: int, high: int) -> list[int]:
+    return [value for value in range(high + 1) if bits >> value & 1]
+
+
+def _join(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _day_runs(bits: int) -> list[str]:
+    """Days of week as maximal runs: `Monday to Friday`, `Sunday`."""
+    runs: list[str] = []
+    day = 0
+    while day <= 6:
+        if bits >> day & 1:
+            start = day
+            while day < 6 and bits >> (day + 1) & 1:
+                day += 1
+            name = _DAY_NAMES[start]
+            if day == start:
+                runs.append(name)
+            elif day == start + 1:
+                runs.extend((name, _DAY_NAMES[day]))
+            else:
+                runs.append(f"{name} to {_DAY_NAMES[day]}")
+        day += 1
+    return runs
+
+
+def plain_description(timing: Timing) -> str:
+    """A timing in plain English, without cron-descriptor: `At 09:00, on Wednesday`."""
+    from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, format_field
+
+    minutes, hours = _values(timing.minutes, 59), _values(timing.hours, 23)
+    if not (minutes and hours and timing.daysofweek & FULL_DAYSOFWEEK):
+        return "Never"
+    minutes_text = format_field("minutes", timing.minutes)
+    hours_text = format_field("hours", timing.hours)
+    minute_word = "minute" if len(minutes) == 1 else "minutes"
+    if timing.minutes == FULL_MINUTES and timing.hours == FULL_HOURS:
+        when = "Every minute"
+    elif timing.minutes == FULL_MINUTES:
+        when = f"Every minute of hour{'s' if len(hours) > 1 else ''} {hours_text}"
+    elif timing.hours == FULL_HOURS:
+        when = f"At {minute_word} {minutes_text} of every hour"
+    elif len(minutes) * len(hours) <= _MAX_LISTED_TIMES:
+        when = "At " + _join([f"{h:02d}:{m:02d}" for h in hours for m in minutes])
+    else:
+        when = f"At {minute_word} {minutes_text} of hours {hours_text}"
+    if timing.daysofweek & FULL_DAYSOFWEEK == FULL_DAYSOFWEEK:
+        return when
+    return f"{when}, on {_join(_day_runs(timing.daysofweek))}"
+
+
+def _step_text(bits: int, high: int) -> str:
+    """A field for cron-descriptor: canonical, or with a step when the values have one.
+
+    `0,15,30,45` is described "At 0, 15, 30, and 45 minutes past the hour", `*/15`
+    "Every 15 minutes": the step form is what people write and read.
+    """
+    from saturnd.timing import format_field
+
+    values = _values(bits, high)
+    canonical = format_field("minutes" if high == 59 else "hours", bits)
+    if len(values) < 3 or canonical == "*":
+        return canonical
+    step = values[1] - values[0]
+    if step < 2 or any(b - a != step for a, b in itertools.pairwise(values)):
+        return canonical
+    if values[-1] + step <= high:
+        return f"{values[0]}-{values[-1]}/{step}"
+    return f"*/{step}" if values[0] == 0 else f"{values[0]}/{step}"
+
+
+def _cron_descriptor() -> Callable[[str], str] | None:
+    """cron-descriptor's describer for a crontab expression, or None when not installed."""
+    try:
+        from cron_descriptor import ExpressionDescriptor, Options
+    except ImportError:
+        return None
+    # The locale is given: left out, cron-descriptor guesses it and warns when unset.
+    try:
+        options = Options(use_24hour_time_format=True, locale_code="en_US")
+    except TypeError:  # versions before 2.0 take no arguments
+        options = Options()
+        options.use_24hour_time_format = True
+        options.locale_code = "en_US"
+
+    def describe(expression: str) -> str:
+        return str(ExpressionDescriptor(expression, options).get_description())
+
+    return describe
+
+
+def describe(timing: Timing) -> str:
+    """A timing in words, for people: cron-descriptor's when possible, else our own."""
+    return _Describer()(timing)
+
+
+class _Describer:
+    """Describes timings one after the other, loading cron-descriptor once."""
+
+    __slots__ = ("_cache", "_describe", "_loaded")
+
+    def __init__(self) -> None:
+        self._loaded = False
+        self._describe: Callable[[str], str] | None = None
+        self._cache: dict[Timing, str] = {}
+
+    def __call__(self, timing: Timing) -> str:
+        cached = self._cache.get(timing)
+        if cached is None:
+            cached = self._cache[timing] = self._compute(timing)
+        return cached
+
+    def _compute(self, timing: Timing) -> str:
+        days = timing.format().split(" ")[2]
+        minutes, hours = _step_text(timing.minutes, 59), _step_text(timing.hours, 23)
+        if not (minutes and hours and days):
+            return plain_description(timing)  # a field with no value: it never runs
+        if not self._loaded:
+            self._loaded = True
+            self._describe = _cron_descriptor()
+        if self._describe is None:
+            return plain_description(timing)
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                description = self._describe(f"{minutes} {hours} * * {days}")
+        except Exception:  # a third-party library: any failure costs only the wording
+            return plain_description(timing)
+        # One line, whatever the catalogue holds.
+        return " ".join(description.split()) or plain_description(timing)
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def _json(document: object) -> bytes:
+    import json
+
+    return json.dumps(document, ensure_ascii=True).encode("ascii") + b"\n"
+
+
+def _text(arg: bytes) -> str:
+    return arg.decode("utf-8", "surrogateescape")
+
+
+def _task_fields(task: TaskEntry) -> dict[str, object]:
+    from saturnd.timing import format_field
+
+    return {
+        "id": task.task_id,
+        "minutes": format_field("minutes", task.timing.minutes),
+        "hours": format_field("hours", task.timing.hours),
+        "daysofweek": format_field("daysofweek", task.timing.daysofweek),
+        "argv": [_text(arg) for arg in task.argv],
+    }
+
+
+class _Context:
+    """What every renderer needs besides the reply."""
+
+    __slots__ = ("invocation", "localtime", "now", "tz")
+
+    def __init__(
+        self, invocation: Invocation, localtime: LocalTime, now: float, tz: tzinfo | None
+    ) -> None:
+        self.invocation = invocation
+        self.localtime = localtime
+        self.now = now
+        self.tz = tz
+
+    def start(self, seconds: int) -> dict[str, object]:
+        """A start time as JSON shows it: epoch seconds and the text of `-x`."""
+        return {"time": seconds, "local": local_text(self.localtime, seconds)}
+
+
+def _render_list(context: _Context, reply: ListReply) -> Outcome:
+    return Outcome(_json([_task_fields(task) for task in reply.tasks]))
+
+
+def _render_verbose(context: _Context, reply: ListReply) -> Outcome:
+    describer = _Describer()
+    nexts: dict[Timing, int | None] = {}
+    documents: list[dict[str, object]] = []
+    lines: list[bytes] = []
+    for task in reply.tasks:
+        if task.timing not in nexts:
+            starts = next_starts(task.timing, context.now, 1, context.tz)
+            nexts[task.timing] = starts[0] if starts else None
+        start = nexts[task.timing]
+        description = describer(task.timing)
+        if context.invocation.json:
+            document = _task_fields(task)
+            document["next"] = None if start is None else context.start(start)
+            document["description"] = description
+            documents.append(document)
+        else:
+            shown = "never" if start is None else local_text(context.localtime, start)
+            lines.append(task_line(task))
+            lines.append(f"    next run: {shown}\n    description: {description}\n".encode())
+    if context.invocation.json:
+        return Outcome(_json(documents))
+    return Outcome(b"".join(lines))
+
+
+def _render_next(context: _Context, reply: ListReply) -> Outcome:
+    invocation = context.invocation
+    for task in reply.tasks:
+        if task.task_id == invocation.task_id:
+            break
+    else:
+        return Outcome(stderr=f"cassini: no task with id {invocation.task_id}\n", status=1)
+    starts = next_starts(task.timing, context.now, invocation.count, context.tz)
+    if invocation.json:
+        return Outcome(_json([context.start(start) for start in starts]))
+    return Outcome("".join(f"{local_text(context.localtime, s)}\n" for s in starts).encode())
+
+
+def _render_export(context: _Context, reply: ListReply) -> Outcome:
+    from cassini import crontab
+
+    text, problems = crontab.export(reply.tasks)
+    return Outcome(
+        text, "".join(f"cassini: {problem}\n" for problem in problems), 1 if problems else 0
+    )
+
+
+def _render_runs(context: _Context, reply: TimesExitcodesReply) -> Outcome:
+    runs = []
+    for run in reply.runs:
+        local = local_text(context.localtime, run.time)
+        if local is None:
+            return out_of_range(run.time)
+        runs.append({"time": run.time, "local": local, "exitcode": run.exitcode})
+    return Outcome(_json(runs))
+
+
+def render(
+    invocation: Invocation,
+    reply: Reply,
+    localtime: LocalTime,
+    now: float,
+    tz: tzinfo | None = None,
+) -> Outcome:
+    """What to print, and the exit status, for `reply` to `invocation`.
+
+    `localtime` shows epoch seconds in local time (`time.localtime`) and `tz` is the
+    same zone for the scheduling rule (None: the process's); `now` is epoch seconds.
+    A reply of another type than the
+    mode expects (an error) is shown as PROTOCOL.md says.
+    """
+    from saturnd.protocol import ListReply, TimesExitcodesReply
+
+    # (mode, reply type) -> renderer; "plain" comes here only with --json.
+    renderers: dict[tuple[str, type], Callable[[_Context, Any], Outcome]] = {
+        ("plain", ListReply): _render_list,
+        ("plain", TimesExitcodesReply): _render_runs,
+        ("verbose", ListReply): _render_verbose,
+        ("next", ListReply): _render_next,
+        ("export", ListReply): _render_export,
+    }
+    renderer = renderers.get((invocation.mode, type(reply)))
+    if renderer is None:  # an error reply, shown as PROTOCOL.md says
+        return render_plain(invocation.request, reply, localtime)
+    return renderer(_Context(invocation, localtime, now, tz), reply)

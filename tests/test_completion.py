@@ -1,0 +1,218 @@
+"""The shell completion scripts: completions/cassini.bash and completions/_cassini (zsh).
+
+bash: the script is sourced in a bare `bash --norc`, then `_cassini` is called the way
+bash calls it (COMP_WORDS, COMP_CWORD) and COMPREPLY is read back. zsh: a real
+interactive zsh runs in a pseudo-terminal (zsh/zpty), a Tab is typed, and a wrapper
+around `compadd` reports each match offered. Task ids come from a real daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cassini.cli import USAGE
+from tests.daemon_harness import Daemon
+
+MakeDaemon = Callable[..., Daemon]
+
+ROOT = Path(__file__).resolve().parent.parent
+BASH_SCRIPT = ROOT / "completions" / "cassini.bash"
+ZSH_SCRIPT = ROOT / "completions" / "_cassini"
+BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
+ZSH = shutil.which("zsh")
+
+OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*)", USAGE)))
+
+
+def _env() -> dict[str, str]:
+    """The environment of the shells: the cassini under test first on PATH."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+def test_it_finds_the_options_of_the_usage() -> None:
+    expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
+    expected += ["-q", "-p", "--json", "--export", "--import"]
+    assert sorted(expected) == OPTIONS
+
+
+# --- bash ---------------------------------------------------------------------------------
+
+
+def test_the_bash_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(BASH_SCRIPT)], check=True)
+
+
+def test_the_bash_script_registers_the_completion() -> None:
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", f"source {BASH_SCRIPT} && complete -p cassini"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "complete -F _cassini cassini\n"
+    assert done.stderr == ""
+
+
+def bash_complete(
+    *words: str, cwd: Path | None = None, with_bash_completion: bool = False
+) -> list[str]:
+    """What `_cassini` offers for the command line `words` (the last is being typed)."""
+    prelude = f"source {BASH_COMPLETION}\n" if with_bash_completion else ""
+    script = (
+        prelude
+        + f'source {BASH_SCRIPT}\nCOMP_WORDS=("$@")\nCOMP_CWORD=$(($# - 1))\n'
+        + 'COMP_LINE="$*"\nCOMP_POINT=${#COMP_LINE}\n_cassini\n'
+        + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script, "bash", *words],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=30,
+        check=True,
+    )
+    assert done.stderr == ""
+    return [line for line in done.stdout.splitlines() if line]
+
+
+def test_bash_completes_the_options() -> None:
+    assert sorted(bash_complete("cassini", "-")) == OPTIONS
+    assert bash_complete("cassini", "--ex") == ["--export"]
+    assert bash_complete("cassini", "-l", "--j") == ["--json"]
+
+
+def test_bash_completes_task_ids_from_the_daemon_of_p(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    for name in ("a", "b", "c"):
+        daemon.create("echo", name)
+    daemon.cassini("-r", "1")
+    pipes = str(daemon.pipes)
+    for option in ("-r", "-x", "-o", "-e", "-n"):
+        assert bash_complete("cassini", "-p", pipes, option, "") == ["0", "2"]
+    assert bash_complete("cassini", f"-p{pipes}", "-lx", "2") == ["2"]
+    assert bash_complete("cassini", "-p", pipes, "-n", "0", "-N", "") == []
+    # Without -p, the default pipes directory, where no daemon listens here.
+    assert bash_complete("cassini", "-r", "") == []
+
+
+def test_bash_completes_directories_and_files(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "my.crontab").write_text("")
+    assert bash_complete("cassini", "-p", "", cwd=tmp_path) == ["dir"]
+    assert bash_complete("cassini", "--import", "my", cwd=tmp_path) == ["my.crontab"]
+    assert bash_complete("cassini", "--import", "=", "my", cwd=tmp_path) == ["my.crontab"]
+
+
+def test_bash_completes_the_command_of_c(tmp_path: Path) -> None:
+    assert "cassini" in bash_complete("cassini", "-c", "-m", "0", "cassin")
+    # Past the command, the words are the command's: no task ids, no cassini options.
+    assert bash_complete("cassini", "-c", "ls", "-r", "", cwd=tmp_path) == []
+    (tmp_path / "file").write_text("")
+    assert bash_complete("cassini", "-c", "ls", "-r", "", cwd=tmp_path) == ["file"]
+
+
+@pytest.mark.skipif(not BASH_COMPLETION.exists(), reason="bash-completion is not installed")
+def test_bash_hands_the_command_of_c_to_its_own_completion() -> None:
+    offered = bash_complete("cassini", "-c", "ls", "--al", with_bash_completion=True)
+    assert "--all" in offered and "--almost-all" in offered
+
+
+# --- zsh ---------------------------------------------------------------------------------
+
+needs_zsh = pytest.mark.skipif(ZSH is None, reason="zsh is not installed")
+
+# Types a command line and a Tab in an interactive zsh and prints, between <hit> and
+# </hit>, each match the completion system adds.
+_ZSH_DRIVER = r"""
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z 'PS1="<prompt>" PS2="" RPS1=""; unsetopt beep; LISTMAX=100000'
+zpty -w z "fpath=(${(q)1} \$fpath); autoload -Uz compinit; compinit -u -D"
+zpty -w z 'compadd() {
+  if (( ${@[(I)-[OAD]]} )); then builtin compadd "$@"; return; fi
+  local -a found; local match; builtin compadd -O found "$@"
+  for match in $found; do print -rn -- "<hit>$match</hit>"; done
+  builtin compadd "$@"
+}'
+zpty -w z "print -r -- '<rea''dy>'"
+local out
+zpty -r -m z out '*<ready>*<prompt>*' || exit 2
+zpty -w -n z "$2"$'\t'
+zpty -w -n z $'\C-e\C-u'
+zpty -w z "print -r -- '<do''ne>'"
+zpty -r -m z out '*<done>*' || exit 2
+print -r -- $out
+zpty -d z
+"""
+
+
+def zsh_complete(line: str, tmp_path: Path, cwd: Path | None = None) -> list[str]:
+    """The matches zsh offers for `line` followed by a Tab."""
+    driver = tmp_path / "driver.zsh"
+    driver.write_text(_ZSH_DRIVER)
+    assert ZSH is not None
+    done = subprocess.run(
+        [ZSH, "-f", str(driver), str(ZSH_SCRIPT.parent), line],
+        capture_output=True,
+        env=_env(),
+        cwd=cwd or tmp_path,
+        timeout=30,
+        check=True,
+    )
+    return re.findall(r"<hit>(.*?)</hit>", done.stdout.decode(errors="replace"))
+
+
+@needs_zsh
+def test_the_zsh_script_parses() -> None:
+    assert ZSH is not None
+    subprocess.run([ZSH, "-n", str(ZSH_SCRIPT)], check=True)
+
+
+@needs_zsh
+def test_the_zsh_script_is_found_by_compinit(tmp_path: Path) -> None:
+    assert ZSH is not None
+    script = (
+        f"fpath=({ZSH_SCRIPT.parent} $fpath); autoload -Uz compinit; "
+        f"compinit -u -d {tmp_path}/zcompdump; print -r -- $_comps[cassini]"
+    )
+    done = subprocess.run([ZSH, "-f", "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout == "_cassini\n"
+
+
+@needs_zsh
+def test_zsh_completes_the_options(tmp_path: Path) -> None:
+    assert sorted(set(zsh_complete("cassini -", tmp_path))) == OPTIONS
+    assert zsh_complete("cassini --ex", tmp_path) == ["--export"]
+
+
+@needs_zsh
+def test_zsh_completes_task_ids_from_the_daemon_of_p(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    (tmp_path / "d").mkdir()
+    daemon = make_daemon(root=tmp_path / "d")
+    for name in ("a", "b", "c"):
+        daemon.create("echo", name)
+    daemon.cassini("-r", "0")
+    assert sorted(zsh_complete(f"cassini -p {daemon.pipes} -x ", tmp_path)) == ["1", "2"]
+    assert sorted(zsh_complete(f"cassini -p{daemon.pipes} -n ", tmp_path)) == ["1", "2"]
+    assert zsh_complete("cassini -r ", tmp_path) == []  # no daemon in the default directory
+
+
+@needs_zsh
+def test_zsh_completes_files_and_commands(tmp_path: Path) -> None:
+    (tmp_path / "my.crontab").write_text("")
+    assert zsh_complete("cassini --import my", tmp_path) == ["my.crontab"]
+    assert "cassini" in zsh_complete("cassini -c cassin", tmp_path)
