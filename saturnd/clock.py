@@ -7,6 +7,11 @@ Rules:
   clock, as soon as the time in its file changes. It never blocks longer than 60 s, so a
   laptop that slept or a clock set by NTP is noticed within a minute: the caller re-reads
   `now()` after every return and must not assume the deadline was reached.
+- `SystemClock.wait` meets its deadline within about a millisecond: Linux may end a
+  long select() late by 0.1 % of its timeout (60 ms on a 60 s sleep, which made the
+  first run of a minute start that late), so a long wait ends FINAL_STEP early and a
+  short one, whose slack is under a millisecond, reaches the deadline. That is two
+  wake-ups a minute when idle, the most allowed (BENCHMARKS.md, 5).
 - `FileClock` (`saturnd --clock FILE`) reads "now" as decimal text from FILE and notices
   a change within 50 ms, so a test can live through a day of schedule in seconds.
 """
@@ -20,6 +25,10 @@ from typing import Protocol
 
 MAX_SLEEP = 60.0
 """Longest single wait: the wall clock is re-read at least this often."""
+FINAL_STEP = 0.5
+"""How early the long sleep of `SystemClock.wait` ends before its deadline: above the
+kernel's slack on any timeout up to MAX_SLEEP (0.1 %, at most 60 ms), so the short
+sleep that follows always starts before the deadline."""
 FILE_POLL = 0.01
 """How often the fake clock re-reads its file (well within the 50 ms promise)."""
 
@@ -57,8 +66,22 @@ class SystemClock:
         return time.time()
 
     def wait(self, deadline: float, wake_fd: int | None) -> None:
-        """Sleep until `deadline` (at most MAX_SLEEP) or until `wake_fd` is readable."""
-        _wait_readable(wake_fd, min(deadline - time.time(), MAX_SLEEP))
+        """Sleep until `deadline` (at most MAX_SLEEP) or until `wake_fd` is readable.
+
+        Far from the deadline, in two steps: a long sleep that ends FINAL_STEP early,
+        then the rest, measured again on the wall clock (which may have been set in
+        between). A deadline beyond MAX_SLEEP is not reached in this call, so its
+        lateness does not matter: one sleep of MAX_SLEEP.
+        """
+        remaining = deadline - time.time()
+        if remaining > MAX_SLEEP:
+            _wait_readable(wake_fd, MAX_SLEEP)
+            return
+        if remaining > FINAL_STEP:
+            if _wait_readable(wake_fd, remaining - FINAL_STEP):
+                return
+            remaining = deadline - time.time()
+        _wait_readable(wake_fd, remaining)
 
 
 class FileClock:
@@ -104,4 +127,12 @@ def make_clock(path: str | None) -> Clock:
     return FileClock(clock_path)
 
 
-__all__ = ["FILE_POLL", "MAX_SLEEP", "Clock", "FileClock", "SystemClock", "make_clock"]
+__all__ = [
+    "FILE_POLL",
+    "FINAL_STEP",
+    "MAX_SLEEP",
+    "Clock",
+    "FileClock",
+    "SystemClock",
+    "make_clock",
+]

@@ -4,6 +4,8 @@ This module owns, sans I/O:
 - the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
   BODY is a task's TIMING then COMMANDLINE exactly as on the wire, then zero padding;
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
+  lean (for the daemon's index: each live slot's shared Timing and used length, no
+  argv) or full (argv decoded), handed back as a list or one slot at a time;
 - the `times-exitcodes` layout (NBRUNS, then TIME int64 + EXITCODE uint16 per run) and
   the consistent TX reply body of a file that may have a half-finished append.
 
@@ -16,13 +18,15 @@ Rules:
   Given the write order (BODY under the tombstone ID first, then the real ID), neither
   can hold a task that was ever acknowledged.
 - Bodies are decoded strictly, with the protocol's limits, so a record is either
-  exactly what a CREATE carried or it is not a task at all.
+  exactly what a CREATE carried or it is not a task at all. The lean scan checks a
+  body through the very code that decodes it (`_parse_body`), so both scans keep and
+  free the same records and report the same problems.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,6 +38,7 @@ __all__ = [
     "MAGIC",
     "RECORD_HEAD_SIZE",
     "RUN_SIZE",
+    "TIMING_SIZE",
     "TOMBSTONE",
     "VERSION",
     "RecordsError",
@@ -68,6 +73,8 @@ HEADER_SIZE: Final = _HEADER.size
 """Bytes of the `cmds` header (16)."""
 RECORD_HEAD_SIZE: Final = _RECORD_HEAD.size
 """Bytes of a record's ID and SIZE (12)."""
+TIMING_SIZE: Final = _TIMING.size
+"""Bytes of the TIMING that starts every BODY (13): the key of `Scan.timings`."""
 ID_SIZE: Final = 8
 """Bytes of a record's ID: the one field rewritten in place to commit or remove a task."""
 NEXT_ID_OFFSET: Final = 8
@@ -137,38 +144,77 @@ def decode_body(body: bytes) -> tuple[Timing, tuple[bytes, ...]]:
     Raises RecordsError when the bytes are not exactly one TIMING and one COMMANDLINE
     within the protocol's limits followed only by zeros.
     """
-    view = memoryview(body)
-    if len(view) < _TIMING.size + _U32.size:
-        raise RecordsError(f"body of {len(view)} bytes is too short")
-    minutes, hours, days = _TIMING.unpack_from(view, 0)
-    timing = Timing(minutes, hours, days)
-    if not timing.is_valid():
-        raise RecordsError("timing has bits outside the fields' ranges")
-    pos = _TIMING.size
-    (argc,) = _U32.unpack_from(view, pos)
+    data = body if type(body) is bytes else bytes(body)
+    argv: list[bytes] = []
+    timing, _ = _parse_body(data, 0, len(data), argv, None)
+    return timing, tuple(argv)
+
+
+def _parse_body(
+    data: bytes,
+    start: int,
+    end: int,
+    argv: list[bytes] | None,
+    timings: dict[bytes, Timing] | None,
+) -> tuple[Timing, int]:
+    """Check the BODY `data[start:end]` in place; (its timing, its used length).
+
+    The one decoder of bodies: `decode_body` and both scans go through it, so they
+    accept the same bodies and word their refusals alike. The arguments are appended
+    to `argv` when one is given (the lean scan passes None and builds nothing).
+    `timings` interns: it maps the TIMING_SIZE bytes of a timing already decoded
+    (and valid) to its Timing, so tasks with equal timings share one object and a
+    known timing is neither unpacked nor checked again. Raises RecordsError.
+    """
+    if end - start < TIMING_SIZE + _U32.size:
+        raise RecordsError(f"body of {end - start} bytes is too short")
+    pos = start + TIMING_SIZE
+    if timings is None:
+        timing = _decode_timing(data, start)
+    else:
+        key = data[start:pos]
+        found = timings.get(key)
+        if found is None:
+            found = timings[key] = _decode_timing(data, start)
+        timing = found
+    (argc,) = _U32.unpack_from(data, pos)
     pos += _U32.size
     if argc == 0:
         raise RecordsError("command line with ARGC 0")
     if argc > MAX_ARGC:
         raise RecordsError(f"ARGC {argc} exceeds the limit of {MAX_ARGC}")
-    argv: list[bytes] = []
+    program_length = -1
     for index in range(argc):
-        if pos + _U32.size > len(view):
+        if pos + _U32.size > end:
             raise RecordsError(f"body ends inside argument {index}")
-        (length,) = _U32.unpack_from(view, pos)
+        (length,) = _U32.unpack_from(data, pos)
         pos += _U32.size
         if length > MAX_STRING:
             raise RecordsError(f"argument of {length} bytes exceeds the limit of {MAX_STRING}")
-        if pos + length > len(view):
+        if pos + length > end:
             raise RecordsError(f"body ends inside argument {index}")
-        argv.append(bytes(view[pos : pos + length]))
+        if argv is not None:
+            argv.append(data[pos : pos + length])
+        if program_length < 0:
+            program_length = length
         pos += length
-    if not argv[0]:
+    # After the arguments, as it always was: a body with several faults keeps being
+    # refused for the same one (the log lines of a repair do not change).
+    if program_length == 0:
         raise RecordsError("empty program name (ARGV[0])")
     # Padding is written as zeros; anything else means the body is not what was written.
-    if view[pos:].tobytes().strip(b"\x00"):
-        raise RecordsError(f"non-zero bytes after the command line at body offset {pos}")
-    return timing, tuple(argv)
+    if pos < end and data.count(0, pos, end) != end - pos:
+        raise RecordsError(f"non-zero bytes after the command line at body offset {pos - start}")
+    return timing, pos - start
+
+
+def _decode_timing(data: bytes, offset: int) -> Timing:
+    """The TIMING at `offset`, refused if it has bits outside the fields' ranges."""
+    minutes, hours, days = _TIMING.unpack_from(data, offset)
+    timing = Timing(minutes, hours, days)
+    if not timing.is_valid():
+        raise RecordsError("timing has bits outside the fields' ranges")
+    return timing
 
 
 def encode_record(task_id: int, body: bytes, size: int) -> bytes:
@@ -199,13 +245,15 @@ def encode_id(task_id: int) -> bytes:
 # --- scanning a whole file ------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     """One record of `cmds`: where it is, its BODY capacity, and its task if live.
 
     `offset` is where the record head starts; the record spans
-    RECORD_HEAD_SIZE + size bytes. `task_id`, `timing` and `argv` are None for a free
-    slot (a tombstone, or a record whose body did not decode).
+    RECORD_HEAD_SIZE + size bytes. `task_id`, `timing`, `argv` and `used` are unset
+    (None, 0) for a free slot (a tombstone, or a record whose body did not decode).
+    A full scan sets `argv`; a lean one sets `used` instead, the body's bytes before
+    its padding: the LIST entry is then the ID and those bytes, copied from the file.
     """
 
     offset: int
@@ -213,6 +261,7 @@ class Slot:
     task_id: int | None
     timing: Timing | None = None
     argv: tuple[bytes, ...] | None = None
+    used: int = 0
 
     @property
     def end(self) -> int:
@@ -226,21 +275,30 @@ class Scan:
 
     `valid_length` is where the readable records end: bytes after it are a torn tail
     that the writer truncates away. `problems` are one-line descriptions of what was
-    repaired or ignored, for the log.
+    repaired or ignored, for the log. `timings` maps the 13-byte encoding of each
+    distinct valid timing met to the one Timing the live slots share.
     """
 
     next_id: int
     slots: list[Slot] = field(default_factory=list)
     valid_length: int = 0
     problems: list[str] = field(default_factory=list)
+    timings: dict[bytes, Timing] = field(default_factory=dict)
 
 
-def scan_cmds(data: bytes) -> Scan:
+def scan_cmds(
+    data: bytes, *, lean: bool = False, sink: Callable[[Slot], object] | None = None
+) -> Scan:
     """Parse a whole `cmds` file; raises RecordsError for a bad magic or version.
 
     An empty file is a fresh store. A file of 1 to 15 bytes is a header torn while the
     file was being created (nothing can have been stored yet): also a fresh store,
     with a problem and `valid_length` 0 so the writer starts over.
+
+    `lean` checks every body exactly as the full scan does, but live slots carry
+    `used` instead of a decoded argv (for an index that keeps the encoded entry).
+    With a `sink`, each slot is handed to it in file order instead of being kept in
+    `Scan.slots`, so a caller building its own index never holds both at once.
     """
     if len(data) == 0:
         return Scan(next_id=0)
@@ -250,61 +308,77 @@ def scan_cmds(data: bytes) -> Scan:
             valid_length=0,
             problems=[f"dropped a torn header of {len(data)} bytes"],
         )
+    if type(data) is not bytes:
+        data = bytes(data)  # slices of it key the timings: they must be hashable
     header_next_id = decode_header(data)
     scan = Scan(next_id=header_next_id, valid_length=HEADER_SIZE)
+    keep = scan.slots.append if sink is None else sink
+    argv: list[bytes] | None = None if lean else []
     seen: set[int] = set()
-    view = memoryview(data)
+    highest = -1
+    length = len(data)
     pos = HEADER_SIZE
-    while pos < len(data):
-        if len(data) - pos < RECORD_HEAD_SIZE:
-            break
-        task_id, size = _RECORD_HEAD.unpack_from(view, pos)
+    while length - pos >= RECORD_HEAD_SIZE:
+        task_id, size = _RECORD_HEAD.unpack_from(data, pos)
         body_start = pos + RECORD_HEAD_SIZE
-        if body_start + size > len(data):
+        end = body_start + size
+        if end > length:
             break
-        slot = _scan_record(scan, view[body_start : body_start + size], pos, task_id, size)
-        live_id = slot.task_id
-        if live_id is not None:
-            if live_id in seen:
+        if task_id == TOMBSTONE:
+            slot = Slot(pos, size, None)
+        else:
+            slot = _scan_body(scan, data, pos, task_id, size, argv)
+            if slot.task_id is None:
+                pass
+            elif task_id in seen:
                 # Ids are never reused, so a second record with the same id cannot be
                 # a task that was stored; keep the first and free this one.
                 scan.problems.append(
-                    f"freed a duplicate record of task id {live_id} at offset {pos}"
+                    f"freed a duplicate record of task id {task_id} at offset {pos}"
                 )
                 slot = Slot(pos, size, None)
             else:
-                seen.add(live_id)
-        scan.slots.append(slot)
-        pos = slot.end
-        scan.valid_length = pos
-    if scan.valid_length < len(data):
-        scan.problems.append(
-            f"dropped a torn tail of {len(data) - scan.valid_length} bytes "
-            f"at offset {scan.valid_length}"
-        )
-    if seen and max(seen) >= scan.next_id:
+                seen.add(task_id)
+                if task_id > highest:
+                    highest = task_id
+        keep(slot)
+        pos = end
+    scan.valid_length = pos
+    if pos < length:
+        scan.problems.append(f"dropped a torn tail of {length - pos} bytes at offset {pos}")
+    if highest >= scan.next_id:
         # The header is written before any record uses an id, so this means damage;
         # never hand out an id that is already on disk.
         scan.problems.append(
-            f"header NEXT_ID {header_next_id} is not above the highest task id {max(seen)}"
+            f"header NEXT_ID {header_next_id} is not above the highest task id {highest}"
         )
-        scan.next_id = max(seen) + 1
+        scan.next_id = highest + 1
     return scan
 
 
-def _scan_record(scan: Scan, body: memoryview, offset: int, task_id: int, size: int) -> Slot:
-    """One complete record as a Slot; a live id with a bad body becomes a free slot."""
-    if task_id == TOMBSTONE:
-        return Slot(offset, size, None)
+def _scan_body(
+    scan: Scan, data: bytes, offset: int, task_id: int, size: int, argv: list[bytes] | None
+) -> Slot:
+    """The slot of a live record; one whose body does not decode becomes a free slot.
+
+    `argv` is a list to decode the command line into (full scan), or None (lean).
+    """
+    start = offset + RECORD_HEAD_SIZE
     try:
-        timing, argv = decode_body(body.tobytes())
+        timing, used = _parse_body(data, start, start + size, argv, scan.timings)
     except RecordsError as error:
         scan.problems.append(
             f"freed the record of task id {task_id} at offset {offset}: its body does "
             f"not decode ({error})"
         )
+        if argv is not None:
+            argv.clear()
         return Slot(offset, size, None)
-    return Slot(offset, size, task_id, timing, argv)
+    if argv is None:
+        return Slot(offset, size, task_id, timing, None, used)
+    decoded = tuple(argv)
+    argv.clear()
+    return Slot(offset, size, task_id, timing, decoded)
 
 
 # --- times-exitcodes ------------------------------------------------------------

@@ -15,11 +15,20 @@ Rules:
   in one 8-byte `pwrite`; a removal writes the tombstone before deleting the task's
   directory. Loading drops a torn tail and finishes interrupted removals.
 - The in-memory index is the truth between loads: CREATE never scans the file and
-  LIST never parses it.
+  LIST never parses it. It is lean, because a daemon process must stay small with
+  100,000 tasks (BENCHMARKS.md, 3): per task, its LIST entry as encoded bytes, a
+  Timing shared with every task of equal timing, and its slot packed in one int.
+  Command lines are decoded from the entry only when asked for (`tasks`).
+- Start-up touches each task directory by name only (no `stat`): a missing one is
+  recreated and a stale one deleted, but the mode of an existing one is not checked.
+  They are created 0700 by us, and what guards them is the state directory, which
+  the daemon checks is ours and 0700 before opening the store.
 - Files are created 0600 and directories 0700; every path in the state directory is
   opened with O_NOFOLLOW (and task files relative to their directory's descriptor), so
   a symlink planted there is never followed.
-- One-line errors: OS failures become `StoreError` raised `from` the OSError.
+- One-line errors: OS failures become `StoreError` raised `from` the OSError. A refused
+  create or remove is logged by the caller, which knows what was not acknowledged: one
+  line per event, not one here and one there.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import bisect
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -35,7 +45,7 @@ import secrets
 import shutil
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from time import time_ns
@@ -45,15 +55,19 @@ from typing import Final
 from saturnd.protocol import REPLY_OK, TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
+    ID_SIZE,
     NEXT_ID_OFFSET,
     RECORD_HEAD_SIZE,
     RUN_SIZE,
     RUNS_HEAD_SIZE,
+    TIMING_SIZE,
     TOMBSTONE,
     RecordsError,
     Scan,
+    Slot,
     choose_slot,
     complete_runs,
+    decode_body,
     decode_header,
     encode_body,
     encode_header,
@@ -79,6 +93,8 @@ _TASK_DIR: Final = re.compile(r"task_([0-9]+)")
 _REMOVED_PREFIX: Final = ".removed-"
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
+_SLOT_SHIFT: Final = 32  # a slot is packed as offset << 32 | SIZE (SIZE is a uint32)
+_SIZE_MASK: Final = (1 << _SLOT_SHIFT) - 1
 
 # A file's mtime is a coarse clock on many kernels: two writes within one tick can
 # leave (inode, size, mtime) unchanged. A load this close to the mtime is "racy" (as
@@ -110,16 +126,40 @@ def _describe(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _read_all(fd: int) -> bytes:
-    """Every byte of an open file, from offset 0 (pread: the offset is not shared)."""
+def _read_all(fd: int, size: int) -> bytes:
+    """Every byte of an open file, from offset 0 (pread: the offset is not shared).
+
+    `size` is what fstat said: a file that has not grown since is read in one piece,
+    with no second copy to join chunks into (that copy would double the peak memory
+    of loading a large `cmds`).
+    """
     chunks: list[bytes] = []
     offset = 0
+    want = size + 1  # one more byte: the end of the file shows without another read
     while True:
-        chunk = os.pread(fd, 1 << 20, offset)
+        chunk = os.pread(fd, want, offset)
         if not chunk:
-            return b"".join(chunks)
+            return b"".join(chunks)  # one chunk is returned as it is, not copied
         chunks.append(chunk)
         offset += len(chunk)
+        want = 1 << 20
+
+
+def _release_freed_memory() -> None:
+    """Give the memory freed after a load back to the system (glibc's malloc_trim).
+
+    The allocator keeps what it freed for reuse, so a load's transients (the file's
+    bytes, the old tables of the dictionaries as they grew) would stay in the process's
+    RSS for good: about 5 MB at 100,000 tasks, for half a millisecond here. Without
+    glibc (musl has no malloc_trim), nothing is done.
+    """
+    import ctypes  # here, not at the top: only a load needs it
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -134,8 +174,9 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-def _read_task_file(task_dir: Path, name: str) -> bytes | None:
-    """A file of a task directory, or None if it or the directory does not exist."""
+def _open_task_file(task_dir: Path, name: str) -> tuple[int, int] | None:
+    """(fd, size) of a regular file of a task directory, opened read-only without
+    following links; None if it or the directory does not exist. Raises OSError."""
     try:
         dir_fd = os.open(task_dir, _OPEN_DIR)
     except FileNotFoundError:
@@ -147,9 +188,23 @@ def _read_task_file(task_dir: Path, name: str) -> bytes | None:
     finally:
         os.close(dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, f"{name} is not a regular file")
-        return _read_all(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status.st_size
+
+
+def _read_task_file(task_dir: Path, name: str) -> bytes | None:
+    """A file of a task directory, or None if it or the directory does not exist."""
+    opened = _open_task_file(task_dir, name)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        return _read_all(fd, size)
     finally:
         os.close(fd)
 
@@ -183,6 +238,60 @@ def append_run(task_dir: Path, time: int, exitcode: int) -> None:
         os.close(fd)  # closing releases the flock
 
 
+def _by_id(
+    entries: dict[int, bytes], timings: dict[int, Timing], slots: dict[int, int]
+) -> tuple[dict[int, bytes], dict[int, Timing], dict[int, int]]:
+    """The index's dictionaries in increasing id order (LIST and the views' order).
+
+    They come in file order, which is id order unless a slot was reused: then they
+    are rebuilt sorted, costing a second copy only in that case.
+    """
+    previous = -1
+    for task_id in entries:
+        if task_id < previous:
+            break
+        previous = task_id
+    else:
+        return entries, timings, slots
+    order = sorted(entries)
+    return (
+        {task_id: entries[task_id] for task_id in order},
+        {task_id: timings[task_id] for task_id in order},
+        {task_id: slots[task_id] for task_id in order},
+    )
+
+
+class _TaskView(Mapping[int, TaskEntry]):
+    """The live tasks as a read-only mapping, decoding a command line when asked.
+
+    It holds the index's dictionaries, not copies: it follows create and remove, and
+    keeps showing the old table after a reload (which builds new dictionaries).
+    """
+
+    __slots__ = ("_entries", "_timings")
+
+    def __init__(self, entries: dict[int, bytes], timings: dict[int, Timing]) -> None:
+        self._entries = entries
+        self._timings = timings
+
+    def __getitem__(self, task_id: int) -> TaskEntry:
+        entry = self._entries[task_id]
+        _, argv = decode_body(entry[ID_SIZE:])
+        return TaskEntry(task_id, self._timings[task_id], argv)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._entries  # without decoding, unlike Mapping's
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<tasks view of {len(self._entries)} tasks>"
+
+
 class Store:
     """The state directory: the task table of `cmds` and the `task_<ID>/` directories.
 
@@ -197,16 +306,22 @@ class Store:
         self._log = logger
         self._read_only = read_only
         self._fd = -1
-        self._tasks: dict[int, TaskEntry] = {}
-        self._entries: dict[int, bytes] = {}  # task id -> its encoded LIST entry
-        self._slots: dict[int, tuple[int, int]] = {}  # task id -> (offset, SIZE)
+        # The index: three dictionaries with the same keys, by increasing task id.
+        self._entries: dict[int, bytes] = {}  # id -> LIST entry: ID, BODY without padding
+        self._timings: dict[int, Timing] = {}  # id -> its (shared) Timing
+        self._slots: dict[int, int] = {}  # id -> its slot: offset << 32 | SIZE
+        # TIMING bytes -> the Timing the loaded tasks share: created tasks share it too.
+        # Filled by loads only, so a client cannot grow it by creating and removing.
+        self._shared: dict[bytes, Timing] = {}
         self._free: list[tuple[int, int]] = []  # (offset, SIZE), by offset
         self._end = HEADER_SIZE
         self._next_id = 0
         self._list_cache: bytes | None = None
         self._stamp: _Stamp | None = None
         self._racy = False
-        self._loaded: bytes | None = None  # read-only: the bytes of the last load
+        # Read-only: a digest of the last load's bytes, None when there was no file.
+        # Not the bytes: 8 MB at 100,000 tasks, kept only to compare.
+        self._digest: bytes | None = None
         # Set when a failed append could not be truncated back: bytes after _end.
         self._tail_dirty = False
 
@@ -225,14 +340,42 @@ class Store:
         try:
             if read_only:
                 store._load_read_only()
-                if store._loaded is not None:
-                    store._log.info("read %s: %d tasks", store._path, len(store._tasks))
+                if store._digest is not None:
+                    store._log.info("read %s: %d tasks", store._path, len(store._entries))
             else:
                 store._load_and_repair()
         except BaseException:
             store.close()
             raise
         return store
+
+    @staticmethod
+    def check(state_dir: Path) -> None:
+        """Refuse what `open` would refuse, without loading the tasks; raises StoreError.
+
+        For the process that starts the daemon and does not need the tasks itself:
+        `cmds` is opened as `open` does (read-write, O_NOFOLLOW, created 0600 if
+        missing), must be a regular file, and a complete header must have the MAGIC
+        and VERSION this code reads. A torn header passes, as `open` repairs it.
+        """
+        path = state_dir / CMDS
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _OPEN_FILE, 0o600)
+        except OSError as error:
+            raise StoreError(f"cannot open {path}: {_describe(error)}") from error
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"{path} is not a regular file")
+            head = os.pread(fd, HEADER_SIZE, 0)
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {_describe(error)}") from error
+        finally:
+            os.close(fd)
+        if len(head) == HEADER_SIZE:
+            try:
+                decode_header(head)
+            except RecordsError as error:
+                raise StoreError(f"{path}: {error}") from error
 
     def close(self) -> None:
         """Close the `cmds` file descriptor (the in-memory index stays readable)."""
@@ -254,8 +397,12 @@ class Store:
                 self._log.warning(
                     "tightened %s from %o to 600", self._path, stat.S_IMODE(status.st_mode)
                 )
-            data = _read_all(self._fd)
-            scan = self._scan(data)
+            data = _read_all(self._fd, status.st_size)
+            # Indexed before the repairs below: if one fails, open() drops the store.
+            scan = self._index(data)
+            torn = scan.valid_length < len(data)
+            header_behind = scan.valid_length >= HEADER_SIZE and decode_header(data) != scan.next_id
+            del data  # not held through the rest of the start-up: several MB at 100k tasks
             for problem in scan.problems:
                 self._log.warning("repairing %s: %s", self._path, problem)
             if scan.valid_length < HEADER_SIZE:
@@ -264,33 +411,33 @@ class Store:
                 _pwrite_all(self._fd, encode_header(scan.next_id), 0)
                 os.fdatasync(self._fd)
                 self._sync_dir()
-            else:
-                if scan.valid_length < len(data):
+            elif torn or header_behind:
+                if torn:
                     os.ftruncate(self._fd, scan.valid_length)
-                if decode_header(data) != scan.next_id:
+                if header_behind:
                     _pwrite_all(self._fd, encode_header(scan.next_id), 0)
-                if scan.valid_length < len(data) or decode_header(data) != scan.next_id:
-                    os.fdatasync(self._fd)
-            self._index(scan)
+                os.fdatasync(self._fd)
             self._stamp_fd()
             self._sync_task_dirs()
         except OSError as error:
             raise StoreError(f"cannot repair {self._dir}: {_describe(error)}") from error
+        _release_freed_memory()
         self._log.info(
-            "loaded %s: %d tasks, next id %d", self._path, len(self._tasks), self._next_id
+            "loaded %s: %d tasks, next id %d", self._path, len(self._entries), self._next_id
         )
 
     def _load_read_only(self) -> bool:
         """Read `cmds` as it is now, without changing anything on disk.
 
-        Returns True when the bytes differ from the previous load's.
+        Returns True when the bytes differ from the previous load's (compared by
+        SHA-256 digest).
         """
         try:
             fd = os.open(self._path, os.O_RDONLY | _OPEN_FILE)
         except FileNotFoundError:
-            changed = self._loaded is not None
-            self._index(Scan(next_id=self._next_id))
-            self._stamp, self._loaded, self._racy = None, None, False
+            changed = self._digest is not None
+            self._adopt(Scan(next_id=self._next_id), {}, {}, {}, [])
+            self._stamp, self._digest, self._racy = None, None, False
             return changed
         except OSError as error:
             raise StoreError(f"cannot open {self._path}: {_describe(error)}") from error
@@ -299,53 +446,77 @@ class Store:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
                 raise StoreError(f"{self._path} is not a regular file")
-            data = _read_all(fd)
+            data = _read_all(fd, status.st_size)
         except OSError as error:
             raise StoreError(f"cannot read {self._path}: {_describe(error)}") from error
         finally:
             os.close(fd)
         self._stamp = _Stamp.of(status)
         self._racy = status.st_mtime_ns + _RACY_WINDOW_NS > started
-        if data == self._loaded:
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest:
             return False
-        scan = self._scan(data)
+        scan = self._index(data)
         for problem in scan.problems:
             # The writer may be in the middle of an append: not worth a warning here.
             self._log.debug("reading %s: %s", self._path, problem)
-        self._index(scan)
-        self._loaded = data
+        self._digest = digest
+        _release_freed_memory()
         return True
 
-    def _scan(self, data: bytes) -> Scan:
+    def _index(self, data: bytes) -> Scan:
+        """Make the tasks of `data` (a whole `cmds`) the in-memory index; the scan.
+
+        The index is built as the scan goes, one slot at a time: a list of every slot
+        besides it would take 15 MB more at 100,000 tasks, in small objects between
+        the index's own, which the allocator could not give back. Raises StoreError
+        for a file this code may not read, leaving the index as it was.
+        """
+        entries: dict[int, bytes] = {}
+        timings: dict[int, Timing] = {}
+        slots: dict[int, int] = {}
+        free: list[tuple[int, int]] = []
+
+        def keep(slot: Slot) -> None:
+            task_id = slot.task_id
+            if task_id is None:
+                free.append((slot.offset, slot.size))
+                return
+            assert slot.timing is not None
+            offset = slot.offset
+            start = offset + RECORD_HEAD_SIZE
+            # The entry is the record's ID then its body up to the padding, as on disk.
+            entries[task_id] = data[offset : offset + ID_SIZE] + data[start : start + slot.used]
+            timings[task_id] = slot.timing
+            slots[task_id] = offset << _SLOT_SHIFT | slot.size
+
         try:
-            return scan_cmds(data)
+            scan = scan_cmds(data, lean=True, sink=keep)
         except RecordsError as error:
             raise StoreError(f"{self._path}: {error}") from error
+        self._adopt(scan, *_by_id(entries, timings, slots), free)
+        return scan
 
-    def _index(self, scan: Scan) -> None:
-        """Replace the in-memory index with what a scan found."""
-        self._tasks = {}
-        self._entries = {}
-        self._slots = {}
-        self._free = []
-        live = sorted(
-            (slot for slot in scan.slots if slot.task_id is not None),
-            key=lambda slot: slot.task_id or 0,
-        )
-        for slot in live:
-            assert slot.task_id is not None and slot.timing is not None and slot.argv is not None
-            self._remember(slot.task_id, slot.timing, slot.argv, (slot.offset, slot.size))
-        self._free = [(slot.offset, slot.size) for slot in scan.slots if slot.task_id is None]
+    def _adopt(
+        self,
+        scan: Scan,
+        entries: dict[int, bytes],
+        timings: dict[int, Timing],
+        slots: dict[int, int],
+        free: list[tuple[int, int]],
+    ) -> None:
+        """Replace the in-memory index (dictionaries by increasing id, free slots by
+        offset) and what the scan says of the file."""
+        self._entries, self._timings, self._slots, self._free = entries, timings, slots, free
+        self._shared = scan.timings
         self._end = max(scan.valid_length, HEADER_SIZE)
         self._next_id = scan.next_id
         self._list_cache = None
 
-    def _remember(
-        self, task_id: int, timing: Timing, argv: tuple[bytes, ...], slot: tuple[int, int]
-    ) -> None:
-        self._tasks[task_id] = TaskEntry(task_id, timing, argv)
-        self._entries[task_id] = _U64.pack(task_id) + encode_body(timing, argv)
-        self._slots[task_id] = slot
+    def _remember(self, task_id: int, body: bytes, timing: Timing, offset: int, size: int) -> None:
+        self._entries[task_id] = _U64.pack(task_id) + body
+        self._timings[task_id] = self._shared.get(body[:TIMING_SIZE], timing)
+        self._slots[task_id] = offset << _SLOT_SHIFT | size
         self._list_cache = None
 
     def _stamp_fd(self) -> None:
@@ -363,34 +534,35 @@ class Store:
 
     def _sync_task_dirs(self) -> None:
         """Finish interrupted removals and recreate missing task directories."""
-        present: set[int] = set()
-        for entry in os.scandir(self._dir):
-            if entry.name.startswith(_REMOVED_PREFIX):
-                self._log.warning("finishing an interrupted removal: deleting %s", entry.path)
-                try:
+        # The index's own int objects, not new ones per directory name: at 100,000 tasks
+        # a set of fresh ints would add megabytes that the allocator keeps.
+        missing = set(self._entries)
+        with os.scandir(self._dir) as listing:
+            for entry in listing:
+                if entry.name.startswith(_REMOVED_PREFIX):
+                    self._log.warning("finishing an interrupted removal: deleting %s", entry.path)
+                    try:
+                        self._delete(Path(entry.path))
+                    except OSError as error:
+                        # Its name is no task's: harmless, and retried at the next start.
+                        self._log.warning("cannot delete %s: %s", entry.path, error)
+                    continue
+                match = _TASK_DIR.fullmatch(entry.name)
+                if match is None:
+                    continue
+                task_id = int(match.group(1))
+                if task_id not in self._entries:
+                    self._log.warning("deleting %s: task %d does not exist", entry.path, task_id)
                     self._delete(Path(entry.path))
-                except OSError as error:
-                    # Its name is no task's: harmless, and retried at the next start.
-                    self._log.warning("cannot delete %s: %s", entry.path, error)
-                continue
-            match = _TASK_DIR.fullmatch(entry.name)
-            if match is None:
-                continue
-            task_id = int(match.group(1))
-            if task_id not in self._tasks:
-                self._log.warning("deleting %s: task %d does not exist", entry.path, task_id)
-                self._delete(Path(entry.path))
-            elif not entry.is_dir(follow_symlinks=False):
-                self._log.warning("replacing %s: not a directory", entry.path)
-                self._delete(Path(entry.path))
-            else:
-                present.add(task_id)
-                mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
-                if mode & 0o077:
-                    os.chmod(entry.path, 0o700, follow_symlinks=False)
-                    self._log.warning("tightened %s from %o to 700", entry.path, mode)
-        for task_id in self._tasks:
-            if task_id not in present:
+                elif not entry.is_dir(follow_symlinks=False):  # the directory entry's type
+                    self._log.warning("replacing %s: not a directory", entry.path)
+                    self._delete(Path(entry.path))
+                else:
+                    # No stat for the mode (a quarter of a second at 100,000 tasks): see the
+                    # module docstring for why a task directory's mode is not checked here.
+                    missing.discard(task_id)
+        for task_id in self._entries:
+            if task_id in missing:
                 self._log.warning("recreating the missing directory of task %d", task_id)
                 os.mkdir(self.task_dir(task_id), 0o700)
 
@@ -407,8 +579,19 @@ class Store:
     @property
     def tasks(self) -> Mapping[int, TaskEntry]:
         """The live tasks by increasing id (a read-only view of the current index:
-        take it again after `refresh()`, which builds a new one)."""
-        return MappingProxyType(self._tasks)
+        take it again after `refresh()`, which builds a new one).
+
+        Each access to a task decodes its command line: to go over every task's
+        timing, use `timings`.
+        """
+        return _TaskView(self._entries, self._timings)
+
+    @property
+    def timings(self) -> Mapping[int, Timing]:
+        """The timing of each live task by increasing id, without decoding any command
+        line (for planning a minute); read-only, and like `tasks` a view of the
+        current index."""
+        return MappingProxyType(self._timings)
 
     @property
     def next_id(self) -> int:
@@ -446,6 +629,32 @@ class Store:
                 f"cannot read the runs of task {task_id}: {_describe(error)}"
             ) from error
         return runs_body(data or b"")
+
+    def open_runs(self, task_id: int) -> tuple[int, int] | None:
+        """An open descriptor of a task's `times-exitcodes` and its complete runs, for
+        sending the TX reply without reading the history into memory.
+
+        Returns (fd, count): the runs to send are the count * RUN_SIZE bytes at offset
+        RUNS_HEAD_SIZE, NBRUNS clamped to the runs present as `times_exitcodes_body`
+        does. These bytes stay as they are while the caller reads them: an append
+        writes only past them and NBRUNS. The caller closes fd. None when the task
+        never finished a run (no file). Raises StoreError.
+        """
+        try:
+            opened = _open_task_file(self.task_dir(task_id), TIMES_EXITCODES)
+            if opened is None:
+                return None
+            fd, size = opened
+            try:
+                count = complete_runs(os.pread(fd, RUNS_HEAD_SIZE, 0), size)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the runs of task {task_id}: {_describe(error)}"
+            ) from error
+        return fd, count
 
     def output(self, task_id: int, stream: str) -> bytes | None:
         """What the last finished run of a task wrote on `stream` ("stdout"/"stderr").
@@ -519,7 +728,7 @@ class Store:
             if committing:
                 # The id may be on disk if the undo failed: never hand it out again.
                 self._next_id = task_id + 1
-            self._log.error("cannot create a task: %s", _describe(error))
+            # No log line here: the caller logs the refusal, once (one line per event).
             raise StoreError(f"cannot store the task in {self._dir}: {_describe(error)}") from error
         if appended:
             self._end = offset + RECORD_HEAD_SIZE + size
@@ -527,7 +736,7 @@ class Store:
             assert choice is not None
             del self._free[choice]
         self._next_id = task_id + 1
-        self._remember(task_id, timing, argv, (offset, size))
+        self._remember(task_id, body, timing, offset, size)
         self._stamp_fd_quietly()
         self._log.info(
             "task created id=%d (%s slot at offset %d)",
@@ -561,19 +770,19 @@ class Store:
         run ending at this moment cannot write into it by path, and deleted.
         """
         self._check_writable()
-        if task_id not in self._tasks:
+        if task_id not in self._entries:
             return False
-        offset, size = self._slots[task_id]
+        packed = self._slots[task_id]
+        offset, size = packed >> _SLOT_SHIFT, packed & _SIZE_MASK
         try:
             _pwrite_all(self._fd, encode_id(TOMBSTONE), offset)
             os.fdatasync(self._fd)
         except OSError as error:
-            self._log.error("cannot remove task %d: %s", task_id, _describe(error))
             raise StoreError(
                 f"cannot remove task {task_id} from {self._path}: {_describe(error)}"
             ) from error
-        del self._tasks[task_id]
         del self._entries[task_id]
+        del self._timings[task_id]
         del self._slots[task_id]
         bisect.insort(self._free, (offset, size))
         self._list_cache = None

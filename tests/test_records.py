@@ -370,3 +370,128 @@ def test_it_decodes_every_runs_body(pairs: list[tuple[int, int]]) -> None:
     body = encode_runs(runs)
     assert runs_body(body) == body
     assert decode_runs(body) == runs
+
+
+# --- the lean scan --------------------------------------------------------------
+
+
+def test_a_slot_has_no_instance_dictionary() -> None:
+    slot = Slot(HEADER_SIZE, 10, None)
+    assert not hasattr(slot, "__dict__")
+    assert slot.used == 0
+
+
+def test_it_scans_lean_with_used_lengths_and_shared_timings() -> None:
+    ls_body = encode_body(Timing(), (b"ls",))
+    data = cmds(
+        3,
+        encode_record(0, ECHO_BODY, len(ECHO_BODY) + 4),
+        encode_record(TOMBSTONE, ls_body, len(ls_body)),
+        encode_record(1, ls_body, 40),
+        encode_record(2, x_body := encode_body(WEDNESDAY_9_14, (b"x",)), 30),
+    )
+    full = scan_cmds(data)
+    lean = scan_cmds(data, lean=True)
+    assert [(s.offset, s.size, s.task_id, s.timing) for s in lean.slots] == [
+        (s.offset, s.size, s.task_id, s.timing) for s in full.slots
+    ]
+    assert [s.argv for s in lean.slots] == [None] * 4
+    assert [s.used for s in lean.slots] == [len(ECHO_BODY), 0, len(ls_body), len(x_body)]
+    # Tasks 0 and 2 have equal timings, met at different offsets: one object.
+    assert lean.slots[0].timing is lean.slots[3].timing
+    assert lean.timings == {
+        ECHO_BODY[:13]: WEDNESDAY_9_14,
+        ls_body[:13]: Timing(),
+    }
+    assert (lean.next_id, lean.valid_length, lean.problems) == (3, len(data), [])
+
+
+@pytest.mark.parametrize("body", BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_the_lean_scan_frees_a_bad_body_with_the_same_problem(body: bytes) -> None:
+    data = cmds(3, live(0), encode_record(1, body, len(body)), live(2))
+    full, lean = scan_cmds(data), scan_cmds(data, lean=True)
+    assert [s.task_id for s in lean.slots] == [s.task_id for s in full.slots] == [0, None, 2]
+    assert len(lean.problems) == 1
+    assert lean.problems == full.problems
+    with pytest.raises(RecordsError) as caught:
+        decode_body(body)
+    assert f"({caught.value})" in lean.problems[0]
+
+
+def test_it_hands_each_slot_to_a_sink_in_file_order() -> None:
+    data = cmds(3, live(2), encode_record(TOMBSTONE, ECHO_BODY, 40), live(0), live(2))
+    handed: list[Slot] = []
+    scan = scan_cmds(data, lean=True, sink=handed.append)
+    assert scan.slots == []
+    assert handed == scan_cmds(data, lean=True).slots
+    assert [slot.task_id for slot in handed] == [2, None, 0, None]
+    assert len(scan.problems) == 1 and "duplicate" in scan.problems[0]
+
+
+def test_it_decodes_a_body_from_any_bytes_like_object() -> None:
+    for body in (bytearray(ECHO_BODY), memoryview(ECHO_BODY + bytes(3))):
+        assert decode_body(body) == (WEDNESDAY_9_14, ECHO)  # type: ignore[arg-type]
+    assert scan_cmds(bytearray(cmds(1, live(0)))).slots[0].argv == ECHO  # type: ignore[arg-type]
+
+
+# A record of a random file: a task, a tombstone, or a live id over a body that is
+# likely not to decode (one known to be bad, random bytes, or a good one damaged).
+damaged_bodies = st.one_of(
+    st.sampled_from(list(BAD_BODIES.values())),
+    st.binary(max_size=40),
+    st.tuples(timings, argvs, st.integers(0, 60), st.integers(0, 255)).map(
+        lambda t: _damage(encode_body(t[0], t[1]), t[2], t[3])
+    ),
+)
+file_records = st.one_of(
+    st.tuples(st.integers(0, 6), timings, argvs, st.integers(0, 8)).map(
+        lambda t: encode_record(t[0], encode_body(t[1], t[2]), len(encode_body(t[1], t[2])) + t[3])
+    ),
+    st.integers(0, 40).map(lambda size: encode_record(TOMBSTONE, bytes(size), size)),
+    st.tuples(st.integers(0, 6), damaged_bodies).map(
+        lambda t: encode_record(t[0], t[1], len(t[1]))
+    ),
+)
+
+
+def _damage(body: bytes, at: int, value: int) -> bytes:
+    """`body` with one byte overwritten (or one appended, past its end)."""
+    if at >= len(body):
+        return body + bytes([value])
+    return body[:at] + bytes([value]) + body[at + 1 :]
+
+
+@given(st.data(), st.lists(file_records, max_size=10), st.integers(0, 9))
+def test_the_lean_scan_agrees_with_the_full_scan(
+    data: st.DataObject, records_: list[bytes], next_id: int
+) -> None:
+    whole = cmds(next_id, *records_)
+    cut = data.draw(st.integers(HEADER_SIZE, len(whole)), label="cut")
+    damaged = whole[:cut]
+    if data.draw(st.booleans(), label="flip") and cut > 0:
+        at = data.draw(st.integers(0, cut - 1), label="at")
+        damaged = _damage(damaged, at, data.draw(st.integers(0, 255), label="value"))
+    try:
+        full = scan_cmds(damaged)
+    except RecordsError as error:  # a flipped header byte
+        with pytest.raises(RecordsError) as caught:
+            scan_cmds(damaged, lean=True)
+        assert str(caught.value) == str(error)
+        return
+    lean = scan_cmds(damaged, lean=True)
+    assert [(s.offset, s.size, s.task_id, s.timing) for s in lean.slots] == [
+        (s.offset, s.size, s.task_id, s.timing) for s in full.slots
+    ]
+    for lean_slot, full_slot in zip(lean.slots, full.slots, strict=True):
+        if full_slot.task_id is None:
+            assert (lean_slot.used, lean_slot.timing, lean_slot.argv) == (0, None, None)
+        else:
+            assert full_slot.timing is not None and full_slot.argv is not None
+            assert lean_slot.used == len(encode_body(full_slot.timing, full_slot.argv))
+            start = lean_slot.offset + RECORD_HEAD_SIZE
+            assert decode_body(damaged[start : start + lean_slot.used]) == (
+                full_slot.timing,
+                full_slot.argv,
+            )
+    assert lean.problems == full.problems
+    assert (lean.next_id, lean.valid_length) == (full.next_id, full.valid_length)

@@ -21,6 +21,7 @@ from saturnd.records import (
     HEADER_SIZE,
     RECORD_HEAD_SIZE,
     TOMBSTONE,
+    decode_body,
     decode_runs,
     encode_body,
     encode_record,
@@ -585,3 +586,295 @@ def test_it_survives_a_full_file_system(state: Path) -> None:
     assert len(cmds_bytes(state)) <= limit
     assert scan_cmds(cmds_bytes(state)).problems == []
     assert len(cmds_bytes(state)) >= HEADER_SIZE
+
+
+# --- the lean index and its views -------------------------------------------------
+
+
+def reused_slots(store: Store) -> None:
+    """Tasks 2, 3 and 1 in file order: task 3 went into the slot task 0 left."""
+    store.create(EVERY_MINUTE, (b"x" * 20,))
+    store.create(AT_NINE, (b"echo", b"one"))
+    store.create(EVERY_MINUTE, (b"two",))
+    store.remove(0)
+    store.create(AT_NINE, (b"three",))
+
+
+def test_it_lists_by_id_a_file_whose_slots_were_reused(state: Path, store: Store) -> None:
+    reused_slots(store)
+    assert [slot.task_id for slot in scan_cmds(cmds_bytes(state)).slots] == [3, 1, 2]
+    again = reopen(state)
+    assert list(again.tasks) == list(again.timings) == [1, 2, 3]
+    assert again.list_reply() == store.list_reply()
+    assert again.list_reply() == encode(ListReply(tuple(store.tasks.values())))
+
+
+def test_the_tasks_view_behaves_like_the_old_mapping(state: Path, store: Store) -> None:
+    reused_slots(store)
+    view = reopen(state).tasks
+    assert len(view) == 3
+    assert list(view) == [1, 2, 3]
+    text_key: object = "2"
+    assert 2 in view and 0 not in view and text_key not in view
+    assert view[3] == TaskEntry(3, AT_NINE, (b"three",))
+    assert view.get(0) is None
+    with pytest.raises(KeyError):
+        view[0]
+    assert list(view.items()) == [
+        (1, TaskEntry(1, AT_NINE, (b"echo", b"one"))),
+        (2, TaskEntry(2, EVERY_MINUTE, (b"two",))),
+        (3, TaskEntry(3, AT_NINE, (b"three",))),
+    ]
+    assert view == dict(view.items())
+    with pytest.raises(TypeError):
+        view[4] = TaskEntry(4, AT_NINE, (b"x",))  # type: ignore[index]
+
+
+def test_the_views_follow_creates_and_removes_but_not_a_reload(state: Path, store: Store) -> None:
+    tasks, timings = store.tasks, store.timings
+    store.create(AT_NINE, (b"a",))
+    assert list(tasks) == list(timings) == [0]
+    store.remove(0)
+    assert len(tasks) == len(timings) == 0
+    store.create(EVERY_MINUTE, (b"b",))
+    age(state)
+    reader = Store.open(state, LOG, read_only=True)
+    before = reader.tasks
+    store.create(AT_NINE, (b"c",))
+    assert reader.refresh() is True
+    assert list(before) == [1]  # the table of the earlier load
+    assert list(reader.tasks) == [1, 2]
+
+
+def test_it_loads_without_decoding_a_command_line(
+    state: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(5):
+        store.create(EVERY_MINUTE, (b"echo", b"%d" % number))
+    decoded: list[bytes] = []
+
+    def spy(body: bytes) -> tuple[Timing, tuple[bytes, ...]]:
+        decoded.append(body)
+        return decode_body(body)
+
+    monkeypatch.setattr("saturnd.store.decode_body", spy)
+    again = Store.open(state, LOG)
+    assert len(again.tasks) == 5 and 4 in again.tasks
+    assert again.list_reply() == store.list_reply()
+    assert dict(again.timings) == dict.fromkeys(range(5), EVERY_MINUTE)
+    assert decoded == []
+    assert again.tasks[4].argv == (b"echo", b"4")
+    assert len(decoded) == 1
+    again.close()
+
+
+def test_the_timings_are_read_only_and_shared(state: Path, store: Store) -> None:
+    store.create(AT_NINE, (b"a",))
+    store.create(EVERY_MINUTE, (b"b",))
+    store.create(Timing.parse("0", "9", "1-5"), (b"c",))
+    again = Store.open(state, LOG)
+    timings = again.timings
+    assert dict(timings) == {0: AT_NINE, 1: EVERY_MINUTE, 2: AT_NINE}
+    assert timings[0] is timings[2]
+    # A task created later with a timing already loaded shares it too.
+    new_id = again.create(Timing.parse("0", "9", "1-5"), (b"d",))
+    assert again.timings[new_id] is timings[0]
+    assert again.tasks[new_id].timing is timings[0]
+    with pytest.raises(TypeError):
+        timings[0] = EVERY_MINUTE  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        timings.pop(0)  # type: ignore[attr-defined]
+    again.close()
+
+
+def test_it_does_not_stat_the_task_directories_at_start(
+    state: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        store.create(EVERY_MINUTE, (b"true",))
+    store.close()
+    real_scandir, real_stat = os.scandir, os.stat
+    stats: list[str] = []
+
+    class Entry:
+        """A directory entry that records the stat() calls made on it."""
+
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self._entry = entry
+            self.name, self.path = entry.name, entry.path
+
+        def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+            return self._entry.is_dir(follow_symlinks=follow_symlinks)
+
+        def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+            stats.append(self.name)
+            return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    class Listing:
+        """os.scandir's iterator, handing out recording entries."""
+
+        def __init__(self, path: str) -> None:
+            self._listing = real_scandir(path)
+
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._listing.close()
+
+        def __iter__(self) -> Listing:
+            return self
+
+        def __next__(self) -> Entry:
+            return Entry(next(self._listing))
+
+    def spy_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if "task_" in str(path):
+            stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    monkeypatch.setattr(os, "stat", spy_stat)
+    (state / "task_1").rmdir()
+    again = reopen(state)
+    assert list(again.tasks) == [0, 1, 2]
+    assert stats == []
+    monkeypatch.undo()
+    assert (state / "task_1").is_dir()  # a missing directory is still recreated
+
+
+# --- open_runs ------------------------------------------------------------------
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def runs_of(opened: tuple[int, int] | None) -> bytes:
+    """NBRUNS then the counted runs, read from an open_runs result (closing it)."""
+    assert opened is not None
+    fd, count = opened
+    try:
+        return struct.pack(">I", count) + os.pread(fd, count * 10, 4)
+    finally:
+        os.close(fd)
+
+
+def test_it_opens_the_run_history(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    assert store.open_runs(task_id) is None  # never finished a run
+    append_run(store.task_dir(task_id), 1_790_000_000, 0)
+    append_run(store.task_dir(task_id), 1_790_000_060, 3)
+    opened = store.open_runs(task_id)
+    assert opened is not None
+    with pytest.raises(OSError):
+        os.write(opened[0], b"x")  # read-only
+    assert os.get_inheritable(opened[0]) is False
+    assert runs_of(opened) == store.times_exitcodes_body(task_id)
+    assert decode_runs(runs_of(store.open_runs(task_id))) == (
+        Run(1_790_000_000, 0),
+        Run(1_790_000_060, 3),
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00\x00\x00",
+        struct.pack(">I", 2) + struct.pack(">qH", 10, 0) + b"\x00\x00\x00\x00\x00\x01",
+        struct.pack(">IqHqH", 1, 10, 0, 20, 1),
+        struct.pack(">IqHqH", 7, 10, 0, 20, 1),
+    ],
+    ids=["empty", "short", "torn-run", "unfinished-append", "count-too-high"],
+)
+def test_it_counts_only_complete_runs(store: Store, content: bytes) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    (store.task_dir(task_id) / "times-exitcodes").write_bytes(content)
+    assert runs_of(store.open_runs(task_id)) == store.times_exitcodes_body(task_id)
+
+
+def test_it_opens_no_history_of_a_missing_task_directory(store: Store) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    store.task_dir(task_id).rmdir()
+    assert store.open_runs(task_id) is None
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_it_refuses_a_history_that_is_not_a_regular_file(
+    state: Path, store: Store, kind: str
+) -> None:
+    task_id = store.create(EVERY_MINUTE, (b"true",))
+    history = store.task_dir(task_id) / "times-exitcodes"
+    if kind == "symlink":
+        target = state.parent / "target"
+        target.write_bytes(struct.pack(">IqH", 1, 10, 0))
+        history.symlink_to(target)
+    else:
+        history.mkdir()
+    before = open_fds()
+    with pytest.raises(StoreError, match=f"runs of task {task_id}"):
+        store.open_runs(task_id)
+    assert open_fds() == before
+
+
+# --- check ----------------------------------------------------------------------
+
+
+def test_it_checks_a_fresh_directory(state: Path) -> None:
+    Store.check(state)
+    assert (state / "cmds").read_bytes() == b""
+    assert stat.S_IMODE((state / "cmds").stat().st_mode) == 0o600
+    Store.check(state)
+    reopen(state)
+    Store.check(state)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"SAT", b"SATD\x00\x00\x00\x01" + bytes(8) + b"a torn tail"],
+    ids=["torn-header", "torn-tail"],
+)
+def test_it_passes_what_open_repairs(state: Path, content: bytes) -> None:
+    (state / "cmds").write_bytes(content)
+    Store.check(state)
+    assert cmds_bytes(state) == content  # checked, not repaired
+    reopen(state)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"SATX\x00\x00\x00\x01" + bytes(8), "not a saturnd cmds file"),
+        (b"SATD\x00\x00\x00\x02" + bytes(8), "unsupported cmds version 2"),
+    ],
+    ids=["magic", "version"],
+)
+def test_it_refuses_in_check_what_open_refuses(state: Path, content: bytes, message: str) -> None:
+    (state / "cmds").write_bytes(content)
+    with pytest.raises(StoreError, match=message):
+        Store.check(state)
+    with pytest.raises(StoreError, match=message):
+        Store.open(state, LOG)
+    assert cmds_bytes(state) == content
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo", "missing-state-dir"])
+def test_it_refuses_in_check_a_cmds_that_is_no_file(tmp_path: Path, state: Path, kind: str) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    if kind == "symlink":
+        (state / "cmds").symlink_to(target)
+    elif kind == "directory":
+        (state / "cmds").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(state / "cmds", 0o600)
+    else:
+        state = tmp_path / "nowhere"
+    before = open_fds()
+    with pytest.raises(StoreError, match="cmds"):
+        Store.check(state)
+    with pytest.raises(StoreError):
+        Store.open(state, LOG)
+    assert open_fds() == before
+    assert target.read_bytes() == b""
