@@ -11,10 +11,14 @@ This module owns the daemon's life:
 3. Load and repair the store, create the FIFOs, then detach with python-daemon's
    `DaemonContext` (double fork, setsid, chdir /, umask 077) unless `-f`.
 4. Supervise: fork the listener and the executor; if either dies unexpectedly, log it
-   and start it again (with a growing pause if it keeps dying), so a crash of one part
-   never leaves a daemon that answers but never runs tasks, or the reverse. The children
-   ask the kernel for SIGTERM when the supervisor dies, so a killed daemon never leaves
-   a half behind holding the lock.
+   and start it again, so a crash of one part never leaves a daemon that answers but
+   never runs tasks, or the reverse. A part that dies within STABLE_AFTER of its start
+   is crash-looping and waits a growing pause before the next start (like supervisord's
+   startsecs); one that lived longer was killed or hit a bug once, and starts again at
+   once. A part that cannot start for a known reason (its `cmds` unreadable, its FIFOs
+   impossible to create) says why in one log line, not a traceback. The children ask
+   the kernel for SIGTERM when the supervisor dies, so a killed daemon never leaves a
+   half behind holding the lock.
 TERMINATE: the listener replies OK and exits with EXIT_TERMINATED; the supervisor stops
 the executor, removes the pid file and exits 0. Runs already started finish on their
 own and are still recorded (they are not our children).
@@ -22,7 +26,9 @@ own and are still recorded (they are not our children).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import fcntl
 import logging
 import logging.handlers
@@ -45,6 +51,7 @@ from saturnd.listener import (
     StopFlag,
     ensure_fifo,
 )
+from saturnd.spawn import DEFAULT_MAX_OUTPUT
 from saturnd.store import Store, StoreError
 
 PID_FILE: Final = "saturnd.pid"
@@ -53,13 +60,17 @@ LOG_MAX_BYTES: Final = 1 << 20
 LOG_BACKUPS: Final = 3
 RESTART_PAUSES: Final = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0)
 """Pause before restarting a part that died, growing while it keeps dying quickly."""
-STABLE_AFTER: Final = 30.0
-"""A part that lived this long is healthy again: its next restart is immediate."""
+STABLE_AFTER: Final = 1.0
+"""A part that lived this long was not crash-looping: its next start is immediate."""
 _PR_SET_PDEATHSIG: Final = 1
 
 
 class DaemonError(Exception):
     """A set-up failure, reported as one line and exit status 1."""
+
+
+class PartCannotStart(Exception):
+    """A part (listener, executor) cannot start, for a reason worth one log line."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,33 @@ def write_pid(fd: int) -> None:
 # --- logging --------------------------------------------------------------------
 
 
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The log file. When it cannot be written (disk full, file size limit), it says so
+    in one line on stderr, once until a record gets through again, instead of the
+    traceback `logging` prints for every record."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+        self.failing = False
+        self.failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.failed_now = False
+        super().emit(record)  # calls handleError on failure
+        if not self.failed_now:
+            self.failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed_now = True
+        if self.failing:
+            return
+        self.failing = True
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"saturnd: cannot write the log {self.baseFilename}: {error}\n")
+            sys.stderr.flush()
+
+
 def setup_logging(log_file: Path, foreground: bool) -> logging.Logger:
     """`STATE_DIR/saturnd.log` with size-based rotation, and stderr too with -f."""
     logger = logging.getLogger("saturnd")
@@ -199,9 +237,7 @@ def setup_logging(log_file: Path, foreground: bool) -> logging.Logger:
         "%(asctime)s saturnd[%(process)d] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"
     )
     try:
-        file_handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-        )
+        file_handler = LogFile(log_file)
     except OSError as error:
         raise DaemonError(f"cannot open the log {log_file}: {error.strerror}") from error
     os.chmod(log_file, 0o600)
@@ -274,8 +310,12 @@ class Daemon:
         logger: logging.Logger,
         lock_fd: int,
         max_output: int | None = None,
+        pipes_base: Path | None = None,
     ) -> None:
+        """`pipes_base`: the first directory of ours above the pipes directory (see
+        `secure_dir`), checked again if the pipes directory must be created again."""
         self.paths = paths
+        self.pipes_base = pipes_base
         self.store = store
         self.clock = clock
         self.log = logger
@@ -300,8 +340,28 @@ class Daemon:
     def _listener_body(self) -> int:
         stop, wake_fd = self._child_setup()
         # A fresh load (with repair): an earlier listener may have died mid-write.
-        store = Store.open(self.paths.state_dir, self.log)
-        return Listener(self.paths.pipes_dir, store, self.log, stop, wake_fd).run()
+        try:
+            store = Store.open(self.paths.state_dir, self.log)
+        except StoreError as error:
+            raise PartCannotStart(str(error)) from error
+        listener = Listener(
+            self.paths.pipes_dir, store, self.log, stop, wake_fd, self._prepare_pipes_dir
+        )
+        try:
+            listener.open()
+        except OSError as error:
+            raise PartCannotStart(f"cannot open the FIFOs: {error}") from error
+        return listener.run()
+
+    def _prepare_pipes_dir(self) -> None:
+        """Create and check the pipes directory again (it vanished under the listener)."""
+        notes: list[str] = []
+        try:
+            secure_dir(self.paths.pipes_dir, self.pipes_base, notes)
+        except DaemonError as error:
+            raise OSError(errno.EPERM, str(error)) from error
+        for note in notes:
+            self.log.warning("%s", note)
 
     def _executor_body(self) -> int:
         from saturnd.executor import Executor
@@ -315,6 +375,7 @@ class Daemon:
             stop,
             wake_fd,
             keep_fds=log_fds(self.log),
+            max_output=DEFAULT_MAX_OUTPUT if self.max_output is None else self.max_output,
         )
         return executor.run()
 
@@ -324,6 +385,11 @@ class Daemon:
             status = 1
             try:
                 status = part.body()
+            except PartCannotStart as error:
+                try:
+                    self.log.error("%s cannot start: %s", part.name, error)
+                finally:
+                    os._exit(70)
             except BaseException as error:  # a child must never return into our loop
                 try:
                     self.log.exception("%s crashed: %s", part.name, error)
@@ -384,11 +450,13 @@ class Daemon:
                     return True
                 lived = time.monotonic() - part.started
                 part.failures = 0 if lived >= STABLE_AFTER else part.failures + 1
+                pause = RESTART_PAUSES[min(part.failures, len(RESTART_PAUSES) - 1)]
                 self.log.error(
-                    "%s (pid %d) died unexpectedly (%s); restarting it",
+                    "%s (pid %d) died unexpectedly (%s); restarting it%s",
                     part.name,
                     pid,
                     _describe_status(status),
+                    f" in {pause:g} s" if pause else "",
                 )
         for part in self.parts.values():
             if part.pid == 0 and not self.stop.stopping:
@@ -497,6 +565,7 @@ def open_fds() -> list[int]:
 __all__ = [
     "DaemonError",
     "Daemon",
+    "PartCannotStart",
     "Paths",
     "default_pipes_dir",
     "default_state_dir",

@@ -16,7 +16,15 @@ Rules:
 - The executor never waits for a run: spawn forks a short-lived intermediate process
   and returns; the run's own supervisor records it.
 - The loop never sleeps past the next minute boundary nor longer than 60 s, and re-reads
-  the clock after every wake-up (suspend, NTP steps, the fake clock's jumps).
+  the clock after every wake-up (suspend, NTP steps, the fake clock's jumps) and after
+  every minute it handled: the clock may have moved while it planned and forked, and a
+  wait that starts after the move would not notice it.
+- A minute that cannot be recorded as handled (disk full, read-only directory) starts no
+  run: it stays owed, and the first minute that can be recorded runs it by the
+  clock-jump rule (a catch-up, or a forward jump). One log line per such minute.
+- `last-minute` is replaced through one temporary name, `.last-minute.tmp`: one executor
+  runs per state directory (the pid-file lock), and a temporary left by a killed one is
+  removed at start instead of piling up under a new name each time.
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ from typing import Final
 from saturnd import schedule
 from saturnd.clock import Clock
 from saturnd.listener import StopFlag
-from saturnd.spawn import RunSpec, spawn_run
+from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_run
 from saturnd.store import Store, StoreError
 
 STATE_FILE: Final = "last-minute"
+TEMPORARY: Final = f".{STATE_FILE}.tmp"
 _WALL_FORMAT: Final = "%Y-%m-%dT%H:%M"
 
 
@@ -68,7 +77,7 @@ def load_handled(state_dir: Path, logger: logging.Logger) -> Handled | None:
 def save_handled(state_dir: Path, handled: Handled) -> None:
     """Write the state durably: a temporary file, fsync, rename over the old one."""
     path = state_dir / STATE_FILE
-    temporary = state_dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+    temporary = state_dir / TEMPORARY
     data = f"{handled.epoch_minute} {handled.wall.strftime(_WALL_FORMAT)}\n".encode("ascii")
     fd = os.open(
         temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
@@ -93,6 +102,7 @@ class Executor:
         stop: StopFlag,
         wake_fd: int | None = None,
         keep_fds: Collection[int] = (),
+        max_output: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.state_dir = state_dir
         self.store = store
@@ -101,15 +111,22 @@ class Executor:
         self.stop = stop
         self.wake_fd = wake_fd
         self.keep_fds = tuple(keep_fds)
+        self.max_output = max_output
         self.handled = load_handled(state_dir, logger)
+        _remove_stale_temporary(state_dir, logger)
 
     def run(self) -> int:
         """The minute loop; returns 0 when stopped."""
+        attempted: int | None = None  # the last minute tick() was called for
         while not self.stop.stopping:
             now = self.clock.now()
             epoch_minute = int(now // 60)
-            if self.handled is None or epoch_minute != self.handled.epoch_minute:
+            due = self.handled is None or epoch_minute != self.handled.epoch_minute
+            if due and epoch_minute != attempted:
+                attempted = epoch_minute
                 self.tick(epoch_minute, now)
+                _reap()
+                continue  # read the clock again before waiting: it may have moved
             self.clock.wait((epoch_minute + 1) * 60, self.wake_fd)
             _reap()
         return 0
@@ -131,11 +148,13 @@ class Executor:
         try:
             save_handled(self.state_dir, handled)
         except OSError as error:
-            # Running without a durable mark could repeat these runs after a restart.
+            # Running without a durable mark could repeat these runs after a restart;
+            # not running them leaves the minute owed (see the module docstring).
             self.log.error(
-                "cannot record minute %s as handled (%s); its runs are skipped",
+                "cannot record minute %s as handled (%s); its runs wait until a minute "
+                "can be recorded",
                 current.strftime(_WALL_FORMAT),
-                error,
+                error.strerror or error,
             )
             return
         self.handled = handled
@@ -156,11 +175,25 @@ class Executor:
                 continue
             spec = RunSpec(task_id, self.store.task_dir(task_id), entry.argv, start)
             try:
-                spawn_run(spec, keep_fds=self.keep_fds, logger=self.log)
+                spawn_run(spec, keep_fds=self.keep_fds, logger=self.log, max_output=self.max_output)
             except OSError as error:
                 self.log.error("task %d: cannot start a run: %s", task_id, error)
                 continue
             self.log.info("task %d: run started", task_id)
+
+
+def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:
+    """Remove what a killed executor left while replacing `last-minute` (also the
+    `.last-minute.<pid>.tmp` names of earlier versions)."""
+    for path in state_dir.glob(f".{STATE_FILE}.*tmp"):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("cannot remove %s: %s", path, error)
+            continue
+        logger.info("removed %s left by an executor that was killed", path)
 
 
 def _reap() -> None:

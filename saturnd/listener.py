@@ -7,34 +7,77 @@ survive every client:
 - Bytes are fed to the incremental decoder as they arrive; a request is served as soon
   as its bytes are complete (never waiting for the writer to close).
 - A request that is malformed, too large, or not complete within REQUEST_TIMEOUT of
-  its first byte is dropped and logged. To find where the next request starts, we
-  resynchronise at a read boundary: the bytes of the first read of the bad request are
-  dropped, and decoding starts again with the next read (clients send a request in one
-  write of at most PIPE_BUF bytes, which the kernel keeps whole), so a well-behaved
-  client queued behind a stalled one is served as soon as the stalled one is dropped.
-  No reply is ever sent for a request that was not understood.
+  the read that brought its first byte is dropped and logged. To find where the next
+  request starts, we resynchronise at a read boundary: the bytes of the first read of
+  the bad request are dropped, and decoding starts again with the next read (clients
+  send a request in one write of at most PIPE_BUF bytes, which the kernel keeps whole),
+  so a well-behaved client queued behind a stalled one is served as soon as the stalled
+  one is dropped. No reply is ever sent for a request that was not understood.
 - Opening the reply FIFO and writing the reply are bounded by short timeouts, so a
   client that vanished or never reads costs at most about a second.
 - A task is durable (store.create returned) before its OK is written. When the store
   fails, no OK is sent: the reply FIFO is opened and closed empty, so the client learns
-  at once that nothing was acknowledged, and the reason is logged.
-- If a FIFO is deleted or replaced under us (a /tmp cleaner), it is recreated.
+  at once that nothing was acknowledged, and the reason is logged in one line.
+- If a FIFO is deleted or replaced under us (a /tmp cleaner), it is recreated at once:
+  an inotify watch on the pipes directory wakes the loop when an entry is created,
+  deleted or renamed, so an idle listener needs no periodic wake-up. Where inotify is
+  missing, the FIFOs are checked every IDLE_CHECK seconds instead. A pipes directory
+  that vanished is created again (checked like at start) when the daemon says how.
+
+Whose request is this? The protocol cannot tell two replies apart, so a reply written
+while another client reads the reply FIFO is that client's answer. cassini holds
+cassini.lock for its whole exchange, opens the request FIFO only once it holds the lock,
+writes its request in one write and keeps the FIFO open until its reply; /proc/locks
+names the holder of the lock and /proc/PID/fd shows what it has open. So each read of
+the request FIFO is attributed: to the lock's holder if it has the request FIFO open
+for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN without
+/proc), and these rules follow:
+- A reply goes out only while the lock is held by the process its request is
+  attributed to, which has written no second request since. A cassini that let go of
+  the lock is gone: its reply is dropped. When nobody held it, the requester is a client
+  without the lock (or a dead one): the listener takes the lock itself while it waits
+  for that client's reader (LOCKLESS_OPEN_TIMEOUT), so no cassini starts an exchange and
+  reads the reply; the lock is checked again at every attempt to open the reply FIFO,
+  and a reply being written is abandoned when its client's exchange ends.
+- A request whose bytes span reads, the last one from a cassini under way and the first
+  not, is a stalled writer's bytes glued to that cassini's request (a cassini writes a
+  request in one write): it is dropped like a malformed one, at once, even while still
+  incomplete, and the cassini's request is served from its own read.
+- When a read that is dropped may hold the request of the client under way (a writer of
+  junk and the client wrote before one read took both), its tail is served if it is
+  exactly one whole request (never TERMINATE): a client's request is whole and last in
+  the read that caught it.
+- A listener that starts while a client holds the lock and sends nothing for
+  ORPHAN_GRACE is looking at a client whose request died with the previous listener
+  (killed after reading it): that client would wait for its reply, holding the lock,
+  until its own timeout (30 s), and every other client with it. The listener opens the
+  reply FIFO and closes it empty, as for a request it could not store: that client fails
+  at once, and the others go on.
+What remains is a protocol limit: a client that writes a request without cassini.lock
+while a cassini exchange is under way cannot be told from that cassini (RELIABILITY.md).
+Without /proc, the first rule falls back to the flock alone: a free lock is taken while
+waiting for a missing reader, and a missing reader while another process holds the lock
+means the reply is not that process's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
+import fcntl
 import logging
 import os
 import select
 import stat
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from saturnd import handlers
+from saturnd import handlers, protocol
 from saturnd.handlers import (
     Answer,
     CreateTask,
@@ -49,21 +92,68 @@ from saturnd.store import Store, StoreError
 
 REQUEST_PIPE: Final = "saturnd-request-pipe"
 REPLY_PIPE: Final = "saturnd-reply-pipe"
+CLIENT_LOCK: Final = "cassini.lock"
+"""The lock every cassini holds for a whole exchange (cassini/transport.py)."""
 
 REQUEST_TIMEOUT: Final = 1.0
-"""Seconds a request may take to arrive in full after its first byte."""
+"""Seconds a request may take to arrive in full after the read of its first byte."""
 REPLY_OPEN_TIMEOUT: Final = 1.0
 """Seconds to wait for the client to open the reply FIFO."""
+LOCKLESS_OPEN_TIMEOUT: Final = 0.5
+"""The same, for a client that wrote without cassini.lock (or died): the listener
+holds the lock meanwhile and every cassini waits, and such a client opens the reply
+FIFO right after writing, if it is alive."""
 REPLY_STALL_TIMEOUT: Final = 1.0
 """Seconds a client may leave the reply FIFO full without reading."""
+ORPHAN_GRACE: Final = 0.5
+"""Seconds a client holding cassini.lock at start-up may take to send its request."""
 IDLE_CHECK: Final = 30.0
-"""When idle, wake this often to check that the FIFOs are still there."""
+"""Without inotify: how often an idle listener checks that the FIFOs are still there."""
 READ_SIZE: Final = 1 << 16
+WHOLE_WRITE: Final = select.PIPE_BUF
+"""Largest request a client writes in one piece that the kernel keeps whole."""
 
 EXIT_TERMINATED: Final = 0
 """Exit status of a listener that served TERMINATE: the daemon shuts down."""
 EXIT_STOPPED: Final = 3
 """Exit status of a listener stopped by a signal."""
+
+_OPCODES: Final = frozenset(
+    {
+        protocol.OP_LIST,
+        protocol.OP_CREATE,
+        protocol.OP_REMOVE,
+        protocol.OP_TIMES_EXITCODES,
+        protocol.OP_STDOUT,
+        protocol.OP_STDERR,
+    }
+)
+"""Requests a dropped read's tail may be served as: every one but TERMINATE."""
+_TAIL_ATTEMPTS: Final = 64
+
+# inotify(7): entries created, deleted or renamed in the pipes directory, and the
+# directory itself going away (then the watch ends with IN_IGNORED).
+_IN_MOVED_FROM: Final = 0x40
+_IN_MOVED_TO: Final = 0x80
+_IN_CREATE: Final = 0x100
+_IN_DELETE: Final = 0x200
+_IN_DELETE_SELF: Final = 0x400
+_IN_MOVE_SELF: Final = 0x800
+_IN_IGNORED: Final = 0x8000
+_IN_ONLYDIR: Final = 0x01000000
+_IN_DONT_FOLLOW: Final = 0x02000000
+_WATCH_MASK: Final = (
+    _IN_MOVED_FROM
+    | _IN_MOVED_TO
+    | _IN_CREATE
+    | _IN_DELETE
+    | _IN_DELETE_SELF
+    | _IN_MOVE_SELF
+    | _IN_ONLYDIR
+    | _IN_DONT_FOLLOW
+)
+_WATCH_GONE: Final = _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF
+_EVENT: Final = struct.Struct("=iIII")  # wd, mask, cookie, len; then len bytes of name
 
 
 @dataclass
@@ -71,6 +161,24 @@ class StopFlag:
     """Set from a signal handler; loops check it."""
 
     stopping: bool = False
+
+
+NOBODY: Final = 0
+"""No process holds cassini.lock."""
+UNKNOWN: Final = -1
+"""Who holds cassini.lock cannot be told (no /proc/locks, no lock file)."""
+NOT_THE_HOLDER: Final = -2
+"""The holder of cassini.lock had not opened the request FIFO: these are not its bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The bytes of one read of the request FIFO, when they arrived, and who could have
+    written them while holding cassini.lock: a pid, NOBODY, UNKNOWN or NOT_THE_HOLDER."""
+
+    data: bytes
+    at: float
+    holder: int
 
 
 def ensure_fifo(path: Path, logger: logging.Logger) -> None:
@@ -98,6 +206,23 @@ def ensure_fifo(path: Path, logger: logging.Logger) -> None:
         os.chmod(path, 0o600)
 
 
+def watch_directory(path: Path) -> int | None:
+    """An inotify descriptor that becomes readable when an entry of `path` is created,
+    deleted or renamed, or `path` itself goes; None where inotify is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        init, add = libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError):
+        return None
+    fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return None
+    if add(fd, os.fsencode(path), ctypes.c_uint32(_WATCH_MASK)) < 0:
+        os.close(fd)
+        return None
+    return int(fd)
+
+
 class Listener:
     """Serves requests until TERMINATE or a stop signal."""
 
@@ -108,21 +233,30 @@ class Listener:
         logger: logging.Logger,
         stop: StopFlag,
         wake_fd: int | None = None,
+        prepare_dir: Callable[[], None] | None = None,
     ) -> None:
+        """`prepare_dir` creates and checks the pipes directory again if it vanishes
+        (the daemon's own start-up check); without it a vanished directory is logged."""
+        self.pipes_dir = pipes_dir
         self.request_path = pipes_dir / REQUEST_PIPE
         self.reply_path = pipes_dir / REPLY_PIPE
+        self.lock_path = pipes_dir / CLIENT_LOCK
         self.store = store
         self.log = logger
         self.stop = stop
         self.wake_fd = wake_fd
+        self.prepare_dir = prepare_dir
         self.decoder = RequestDecoder()
-        # The reads fed to the decoder since the current request began: the
-        # resynchronisation points if it turns out bad.
-        self.chunks: list[bytes] = []
+        # The reads fed to the decoder since the current request began (the first may
+        # be the rest of a read that ended a request): the resynchronisation points.
+        self.chunks: list[_Read] = []
         self.request_fd = -1
         self.request_ino = -1
+        self.watch_fd: int | None = None
+        self.lock_fd = -1
+        self.last_check = time.monotonic()
 
-    # --- the request FIFO ------------------------------------------------------
+    # --- the FIFOs and their directory ---------------------------------------------
 
     def _open_request_fifo(self) -> None:
         ensure_fifo(self.request_path, self.log)
@@ -136,8 +270,30 @@ class Listener:
         self.request_fd = fd
         self.request_ino = info.st_ino
 
+    def _watch(self) -> None:
+        """(Re)start the inotify watch of the pipes directory."""
+        if self.watch_fd is not None:
+            os.close(self.watch_fd)
+        self.watch_fd = watch_directory(self.pipes_dir)
+
     def check_fifos(self) -> None:
-        """Recreate a FIFO that was deleted or replaced while we ran."""
+        """Recreate a FIFO (or the pipes directory) that was deleted or replaced."""
+        self.last_check = time.monotonic()
+        try:
+            self._check_fifos()
+        except (OSError, RuntimeError) as error:
+            # Not fatal: the FIFO we hold still works for clients that have it open,
+            # and the next event or idle check tries again.
+            self.log.error("cannot recreate the FIFOs in %s: %s", self.pipes_dir, error)
+
+    def _check_fifos(self) -> None:
+        if not os.path.lexists(self.pipes_dir):
+            if self.prepare_dir is None:
+                raise OSError(errno.ENOENT, f"{self.pipes_dir} vanished")
+            self.log.warning("pipes directory %s vanished; creating it again", self.pipes_dir)
+            self.prepare_dir()
+            self._watch()
+            self._close_lock()
         try:
             info = os.lstat(self.request_path)
             intact = stat.S_ISFIFO(info.st_mode) and info.st_ino == self.request_ino
@@ -161,96 +317,276 @@ class Listener:
             )
             ensure_fifo(self.reply_path, self.log)
 
-    def _read_available(self) -> bool:
-        """Read everything the FIFO holds now into the decoder; True if bytes came."""
-        got = False
+    def _on_directory_event(self) -> None:
+        """Something changed in the pipes directory: look at the FIFOs again."""
+        assert self.watch_fd is not None
+        gone = False
+        try:
+            while True:
+                data = os.read(self.watch_fd, 4096)
+                offset = 0
+                while offset + _EVENT.size <= len(data):
+                    _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                    gone = gone or bool(mask & _WATCH_GONE)
+                    offset += _EVENT.size + length
+        except BlockingIOError:
+            pass
+        if gone:
+            self._watch()  # the directory was replaced: watch the new one, if any
+        self.check_fifos()
+
+    def _read_available(self) -> None:
+        """Read everything the FIFO holds now into the decoder, noting for each read who
+        held cassini.lock (each read: a client may have taken it in between)."""
         while True:
             try:
                 data = os.read(self.request_fd, READ_SIZE)
             except BlockingIOError:
-                return got
+                return
             if not data:  # cannot happen while we hold a write end; be safe
-                return got
-            self.chunks.append(data)
+                return
+            self.chunks.append(_Read(data, time.monotonic(), self._writer_holding_lock()))
             self.decoder.feed(data)
-            got = True
 
-    # --- the loop --------------------------------------------------------------
+    # --- cassini.lock ----------------------------------------------------------------
+
+    def _lock_file(self) -> int:
+        """Our descriptor of cassini.lock (created like cassini does), or -1."""
+        if self.lock_fd < 0:
+            try:
+                self.lock_fd = os.open(
+                    self.lock_path,
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError:
+                return -1  # another user's file, a symlink: the rules cannot apply
+        return self.lock_fd
+
+    def _close_lock(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    def _take_client_lock(self) -> bool | None:
+        """Take cassini.lock if it is free: True (we hold it), False (another process
+        holds it), None (no lock file can be used)."""
+        fd = self._lock_file()
+        if fd < 0:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        return True
+
+    def _release_client_lock(self) -> None:
+        if self.lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def _lock_holder(self) -> int:
+        """The pid holding cassini.lock, NOBODY, or UNKNOWN (read from /proc/locks,
+        whose FLOCK lines name the holder and the file's device and inode)."""
+        fd = self._lock_file()
+        if fd < 0:
+            return UNKNOWN
+        try:
+            info = os.fstat(fd)
+            with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+                text = locks.read()
+        except OSError:
+            return UNKNOWN
+        key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        for line in text.splitlines():
+            # "1: FLOCK  ADVISORY  WRITE 2166 fe:00:2146320 0 EOF"; waiters have "->".
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key:
+                try:
+                    return int(fields[4])
+                except ValueError:
+                    return UNKNOWN
+        return NOBODY
+
+    def _writer_holding_lock(self) -> int:
+        """Who may have written what was just read, as far as cassini.lock tells: its
+        holder if that process has the request FIFO open for writing (a cassini holds
+        the lock while it writes, and opens the FIFO only once it holds the lock),
+        NOT_THE_HOLDER if it has not, NOBODY, or UNKNOWN."""
+        holder = self._lock_holder()
+        if holder > NOBODY and self._holds_request_fifo(holder) is False:
+            return NOT_THE_HOLDER
+        return holder
+
+    def _client_exchange_under_way(self) -> bool:
+        """True when some client holds cassini.lock right now."""
+        held = self._take_client_lock()
+        if held:
+            self._release_client_lock()
+        return held is False
+
+    # --- the loop ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating them if needed) the FIFOs, and watch their directory."""
+        self._open_request_fifo()
+        ensure_fifo(self.reply_path, self.log)
+        self._watch()
+
+    def release_orphaned_client(self) -> None:
+        """Fail, at once, a client left waiting by a previous listener (see the module
+        docstring): it holds cassini.lock and sends nothing within ORPHAN_GRACE."""
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while self._client_exchange_under_way():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                fd = self._open_reply()
+                if fd is not None:
+                    os.close(fd)
+                    self.log.warning(
+                        "a client was waiting for a reply lost with the previous listener; "
+                        "told it no reply is coming"
+                    )
+                return
+            readable, _, _ = select.select([self.request_fd], [], [], min(remaining, 0.05))
+            if readable:
+                return  # it is sending: served as usual
 
     def run(self) -> int:
         """Serve until TERMINATE (EXIT_TERMINATED) or a stop signal (EXIT_STOPPED)."""
-        self._open_request_fifo()
-        ensure_fifo(self.reply_path, self.log)
-        request_deadline: float | None = None
-        last_check = time.monotonic()
+        if self.request_fd < 0:
+            self.open()
+        self.release_orphaned_client()
         try:
             while not self.stop.stopping:
-                now = time.monotonic()
-                if request_deadline is not None:
-                    timeout = max(0.0, request_deadline - now)
-                else:
-                    timeout = max(0.0, last_check + IDLE_CHECK - now)
-                fds = [self.request_fd] if self.wake_fd is None else [self.request_fd, self.wake_fd]
-                readable, _, _ = select.select(fds, [], [], timeout)
+                fds = [self.request_fd]
+                if self.wake_fd is not None:
+                    fds.append(self.wake_fd)
+                if self.watch_fd is not None:
+                    fds.append(self.watch_fd)
+                readable, _, _ = select.select(fds, [], [], self._timeout())
                 if self.wake_fd is not None and self.wake_fd in readable:
                     _drain(self.wake_fd)
-                if self.request_fd in readable and self._read_available():
-                    if request_deadline is None:
-                        request_deadline = time.monotonic() + REQUEST_TIMEOUT
-                    status = self._serve_complete_requests()
-                    if status is not None:
-                        return status
-                    if not self.decoder.in_message:
-                        request_deadline = None
-                elif request_deadline is not None and time.monotonic() >= request_deadline:
-                    self.log.warning(
-                        "request rejected: incomplete after %.1f s (%d bytes); dropped",
-                        REQUEST_TIMEOUT,
-                        self.decoder.buffered,
-                    )
-                    self._resync()
-                    status = self._serve_complete_requests()
-                    if status is not None:
-                        return status
-                    request_deadline = (
-                        time.monotonic() + REQUEST_TIMEOUT if self.decoder.in_message else None
-                    )
-                if time.monotonic() - last_check >= IDLE_CHECK:
+                if self.watch_fd is not None and self.watch_fd in readable:
+                    self._on_directory_event()
+                if self.request_fd in readable:
+                    self._read_available()
+                status = self._serve_complete_requests()
+                if status is not None:
+                    return status
+                if self.watch_fd is None and time.monotonic() - self.last_check >= IDLE_CHECK:
                     self.check_fifos()
-                    last_check = time.monotonic()
+                    if self.watch_fd is None:
+                        self._watch()
             return EXIT_STOPPED
         finally:
-            if self.request_fd >= 0:
-                os.close(self.request_fd)
-                self.request_fd = -1
+            for fd in (self.request_fd, self.watch_fd, self.lock_fd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
+            self.request_fd = self.lock_fd = -1
+            self.watch_fd = None
+
+    def _timeout(self) -> float | None:
+        """How long select may wait: until the pending request times out, until the
+        next idle check without inotify, or (idle, watched) for ever."""
+        now = time.monotonic()
+        limits = []
+        if self.chunks:
+            limits.append(self.chunks[0].at + REQUEST_TIMEOUT - now)
+        if self.watch_fd is None:
+            limits.append(self.last_check + IDLE_CHECK - now)
+        return max(0.0, min(limits)) if limits else None
 
     def _serve_complete_requests(self) -> int | None:
-        """Serve every complete request in the buffer; an exit status after TERMINATE."""
+        """Serve every complete request in the buffer, drop bad and timed-out ones;
+        an exit status after TERMINATE."""
         while True:
             try:
                 message = self.decoder.next_message()
             except ProtocolError as error:
-                dropped = len(self.chunks[0]) if self.chunks else 0
-                self.log.warning("request rejected: %s; dropped %d bytes", error, dropped)
-                self._resync()
+                self._reject(str(error))
                 continue
             if isinstance(message, NeedData):
+                if self.chunks and time.monotonic() >= self.chunks[0].at + REQUEST_TIMEOUT:
+                    self._reject(
+                        f"incomplete after {REQUEST_TIMEOUT:.1f} s ({self.decoder.buffered} bytes)"
+                    )
+                    continue
+                if self._glued(len(self.chunks[0].data) + 1 if self.chunks else 0):
+                    # A client's whole request came while this one waits: it is stalled.
+                    self._reject(
+                        f"incomplete ({self.decoder.buffered} bytes) when another client's "
+                        "request arrived"
+                    )
+                    continue
                 return None
-            leftover = self.decoder.unconsumed()
-            self.chunks = [leftover] if leftover else []
-            if self.serve(message):
+            size = sum(len(read.data) for read in self.chunks) - len(self.decoder.unconsumed())
+            if self._glued(size):
+                self._reject(
+                    f"its {size} bytes came in more than one read, the last one from a "
+                    "client under way (a stalled writer's bytes glued to its request)"
+                )
+                continue
+            holder = self.chunks[0].holder
+            self._advance(size)
+            if self.serve(message, holder):
                 return EXIT_TERMINATED
 
-    def _resync(self) -> None:
-        """Drop the first read of the bad request; decode again from the next read."""
-        if self.chunks:
-            self.chunks.pop(0)
-        self.decoder.reset()
-        for chunk in self.chunks:
-            self.decoder.feed(chunk)
+    def _glued(self, size: int) -> bool:
+        """Whether the first `size` bytes of the reads (a request, or the start of one)
+        are a stalled writer's bytes followed by those of a cassini under way: they
+        span reads, and the last read came from the holder of cassini.lock while the
+        first did not. A cassini writes a request of at most WHOLE_WRITE bytes in one
+        write; a client without the lock may write one in pieces, and is left alone."""
+        if not self.chunks or size <= len(self.chunks[0].data):
+            return False
+        first, last, total = self.chunks[0], self.chunks[0], 0
+        for read in self.chunks:
+            last = read
+            total += len(read.data)
+            if total >= size:
+                break
+        if first.holder == UNKNOWN or last.holder == UNKNOWN:
+            # Without /proc/locks: any request that spans reads while a client is
+            # under way, if it is small enough to have been one whole write.
+            return size <= WHOLE_WRITE and self._client_exchange_under_way()
+        return last.holder > NOBODY and first.holder != last.holder
 
-    def serve(self, request: Request) -> bool:
-        """Carry out one request and reply; True if it was TERMINATE."""
+    def _advance(self, size: int) -> None:
+        """Forget the first `size` bytes of the reads: a request that was served."""
+        while size:
+            first = self.chunks[0]
+            if len(first.data) <= size:
+                size -= len(first.data)
+                self.chunks.pop(0)
+            else:
+                self.chunks[0] = _Read(first.data[size:], first.at, first.holder)
+                size = 0
+
+    def _reject(self, reason: str) -> None:
+        """Drop the first read of a bad request (or all but a whole request at its end)
+        and decode again from what follows."""
+        dropped = self.chunks.pop(0) if self.chunks else _Read(b"", 0.0, UNKNOWN)
+        tail = b""
+        if len(dropped.data) > 2 and self._client_exchange_under_way():
+            tail = _whole_request_at_end(dropped.data)
+        self.log.warning(
+            "request rejected: %s; dropped %d bytes%s",
+            reason,
+            len(dropped.data) - len(tail),
+            f" (serving the {len(tail)} bytes after them)" if tail else "",
+        )
+        if tail:
+            self.chunks.insert(0, _Read(tail, dropped.at, dropped.holder))
+        self.decoder.reset()
+        for read in self.chunks:
+            self.decoder.feed(read.data)
+
+    def serve(self, request: Request, holder: int = UNKNOWN) -> bool:
+        """Carry out one request and reply; True if it was TERMINATE. `holder`: who
+        held cassini.lock when the request's first byte was read."""
         action = handlers.decide(request, self.store.tasks)
         reply: bytes | None
         if isinstance(action, Answer):
@@ -274,9 +610,9 @@ class Listener:
         else:
             assert isinstance(action, Terminate)
             self.log.info("TERMINATE requested; stopping")
-            self.send(handlers.OK)
+            self.send(handlers.OK, holder)
             return True
-        self.send(reply)
+        self.send(reply, holder)
         return False
 
     def _create(self, action: CreateTask) -> bytes | None:
@@ -298,45 +634,154 @@ class Listener:
     def _read(self, build: Callable[[], bytes], request: Request) -> bytes | None:
         try:
             return build()
-        except OSError as error:
+        except (OSError, StoreError) as error:
             self.log.error("%s failed: %s", handlers.describe(request), error)
             return None
 
-    # --- the reply FIFO --------------------------------------------------------
+    # --- the reply FIFO --------------------------------------------------------------
 
-    def send(self, reply: bytes | None) -> bool:
+    def _open_reply(self) -> int | None:
+        """The reply FIFO opened for writing, or None when no reader has it open."""
+        try:
+            return os.open(
+                self.reply_path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError as error:
+            if error.errno == errno.ENXIO:
+                return None
+            raise
+
+    def send(self, reply: bytes | None, holder: int = UNKNOWN) -> bool:
         """Write one whole reply (or, for None, open and close: no acknowledgement).
 
-        Bounded: at most REPLY_OPEN_TIMEOUT for the client to open its end, and
-        REPLY_STALL_TIMEOUT without progress while writing.
+        Only to the client it is for, as far as cassini.lock tells (see the module
+        docstring): `holder` held the lock when the request was read; if another
+        process holds it when the reply is due, or takes it while the listener waits
+        for the reader, the reply is dropped. Bounded: at most REPLY_OPEN_TIMEOUT for
+        the client to open its end, and REPLY_STALL_TIMEOUT without progress while
+        writing.
         """
-        deadline = time.monotonic() + REPLY_OPEN_TIMEOUT
-        while True:
+        holding = False
+        try:
+            allowed, holding = self._reply_allowed(holder)
             try:
-                fd = os.open(
-                    self.reply_path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-                )
-                break
-            except OSError as error:
-                if error.errno == errno.ENXIO and time.monotonic() < deadline:
+                fd = self._open_reply() if allowed else None
+                started = time.monotonic()
+                while allowed and fd is None:
+                    limit = LOCKLESS_OPEN_TIMEOUT if holding else REPLY_OPEN_TIMEOUT
+                    if time.monotonic() >= started + limit:
+                        self.log.warning(
+                            "reply dropped: client never opened the reply FIFO (%.1f s)", limit
+                        )
+                        return False
                     time.sleep(0.002)
-                    continue
+                    if not holding:  # the lock may change hands while we wait
+                        allowed, holding = self._lock_still_with(holder, retry=True)
+                    if allowed:
+                        fd = self._open_reply()
+            except OSError as error:
                 if error.errno in (errno.ENOENT, errno.ELOOP):
                     self.check_fifos()
+                self.log.warning("reply dropped: cannot open the reply FIFO (%s)", error)
+                return False
+            if fd is None:
                 self.log.warning(
-                    "reply dropped: client never opened the reply FIFO (%s)",
-                    os.strerror(error.errno or 0),
+                    "reply dropped: its client is gone and another one's exchange is under way"
                 )
                 return False
-        try:
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                self.log.warning("reply dropped: %s is not a FIFO", self.reply_path)
-                return False
-            return reply is None or self._write_all(fd, reply)
+            try:
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    self.log.warning("reply dropped: %s is not a FIFO", self.reply_path)
+                    self.check_fifos()
+                    return False
+                return reply is None or self._write_all(fd, reply, holder)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            if holding:
+                self._release_client_lock()
 
-    def _write_all(self, fd: int, data: bytes) -> bool:
+    def _reply_allowed(self, holder: int) -> tuple[bool, bool]:
+        """(may the reply be written, do we hold cassini.lock now).
+
+        Free lock: we take it, so no cassini starts an exchange and reads this reply
+        (the requester is a client without the lock, or died). Held by the process that
+        held it when the request was read: that client's exchange, go on. Held by
+        another: its reader is there for its own reply, not this one.
+        """
+        allowed, holding = self._lock_still_with(holder)
+        if not allowed or holding or holder <= NOBODY:
+            return allowed, holding
+        # The holder may have taken the lock and opened the request FIFO just after a
+        # client that died wrote this request. It keeps the FIFO open until its reply
+        # (PROTOCOL.md), and it writes one request: if another one, read while it held
+        # the lock, is waiting, this one is older than its exchange.
+        if self._holds_request_fifo(holder) is False or self._another_request_from(holder):
+            return False, False
+        return True, False
+
+    def _lock_still_with(self, holder: int, retry: bool = False) -> tuple[bool, bool]:
+        """(is cassini.lock free, and now ours, or still held by `holder`; do we hold it).
+
+        Without /proc/locks (`holder` UNKNOWN) only the flock itself is known: the first
+        attempt goes ahead; when the reader is missing (`retry`), a free lock is taken
+        and a lock held by another process means its reader is not ours.
+        """
+        if holder == UNKNOWN:
+            if not retry:
+                return True, False
+            taken = self._take_client_lock()
+            return taken is not False, bool(taken)
+        now = self._lock_holder()
+        if now == NOBODY and holder > NOBODY:
+            return False, False  # the cassini that wrote it let go of the lock: it is gone
+        if now == NOBODY:
+            if self._take_client_lock():
+                return True, True
+            now = self._lock_holder()  # someone took it meanwhile
+        if now == UNKNOWN:
+            return True, False
+        return now == holder, False
+
+    def _holds_request_fifo(self, pid: int) -> bool | None:
+        """Whether process `pid` has the request FIFO open for writing (None: unknown)."""
+        try:
+            ours = os.fstat(self.request_fd)
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return None
+        for name in fds:
+            try:
+                info = os.stat(f"/proc/{pid}/fd/{name}")
+                if (info.st_dev, info.st_ino) != (ours.st_dev, ours.st_ino):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{name}", encoding="ascii") as fdinfo:
+                    flags = next(
+                        int(line.split()[1], 8) for line in fdinfo if line.startswith("flags:")
+                    )
+            except (OSError, StopIteration, ValueError, IndexError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+        return False
+
+    def _another_request_from(self, pid: int) -> bool:
+        """Whether a whole request read while `pid` held the lock waits after this one."""
+        self._read_available()
+        if not any(read.holder == pid for read in self.chunks):
+            return False
+        decoder = RequestDecoder()
+        for read in self.chunks:
+            decoder.feed(read.data)
+        try:
+            return not isinstance(decoder.next_message(), NeedData)
+        except ProtocolError:
+            return False
+
+    def _write_all(self, fd: int, data: bytes, holder: int = UNKNOWN) -> bool:
+        """Write `data`; give up when the client stops reading for REPLY_STALL_TIMEOUT,
+        or when the lock holder changed (its exchange is over: the bytes still to come
+        would reach the next client, if another reader keeps the FIFO open)."""
         view = memoryview(data)
         while view:
             try:
@@ -350,12 +795,37 @@ class Listener:
                         len(data),
                     )
                     return False
+                if holder > NOBODY and self._lock_holder() not in (holder, UNKNOWN):
+                    self.log.warning(
+                        "reply dropped: its client left (%d of %d bytes sent)",
+                        len(data) - len(view),
+                        len(data),
+                    )
+                    return False
                 continue
             except BrokenPipeError:
                 self.log.warning("reply dropped: client closed the reply FIFO")
                 return False
             view = view[written:]
         return True
+
+
+def _whole_request_at_end(data: bytes) -> bytes:
+    """The longest tail of `data` (shorter than all of it, at most WHOLE_WRITE bytes)
+    that is exactly one whole request other than TERMINATE, or b""."""
+    attempts = 0
+    for start in range(max(1, len(data) - WHOLE_WRITE), len(data) - 1):
+        if data[start : start + 2] not in _OPCODES:
+            continue
+        attempts += 1
+        if attempts > _TAIL_ATTEMPTS:
+            break
+        try:
+            protocol.decode_request(data[start:])
+        except ProtocolError:
+            continue
+        return data[start:]
+    return b""
 
 
 def _drain(fd: int) -> None:

@@ -21,12 +21,25 @@ Rules:
   mask and disables Python's signal wakeup fd before forking P6, which inherits all of
   it: Python ignores SIGPIPE (and an ignored signal stays ignored across exec), so
   without this `yes | head -1` would end with "Broken pipe" on stderr.
-- P6: its own session (`setsid`), stdin from /dev/null, stdout and stderr to
-  `stdout.<P5 pid>.tmp` and `stderr.<P5 pid>.tmp` in the task directory, cwd $HOME
-  (else /), then exec with the PATH search of `execvp` (including its fallback of
-  running a file the kernel cannot execute with /bin/sh). When nothing can be executed
-  it writes `saturnd: cannot execute '<argv0>': <reason>` on its stderr and exits 127,
-  like a shell.
+- P6: its own session (`setsid`), stdin from /dev/null, stdout and stderr to two
+  pipes, cwd $HOME (else /), then exec with the PATH search of `execvp` (including its
+  fallback of running a file the kernel cannot execute with /bin/sh). When nothing can
+  be executed it writes `saturnd: cannot execute '<argv0>': <reason>` on its stderr and
+  exits 127, like a shell.
+- P5 relays the two pipes into `stdout.<P5 pid>.tmp` and `stderr.<P5 pid>.tmp` in the
+  task directory, keeping at most `max_output` bytes of each (1 MiB by default, `saturnd
+  --max-output`) and discarding the rest, so a task that floods its output costs a
+  bounded amount of disk; past the cap the kernel moves the bytes to /dev/null
+  (`splice`), so a flood costs little CPU either. It records the run as soon as P6
+  itself ends (SIGCHLD on a self-pipe wakes its poll loop; where no wakeup fd can be
+  set, it looks five times a second), after reading what is already buffered in the
+  pipes; a background child that still holds them open then changes nothing that was
+  published, and is not killed by SIGPIPE: P5 stays, reading and discarding, until the
+  last writer closes. P6 inherits P5's SIGCHLD handler and wakeup fd only until exec,
+  which resets a caught signal to its default (and P6 closes the fd before).
+- A stream that cannot be stored (disk full, file size limit) is cut where the error
+  happened and the run is still recorded. P5 keeps SIGXFSZ ignored for itself (as Python
+  has it) so a file size limit gives it an error, not death; P6 restores the default.
 - Children use plain try/except rather than `contextlib.suppress`: nothing to allocate.
 - An exit status is decoded in exactly one place, `exitcode_from_status`.
 - A removed task leaves nothing behind: P5 creates, renames and unlinks through a
@@ -65,6 +78,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -73,6 +87,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT",
     "EXITCODE_ABNORMAL",
     "EXITCODE_CANNOT_EXECUTE",
     "Recorder",
@@ -89,6 +104,14 @@ EXITCODE_ABNORMAL: Final = 0xFFFF
 
 EXITCODE_CANNOT_EXECUTE: Final = 127
 """Exit status of a run whose command cannot be executed, as a shell reports it."""
+
+DEFAULT_MAX_OUTPUT: Final = 1 << 20
+"""Bytes of each of stdout and stderr a run's stored output keeps (`saturnd --max-output`)."""
+
+# What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
+_CHUNK: Final = 1 << 16
+_DISCARD: Final = 1 << 20
+_POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
 # Every signal whose disposition can be set: SIGKILL and SIGSTOP cannot.
 _CATCHABLE_SIGNALS: Final[tuple[int, ...]] = tuple(
@@ -135,6 +158,18 @@ class _Plan:
     home: bytes
     p5_close: tuple[tuple[int, int], ...]
     max_fd: int
+    max_output: int
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One of P6's output pipes as P5 relays it into its temporary file."""
+
+    pipe: int
+    file: int
+    room: int  # bytes the file may still take
+    cut: bool = False  # bytes were discarded (past the cap, or the file failed)
+    error: OSError | None = None
 
 
 def exitcode_from_status(status: int) -> int:
@@ -150,12 +185,15 @@ def spawn_run(
     keep_fds: Collection[int] = (),
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
+    max_output: int = DEFAULT_MAX_OUTPUT,
 ) -> None:
     """Start one run of `spec`; return once P4 has exited (two forks, a few ms).
 
-    The run goes on in a grandchild (P5) that waits for the command (P6), records
-    `(spec.start_time, exitcode)` with `record` (default `store.append_run`), renames
-    the outputs over `stdout` and `stderr`, logs one line via `logger` and exits.
+    The run goes on in a grandchild (P5) that relays the command's (P6's) output,
+    keeping at most `max_output` bytes of each stream, records `(spec.start_time,
+    exitcode)` with `record` (default `store.append_run`) when the command ends, renames
+    the outputs over `stdout` and `stderr`, logs one line via `logger` and exits once
+    nothing holds the command's output open any more.
     `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
     descriptor >= 3 is closed there, and the command inherits none of them.
 
@@ -164,6 +202,8 @@ def spawn_run(
     """
     if not spec.argv or not spec.argv[0]:
         raise ValueError(f"task {spec.task_id}: empty command line")
+    if max_output < 0:
+        raise ValueError(f"max_output must not be negative, not {max_output}")
     if record is None:
         # Resolved lazily in the parent (never in a child): store imports heavier things.
         from saturnd import store
@@ -187,6 +227,7 @@ def spawn_run(
         home=os.environb.get(b"HOME") or b"/",
         p5_close=_close_ranges(set(keep_fds) | _logger_fds(logger), max_fd),
         max_fd=max_fd,
+        max_output=max_output,
     )
 
     p4 = os.fork()
@@ -302,11 +343,14 @@ def _detach(plan: _Plan) -> None:
             signal.signal(signum, signal.SIG_DFL)
         except (OSError, ValueError):
             pass  # a signal reserved by the C library
+    # P5 writes files: past a file size limit it must get EFBIG, not die (P6 restores it).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _run_and_record(plan: _Plan) -> None:
-    """Create the output files, run P6, then record and publish under the directory lock."""
+    """Create the output files, run P6 and relay its output, then record and publish
+    under the directory lock, then wait for the last holder of the output pipes."""
     spec = plan.spec
     logger = plan.logger
     # /dev/null first: if the daemon had closed 0, 1 or 2, the numbers it gets are
@@ -335,18 +379,27 @@ def _run_and_record(plan: _Plan) -> None:
         return
 
     started = time.monotonic()  # for the log's duration only; the history uses the spec
+    streams: list[_Stream] = []
+    write_ends: list[int] = []
+    child = -1
+    waker = _sigchld_waker()  # before the fork: P6 may end at once
     try:
+        for file in (out, err):
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            streams.append(_Stream(read_end, file, plan.max_output))
+            write_ends.append(write_end)
         child = os.fork()
     except OSError as error:
         # Recorded as a run that did not exit normally, the reason in its stderr.
         os.write(err, b"saturnd: cannot start the command: %s\n" % _strerror(error))
-        child = -1
     if child == 0:
-        _p6(plan, null, out, err)
+        _p6(plan, null, write_ends[0], write_ends[1])
+    # Only P6 (and what it starts) may hold the write ends: their EOF means "all gone".
+    for write_end in write_ends:
+        os.close(write_end)
+    status = _relay(child, streams, null, waker) if child > 0 else None
     os.close(out)
     os.close(err)
-    os.close(null)
-    status = _waitpid(child) if child > 0 else None
     exitcode = EXITCODE_ABNORMAL if status is None else exitcode_from_status(status)
     duration = time.monotonic() - started
 
@@ -372,22 +425,195 @@ def _run_and_record(plan: _Plan) -> None:
         os.close(dirfd)  # also releases the lock
     if published and logger is not None:
         logger.info(
-            "task %d: run pid %d finished: exit code %d (%s) after %.3f s",
+            "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
             spec.task_id,
             child,
             exitcode,
             _describe(status),
             duration,
+            _describe_cuts(streams, plan.max_output),
         )
+    # What is left holds the pipes: a background child of the command. Wait for it.
+    _discard_until_eof(streams, null)
+    os.close(null)
+
+
+# --- P5's relay of the command's output ------------------------------------------------
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGCHLD in P5: nothing to do here; the wakeup fd has woken the poll loop."""
+
+
+def _sigchld_waker() -> int:
+    """A descriptor that becomes readable when P6 ends (SIGCHLD on a self-pipe); -1 if
+    none can be set up, and then the relay polls P6 a few times a second."""
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        signal.signal(signal.SIGCHLD, _on_signal)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (OSError, ValueError):  # ValueError: not the main thread
+        os.close(read_end)
+        os.close(write_end)
+        return -1
+    return read_end
+
+
+def _relay(child: int, streams: list[_Stream], null: int, waker: int) -> int | None:
+    """Copy P6's output into the files until P6 ends; its wait status.
+
+    Once P6 has ended, what it wrote is in the pipes: that much is still read (at most
+    a pipe's capacity each), so a background child writing on cannot hold the run back.
+    """
+    poller = select.poll()
+    by_pipe = {stream.pipe: stream for stream in streams}
+    for pipe in by_pipe:
+        poller.register(pipe, _POLL_IN)
+    if waker >= 0:
+        poller.register(waker, select.POLLIN)
+    timeout = None if waker >= 0 else 200
+    status = _reaped(child)
+    while status is None:
+        events = poller.poll(timeout)
+        woken = not events
+        for fd, _ in events:
+            if fd == waker:
+                woken = True
+                _empty(waker)
+            elif not _pump(by_pipe[fd], null, _CHUNK):
+                poller.unregister(fd)
+                del by_pipe[fd]
+        if woken:
+            status = _reaped(child)
+    for stream in streams:
+        if stream.pipe < 0:
+            continue
+        os.set_blocking(stream.pipe, False)
+        budget = _pipe_capacity(stream.pipe)
+        try:
+            while budget > 0:
+                moved = _pump(stream, null, min(budget, _CHUNK))
+                if not moved:
+                    break
+                budget -= moved
+        except BlockingIOError:
+            pass  # empty: P6's output is all in
+    return status
+
+
+def _reaped(child: int) -> int | None:
+    """P6's wait status if it has ended (it is reaped then), else None."""
+    try:
+        pid, status = os.waitpid(child, os.WNOHANG)
+    except ChildProcessError:
+        return 0  # reaped elsewhere: cannot happen in P5, but never wait forever
+    return status if pid else None
+
+
+def _pump(stream: _Stream, null: int, limit: int) -> int:
+    """Move up to `limit` bytes from the stream's pipe: into its file while there is
+    room, else to /dev/null. Returns the bytes moved, 0 at end of file (the pipe is
+    closed then); raises BlockingIOError when a non-blocking pipe is empty."""
+    if stream.room > 0:
+        data = os.read(stream.pipe, limit)
+        if data:
+            _store(stream, data)
+    else:
+        data = b""
+        try:
+            # Past the cap: the kernel moves the bytes to /dev/null without copying
+            # them through Python, so a flood of output costs little CPU.
+            moved = os.splice(stream.pipe, null, limit, flags=os.SPLICE_F_NONBLOCK)
+        except OSError as error:
+            if isinstance(error, BlockingIOError):
+                raise
+            moved = len(os.read(stream.pipe, limit))  # no splice here: read and drop
+        if moved:
+            return moved
+    if not data:
+        os.close(stream.pipe)
+        stream.pipe = -1
+        return 0
+    return len(data)
+
+
+def _store(stream: _Stream, data: bytes) -> None:
+    """Write what fits under the cap; a failing file is cut where it failed."""
+    view = memoryview(data)[: stream.room]
+    if len(view) < len(data):
+        stream.cut = True
+    while view:
+        try:
+            written = os.write(stream.file, view)
+        except OSError as error:  # disk full, file size limit, I/O error
+            stream.error = error
+            stream.cut = True
+            stream.room = 0
+            return
+        view = view[written:]
+        stream.room -= written
+
+
+def _discard_until_eof(streams: list[_Stream], null: int) -> None:
+    """After the run is recorded: read and drop until nothing holds the pipes open."""
+    poller = select.poll()
+    by_pipe = {}
+    for stream in streams:
+        if stream.pipe >= 0:
+            stream.room = 0  # nothing more is stored
+            by_pipe[stream.pipe] = stream
+            poller.register(stream.pipe, _POLL_IN)
+    while by_pipe:
+        for fd, _ in poller.poll():
+            try:
+                if not _pump(by_pipe[fd], null, _DISCARD):
+                    poller.unregister(fd)
+                    del by_pipe[fd]
+            except BlockingIOError:
+                continue
+
+
+def _pipe_capacity(fd: int) -> int:
+    """How many bytes a pipe can hold (what a writer may have left in it)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (OSError, AttributeError):
+        return 1 << 16  # Linux's default
+
+
+def _empty(fd: int) -> None:
+    """Read a non-blocking self-pipe until it is empty."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _describe_cuts(streams: list[_Stream], limit: int) -> str:
+    """What the log says about output that was not kept, or nothing."""
+    notes = []
+    for name, stream in zip(("stdout", "stderr"), streams, strict=False):
+        if stream.error is not None:
+            notes.append(f"; {name} cut: {_strerror(stream.error).decode()}")
+        elif stream.cut:
+            notes.append(f"; {name} cut at {limit} bytes")
+    return "".join(notes)
 
 
 def _p6(plan: _Plan, null: int, out: int, err: int) -> NoReturn:
-    """P6: own session, redirections, $HOME, exec; 127 and the reason if exec fails."""
+    """P6: own session, redirections (`out`, `err`: the pipes P5 relays), $HOME, exec;
+    127 and the reason if exec fails."""
     try:
         try:
             os.setsid()
         except OSError:
             pass  # already a session leader: nothing to leave
+        # P5 ignores SIGXFSZ for itself; the command gets the default, as in a shell.
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         # dup2 clears close-on-exec on the targets; the sources are all >= 3.
         os.dup2(null, 0)
         os.dup2(out, 1)

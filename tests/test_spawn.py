@@ -462,3 +462,89 @@ def test_it_records_with_store_by_default(task_dir: Path) -> None:
 )
 def test_it_decodes_exit_statuses(status: int, exitcode: int) -> None:
     assert exitcode_from_status(status) == exitcode
+
+
+# --- P5 relays the output: a cap, a leftover child, a file size limit --------------------
+
+
+def test_it_caps_each_stream_at_max_output(task_dir: Path) -> None:
+    code, out, err = run(
+        task_dir, "sh", "-c", "printf 0123456789abcdef; printf ABCDEFGHIJKL >&2", max_output=10
+    )
+    assert (code, out, err) == (0, b"0123456789", b"ABCDEFGHIJ")
+
+
+def test_it_discards_a_flood_past_the_cap_and_still_records(task_dir: Path) -> None:
+    started = time.monotonic()
+    code, out, err = run(
+        task_dir, "sh", "-c", "head -c 200000000 /dev/zero; echo done >&2; exit 9", max_output=1000
+    )
+    assert (code, out, err) == (9, bytes(1000), b"done\n")
+    assert time.monotonic() - started < DEADLINE
+
+
+def test_it_keeps_no_output_with_a_cap_of_zero(task_dir: Path) -> None:
+    assert run(task_dir, "sh", "-c", "echo out; echo err >&2", max_output=0) == (0, b"", b"")
+
+
+def test_it_rejects_a_negative_cap(task_dir: Path) -> None:
+    with pytest.raises(ValueError):
+        spawn(task_dir, "true", max_output=-1)
+
+
+def test_it_records_when_the_command_ends_though_a_child_holds_its_output(
+    task_dir: Path, tmp_path: Path
+) -> None:
+    done = tmp_path / "child-done"
+    p5_file = tmp_path / "p5"
+    started = time.monotonic()
+    spawn(
+        task_dir,
+        "sh",
+        "-c",
+        f"echo $PPID > {p5_file}; echo start;"
+        f" (sleep 1; echo late; echo late >&2; touch {done}) & exit 4",
+    )
+    assert wait_finished(task_dir, 1) == [(START, 4)]
+    assert time.monotonic() - started < 0.9, "it waited for the background child"
+    assert (task_dir / "stdout").read_bytes() == b"start\n"
+    p5 = int(p5_file.read_text())
+    assert not gone(p5), "P5 must stay while the child holds the output"
+    # The child wrote after the run ended and was not killed by SIGPIPE (else no touch).
+    wait_for(done.exists, "the background child to write again")
+    assert (task_dir / "stdout").read_bytes() == b"start\n"
+    assert (task_dir / "stderr").read_bytes() == b""
+    wait_for(lambda: gone(p5), "P5 to leave once the child is done")
+
+
+def test_it_records_a_run_whose_output_exceeds_the_file_size_limit(
+    task_dir: Path, tmp_path: Path
+) -> None:
+    import resource
+
+    log = tmp_path / "log"
+    logger = file_logger(log)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # The limit is inherited at fork: set it for the run only.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, hard))
+    try:
+        spawn(task_dir, "sh", "-c", "head -c 50000 /dev/zero; exit 6", logger=logger)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert wait_finished(task_dir, 1) == [(START, 6)]
+    assert (task_dir / "stdout").read_bytes() == bytes(10_000)
+    wait_for(lambda: b"stdout cut: File too large" in log.read_bytes(), "the log line")
+
+
+def test_it_relays_without_a_sigchld_wakeup(
+    task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = signal.set_wakeup_fd
+
+    def refuse(fd: int, **kwargs: Any) -> int:
+        if fd >= 0:
+            raise ValueError("set_wakeup_fd only works in main thread")
+        return real(fd, **kwargs)
+
+    monkeypatch.setattr(signal, "set_wakeup_fd", refuse)
+    assert run(task_dir, "sh", "-c", "echo polled; exit 2") == (2, b"polled\n", b"")

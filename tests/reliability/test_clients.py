@@ -1,0 +1,371 @@
+"""Scenario 2, hostile and concurrent clients.
+
+32 real `cassini` processes at once doing mixed requests (LIST, CREATE, REMOVE,
+TIMES_EXITCODES, STDOUT, STDERR), 1000 exchanges in the long form, and each checks
+that the reply it got is its own and correct: the outputs and histories of the tasks
+set up beforehand are known, and the tasks a client creates are its own. Interleaved
+with them, hostile clients: one that opens the request FIFO and writes nothing, one
+that writes half a request and stalls, an unknown opcode, ARGC 2^32-1, a 4 GiB string,
+one that sends a request and dies before opening the reply FIFO, one that opens the
+reply FIFO and never reads its (large) reply, and one that holds the reply FIFO open
+and never reads anything. The longest time a well-behaved client waited (from the
+start of its exchange to its exit; interpreter start-up excluded) must stay under 2 s.
+
+The hostile clients that send a *valid* request follow cassini.lock, as every client of
+this daemon must: the protocol cannot tell two replies apart, so a client that sends a
+request without the lock while another exchange is under way can always be handed that
+exchange's reply, or have its own taken (see RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import NOW
+from tests.daemon_harness import wait_for
+from tests.reliability.support import (
+    REPLY_PIPE,
+    REQUEST_PIPE,
+    Figures,
+    Target,
+    cassini_lock,
+    raw_exchange,
+    run_cassini,
+    scaled,
+)
+
+MakeTarget = Callable[..., Target]
+WORKERS = 32
+FIXED = 6
+BIG = 20  # tasks with 4 KB arguments: a LIST reply larger than a pipe buffer
+LIMIT = 2.0
+
+# Runs cassini's entry point and reports on descriptor $TIMING_FD how long the exchange took,
+# without the interpreter's start-up (which measures the machine, not the daemon).
+_DRIVER = (
+    "import os, sys, time\n"
+    "from cassini.__main__ import main\n"
+    "started = time.monotonic()\n"
+    "status = main(sys.argv[1:])\n"
+    "os.write(int(os.environ['TIMING_FD']), b'%.6f' % (time.monotonic() - started))\n"
+    "sys.exit(status)\n"
+)
+
+
+def timed_cassini(pipes: str, *args: str) -> tuple[int, bytes, bytes, float]:
+    """cassini ARGS as its own process: (status, stdout, stderr, exchange seconds)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, "-p", pipes, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            env={**os.environ, "TIMING_FD": str(write_fd)},
+        )
+        os.close(write_fd)
+        write_fd = -1
+        out, err = proc.communicate(timeout=120)
+        took = os.read(read_fd, 64)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    return proc.returncode, out, err, float(took or b"inf")
+
+
+@dataclass
+class Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    exchanges: int = 0
+    worst: float = 0.0
+    slow: list[str] = field(default_factory=list)  # exchanges over 1 s, for the record
+    wrong: list[str] = field(default_factory=list)
+    hostile: dict[str, int] = field(default_factory=dict)
+
+
+def worker(
+    daemon: Target, index: int, count: int, fixed_listing: list[bytes], tally: Tally
+) -> None:
+    """One well-behaved client: `count` exchanges, each checked."""
+    rng = random.Random(index)
+    pipes = str(daemon.pipes)
+    own: list[int] = []
+    for sequence in range(count):
+        task = rng.randrange(FIXED)
+        choice = rng.choice(("list", "out", "err", "runs", "create", "remove", "own-runs"))
+        if choice == "remove" and not own:
+            choice = "create"
+        if choice == "own-runs" and not own:
+            choice = "runs"
+        expected: Callable[[int, bytes, bytes], bool]
+        if choice == "list":
+            args: tuple[str, ...] = ("-l",)
+
+            def expected(code: int, out: bytes, err: bytes) -> bool:
+                lines = out.splitlines(keepends=True)
+                return code == 0 and lines[: len(fixed_listing)] == fixed_listing
+
+        elif choice in ("out", "err"):
+            args = ("-o" if choice == "out" else "-e", str(task))
+            text = f"{choice}-{task}".encode()
+
+            def expected(code: int, out: bytes, err: bytes, text: bytes = text) -> bool:
+                return code == 0 and out == text
+
+        elif choice == "runs":
+            args = ("-x", str(task))
+
+            def expected(code: int, out: bytes, err: bytes, task: int = task) -> bool:
+                return code == 0 and out == f"2026-11-21 08:01:00 {task}\n".encode()
+
+        elif choice == "create":
+            args = ("-c", "-m", "0", "-H", "3", "-d", "2", "echo", f"w{index}-{sequence}")
+
+            def expected(code: int, out: bytes, err: bytes) -> bool:
+                return code == 0 and out.strip().isdigit()
+
+        elif choice == "remove":
+            victim = own.pop(rng.randrange(len(own)))
+            args = ("-r", str(victim))
+
+            def expected(code: int, out: bytes, err: bytes) -> bool:
+                return code == 0 and out == b"" and err == b""
+
+        else:
+            args = ("-x", str(rng.choice(own)))
+
+            def expected(code: int, out: bytes, err: bytes) -> bool:
+                return code == 0 and out == b""
+
+        started = time.time()
+        code, out, err, took = timed_cassini(pipes, *args)
+        with tally.lock:
+            tally.exchanges += 1
+            tally.worst = max(tally.worst, took)
+            if took > 1.0:
+                tally.slow.append(
+                    f"{time.strftime('%H:%M:%S', time.localtime(started))}{started % 1:.3f}"[1:]
+                    + f" +{took:.2f} s: cassini {' '.join(args)[:40]}"
+                )
+            if not expected(code, out, err):
+                tally.wrong.append(f"cassini {' '.join(args)}: {code} {out[:80]!r} {err!r}")
+        if choice == "create" and code == 0 and out.strip().isdigit():
+            own.append(int(out))
+
+
+# --- hostile clients ----------------------------------------------------------------
+
+
+def _open_request(daemon: Target) -> int:
+    return os.open(daemon.pipes / REQUEST_PIPE, os.O_WRONLY | os.O_NONBLOCK)
+
+
+def silent_writer(daemon: Target, rng: random.Random) -> None:
+    fd = _open_request(daemon)
+    time.sleep(rng.uniform(0.2, 1.5))
+    os.close(fd)
+
+
+def half_request(daemon: Target, rng: random.Random) -> None:
+    fd = _open_request(daemon)
+    whole = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">I", 1) + b"\0\0\0\x04echo"
+    os.write(fd, whole[: rng.randrange(1, len(whole))])
+    time.sleep(rng.uniform(0.2, 1.5))
+    os.close(fd)
+
+
+def unknown_opcode(daemon: Target, rng: random.Random) -> None:
+    fd = _open_request(daemon)
+    os.write(fd, b"ZZ" + os.urandom(rng.randrange(0, 20)))
+    os.close(fd)
+
+
+def huge_argc(daemon: Target, rng: random.Random) -> None:
+    fd = _open_request(daemon)
+    os.write(fd, b"CR" + struct.pack(">QIB", 1, 1, 1) + b"\xff\xff\xff\xff")
+    os.close(fd)
+
+
+def huge_string(daemon: Target, rng: random.Random) -> None:
+    fd = _open_request(daemon)
+    os.write(fd, b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 0xFFFFFFFF))
+    os.close(fd)
+
+
+def dies_before_reading(daemon: Target, rng: random.Random) -> None:
+    """A client killed right after sending: it never opens the reply FIFO."""
+    with cassini_lock(daemon.pipes):
+        fd = _open_request(daemon)
+        os.write(fd, rng.choice((b"LS", b"TX" + struct.pack(">Q", 1), b"SO\0\0\0\0\0\0\0\0")))
+        os.close(fd)
+
+
+def never_reads(daemon: Target, rng: random.Random) -> None:
+    """A client that opens the reply FIFO, asks for a large LIST, and hangs a while."""
+    with cassini_lock(daemon.pipes):
+        reply = os.open(daemon.pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK)
+        fd = _open_request(daemon)
+        os.write(fd, b"LS")
+        time.sleep(rng.uniform(0.05, 0.3))
+        os.close(fd)
+        os.close(reply)
+
+
+def idle_reader(daemon: Target, rng: random.Random) -> None:
+    """Holds the reply FIFO open without a request and never reads."""
+    reply = os.open(daemon.pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK)
+    time.sleep(rng.uniform(0.2, 1.5))
+    os.close(reply)
+
+
+HOSTILE: dict[str, Callable[[Target, random.Random], None]] = {
+    "writes nothing": silent_writer,
+    "half a request": half_request,
+    "unknown opcode": unknown_opcode,
+    "ARGC 2^32-1": huge_argc,
+    "4 GiB string": huge_string,
+    "dies before opening the reply": dies_before_reading,
+    "never reads its reply": never_reads,
+    "holds the reply FIFO": idle_reader,
+}
+
+
+def hostile_loop(daemon: Target, seed: int, stop: threading.Event, tally: Tally) -> None:
+    rng = random.Random(seed)
+    names: list[str] = []
+    while not stop.wait(rng.uniform(0.1, 0.6)):
+        if not names:  # every kind in turn, in a random order each round
+            names = sorted(HOSTILE)
+            rng.shuffle(names)
+        name = names.pop()
+        with contextlib.suppress(OSError):
+            HOSTILE[name](daemon, rng)
+        with tally.lock:
+            tally.hostile[name] = tally.hostile.get(name, 0) + 1
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_it_answers_every_client_its_own_reply_under_attack(
+    target: MakeTarget, figures: Figures
+) -> None:
+    total = scaled(320, 1000)
+    daemon = target(start=NOW)
+    for task in range(FIXED):
+        daemon.create(
+            "-m",
+            "1",
+            "-H",
+            "8",
+            "sh",
+            "-c",
+            f"printf out-{task}; printf err-{task} >&2; exit {task}",
+        )
+    for index in range(BIG):
+        daemon.create("-m", "0", "-H", "3", "-d", "2", "echo", "x" * 4000, str(index))
+    daemon.step_to(NOW + 60)
+    wait_for(lambda: all(daemon.runs(t) for t in range(FIXED)), what="the fixed tasks' runs")
+    listing = daemon.cassini("-l").stdout.splitlines(keepends=True)
+    fixed_listing = listing[: FIXED + BIG]
+    assert len(b"".join(fixed_listing)) > 65536
+    tally = Tally()
+    stop = threading.Event()
+    hostiles = [
+        threading.Thread(target=hostile_loop, args=(daemon, seed, stop, tally), daemon=True)
+        for seed in (1, 2)
+    ]
+    per_worker = [total // WORKERS + (1 if i < total % WORKERS else 0) for i in range(WORKERS)]
+    workers = [
+        threading.Thread(target=worker, args=(daemon, i, n, fixed_listing, tally))
+        for i, n in enumerate(per_worker)
+    ]
+    for thread in hostiles + workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=600)
+    stop.set()
+    for thread in hostiles:
+        thread.join(timeout=30)
+    assert tally.exchanges == total
+    assert not tally.wrong, tally.wrong[:10]
+    # The daemon is intact: the same tasks, and it still answers at once.
+    assert raw_exchange(daemon.pipes, b"LS").startswith(b"OK")
+    assert daemon.cassini("-l").stdout.splitlines(keepends=True)[: FIXED + BIG] == fixed_listing
+    figures.iterations = total
+    figures.latency(tally.worst)
+    hostile = ", ".join(f"{n} {name}" for name, n in sorted(tally.hostile.items()))
+    figures.checked = (
+        f"{total} exchanges by {WORKERS} concurrent cassini processes, each reply checked "
+        f"(outputs, histories, own ids); hostile clients: {hostile}; worst latency = longest "
+        f"exchange of a well-behaved client (limit {LIMIT} s)"
+    )
+    figures.notes.extend(tally.slow)
+    assert tally.worst < LIMIT, f"a well-behaved client waited {tally.worst:.2f} s: {tally.slow}"
+
+
+# --- what the storm found, one case at a time -----------------------------------------
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_it_never_hands_a_dead_clients_reply_to_the_next_client(target: MakeTarget) -> None:
+    daemon = target(start=NOW)
+    for index in range(10):
+        # A client sends LIST and dies before it opens the reply FIFO...
+        fd = _open_request(daemon)
+        os.write(fd, b"LS")
+        os.close(fd)
+        # ...and the next client must get its own reply, not that LIST.
+        code, out, err, _ = run_cassini(daemon.pipes, "-c", "echo", f"n{index}")
+        assert (code, out) == (0, f"{index}\n".encode()), err
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+@pytest.mark.parametrize(
+    "junk",
+    [b"ZZjunk", b"CR" + struct.pack(">QIB", 1, 1, 1) + b"\xff\xff\xff\xff", b"\x00"],
+    ids=["unknown opcode", "ARGC 2^32-1", "one stray byte"],
+)
+def test_it_serves_a_request_read_together_with_junk_before_it(
+    target: MakeTarget, junk: bytes
+) -> None:
+    daemon = target(start=NOW)
+    task = daemon.create("echo", "kept")
+    # One write of junk then a request is what one read of a junk writer's write and a
+    # client's write looks like, when both came while the listener was busy.
+    with cassini_lock(daemon.pipes):
+        reply = raw_exchange(daemon.pipes, junk + b"TX" + struct.pack(">Q", task), lock=False)
+    assert reply == b"OK\0\0\0\0"
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_it_does_not_glue_a_stalled_writers_bytes_to_a_clients_request(
+    target: MakeTarget,
+) -> None:
+    daemon = target(start=NOW)
+    task = daemon.create("echo", "kept")
+    listing = daemon.cassini("-l").stdout
+    # A CREATE of "echo" that stops one byte short, and a writer that stalls.
+    whole = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 4) + b"echo"
+    stalled = _open_request(daemon)
+    try:
+        os.write(stalled, whole[:-1])
+        time.sleep(0.1)  # read by now
+        # The next client's first byte would complete it: "echT" must not be created,
+        # and the client must get the reply to its own request.
+        with cassini_lock(daemon.pipes):
+            reply = raw_exchange(daemon.pipes, b"TX" + struct.pack(">Q", task), lock=False)
+    finally:
+        os.close(stalled)
+    assert reply == b"OK\0\0\0\0"
+    assert daemon.cassini("-l").stdout == listing
