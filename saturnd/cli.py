@@ -23,11 +23,11 @@ from saturnd.daemon import (
     Daemon,
     DaemonError,
     Paths,
+    check_store,
     default_pipes_dir,
     default_state_dir,
     make_fifos,
     open_fds,
-    open_store,
     prepare,
     running_pid,
     setup_logging,
@@ -143,7 +143,7 @@ def start(args: argparse.Namespace) -> int:
     logger = setup_logging(paths.log_file, args.foreground)
     for note in notes:
         logger.warning("%s", note)
-    store = open_store(paths, logger)
+    check_store(paths)
     make_fifos(paths, logger)
     if not args.foreground:
         import daemon  # python-daemon
@@ -161,7 +161,7 @@ def start(args: argparse.Namespace) -> int:
     else:
         os.umask(0o077)
     supervisor = Daemon(
-        paths, store, clock, logger, lock_fd, max_output=args.max_output, pipes_base=paths_base
+        paths, clock, logger, lock_fd, max_output=args.max_output, pipes_base=paths_base
     )
     return supervisor.run()
 

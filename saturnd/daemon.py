@@ -305,7 +305,6 @@ class Daemon:
     def __init__(
         self,
         paths: Paths,
-        store: Store,
         clock: Clock,
         logger: logging.Logger,
         lock_fd: int,
@@ -316,7 +315,6 @@ class Daemon:
         `secure_dir`), checked again if the pipes directory must be created again."""
         self.paths = paths
         self.pipes_base = pipes_base
-        self.store = store
         self.clock = clock
         self.log = logger
         self.lock_fd = lock_fd
@@ -367,9 +365,15 @@ class Daemon:
         from saturnd.executor import Executor
 
         stop, wake_fd = self._child_setup()
+        # Its own read-only load, in parallel with the listener's (which repairs): the
+        # supervisor never holds the tasks, so neither child inherits a copy of them.
+        try:
+            store = Store.open(self.paths.state_dir, self.log, read_only=True)
+        except StoreError as error:
+            raise PartCannotStart(str(error)) from error
         executor = Executor(
             self.paths.state_dir,
-            self.store,
+            store,
             self.clock,
             self.log,
             stop,
@@ -539,10 +543,15 @@ def make_fifos(paths: Paths, logger: logging.Logger) -> None:
             ) from error
 
 
-def open_store(paths: Paths, logger: logging.Logger) -> Store:
-    """Load and repair the store, as one-line errors."""
+def check_store(paths: Paths) -> None:
+    """Refuse, as one line before detaching, a `cmds` the children could not load.
+
+    The supervisor does not load the tasks itself: at 100,000 tasks that cost it, and
+    through fork each child, about 60 MB. The listener loads them with repair and the
+    executor read-only, in parallel.
+    """
     try:
-        return Store.open(paths.state_dir, logger)
+        Store.check(paths.state_dir)
     except StoreError as error:
         raise DaemonError(str(error)) from error
 
@@ -571,7 +580,7 @@ __all__ = [
     "default_state_dir",
     "make_fifos",
     "open_fds",
-    "open_store",
+    "check_store",
     "prepare",
     "running_pid",
     "setup_logging",

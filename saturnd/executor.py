@@ -142,7 +142,7 @@ class Executor:
         plan = schedule.plan(
             None if self.handled is None else self.handled.wall,
             current,
-            {task_id: entry.timing for task_id, entry in tasks.items()},
+            self.store.timings,  # not tasks: that view decodes every command line
         )
         handled = Handled(epoch_minute, plan.last)
         try:
