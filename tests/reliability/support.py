@@ -241,21 +241,28 @@ class Target(Daemon):
         return [(task.task_id, task.argv) for task in reply.tasks]  # type: ignore[attr-defined]
 
     def parts(self) -> dict[str, int]:
-        """The live listener and executor pids: the supervisor's children, the listener
-        being the one that holds the request FIFO open (the log may have rotated)."""
+        """The live listener and executor pids among the supervisor's children: as the
+        log names them at their start, or, once the log has rotated, the listener being
+        the one that holds the request FIFO open."""
         try:
-            children = psutil.Process(self.pid).children()
+            children = {child.pid for child in psutil.Process(self.pid).children()}
         except psutil.NoSuchProcess:
             return {}
-        request = str(self.pipes / REQUEST_PIPE)
         found: dict[str, int] = {}
-        for child in children:
+        for name, pid in re.findall(r"(listener|executor) started \(pid (\d+)\)", self.log_text()):
+            if int(pid) in children:
+                found[name] = int(pid)
+        if len(found) == len(children):
+            return found
+        request = str(self.pipes / REQUEST_PIPE)
+        found = {}
+        for pid in children:
             try:
-                fds = os.listdir(f"/proc/{child.pid}/fd")
-                targets = {os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in fds}
+                fds = os.listdir(f"/proc/{pid}/fd")
+                targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
             except OSError:
                 continue
-            found["listener" if request in targets else "executor"] = child.pid
+            found["listener" if request in targets else "executor"] = pid
         return found
 
     def all_pids(self) -> list[int]:
