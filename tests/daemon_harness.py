@@ -160,3 +160,23 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def crontab_field(text: str, high: int) -> frozenset[int]:
+    """`*`, `N`, `A-B`, `*/S` and comma lists: the values of a crontab field.
+
+    Written the simple way, independently of saturnd.timing, so that tests can use it
+    as an oracle for what the daemon runs.
+    """
+    if text == "*":
+        return frozenset(range(high + 1))
+    values: set[int] = set()
+    for part in text.split(","):
+        if part.startswith("*/"):
+            values.update(range(0, high + 1, int(part[2:])))
+        elif "-" in part:
+            low, top = part.split("-")
+            values.update(range(int(low), int(top) + 1))
+        else:
+            values.add(int(part))
+    return frozenset(values)

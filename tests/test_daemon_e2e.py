@@ -19,27 +19,14 @@ import psutil
 import pytest
 
 from tests.conftest import NOW
-from tests.daemon_harness import SATURND, Daemon, wait_for
+from tests.daemon_harness import SATURND, Daemon, crontab_field, wait_for
 
 MIDNIGHT = NOW - 8 * 3600  # Saturday 2026-11-21 00:00:00 UTC
 
 MakeDaemon = Callable[..., Daemon]
 
 
-def _expand(text: str, high: int) -> set[int]:
-    """A crontab field written the simple way, independent of saturnd.timing."""
-    if text == "*":
-        return set(range(high + 1))
-    values: set[int] = set()
-    for part in text.split(","):
-        if part.startswith("*/"):
-            values.update(range(0, high + 1, int(part[2:])))
-        elif "-" in part:
-            low, top = part.split("-")
-            values.update(range(int(low), int(top) + 1))
-        else:
-            values.add(int(part))
-    return values
+_expand = crontab_field
 
 
 def test_it_runs_every_task_once_per_matching_minute_over_a_day(

@@ -31,7 +31,7 @@ import pytest
 
 from saturnd import schedule
 from saturnd.timing import Timing
-from tests.daemon_harness import wait_for
+from tests.daemon_harness import crontab_field, wait_for
 from tests.reliability.support import LONG, Figures, Target, scaled
 
 MakeTarget = Callable[..., Target]
@@ -41,20 +41,7 @@ ZONES = ("UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe")
 # --- the rule, written from DESIGN.md -----------------------------------------------
 
 
-def _field(text: str, high: int) -> frozenset[int]:
-    """`*`, `N`, `A-B`, `*/S` and comma lists: the values of a crontab field."""
-    if text == "*":
-        return frozenset(range(high + 1))
-    values: set[int] = set()
-    for part in text.split(","):
-        if part.startswith("*/"):
-            values.update(range(0, high + 1, int(part[2:])))
-        elif "-" in part:
-            low, top = part.split("-")
-            values.update(range(int(low), int(top) + 1))
-        else:
-            values.add(int(part))
-    return frozenset(values)
+_field = crontab_field
 
 
 @dataclass(frozen=True)
