@@ -13,8 +13,10 @@ Rules:
   current minute counts as handled.
 - A task created or removed during minute M counts from minute M+1: the table is
   reloaded at each minute boundary, before planning.
-- The executor never waits for a run: spawn forks a short-lived intermediate process
-  and returns; the run's own supervisor records it.
+- The executor never waits for a run: all the runs of a minute go to spawn as one
+  batch, which forks one short-lived intermediate process and returns; the runs' own
+  supervisor (one per batch) starts them and records each one. The executor logs
+  nothing per run; the supervisor logs each run as it ends.
 - The loop never sleeps past the next minute boundary nor longer than 60 s, and re-reads
   the clock after every wake-up (suspend, NTP steps, the fake clock's jumps) and after
   every minute it handled: the clock may have moved while it planned and forked, and a
@@ -22,16 +24,21 @@ Rules:
 - A minute that cannot be recorded as handled (disk full, read-only directory) starts no
   run: it stays owed, and the first minute that can be recorded runs it by the
   clock-jump rule (a catch-up, or a forward jump). One log line per such minute.
-- `last-minute` is replaced through one temporary name, `.last-minute.tmp`: one executor
-  runs per state directory (the pid-file lock), and a temporary left by a killed one is
-  removed at start instead of piling up under a new name each time.
+- `last-minute` is replaced through one temporary name, `.last-minute.tmp`, with an
+  fsync, before a minute's runs start: one executor runs per state directory (the
+  pid-file lock), and a temporary left by a killed one is removed at start instead of
+  piling up under a new name each time. A minute without runs, with the same task table
+  as the last durable mark and no clock jump, is written in place instead (one `pwrite`,
+  no sync): an idle minute then blocks on nothing. If an OS crash loses such a mark,
+  the minutes replayed from the older one had no runs under the same table and clock,
+  so they still have none.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +47,7 @@ from typing import Final
 from saturnd import schedule
 from saturnd.clock import Clock
 from saturnd.listener import StopFlag
-from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_run
+from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
 
 STATE_FILE: Final = "last-minute"
@@ -74,11 +81,29 @@ def load_handled(state_dir: Path, logger: logging.Logger) -> Handled | None:
         return None
 
 
-def save_handled(state_dir: Path, handled: Handled) -> None:
-    """Write the state durably: a temporary file, fsync, rename over the old one."""
-    path = state_dir / STATE_FILE
-    temporary = state_dir / TEMPORARY
+def save_handled(state_dir: Path, handled: Handled, *, durable: bool = True) -> None:
+    """Write the state. Durably: a temporary file, fsync, rename over the old one (on a
+    full disk or a read-only directory this fails, and the minute stays owed). Not
+    durably: one `pwrite` into the existing file, which blocks on nothing (falling
+    back to the durable way if there is no file to write into)."""
     data = f"{handled.epoch_minute} {handled.wall.strftime(_WALL_FORMAT)}\n".encode("ascii")
+    path = state_dir / STATE_FILE
+    if not durable:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            fd = -1  # missing, a symbolic link, ...: replaced below
+        if fd >= 0:
+            try:
+                if os.pwrite(fd, data, 0) == len(data):
+                    if os.fstat(fd).st_size > len(data):
+                        os.ftruncate(fd, len(data))
+                    return
+            except OSError:
+                pass  # replaced below
+            finally:
+                os.close(fd)
+    temporary = state_dir / TEMPORARY
     fd = os.open(
         temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
     )
@@ -113,6 +138,8 @@ class Executor:
         self.keep_fds = tuple(keep_fds)
         self.max_output = max_output
         self.handled = load_handled(state_dir, logger)
+        # The task table changed since the last mark written durably.
+        self.changed = True
         _remove_stale_temporary(state_dir, logger)
 
     def run(self) -> int:
@@ -134,10 +161,9 @@ class Executor:
     def tick(self, epoch_minute: int, now: float) -> None:
         """Handle one new real minute: plan, record it as handled, start the runs."""
         try:
-            self.store.refresh()
+            self.changed = self.store.refresh() or self.changed
         except (OSError, StoreError) as error:  # keep the last table rather than stop
             self.log.error("cannot reload the task table: %s", error)
-        tasks = self.store.tasks
         current = schedule.local_minute(epoch_minute, None)
         plan = schedule.plan(
             None if self.handled is None else self.handled.wall,
@@ -145,8 +171,11 @@ class Executor:
             self.store.timings,  # not tasks: that view decodes every command line
         )
         handled = Handled(epoch_minute, plan.last)
+        # The mark must be on disk before a run starts (at most once per minute across
+        # restarts); an idle minute's need not be (see the module docstring).
+        durable = bool(plan.runs) or self.changed or plan.kind not in ("normal", "none")
         try:
-            save_handled(self.state_dir, handled)
+            save_handled(self.state_dir, handled, durable=durable)
         except OSError as error:
             # Running without a durable mark could repeat these runs after a restart;
             # not running them leaves the minute owed (see the module docstring).
@@ -158,6 +187,7 @@ class Executor:
             )
             return
         self.handled = handled
+        self.changed = self.changed and not durable
         if plan.kind not in ("normal", "none"):
             self.log.info(
                 "clock moved from the last handled minute: %s at %s (%d runs)",
@@ -165,21 +195,35 @@ class Executor:
                 current.strftime(_WALL_FORMAT),
                 len(plan.runs),
             )
+        if not plan.runs:
+            return
         # Every run of this tick is recorded with the second the tick read from the
         # clock: they start within milliseconds of it, and a fake clock that moves on
         # while we fork must not change what a run is recorded as.
-        start = int(now)
-        for _minute, task_id in plan.runs:
-            entry = tasks.get(task_id)
-            if entry is None:
-                continue
-            spec = RunSpec(task_id, self.store.task_dir(task_id), entry.argv, start)
-            try:
-                spawn_run(spec, keep_fds=self.keep_fds, logger=self.log, max_output=self.max_output)
-            except OSError as error:
-                self.log.error("task %d: cannot start a run: %s", task_id, error)
-                continue
-            self.log.info("task %d: run started", task_id)
+        try:
+            spawn_runs(
+                _run_specs(self.store, plan.runs, int(now)),
+                keep_fds=self.keep_fds,
+                logger=self.log,
+                max_output=self.max_output,
+            )
+        except OSError as error:
+            self.log.error(
+                "cannot start the %d runs of %s: %s",
+                len(plan.runs),
+                current.strftime(_WALL_FORMAT),
+                error.strerror or error,
+            )
+
+
+def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -> Iterator[RunSpec]:
+    """The runs' specs, computed where they are consumed: in the runs' supervisor (P5),
+    so the executor forks at once and decodes no command line."""
+    tasks = store.tasks
+    for _minute, task_id in runs:
+        entry = tasks.get(task_id)
+        if entry is not None:
+            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start)
 
 
 def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:

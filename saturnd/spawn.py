@@ -1,55 +1,72 @@
-"""One run of a task: the P4/P5/P6 forks, redirections, exec, exit status, recording.
+"""Runs of tasks: the P4/P5/P6 processes, redirections, exec, exit status, recording.
 
-This module owns everything between "the executor decided task N runs now" and "the
-run is in `task_<N>/times-exitcodes` and its output is in `task_<N>/stdout|stderr`":
+This module owns everything between "the executor decided these tasks run now" and
+"each run is in `task_<N>/times-exitcodes` and its output in `task_<N>/stdout|stderr`":
 
-    executor --fork--> P4 --fork--> P5 --fork--> P6 --exec--> the command
+    executor --fork--> P4 --fork--> P5 --posix_spawn--> P6 (one per run): the command
                        P4 exits at once (the executor reaps it at once, so it never
-                       waits for a run); P5 is adopted by init, waits for P6, records.
+                       waits for a run); P5 is adopted by init, supervises the runs
+                       it was given, records each one as it ends.
+
+The executor hands the runs of one minute to `spawn_runs` as one batch: one P4 and one
+P5 for all of them, and each command is started from P5 with `posix_spawn` (a vfork-like
+clone: no copy of P5's page tables, no Python in the child). A run is as independent
+of the daemon as with one P5 per run; what runs of one minute share is their
+supervising process, which stays until the last of them has ended.
 
 Rules:
-- Everything that can be computed before forking is (argv list, the exact paths exec
-  will try, $HOME, the error message prefix, the fd ranges to close, the signal list);
-  the children only make system calls, import nothing and never return into the
-  caller's code: every child path ends in `os._exit` inside `try/finally`, so no
-  atexit handler runs and no inherited stdio buffer is flushed twice.
+- The executor computes nothing per run: the batch is an iterable consumed in P5 only,
+  which is where the command lines are looked up and the exec paths worked out. The
+  children of the executor import nothing and never return into its code: every child
+  path ends in `os._exit` inside `try/finally`, so no atexit handler runs and no
+  inherited stdio buffer is flushed twice.
 - P5 closes every inherited descriptor >= 3 except `keep_fds` and the descriptors of
   the logger's handlers (so a run never keeps the daemon's pid-file flock or FIFOs
-  alive), then calls `setsid`, so runs survive a restart of the daemon or a kill of its
-  process group. P6 closes everything >= 3: the command inherits only 0, 1 and 2.
-- P5 restores the default disposition of every catchable signal, empties the signal
-  mask and disables Python's signal wakeup fd before forking P6, which inherits all of
-  it: Python ignores SIGPIPE (and an ignored signal stays ignored across exec), so
-  without this `yes | head -1` would end with "Broken pipe" on stderr.
-- P6: its own session (`setsid`), stdin from /dev/null, stdout and stderr to two
-  pipes, cwd $HOME (else /), then exec with the PATH search of `execvp` (including its
-  fallback of running a file the kernel cannot execute with /bin/sh). When nothing can
-  be executed it writes `saturnd: cannot execute '<argv0>': <reason>` on its stderr and
-  exits 127, like a shell.
-- P5 relays the two pipes into `stdout.<P5 pid>.tmp` and `stderr.<P5 pid>.tmp` in the
-  task directory, keeping at most `max_output` bytes of each (1 MiB by default, `saturnd
-  --max-output`) and discarding the rest, so a task that floods its output costs a
-  bounded amount of disk; past the cap the kernel moves the bytes to /dev/null
-  (`splice`), so a flood costs little CPU either. It records the run as soon as P6
-  itself ends (SIGCHLD on a self-pipe wakes its poll loop; where no wakeup fd can be
-  set, it looks five times a second), after reading what is already buffered in the
-  pipes; a background child that still holds them open then changes nothing that was
-  published, and is not killed by SIGPIPE: P5 stays, reading and discarding, until the
-  last writer closes. P6 inherits P5's SIGCHLD handler and wakeup fd only until exec,
-  which resets a caught signal to its default (and P6 closes the fd before).
+  alive; those kept are made close-on-exec), then calls `setsid`, so runs survive a
+  restart of the daemon or a kill of its process group. Every descriptor P5 opens is
+  close-on-exec: the command inherits only 0, 1 and 2.
+- P6 is spawned with the default disposition for every catchable signal and an empty
+  signal mask: Python ignores SIGPIPE (and an ignored signal stays ignored across exec),
+  so without this `yes | head -1` would end with "Broken pipe" on stderr. glibc's
+  posix_spawn leaves its two internal signals (32 and 33) ignored, which no program can
+  use through glibc anyway.
+- P6: its own session (setsid), stdin from /dev/null, stdout and stderr to two pipes,
+  cwd $HOME (else /; P5 changes directory once, P6 inherits it), then the PATH search of
+  `execvp`, including its fallback of running a file the kernel cannot execute with
+  /bin/sh. P5 skips PATH entries where the file does not exist (a `stat`, remembered for
+  the batch) instead of paying a failed spawn for each. When nothing can be executed,
+  the run's stderr gets `saturnd: cannot execute '<argv0>': <reason>` and it is
+  recorded with exit code 127, like a shell reports it; a spawn that fails for lack of
+  processes or memory (EAGAIN, ENOMEM) is recorded as 0xFFFF with
+  `saturnd: cannot start the command: <reason>`, like a failed fork.
+- P5 relays each run's two pipes into `stdout.<P5 pid>.<n>.tmp` and
+  `stderr.<P5 pid>.<n>.tmp` in its task directory (n: the run's number in the batch; one
+  task can run for several minutes in one batch after a clock jump), keeping at most
+  `max_output` bytes of each (1 MiB by default, `saturnd --max-output`) and discarding
+  the rest, so a task that floods its output costs a bounded amount of disk; past the
+  cap the kernel moves the bytes to /dev/null (`splice`), so a flood costs little CPU
+  either. It records a run as soon as its command ends (SIGCHLD on a self-pipe wakes
+  its poll loop; where no wakeup fd can be set, it looks five times a second), after
+  reading what is already buffered in the pipes; a background child that still holds
+  them open then changes nothing that was published, and is not killed by SIGPIPE: P5
+  stays, reading and discarding, until the last writer closes.
+- Descriptors: a running command costs P5 five (task directory, two files, two pipes).
+  P5 raises its own soft RLIMIT_NOFILE to the hard limit, but spawns each command under
+  the daemon's limit, which the command inherits; if a batch needs more descriptors
+  than that, the runs beyond wait for earlier ones to end (one log line).
 - A stream that cannot be stored (disk full, file size limit) is cut where the error
   happened and the run is still recorded. P5 keeps SIGXFSZ ignored for itself (as Python
-  has it) so a file size limit gives it an error, not death; P6 restores the default.
+  has it) so a file size limit gives it an error, not death; the command gets the
+  default.
 - Children use plain try/except rather than `contextlib.suppress`: nothing to allocate.
 - An exit status is decoded in exactly one place, `exitcode_from_status`.
 - A removed task leaves nothing behind: P5 creates, renames and unlinks through a
   descriptor of the task directory, so it never recreates a removed directory (a
   deleted one takes no new entries); the recorder opens `times-exitcodes` by path
   without creating the directory, so FileNotFoundError means "removed meanwhile"
-  (store first renames the directory away): P5 then unlinks its temporaries and exits
-  quietly.
-- The command gets the daemon's environment (`execv` passes `environ` on); PATH and
-  HOME are read when `spawn_run` is called.
+  (store first renames the directory away): P5 then unlinks the run's temporaries.
+- The command gets the daemon's environment; PATH and HOME are read when the batch is
+  handed over.
 
 Ordering of the history and the outputs. Two runs of one task can end together; the
 `stdout`/`stderr` left visible must be those of the run recorded last. P5 takes
@@ -63,12 +80,11 @@ readers nothing. Lock order, for anyone who ever takes both: the directory first
 `LOCK_SH` on the directory. Alternatives rejected: renaming inside store's lock would
 need a callback in store's API; a lock file would add an entry to `task_<ID>/`.
 
-Cost (200 runs of `true` from a lean process on the development VM, 2 CPUs, Linux
-6.18; figures vary by about 1.5x between runs): a call to `spawn_run` takes 7.5 ms
-median in the parent, which waits for two forks (its own and P4's); a bare
-fork + _exit + waitpid of the same process costs 3.1 ms there, and the preparation
-before forking about 15 us, so the forks are the whole cost. A burst of 200 runs is
-started, finished and recorded with `store.append_run` (two fdatasyncs each) in 1.7-2.9 s.
+Cost (bench/bench_punctuality.py, 1,000 runs due in one minute, 2 CPUs): with a fork of
+P4 and of P5 per run from the executor's image, and a fork of P6 from each P5, the
+last of the 1,000 started 5-7 x later than a bare `posix_spawn` loop took for all; the
+forks were the whole cost (py-spy). With one batch per minute the starts are that loop
+plus the creation of each run's files and pipes.
 """
 
 from __future__ import annotations
@@ -78,11 +94,12 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import select
 import signal
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -94,6 +111,7 @@ __all__ = [
     "RunSpec",
     "exitcode_from_status",
     "spawn_run",
+    "spawn_runs",
 ]
 
 Recorder = Callable[[Path, int, int], None]
@@ -121,6 +139,16 @@ _CATCHABLE_SIGNALS: Final[tuple[int, ...]] = tuple(
 # Errors after which execvp goes on to the next PATH entry without remembering them:
 # they mean "not here". Any other error (EACCES, ...) is the one reported if nothing runs.
 _NOT_HERE: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
+# Errors of a spawn that mean "no process could be made", not "this file cannot run".
+_NO_PROCESS: Final = frozenset({errno.EAGAIN, errno.ENOMEM})
+
+# Descriptors a run holds while its command runs (task directory, two files, two
+# pipes), plus the two write ends held while it is being started.
+_FDS_PER_RUN: Final = 7
+# Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
+_FD_RESERVE: Final = 32
+# A hard limit this high is as good as none; P5 does not raise its own past it.
+_FD_CEILING: Final = 1 << 20
 
 _SH: Final = b"/bin/sh"
 _DEV_NULL: Final = b"/dev/null"
@@ -143,33 +171,42 @@ class RunSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """Everything the children need, computed in the parent before forking."""
+class _Batch:
+    """Everything P5 needs, gathered in the executor before forking (nothing per run)."""
 
-    spec: RunSpec
+    specs: Iterable[RunSpec]
     record: Recorder
     logger: logging.Logger | None
-    task_dir: bytes
-    argv: list[bytes]
-    exec_paths: tuple[bytes, ...]
-    # Set when no exec can even be attempted (a NUL byte in argv): the reason to report.
-    no_exec_reason: bytes
-    error_prefix: bytes
     home: bytes
+    path: bytes | None  # $PATH, None when unset
+    keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
-    max_fd: int
     max_output: int
 
 
 @dataclass(slots=True)
 class _Stream:
-    """One of P6's output pipes as P5 relays it into its temporary file."""
+    """One of a command's output pipes as P5 relays it into its temporary file."""
 
     pipe: int
     file: int
     room: int  # bytes the file may still take
     cut: bool = False  # bytes were discarded (past the cap, or the file failed)
     error: OSError | None = None
+
+
+@dataclass(slots=True)
+class _Run:
+    """One run in P5: its files, its pipes, its command."""
+
+    spec: RunSpec
+    dirfd: int
+    out_name: bytes
+    err_name: bytes
+    streams: list[_Stream] = field(default_factory=list)
+    pid: int = -1
+    status: int | None = None  # the command's wait status, None if it never ran
+    started: float = 0.0  # monotonic, for the log's duration only
 
 
 def exitcode_from_status(status: int) -> int:
@@ -187,21 +224,38 @@ def spawn_run(
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
 ) -> None:
-    """Start one run of `spec`; return once P4 has exited (two forks, a few ms).
+    """Start one run of `spec` (a batch of one, see `spawn_runs`).
 
-    The run goes on in a grandchild (P5) that relays the command's (P6's) output,
-    keeping at most `max_output` bytes of each stream, records `(spec.start_time,
-    exitcode)` with `record` (default `store.append_run`) when the command ends, renames
-    the outputs over `stdout` and `stderr`, logs one line via `logger` and exits once
-    nothing holds the command's output open any more.
-    `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
-    descriptor >= 3 is closed there, and the command inherits none of them.
-
-    Raises ValueError for an empty command line, OSError when the first or second
-    fork fails (no run was started then).
+    Raises ValueError for an empty command line, OSError when a fork fails.
     """
     if not spec.argv or not spec.argv[0]:
         raise ValueError(f"task {spec.task_id}: empty command line")
+    spawn_runs((spec,), keep_fds=keep_fds, record=record, logger=logger, max_output=max_output)
+
+
+def spawn_runs(
+    specs: Iterable[RunSpec],
+    *,
+    keep_fds: Collection[int] = (),
+    record: Recorder | None = None,
+    logger: logging.Logger | None = None,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+) -> None:
+    """Start the runs of `specs`; return once P4 has exited (two forks, a few ms).
+
+    `specs` is iterated in P5 only (a generator that looks up the command lines is
+    fine, and costs the caller nothing). The runs go on in P5, which starts every
+    command, relays its output keeping at most `max_output` bytes of each stream,
+    records `(spec.start_time, exitcode)` with `record` (default `store.append_run`)
+    when the command ends, renames the outputs over `stdout` and `stderr`, logs one
+    line per run via `logger` and exits once nothing holds any command's output open
+    any more. A spec with an empty command line is logged and skipped.
+    `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
+    descriptor >= 3 is closed there, and no command inherits any of them.
+
+    Raises ValueError for a negative `max_output`, OSError when the first or second
+    fork fails (no run was started then).
+    """
     if max_output < 0:
         raise ValueError(f"max_output must not be negative, not {max_output}")
     if record is None:
@@ -209,56 +263,43 @@ def spawn_run(
         from saturnd import store
 
         record = store.append_run
-    argv = list(spec.argv)
-    argv0 = argv[0]
-    no_exec_reason = b""
-    if any(b"\0" in arg for arg in argv):
-        no_exec_reason = b"argument contains a NUL byte"
-    max_fd = _fd_limit()
-    plan = _Plan(
-        spec=spec,
+    keep = set(keep_fds) | _logger_fds(logger)
+    batch = _Batch(
+        specs=specs,
         record=record,
         logger=logger,
-        task_dir=os.fsencode(spec.task_dir),
-        argv=argv,
-        exec_paths=() if no_exec_reason else _exec_paths(argv0),
-        no_exec_reason=no_exec_reason,
-        error_prefix=b"saturnd: cannot execute '" + argv0 + b"': ",
         home=os.environb.get(b"HOME") or b"/",
-        p5_close=_close_ranges(set(keep_fds) | _logger_fds(logger), max_fd),
-        max_fd=max_fd,
+        path=os.environb.get(b"PATH"),
+        keep=tuple(sorted(fd for fd in keep if fd >= 3)),
+        p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,
     )
 
     p4 = os.fork()
     if p4 == 0:
-        _p4(plan)
+        _p4(batch)
     status = _waitpid(p4)
     if status is None:
         return  # somebody else reaped P4: it exited at once, nothing more to learn
     code = exitcode_from_status(status)
     if code == EXITCODE_ABNORMAL:
-        raise OSError(f"task {spec.task_id}: cannot start a run: its first child was killed")
+        raise OSError("cannot start runs: their first child was killed")
     if code != 0:
         # P4 exits with the errno of its failed fork (see _p4).
-        raise OSError(code, f"task {spec.task_id}: cannot start a run: {os.strerror(code)}")
-
-
-def _exec_paths(argv0: bytes) -> tuple[bytes, ...]:
-    """The paths `execvp` tries for `argv0`, in order (PATH as the run will see it)."""
-    if b"/" in argv0:
-        return (argv0,)
-    path = os.environb.get(b"PATH")
-    # Unset PATH: the default of os.execvp; an empty entry means the current directory.
-    dirs = (os.fsencode(os.defpath) if path is None else path).split(b":")
-    return tuple(os.path.join(d, argv0) for d in dirs)
+        raise OSError(code, f"cannot start runs: {os.strerror(code)}")
 
 
 def _fd_limit() -> int:
-    """One past the highest descriptor number the process may hold."""
+    """One past the highest descriptor number the process may hold, or holds: a limit
+    lowered after descriptors were opened leaves them above it."""
     limit = os.sysconf("SC_OPEN_MAX")
     # close_range(2) makes a large bound free; without it CPython loops up to the bound.
-    return limit if limit > 0 else 65536
+    limit = limit if limit > 0 else 65536
+    try:
+        highest = max((int(name) for name in os.listdir("/proc/self/fd")), default=-1)
+    except (OSError, ValueError):
+        return limit
+    return max(limit, highest + 1)
 
 
 def _close_ranges(keep: Collection[int], max_fd: int) -> tuple[tuple[int, int], ...]:
@@ -302,12 +343,12 @@ def _waitpid(pid: int) -> int | None:
             return None
 
 
-def _p4(plan: _Plan) -> NoReturn:
+def _p4(batch: _Batch) -> NoReturn:
     """P4: fork P5 and exit at once, with the fork's errno as status if it failed."""
     code = 1
     try:
         if os.fork() == 0:
-            _p5(plan)
+            _p5(batch)
         code = 0
     except OSError as error:
         code = error.errno if error.errno and error.errno < 256 else 1
@@ -315,19 +356,19 @@ def _p4(plan: _Plan) -> NoReturn:
         os._exit(code)
 
 
-def _p5(plan: _Plan) -> NoReturn:
-    """P5: detach, run P6, wait for it, record the run, publish its output, exit."""
+def _p5(batch: _Batch) -> NoReturn:
+    """P5: detach, start the runs, relay and record each one, exit when all are done."""
     try:
-        _detach(plan)
-        _run_and_record(plan)
+        _detach(batch)
+        _Supervisor(batch).run()
     except BaseException:
-        if plan.logger is not None:
-            plan.logger.exception("task %d: run failed", plan.spec.task_id)
+        if batch.logger is not None:
+            batch.logger.exception("runs failed")
     finally:
         os._exit(0)
 
 
-def _detach(plan: _Plan) -> None:
+def _detach(batch: _Batch) -> None:
     """Leave the daemon: its descriptors, its session, its signal handling."""
     # First, so that no signal arriving later writes into a descriptor number reused
     # after the close below.
@@ -335,110 +376,375 @@ def _detach(plan: _Plan) -> None:
         signal.set_wakeup_fd(-1)
     except ValueError:
         pass  # not the main thread: no wakeup fd can be set either
-    for low, high in plan.p5_close:
+    for low, high in batch.p5_close:
         os.closerange(low, high)
+    for fd in batch.keep:
+        try:
+            os.set_inheritable(fd, False)  # P5 keeps them; no command may
+        except OSError:
+            pass  # not open (any more): nothing to keep from the commands
     os.setsid()
     for signum in _CATCHABLE_SIGNALS:
         try:
             signal.signal(signum, signal.SIG_DFL)
         except (OSError, ValueError):
             pass  # a signal reserved by the C library
-    # P5 writes files: past a file size limit it must get EFBIG, not die (P6 restores it).
+    # P5 writes files: past a file size limit it must get EFBIG, not die (the
+    # commands get the default: they are spawned with every signal at its default).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        os.chdir(batch.home)
+    except OSError:
+        os.chdir(b"/")  # as cron does when $HOME is missing
 
 
-def _run_and_record(plan: _Plan) -> None:
-    """Create the output files, run P6 and relay its output, then record and publish
-    under the directory lock, then wait for the last holder of the output pipes."""
-    spec = plan.spec
-    logger = plan.logger
-    # /dev/null first: if the daemon had closed 0, 1 or 2, the numbers it gets are
-    # placeholders (P6 dup2s over them) and every descriptor below is >= 3.
+class _Supervisor:
+    """P5's work: start the batch's commands, relay their output, record each run."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.log = batch.logger
+        self.pid = os.getpid()
+        self.null = _open_null()
+        self.waker = _sigchld_waker()  # before the first spawn: a command may end at once
+        self.poller = select.poll()
+        if self.waker >= 0:
+            self.poller.register(self.waker, select.POLLIN)
+        self.running: dict[int, _Run] = {}  # by the command's pid
+        self.pipes: dict[int, tuple[_Run, _Stream]] = {}  # every pipe still open
+        self.unstarted: list[_Run] = []  # no command (cannot execute...): to record
+        self.missing: set[bytes] = set()  # paths found not to exist, in this batch
+        self.paths: dict[bytes, tuple[bytes, ...]] = {}  # the exec paths of an argv[0]
+        self.daemon_limit, budget = _raise_fd_limit()
+        self.budget = budget - _FD_RESERVE
+        self.held = 0  # descriptors the runs hold
+        self.started = 0  # runs numbered so far
+
+    def run(self) -> None:
+        """Start every run (as descriptors allow), then relay and record until the
+        last command has ended and nothing holds any output pipe."""
+        specs = iter(self.batch.specs)
+        more = True
+        waited = False
+        began = time.monotonic()
+        while True:
+            while more and (self._room_for_a_run() or not (self.running or self.pipes)):
+                spec = next(specs, None)
+                if spec is None:
+                    more = False
+                    self._log_starts(began)
+                else:
+                    self._start(spec)
+            if more and not waited and self.log is not None:
+                waited = True
+                self.log.warning(
+                    "%d runs started; the others wait for earlier ones to end (open file limit %d)",
+                    self.started,
+                    self.budget + _FD_RESERVE,
+                )
+            while self.unstarted:
+                self._finish(self.unstarted.pop())
+            if not more and not self.running and not self.pipes:
+                return
+            timeout = 200 if self.running and self.waker < 0 else None
+            events = self.poller.poll(timeout)
+            woken = not events
+            for fd, _ in events:
+                if fd == self.waker:
+                    woken = True
+                    _empty(fd)
+                elif fd in self.pipes:
+                    self._relay(fd, _CHUNK)
+            if woken:
+                self._reap()
+
+    def _room_for_a_run(self) -> bool:
+        # When nothing is left to wait for, a run is started anyway: if descriptors
+        # run out, that run is recorded as not started instead of waiting forever.
+        return self.held + _FDS_PER_RUN <= self.budget
+
+    def _log_starts(self, began: float) -> None:
+        if self.log is not None and self.started > 1:
+            self.log.info("%d runs started in %.3f s", self.started, time.monotonic() - began)
+
+    # --- starting ------------------------------------------------------------------
+
+    def _start(self, spec: RunSpec) -> None:
+        """Create the run's files and pipes and spawn its command."""
+        self.started += 1
+        logger = self.log
+        argv = spec.argv
+        if not argv or not argv[0]:
+            if logger is not None:
+                logger.error("task %d: empty command line, not run", spec.task_id)
+            return
+        out_name = b"stdout.%d.%d.tmp" % (self.pid, self.started)
+        err_name = b"stderr.%d.%d.tmp" % (self.pid, self.started)
+        dirfd = out = -1
+        try:
+            dirfd = os.open(spec.task_dir, _DIR_FLAGS)
+            out = os.open(out_name, _OUTPUT_FLAGS, 0o600, dir_fd=dirfd)
+            err = os.open(err_name, _OUTPUT_FLAGS, 0o600, dir_fd=dirfd)
+        except OSError as error:
+            if out >= 0:
+                os.close(out)
+                _unlink(dirfd, out_name)
+            if dirfd >= 0:
+                os.close(dirfd)
+            if logger is not None:
+                if isinstance(error, FileNotFoundError | NotADirectoryError):
+                    # Removed before the run: a removed directory takes no new
+                    # entries, so there is nothing to clean up.
+                    logger.info("task %d: task directory gone, run not started", spec.task_id)
+                else:
+                    logger.error("task %d: cannot create output files: %s", spec.task_id, error)
+            return
+        self.held += 3
+        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic())
+        write_ends: list[int] = []
+        message = b""
+        try:
+            for file in (out, err):
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                run.streams.append(_Stream(read_end, file, self.batch.max_output))
+                write_ends.append(write_end)
+                self.held += 1
+        except OSError as error:
+            message = b"saturnd: cannot start the command: %s\n" % _strerror(error)
+        else:
+            run.pid, run.status, message = self._spawn(argv, write_ends[0], write_ends[1])
+        # Only the command (and what it starts) may hold the write ends: their end of
+        # file means "all gone".
+        for write_end in write_ends:
+            os.close(write_end)
+        if run.pid > 0:
+            self.running[run.pid] = run
+            for stream in run.streams:
+                self.pipes[stream.pipe] = (run, stream)
+                self.poller.register(stream.pipe, _POLL_IN)
+            return
+        for stream in run.streams:
+            os.close(stream.pipe)  # nobody ever wrote into it
+            stream.pipe = -1
+            self.held -= 1
+        if len(run.streams) < 2:
+            run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
+        _store(run.streams[1], message)
+        self.unstarted.append(run)
+
+    def _spawn(self, argv: tuple[bytes, ...], out: int, err: int) -> tuple[int, int | None, bytes]:
+        """Spawn the command like `execvp`: (pid, -1 if none; the wait status to record
+        when there is no command, None for "did not run at all"; the message for its
+        stderr when there is no command)."""
+        argv0 = argv[0]
+        prefix = b"saturnd: cannot execute '" + argv0 + b"': "
+        not_run = EXITCODE_CANNOT_EXECUTE << 8  # the wait status of `exit 127`
+        if any(b"\0" in arg for arg in argv):
+            return -1, not_run, prefix + b"argument contains a NUL byte\n"
+        paths = self.paths.get(argv0)
+        if paths is None:
+            paths = self.paths[argv0] = _exec_paths(argv0, self.batch.path)
+        actions = [
+            (os.POSIX_SPAWN_DUP2, self.null, 0),
+            (os.POSIX_SPAWN_DUP2, out, 1),
+            (os.POSIX_SPAWN_DUP2, err, 2),
+        ]
+        reported: OSError | None = None
+        last: OSError | None = None
+        for path in paths:
+            if path in self.missing or not _exists(path):
+                self.missing.add(path)
+                last = last or FileNotFoundError(errno.ENOENT, "not found")
+                continue
+            try:
+                return self._posix_spawn(path, list(argv), actions), None, b""
+            except OSError as error:
+                failure = error
+            if failure.errno == errno.ENOEXEC:
+                # A file the kernel cannot execute (a script without "#!"): execvp hands
+                # it to the shell, and so do we.
+                try:
+                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b""
+                except OSError as error:
+                    failure = error
+            if failure.errno in _NO_PROCESS:
+                return -1, None, b"saturnd: cannot start the command: %s\n" % _strerror(failure)
+            last = failure
+            if reported is None and failure.errno not in _NOT_HERE:
+                reported = failure
+        return -1, not_run, prefix + _strerror(reported or last or FileNotFoundError()) + b"\n"
+
+    def _posix_spawn(
+        self, path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]]
+    ) -> int:
+        """One spawn, under the daemon's own descriptor limit (the command inherits it)."""
+        if self.daemon_limit is None:
+            return _posix_spawn(path, argv, actions)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.daemon_limit, hard))
+        try:
+            return _posix_spawn(path, argv, actions)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    # --- relaying and reaping ----------------------------------------------------------
+
+    def _relay(self, fd: int, limit: int) -> int:
+        """Move up to `limit` bytes from pipe `fd`; forget the pipe at its end of file.
+        Returns the bytes moved; 0 at end of file or when the pipe is empty."""
+        stream = self.pipes[fd][1]
+        try:
+            moved = _pump(stream, self.null, limit)
+        except BlockingIOError:
+            return 0  # empty (a pipe of an ended command, made non-blocking)
+        if not moved:
+            self.poller.unregister(fd)
+            del self.pipes[fd]
+            self.held -= 1
+        return moved
+
+    def _reap(self) -> None:
+        """Record every command that has ended."""
+        while self.running:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = -1, 0  # reaped elsewhere: cannot happen, never wait forever
+            if pid == 0:
+                return
+            ended = [self.running.pop(pid)] if pid in self.running else []
+            if pid < 0:
+                ended = list(self.running.values())
+                self.running.clear()
+            for run in ended:
+                run.status = status
+                self._drain(run)
+                self._finish(run)
+
+    def _drain(self, run: _Run) -> None:
+        """Once its command has ended, what it wrote is in the pipes: read that much
+        (at most a pipe's capacity each), so a background child writing on cannot hold
+        the run back."""
+        for stream in run.streams:
+            fd = stream.pipe
+            if fd < 0:
+                continue
+            os.set_blocking(fd, False)
+            budget = _pipe_capacity(fd)
+            while budget > 0:
+                moved = self._relay(fd, min(budget, _CHUNK))
+                if not moved:
+                    break
+                budget -= moved
+
+    def _finish(self, run: _Run) -> None:
+        """Record the run, publish its output, log it; its pipes, if something still
+        holds them, are read and discarded from now on."""
+        spec = run.spec
+        logger = self.log
+        for stream in run.streams:
+            os.close(stream.file)
+            stream.room = 0  # nothing more is stored
+        status = run.status
+        exitcode = EXITCODE_ABNORMAL if status is None else exitcode_from_status(status)
+        duration = time.monotonic() - run.started
+        dirfd = run.dirfd
+        # Record and rename as one step with respect to other runs of this task: the run
+        # recorded last is the one whose output stays (see the module docstring).
+        published = False
+        try:
+            fcntl.flock(dirfd, fcntl.LOCK_EX)
+            self.batch.record(spec.task_dir, spec.start_time, exitcode)
+            os.rename(run.out_name, b"stdout", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            os.rename(run.err_name, b"stderr", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            published = True
+        except FileNotFoundError:
+            if logger is not None:
+                logger.info(
+                    "task %d: removed during run pid %d, not recorded", spec.task_id, run.pid
+                )
+        except Exception as error:  # one run's failure must not end the others' watch
+            if logger is not None:
+                logger.error("task %d: cannot record run pid %d: %s", spec.task_id, run.pid, error)
+        finally:
+            if not published:
+                _unlink(dirfd, run.out_name)
+                _unlink(dirfd, run.err_name)
+            os.close(dirfd)  # also releases the lock
+            self.held -= 3
+        if published and logger is not None:
+            logger.info(
+                "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
+                spec.task_id,
+                run.pid,
+                exitcode,
+                _describe(status),
+                duration,
+                _describe_cuts(run.streams, self.batch.max_output),
+            )
+
+
+def _posix_spawn(path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]]) -> int:
+    """Spawn one command: own session, default signals, empty mask, redirections."""
+    return os.posix_spawn(
+        path,
+        argv,
+        os.environ,
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+        setsigdef=_CATCHABLE_SIGNALS,
+    )
+
+
+def _open_null() -> int:
+    """/dev/null, at a descriptor >= 3: if the daemon had closed 0, 1 or 2, the numbers
+    taken first stay as placeholders (every command gets its own 0, 1 and 2)."""
     null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
     while null < 3:
         null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
-    pid = os.getpid()
-    out_name = b"stdout.%d.tmp" % pid
-    err_name = b"stderr.%d.tmp" % pid
-    dirfd = out = -1
+    return null
+
+
+def _raise_fd_limit() -> tuple[int | None, int]:
+    """Raise P5's soft RLIMIT_NOFILE to its hard limit: (the limit to spawn commands
+    under, None if unchanged; the limit P5 now has)."""
     try:
-        dirfd = os.open(plan.task_dir, _DIR_FLAGS)
-        out = os.open(out_name, _OUTPUT_FLAGS, 0o600, dir_fd=dirfd)
-        err = os.open(err_name, _OUTPUT_FLAGS, 0o600, dir_fd=dirfd)
-    except OSError as error:
-        if out >= 0:
-            _unlink(dirfd, out_name)
-        if logger is not None:
-            if isinstance(error, FileNotFoundError | NotADirectoryError):
-                # Removed before the run: a removed directory takes no new entries,
-                # so there is nothing to clean up.
-                logger.info("task %d: task directory gone, run not started", spec.task_id)
-            else:
-                logger.error("task %d: cannot create output files: %s", spec.task_id, error)
-        return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None, 1024
+    ceiling = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        except (OSError, ValueError):
+            return None, soft
+        return soft, ceiling
+    return None, _FD_CEILING if soft == resource.RLIM_INFINITY else soft
 
-    started = time.monotonic()  # for the log's duration only; the history uses the spec
-    streams: list[_Stream] = []
-    write_ends: list[int] = []
-    child = -1
-    waker = _sigchld_waker()  # before the fork: P6 may end at once
+
+def _exec_paths(argv0: bytes, path: bytes | None) -> tuple[bytes, ...]:
+    """The paths `execvp` tries for `argv0`, in order (PATH as the runs see it)."""
+    if b"/" in argv0:
+        return (argv0,)
+    # Unset PATH: the default of os.execvp; an empty entry means the current directory.
+    dirs = (os.fsencode(os.defpath) if path is None else path).split(b":")
+    return tuple(os.path.join(d, argv0) for d in dirs)
+
+
+def _exists(path: bytes) -> bool:
+    """False only when `path` certainly names nothing (what execvp would skip)."""
     try:
-        for file in (out, err):
-            read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            streams.append(_Stream(read_end, file, plan.max_output))
-            write_ends.append(write_end)
-        child = os.fork()
-    except OSError as error:
-        # Recorded as a run that did not exit normally, the reason in its stderr.
-        os.write(err, b"saturnd: cannot start the command: %s\n" % _strerror(error))
-    if child == 0:
-        _p6(plan, null, write_ends[0], write_ends[1])
-    # Only P6 (and what it starts) may hold the write ends: their EOF means "all gone".
-    for write_end in write_ends:
-        os.close(write_end)
-    status = _relay(child, streams, null, waker) if child > 0 else None
-    os.close(out)
-    os.close(err)
-    exitcode = EXITCODE_ABNORMAL if status is None else exitcode_from_status(status)
-    duration = time.monotonic() - started
-
-    # Record and rename as one step with respect to other runs of this task: the run
-    # recorded last is the one whose output stays (see the module docstring).
-    fcntl.flock(dirfd, fcntl.LOCK_EX)
-    published = False
-    try:
-        plan.record(spec.task_dir, spec.start_time, exitcode)
-        os.rename(out_name, b"stdout", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        os.rename(err_name, b"stderr", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        published = True
-    except FileNotFoundError:
-        if logger is not None:
-            logger.info("task %d: removed during run pid %d, not recorded", spec.task_id, child)
-    except OSError as error:
-        if logger is not None:
-            logger.error("task %d: cannot record run pid %d: %s", spec.task_id, child, error)
-    finally:
-        if not published:
-            _unlink(dirfd, out_name)
-            _unlink(dirfd, err_name)
-        os.close(dirfd)  # also releases the lock
-    if published and logger is not None:
-        logger.info(
-            "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
-            spec.task_id,
-            child,
-            exitcode,
-            _describe(status),
-            duration,
-            _describe_cuts(streams, plan.max_output),
-        )
-    # What is left holds the pipes: a background child of the command. Wait for it.
-    _discard_until_eof(streams, null)
-    os.close(null)
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # EACCES and the like: let the spawn report it
+    return True
 
 
-# --- P5's relay of the command's output ------------------------------------------------
+# --- the relay of a command's output ------------------------------------------------------
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -446,8 +752,9 @@ def _on_signal(signum: int, frame: object) -> None:
 
 
 def _sigchld_waker() -> int:
-    """A descriptor that becomes readable when P6 ends (SIGCHLD on a self-pipe); -1 if
-    none can be set up, and then the relay polls P6 a few times a second."""
+    """A descriptor that becomes readable when a command ends (SIGCHLD on a self-pipe);
+    -1 if none can be set up, and then P5 looks for ended commands a few times a
+    second."""
     try:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -460,57 +767,6 @@ def _sigchld_waker() -> int:
         os.close(write_end)
         return -1
     return read_end
-
-
-def _relay(child: int, streams: list[_Stream], null: int, waker: int) -> int | None:
-    """Copy P6's output into the files until P6 ends; its wait status.
-
-    Once P6 has ended, what it wrote is in the pipes: that much is still read (at most
-    a pipe's capacity each), so a background child writing on cannot hold the run back.
-    """
-    poller = select.poll()
-    by_pipe = {stream.pipe: stream for stream in streams}
-    for pipe in by_pipe:
-        poller.register(pipe, _POLL_IN)
-    if waker >= 0:
-        poller.register(waker, select.POLLIN)
-    timeout = None if waker >= 0 else 200
-    status = _reaped(child)
-    while status is None:
-        events = poller.poll(timeout)
-        woken = not events
-        for fd, _ in events:
-            if fd == waker:
-                woken = True
-                _empty(waker)
-            elif not _pump(by_pipe[fd], null, _CHUNK):
-                poller.unregister(fd)
-                del by_pipe[fd]
-        if woken:
-            status = _reaped(child)
-    for stream in streams:
-        if stream.pipe < 0:
-            continue
-        os.set_blocking(stream.pipe, False)
-        budget = _pipe_capacity(stream.pipe)
-        try:
-            while budget > 0:
-                moved = _pump(stream, null, min(budget, _CHUNK))
-                if not moved:
-                    break
-                budget -= moved
-        except BlockingIOError:
-            pass  # empty: P6's output is all in
-    return status
-
-
-def _reaped(child: int) -> int | None:
-    """P6's wait status if it has ended (it is reaped then), else None."""
-    try:
-        pid, status = os.waitpid(child, os.WNOHANG)
-    except ChildProcessError:
-        return 0  # reaped elsewhere: cannot happen in P5, but never wait forever
-    return status if pid else None
 
 
 def _pump(stream: _Stream, null: int, limit: int) -> int:
@@ -557,25 +813,6 @@ def _store(stream: _Stream, data: bytes) -> None:
         stream.room -= written
 
 
-def _discard_until_eof(streams: list[_Stream], null: int) -> None:
-    """After the run is recorded: read and drop until nothing holds the pipes open."""
-    poller = select.poll()
-    by_pipe = {}
-    for stream in streams:
-        if stream.pipe >= 0:
-            stream.room = 0  # nothing more is stored
-            by_pipe[stream.pipe] = stream
-            poller.register(stream.pipe, _POLL_IN)
-    while by_pipe:
-        for fd, _ in poller.poll():
-            try:
-                if not _pump(by_pipe[fd], null, _DISCARD):
-                    poller.unregister(fd)
-                    del by_pipe[fd]
-            except BlockingIOError:
-                continue
-
-
 def _pipe_capacity(fd: int) -> int:
     """How many bytes a pipe can hold (what a writer may have left in it)."""
     try:
@@ -602,53 +839,6 @@ def _describe_cuts(streams: list[_Stream], limit: int) -> str:
         elif stream.cut:
             notes.append(f"; {name} cut at {limit} bytes")
     return "".join(notes)
-
-
-def _p6(plan: _Plan, null: int, out: int, err: int) -> NoReturn:
-    """P6: own session, redirections (`out`, `err`: the pipes P5 relays), $HOME, exec;
-    127 and the reason if exec fails."""
-    try:
-        try:
-            os.setsid()
-        except OSError:
-            pass  # already a session leader: nothing to leave
-        # P5 ignores SIGXFSZ for itself; the command gets the default, as in a shell.
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        # dup2 clears close-on-exec on the targets; the sources are all >= 3.
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        os.closerange(3, plan.max_fd)
-        try:
-            os.chdir(plan.home)
-        except OSError:
-            os.chdir(b"/")  # as cron does when $HOME is missing
-        reason = plan.no_exec_reason or _exec(plan.exec_paths, plan.argv)
-        os.write(2, plan.error_prefix + reason + b"\n")
-    finally:
-        os._exit(EXITCODE_CANNOT_EXECUTE)
-
-
-def _exec(paths: Sequence[bytes], argv: list[bytes]) -> bytes:
-    """Try each path like `execvp`; return the reason of the failure that counts."""
-    reported: OSError | None = None
-    last: OSError | None = None
-    for path in paths:
-        try:
-            os.execv(path, argv)
-        except OSError as error:
-            failure = error  # always bound below: a successful execv does not return
-        if failure.errno == errno.ENOEXEC:
-            # A file the kernel cannot execute (a script without "#!"): execvp hands it
-            # to the shell, and so do we.
-            try:
-                os.execv(_SH, [_SH, path, *argv[1:]])
-            except OSError as error:
-                failure = error
-        last = failure
-        if reported is None and failure.errno not in _NOT_HERE:
-            reported = failure
-    return _strerror(reported or last or FileNotFoundError(errno.ENOENT, "no path"))
 
 
 def _strerror(error: OSError) -> bytes:

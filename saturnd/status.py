@@ -15,9 +15,9 @@ Rules:
   a status holding even a shared lock for an instant could make a daemon starting at
   that instant believe another one runs, and exit. Only where `/proc` is missing do
   we fall back to a non-blocking shared lock, released at once.
-- A run in progress is a `stdout.<P5 pid>.tmp` file in a `task_<ID>/` directory (spawn
-  creates it when a run starts and renames it away when the run is recorded) whose P5
-  is alive, ours, and older than the file. The last two checks reject a pid reused
+- A run in progress is a `stdout.<P5 pid>.<n>.tmp` file in a `task_<ID>/` directory
+  (spawn creates it when a run starts and renames it away when the run is recorded)
+  whose P5 is alive, ours, and older than the file. The last two checks reject a pid reused
   since a run's supervisor was killed and left its temporaries behind.
 - Formatting is pure: `Status` and `now` in, text or a JSON-ready dict out.
 - Exit status, the LSB convention for `status`: 0 running, 3 not running; a failure to
@@ -60,7 +60,8 @@ EXIT_NOT_RUNNING: Final = 3
 """LSB init-script `status`: 3 is "program is not running"."""
 
 _TASK_DIR: Final = re.compile(r"task_([0-9]+)")
-_RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)\.tmp")
+# stdout.<P5 pid>.<run number>.tmp; stdout.<P5 pid>.tmp from a version with one P5 per run.
+_RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)(?:\.[0-9]+)?\.tmp")
 _CLOCK_SLACK: Final = 2.0
 """Seconds: psutil derives a start time from the boot time, which /proc gives in whole
 seconds, so a run's supervisor can look up to about a second younger than its file."""
