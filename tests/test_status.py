@@ -188,6 +188,7 @@ def test_it_counts_the_runs_whose_supervisor_is_alive(
     for name, files in {
         "task_3": [f"stdout.{sleeper.pid}.tmp", f"stderr.{sleeper.pid}.tmp", "stdout"],
         "task_4": [f"stdout.{dead.pid}.tmp"],  # left behind by a killed supervisor
+        "task_6": [f"stdout.{sleeper.pid}.12.tmp"],  # the 12th run of a minute's batch
         "task_x": [f"stdout.{sleeper.pid}.tmp"],  # not a task directory
     }.items():
         (tmp_path / name).mkdir()
@@ -195,7 +196,7 @@ def test_it_counts_the_runs_whose_supervisor_is_alive(
             (tmp_path / name / file).write_bytes(b"")
     (tmp_path / "task_5").symlink_to(tmp_path / "task_3")  # never followed
     runs = status.runs_in_progress(tmp_path)
-    assert [(run.task_id, run.pid) for run in runs] == [(3, sleeper.pid)]
+    assert [(run.task_id, run.pid) for run in runs] == [(3, sleeper.pid), (6, sleeper.pid)]
     assert abs(runs[0].started - psutil.Process(sleeper.pid).create_time()) < 0.01
 
 
