@@ -33,6 +33,7 @@ from saturnd.protocol import (
     TerminateRequest,
     TimesExitcodesRequest,
 )
+from saturnd.records import encode_nbruns
 from saturnd.timing import Timing
 
 
@@ -116,9 +117,13 @@ def reply_created(task_id: int) -> bytes:
     return protocol.encode(CreateReply(task_id))
 
 
-def reply_runs(body: bytes) -> bytes:
-    """TIMES_EXITCODES' reply: OK then the `times-exitcodes` body as stored."""
-    return protocol.REPLY_OK + body
+def reply_runs_head(count: int) -> bytes:
+    """The start of TIMES_EXITCODES' reply: OK, then NBRUNS = `count`.
+
+    The `count` runs follow as `times-exitcodes` stores them (its layout is the reply's,
+    records.py), so the listener sends them straight from the file.
+    """
+    return protocol.REPLY_OK + encode_nbruns(count)
 
 
 def reply_output(output: bytes | None) -> bytes:

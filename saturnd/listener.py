@@ -15,6 +15,12 @@ survive every client:
   one is dropped. No reply is ever sent for a request that was not understood.
 - Opening the reply FIFO and writing the reply are bounded by short timeouts, so a
   client that vanished or never reads costs at most about a second.
+- A run history (TIMES_EXITCODES) is never read whole into memory: beyond SMALL_REPLY
+  bytes, `OK` and NBRUNS are written, then the counted runs go from the file to the
+  reply FIFO with sendfile, under the same rules as any write (non-blocking, the same
+  timeouts, abandoned the same way). Where sendfile is refused, the rest is read and
+  written in pieces from the same bytes of the same file, which an append never
+  touches (Store.open_runs), so the client gets the same bytes either way.
 - A task is durable (store.create returned) before its OK is written. When the store
   fails, no OK is sent: the reply FIFO is opened and closed empty, so the client learns
   at once that nothing was acknowledged, and the reason is logged in one line.
@@ -75,7 +81,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Union
 
 from saturnd import handlers, protocol
 from saturnd.handlers import (
@@ -88,6 +94,7 @@ from saturnd.handlers import (
     Terminate,
 )
 from saturnd.protocol import NeedData, ProtocolError, Request, RequestDecoder
+from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE
 from saturnd.store import Store, StoreError
 
 REQUEST_PIPE: Final = "saturnd-request-pipe"
@@ -112,6 +119,14 @@ IDLE_CHECK: Final = 30.0
 READ_SIZE: Final = 1 << 16
 WHOLE_WRITE: Final = select.PIPE_BUF
 """Largest request a client writes in one piece that the kernel keeps whole."""
+SMALL_REPLY: Final = select.PIPE_BUF
+"""A TIMES_EXITCODES reply up to this size is read and written in one write (whole in
+the pipe, and cheaper than a write plus a sendfile below 4-8 KB); a larger one is sent
+from the file, so the listener's memory does not grow with the history."""
+_REPLY_OPEN: Final = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How the reply FIFO is opened: for writing, never waiting for a reader (ENXIO)."""
+_NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+"""Errors of sendfile that mean "not between these two files": read and write instead."""
 
 EXIT_TERMINATED: Final = 0
 """Exit status of a listener that served TERMINATE: the daemon shuts down."""
@@ -169,6 +184,27 @@ UNKNOWN: Final = -1
 """Who holds cassini.lock cannot be told (no /proc/locks, no lock file)."""
 NOT_THE_HOLDER: Final = -2
 """The holder of cassini.lock had not opened the request FIFO: these are not its bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileReply:
+    """A reply whose bulk comes from a file: `head`, then the `length` bytes of the open
+    file `fd` from `offset`, which must not change while they are sent. `send` closes
+    `fd`, whatever happens."""
+
+    head: bytes
+    fd: int
+    offset: int
+    length: int
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole reply."""
+        return len(self.head) + self.length
+
+
+Outgoing = Union[bytes, FileReply, None]
+"""What `send` takes: the reply's bytes, a FileReply, or None (no acknowledgement)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +276,7 @@ class Listener:
         self.pipes_dir = pipes_dir
         self.request_path = pipes_dir / REQUEST_PIPE
         self.reply_path = pipes_dir / REPLY_PIPE
+        self._reply_target = os.fspath(self.reply_path)  # once, not at every reply
         self.lock_path = pipes_dir / CLIENT_LOCK
         self.store = store
         self.log = logger
@@ -255,6 +292,8 @@ class Listener:
         self.watch_fd: int | None = None
         self.lock_fd = -1
         self.last_check = time.monotonic()
+        # Cleared for good the first time sendfile is refused (see FileReply's sending).
+        self.use_sendfile = hasattr(os, "sendfile")
 
     # --- the FIFOs and their directory ---------------------------------------------
 
@@ -337,7 +376,10 @@ class Listener:
 
     def _read_available(self) -> None:
         """Read everything the FIFO holds now into the decoder, noting for each read who
-        held cassini.lock (each read: a client may have taken it in between)."""
+        held cassini.lock (each read: a client may have taken it in between).
+
+        A read that did not fill its buffer emptied the FIFO: no second read to be told
+        so (EAGAIN); bytes written after it make the next select return at once."""
         while True:
             try:
                 data = os.read(self.request_fd, READ_SIZE)
@@ -347,6 +389,8 @@ class Listener:
                 return
             self.chunks.append(_Read(data, time.monotonic(), self._writer_holding_lock()))
             self.decoder.feed(data)
+            if len(data) < READ_SIZE:
+                return
 
     # --- cassini.lock ----------------------------------------------------------------
 
@@ -588,7 +632,7 @@ class Listener:
         """Carry out one request and reply; True if it was TERMINATE. `holder`: who
         held cassini.lock when the request's first byte was read."""
         action = handlers.decide(request, self.store.tasks)
-        reply: bytes | None
+        reply: Outgoing
         if isinstance(action, Answer):
             reply = action.data
         elif isinstance(action, ListTasks):
@@ -598,10 +642,7 @@ class Listener:
         elif isinstance(action, RemoveTask):
             reply = self._remove(action.task_id)
         elif isinstance(action, ReadRuns):
-            reply = self._read(
-                lambda: handlers.reply_runs(self.store.times_exitcodes_body(action.task_id)),
-                request,
-            )
+            reply = self._runs(action.task_id, request)
         elif isinstance(action, ReadOutput):
             reply = self._read(
                 lambda: handlers.reply_output(self.store.output(action.task_id, action.stream)),
@@ -638,20 +679,44 @@ class Listener:
             self.log.error("%s failed: %s", handlers.describe(request), error)
             return None
 
+    def _runs(self, task_id: int, request: Request) -> Outgoing:
+        """TIMES_EXITCODES' reply: up to SMALL_REPLY bytes, read now; larger, a FileReply
+        of the runs in `times-exitcodes` (NBRUNS as counted when the file was opened)."""
+        try:
+            opened = self.store.open_runs(task_id)
+        except StoreError as error:
+            self.log.error("%s failed: %s", handlers.describe(request), error)
+            return None
+        if opened is None:  # never finished a run
+            return handlers.reply_runs_head(0)
+        fd, count = opened
+        try:
+            head = handlers.reply_runs_head(count)
+            length = count * RUN_SIZE
+            if len(head) + length > SMALL_REPLY:
+                reply = FileReply(head, fd, RUNS_HEAD_SIZE, length)
+                fd = -1  # the reply's now: send closes it
+                return reply
+            return head + _pread_exactly(fd, length, RUNS_HEAD_SIZE)
+        except OSError as error:
+            self.log.error("%s failed: %s", handlers.describe(request), error)
+            return None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
     # --- the reply FIFO --------------------------------------------------------------
 
     def _open_reply(self) -> int | None:
         """The reply FIFO opened for writing, or None when no reader has it open."""
         try:
-            return os.open(
-                self.reply_path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
+            return os.open(self._reply_target, _REPLY_OPEN)
         except OSError as error:
             if error.errno == errno.ENXIO:
                 return None
             raise
 
-    def send(self, reply: bytes | None, holder: int = UNKNOWN) -> bool:
+    def send(self, reply: Outgoing, holder: int = UNKNOWN) -> bool:
         """Write one whole reply (or, for None, open and close: no acknowledgement).
 
         Only to the client it is for, as far as cassini.lock tells (see the module
@@ -659,8 +724,15 @@ class Listener:
         process holds it when the reply is due, or takes it while the listener waits
         for the reader, the reply is dropped. Bounded: at most REPLY_OPEN_TIMEOUT for
         the client to open its end, and REPLY_STALL_TIMEOUT without progress while
-        writing.
+        writing. A FileReply's descriptor is closed on return, sent or not.
         """
+        try:
+            return self._send(reply, holder)
+        finally:
+            if isinstance(reply, FileReply):
+                os.close(reply.fd)
+
+    def _send(self, reply: Outgoing, holder: int) -> bool:
         holding = False
         try:
             allowed, holding = self._reply_allowed(holder)
@@ -778,36 +850,81 @@ class Listener:
         except ProtocolError:
             return False
 
-    def _write_all(self, fd: int, data: bytes, holder: int = UNKNOWN) -> bool:
-        """Write `data`; give up when the client stops reading for REPLY_STALL_TIMEOUT,
+    def _write_all(self, fd: int, reply: bytes | FileReply, holder: int = UNKNOWN) -> bool:
+        """Write `reply`; give up when the client stops reading for REPLY_STALL_TIMEOUT,
         or when the lock holder changed (its exchange is over: the bytes still to come
         would reach the next client, if another reader keeps the FIFO open)."""
-        view = memoryview(data)
-        while view:
+        if isinstance(reply, FileReply):
+            total, push = reply.size, self._file_pusher(fd, reply)
+        else:
+            total, push = len(reply), _bytes_pusher(fd, reply)
+        sent = 0
+        while sent < total:
             try:
-                written = os.write(fd, view)
+                sent += push(sent)
             except BlockingIOError:
                 _, writable, _ = select.select([], [fd], [], REPLY_STALL_TIMEOUT)
                 if not writable:
                     self.log.warning(
                         "reply dropped: client stopped reading (%d of %d bytes sent)",
-                        len(data) - len(view),
-                        len(data),
+                        sent,
+                        total,
                     )
                     return False
                 if holder > NOBODY and self._lock_holder() not in (holder, UNKNOWN):
                     self.log.warning(
-                        "reply dropped: its client left (%d of %d bytes sent)",
-                        len(data) - len(view),
-                        len(data),
+                        "reply dropped: its client left (%d of %d bytes sent)", sent, total
                     )
                     return False
-                continue
             except BrokenPipeError:
                 self.log.warning("reply dropped: client closed the reply FIFO")
                 return False
-            view = view[written:]
+            except OSError as error:  # reading the file of a FileReply, most likely
+                self.log.error(
+                    "reply dropped: %s (%d of %d bytes sent)", _reason(error), sent, total
+                )
+                return False
         return True
+
+    def _file_pusher(self, fd: int, reply: FileReply) -> Callable[[int], int]:
+        """A function that writes some of `reply` into `fd` from byte `sent` on and
+        returns how many it wrote (raising like os.write): the head with write, the
+        file's bytes with sendfile, or, once sendfile was refused, read and written
+        in pieces (the same bytes of the same file: the client cannot tell)."""
+        head = memoryview(reply.head)
+        pending = memoryview(b"")  # read from the file, not written yet
+
+        def push(sent: int) -> int:
+            nonlocal pending
+            if sent < len(head):
+                return os.write(fd, head[sent:])
+            position = reply.offset + sent - len(head)
+            if not pending and self.use_sendfile:
+                try:
+                    count = os.sendfile(fd, reply.fd, position, reply.size - sent)
+                except OSError as error:
+                    if error.errno not in _NO_SENDFILE:
+                        raise
+                    self.use_sendfile = False
+                    self.log.warning(
+                        "sendfile refused (%s): replies are read and written instead",
+                        _reason(error),
+                    )
+                else:
+                    if count == 0:
+                        raise OSError(errno.EIO, "the file ended before its last bytes")
+                    return count
+            if not pending:
+                pending = memoryview(
+                    os.pread(reply.fd, min(reply.size - sent, READ_SIZE), position)
+                )
+                if not pending:
+                    raise OSError(errno.EIO, "the file ended before its last bytes")
+            written = os.write(fd, pending)
+            pending = pending[written:]
+            return written
+
+        return push
 
 
 def _whole_request_at_end(data: bytes) -> bytes:
@@ -826,6 +943,33 @@ def _whole_request_at_end(data: bytes) -> bytes:
             continue
         return data[start:]
     return b""
+
+
+def _bytes_pusher(fd: int, data: bytes) -> Callable[[int], int]:
+    """A function that writes `data` into `fd` from byte `sent` on (see _write_all)."""
+    view = memoryview(data)
+
+    def push(sent: int) -> int:
+        return os.write(fd, view[sent:])
+
+    return push
+
+
+def _pread_exactly(fd: int, length: int, offset: int) -> bytes:
+    """`length` bytes of an open file from `offset`; OSError if it ends before."""
+    chunks: list[bytes] = []
+    while length:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            raise OSError(errno.EIO, "the file ended before its last bytes")
+        chunks.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 def _drain(fd: int) -> None:

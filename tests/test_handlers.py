@@ -57,9 +57,11 @@ def test_it_answers_about_a_missing_task_even_with_no_tasks() -> None:
 def test_it_builds_the_replies_byte_for_byte() -> None:
     assert handlers.reply_created(26) == bytes.fromhex("4f4b 000000000000001a")
     assert handlers.OK == b"OK"
-    # TIMES_EXITCODES: OK, then the stored body (NBRUNS, TIME int64, EXITCODE uint16).
-    body = bytes.fromhex("00000001 000000006a2c3a80 0003")
-    assert handlers.reply_runs(body) == b"OK" + body
+    # TIMES_EXITCODES: OK, NBRUNS; the runs (TIME int64, EXITCODE uint16) follow from
+    # the file, stored in the reply's layout.
+    assert handlers.reply_runs_head(0) == bytes.fromhex("4f4b 00000000")
+    assert handlers.reply_runs_head(500_000) == bytes.fromhex("4f4b 0007a120")
+    assert handlers.reply_runs_head(2**32 - 1) == bytes.fromhex("4f4b ffffffff")
     assert handlers.reply_output(b"a\0b") == b"OK\x00\x00\x00\x03a\0b"
     assert handlers.reply_output(b"") == b"OK\x00\x00\x00\x00"
     assert handlers.reply_output(None) == b"ERNR"
