@@ -5,7 +5,8 @@ This module owns, sans I/O:
   BODY is a task's TIMING then COMMANDLINE exactly as on the wire, then zero padding;
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
   lean (for the daemon's index: each live slot's shared Timing and used length, no
-  argv) or full (argv decoded), handed back as a list or one slot at a time;
+  argv; the file may be a bytearray, scanned in place) or full (argv decoded), handed
+  back as a list or one slot at a time;
 - the `times-exitcodes` layout (NBRUNS, then TIME int64 + EXITCODE uint16 per run) and
   the consistent TX reply body of a file that may have a half-finished append.
 
@@ -26,6 +27,8 @@ Rules:
 from __future__ import annotations
 
 import struct
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -99,7 +102,7 @@ def encode_header(next_id: int) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, next_id)
 
 
-def decode_header(data: bytes) -> int:
+def decode_header(data: bytes | bytearray) -> int:
     """NEXT_ID of a `cmds` header (the first 16 bytes of `data`); raises RecordsError."""
     if len(data) < HEADER_SIZE:
         raise RecordsError(f"cmds header is {len(data)} bytes, expected {HEADER_SIZE}")
@@ -151,7 +154,7 @@ def decode_body(body: bytes) -> tuple[Timing, tuple[bytes, ...]]:
 
 
 def _parse_body(
-    data: bytes,
+    data: bytes | bytearray,
     start: int,
     end: int,
     argv: list[bytes] | None,
@@ -164,7 +167,8 @@ def _parse_body(
     to `argv` when one is given (the lean scan passes None and builds nothing).
     `timings` interns: it maps the TIMING_SIZE bytes of a timing already decoded
     (and valid) to its Timing, so tasks with equal timings share one object and a
-    known timing is neither unpacked nor checked again. Raises RecordsError.
+    known timing is neither unpacked nor checked again: its keys are bytes even when
+    `data` is a bytearray (which only the lean scan passes). Raises RecordsError.
     """
     if end - start < TIMING_SIZE + _U32.size:
         raise RecordsError(f"body of {end - start} bytes is too short")
@@ -173,6 +177,8 @@ def _parse_body(
         timing = _decode_timing(data, start)
     else:
         key = data[start:pos]
+        if type(key) is not bytes:
+            key = bytes(key)  # a bytearray's slice: not hashable
         found = timings.get(key)
         if found is None:
             found = timings[key] = _decode_timing(data, start)
@@ -194,7 +200,7 @@ def _parse_body(
         if pos + length > end:
             raise RecordsError(f"body ends inside argument {index}")
         if argv is not None:
-            argv.append(data[pos : pos + length])
+            argv.append(bytes(data[pos : pos + length]))  # bytes already, in practice
         if program_length < 0:
             program_length = length
         pos += length
@@ -208,7 +214,7 @@ def _parse_body(
     return timing, pos - start
 
 
-def _decode_timing(data: bytes, offset: int) -> Timing:
+def _decode_timing(data: bytes | bytearray, offset: int) -> Timing:
     """The TIMING at `offset`, refused if it has bits outside the fields' ranges."""
     minutes, hours, days = _TIMING.unpack_from(data, offset)
     timing = Timing(minutes, hours, days)
@@ -287,7 +293,7 @@ class Scan:
 
 
 def scan_cmds(
-    data: bytes, *, lean: bool = False, sink: Callable[[Slot], object] | None = None
+    data: bytes | bytearray, *, lean: bool = False, sink: Callable[[Slot], object] | None = None
 ) -> Scan:
     """Parse a whole `cmds` file; raises RecordsError for a bad magic or version.
 
@@ -297,6 +303,8 @@ def scan_cmds(
 
     `lean` checks every body exactly as the full scan does, but live slots carry
     `used` instead of a decoded argv (for an index that keeps the encoded entry).
+    A lean scan reads a bytearray where it is, without a copy: the writer's own copy
+    of the file is one, and a second one would double the peak memory of a load.
     With a `sink`, each slot is handed to it in file order instead of being kept in
     `Scan.slots`, so a caller building its own index never holds both at once.
     """
@@ -308,14 +316,13 @@ def scan_cmds(
             valid_length=0,
             problems=[f"dropped a torn header of {len(data)} bytes"],
         )
-    if type(data) is not bytes:
-        data = bytes(data)  # slices of it key the timings: they must be hashable
+    if type(data) is not bytes and not (lean and type(data) is bytearray):
+        data = bytes(data)  # a full scan's argv are slices of it: they must be bytes
     header_next_id = decode_header(data)
     scan = Scan(next_id=header_next_id, valid_length=HEADER_SIZE)
     keep = scan.slots.append if sink is None else sink
     argv: list[bytes] | None = None if lean else []
-    seen: set[int] = set()
-    highest = -1
+    seen = _SeenIds()
     length = len(data)
     pos = HEADER_SIZE
     while length - pos >= RECORD_HEAD_SIZE:
@@ -330,22 +337,19 @@ def scan_cmds(
             slot = _scan_body(scan, data, pos, task_id, size, argv)
             if slot.task_id is None:
                 pass
-            elif task_id in seen:
+            elif not seen.add(task_id):
                 # Ids are never reused, so a second record with the same id cannot be
                 # a task that was stored; keep the first and free this one.
                 scan.problems.append(
                     f"freed a duplicate record of task id {task_id} at offset {pos}"
                 )
                 slot = Slot(pos, size, None)
-            else:
-                seen.add(task_id)
-                if task_id > highest:
-                    highest = task_id
         keep(slot)
         pos = end
     scan.valid_length = pos
     if pos < length:
         scan.problems.append(f"dropped a torn tail of {length - pos} bytes at offset {pos}")
+    highest = seen.highest
     if highest >= scan.next_id:
         # The header is written before any record uses an id, so this means damage;
         # never hand out an id that is already on disk.
@@ -356,8 +360,43 @@ def scan_cmds(
     return scan
 
 
+class _SeenIds:
+    """The ids of the live records met so far, to free a second record of one.
+
+    An id above every one before it (file order is id order unless a slot was reused)
+    goes to an array, which stays sorted (8 bytes an id); only the others go to a set.
+    A set of every id would take 7 MB at 100,000 tasks, at the peak of a load.
+    """
+
+    __slots__ = ("highest", "in_order", "others")
+
+    def __init__(self) -> None:
+        self.highest = -1
+        self.in_order = array("Q")
+        self.others: set[int] = set()
+
+    def add(self, task_id: int) -> bool:
+        """Remember a live record's id; False if one was met already."""
+        if task_id > self.highest:
+            self.highest = task_id
+            self.in_order.append(task_id)
+            return True
+        position = bisect_left(self.in_order, task_id)
+        if position < len(self.in_order) and self.in_order[position] == task_id:
+            return False
+        if task_id in self.others:
+            return False
+        self.others.add(task_id)
+        return True
+
+
 def _scan_body(
-    scan: Scan, data: bytes, offset: int, task_id: int, size: int, argv: list[bytes] | None
+    scan: Scan,
+    data: bytes | bytearray,
+    offset: int,
+    task_id: int,
+    size: int,
+    argv: list[bytes] | None,
 ) -> Slot:
     """The slot of a live record; one whose body does not decode becomes a free slot.
 

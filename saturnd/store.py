@@ -16,9 +16,12 @@ Rules:
   directory. Loading drops a torn tail and finishes interrupted removals.
 - The in-memory index is the truth between loads: CREATE never scans the file and
   LIST never parses it. It is lean, because a daemon process must stay small with
-  100,000 tasks (BENCHMARKS.md, 3): per task, its LIST entry as encoded bytes, a
-  Timing shared with every task of equal timing, and its slot packed in one int.
-  Command lines are decoded from the entry only when asked for (`tasks`).
+  100,000 tasks (BENCHMARKS.md, 3): a copy of the file's bytes (which the writer
+  keeps equal to the file by writing into it what it writes to disk) and, per task,
+  four numbers in arrays: its id, its record's offset, its BODY's length before the
+  padding, and which of the Timings shared by equal timings it has. LIST entries
+  and command lines are read from the copy only when asked for (`list_reply`,
+  `tasks`).
 - Start-up touches each task directory by name only (no `stat`): a missing one is
   recreated and a stale one deleted, but the mode of an existing one is not checked.
   They are created 0700 by us, and what guards them is the state directory, which
@@ -37,7 +40,6 @@ import bisect
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import re
@@ -45,11 +47,11 @@ import secrets
 import shutil
 import stat
 import struct
-from collections.abc import Iterator, Mapping
+from array import array
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass
 from pathlib import Path
 from time import time_ns
-from types import MappingProxyType
 from typing import Final
 
 from saturnd.protocol import REPLY_OK, TaskEntry
@@ -92,9 +94,10 @@ OUTPUT_STREAMS: Final = frozenset({"stdout", "stderr"})
 _TASK_DIR: Final = re.compile(r"task_([0-9]+)")
 _REMOVED_PREFIX: Final = ".removed-"
 _U32: Final = struct.Struct(">I")
-_U64: Final = struct.Struct(">Q")
-_SLOT_SHIFT: Final = 32  # a slot is packed as offset << 32 | SIZE (SIZE is a uint32)
-_SIZE_MASK: Final = (1 << _SLOT_SHIFT) - 1
+
+# A buffer at least this long (a LIST reply's, a re-read `cmds`) is worth giving back to
+# the system once freed; below it, the cost of malloc_trim (some 15 us) is the larger.
+_WORTH_TRIMMING: Final = 1 << 20
 
 # A file's mtime is a coarse clock on many kernels: two writes within one tick can
 # leave (inode, size, mtime) unchanged. A load this close to the mtime is "racy" (as
@@ -133,9 +136,12 @@ def _read_all(fd: int, size: int) -> bytes:
     with no second copy to join chunks into (that copy would double the peak memory
     of loading a large `cmds`).
     """
+    return _read_all_from(fd, 0, size + 1)  # one more byte: the end shows at once
+
+
+def _read_all_from(fd: int, offset: int, want: int = 1 << 20) -> bytes:
+    """The bytes of an open file from `offset` to its end, read `want` bytes first."""
     chunks: list[bytes] = []
-    offset = 0
-    want = size + 1  # one more byte: the end of the file shows without another read
     while True:
         chunk = os.pread(fd, want, offset)
         if not chunk:
@@ -145,15 +151,35 @@ def _read_all(fd: int, size: int) -> bytes:
         want = 1 << 20
 
 
-def _release_freed_memory() -> None:
-    """Give the memory freed after a load back to the system (glibc's malloc_trim).
+def _read_into_bytearray(fd: int, size: int) -> bytearray:
+    """Every byte of an open file, from offset 0, into a bytearray of `size` bytes (what
+    fstat said), read in place: no bytes object to copy it from. A file that is not
+    `size` bytes long any more is read as it is now."""
+    data = bytearray(size)
+    filled = 0
+    with memoryview(data) as view:
+        while filled < size:
+            count = os.preadv(fd, [view[filled:]], filled)
+            if count == 0:
+                break
+            filled += count
+    if filled < size:
+        del data[filled:]  # it shrank
+    else:
+        data += _read_all_from(fd, filled)  # it grew (nothing, as a rule)
+    return data
 
-    The allocator keeps what it freed for reuse, so a load's transients (the file's
-    bytes, the old tables of the dictionaries as they grew) would stay in the process's
-    RSS for good: about 5 MB at 100,000 tasks, for half a millisecond here. Without
-    glibc (musl has no malloc_trim), nothing is done.
+
+def _release_freed_memory() -> None:
+    """Give freed memory back to the system (glibc's malloc_trim), after a load or once
+    a large buffer is freed (a LIST reply's, a `cmds` read again for nothing).
+
+    The allocator keeps what it freed for reuse, so such transients (a previous load's
+    bytes, the scan's bookkeeping, a buffer of 8 MB at 100,000 tasks) could stay in the
+    process's RSS for good; trimming takes under a millisecond here. Without glibc
+    (musl has no malloc_trim), nothing is done.
     """
-    import ctypes  # here, not at the top: only a load needs it
+    import ctypes  # here, not at the top: only large loads and replies need it
 
     try:
         trim = ctypes.CDLL(None).malloc_trim
@@ -238,58 +264,214 @@ def append_run(task_dir: Path, time: int, exitcode: int) -> None:
         os.close(fd)  # closing releases the flock
 
 
-def _by_id(
-    entries: dict[int, bytes], timings: dict[int, Timing], slots: dict[int, int]
-) -> tuple[dict[int, bytes], dict[int, Timing], dict[int, int]]:
-    """The index's dictionaries in increasing id order (LIST and the views' order).
+_UNSHARED: Final = 0xFFFF_FFFF
+"""The kind of a task created with a timing that no loaded task has (`_Index.extra`)."""
 
-    They come in file order, which is id order unless a slot was reused: then they
-    are rebuilt sorted, costing a second copy only in that case.
+
+class _Index:
+    """The live tasks by increasing id, over a copy of the bytes of `cmds`.
+
+    Per task, four numbers at the same position of four arrays: its id, the offset of
+    its record in `data`, the length of its BODY before the padding, and its kind (the
+    position of its Timing in `shared`): about 24 bytes a task besides the file's own
+    bytes, where dictionaries of objects took some 300. The LIST entry and the command
+    line are read from `data` when asked for.
+
+    `data` is the file as it was read: bytes for a read-only store (a reload builds a
+    new index), a bytearray for the writer, which writes into it what it writes into
+    the file (records and NEXT_ID; not what a failed write may have left past the
+    end), so the two stay equal. Not thread-safe, like the store.
     """
-    previous = -1
-    for task_id in entries:
-        if task_id < previous:
-            break
-        previous = task_id
-    else:
-        return entries, timings, slots
-    order = sorted(entries)
-    return (
-        {task_id: entries[task_id] for task_id in order},
-        {task_id: timings[task_id] for task_id in order},
-        {task_id: slots[task_id] for task_id in order},
-    )
+
+    __slots__ = ("data", "extra", "ids", "kinds", "known", "offsets", "shared", "used")
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+        self.ids: array[int] = array("Q")
+        self.offsets: array[int] = array("Q")
+        self.used: array[int] = array("I")
+        self.kinds: array[int] = array("I")
+        # The distinct timings of the loaded tasks: tasks with equal timings share one.
+        self.shared: list[Timing] = []
+        # TIMING bytes -> kind of that timing, for created tasks to share it too (the
+        # writer's only). Filled by loads only, so a client cannot grow it by creating
+        # and removing tasks.
+        self.known: dict[bytes, int] = {}
+        # id -> Timing of the live tasks created with a timing not in `known`.
+        self.extra: dict[int, Timing] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def find(self, task_id: object) -> int:
+        """The position of a live task, or -1 (also for a key that is no int)."""
+        if not isinstance(task_id, int):
+            return -1
+        ids = self.ids
+        position = bisect.bisect_left(ids, task_id)
+        if position < len(ids) and ids[position] == task_id:
+            return position
+        return -1
+
+    def timing(self, position: int) -> Timing:
+        kind = self.kinds[position]
+        if kind == _UNSHARED:
+            return self.extra[self.ids[position]]
+        return self.shared[kind]
+
+    def timings(self) -> Iterator[Timing]:
+        """The timing of every task, in id order."""
+        if not self.extra:
+            return map(self.shared.__getitem__, self.kinds)
+        return map(self.timing, range(len(self.ids)))
+
+    def body(self, position: int) -> bytes:
+        """A task's BODY without its padding, as stored."""
+        start = self.offsets[position] + RECORD_HEAD_SIZE
+        return bytes(self.data[start : start + self.used[position]])
+
+    def size(self, position: int) -> int:
+        """The SIZE of a task's record (its slot's capacity), read from `data`."""
+        size: int = _U32.unpack_from(self.data, self.offsets[position] + ID_SIZE)[0]
+        return size
+
+    def listing(self) -> bytes:
+        """The LIST reply: `OK`, NBTASKS, then each task's ID and BODY by increasing id.
+
+        A record is ID, SIZE, BODY, padding: the entry is its first 8 bytes and its
+        BODY, copied from `data` into a buffer of the reply's exact size (a growing
+        one would be copied as it grows: a peak of twice the reply).
+        """
+        data = self.data
+        count = len(self.ids)
+        reply = bytearray(len(REPLY_OK) + _U32.size + ID_SIZE * count + sum(self.used))
+        position = len(REPLY_OK) + _U32.size
+        reply[:position] = REPLY_OK + _U32.pack(count)
+        for offset, used in zip(self.offsets, self.used, strict=True):
+            body = position + ID_SIZE
+            reply[position:body] = data[offset : offset + ID_SIZE]
+            start = offset + RECORD_HEAD_SIZE
+            position = body + used
+            reply[body:position] = data[start : start + used]
+        return bytes(reply)
+
+    def append(self, task_id: int, offset: int, body: bytes, timing: Timing) -> None:
+        """Add a task whose id is above every live one (a created task)."""
+        kind = self.known.get(body[:TIMING_SIZE], _UNSHARED)
+        if kind == _UNSHARED:
+            self.extra[task_id] = timing
+        self.ids.append(task_id)
+        self.offsets.append(offset)
+        self.used.append(len(body))
+        self.kinds.append(kind)
+
+    def delete(self, position: int) -> None:
+        """Drop the task at `position` (its bytes in `data` are the caller's)."""
+        if self.kinds[position] == _UNSHARED:
+            del self.extra[self.ids[position]]
+        del self.ids[position]
+        del self.offsets[position]
+        del self.used[position]
+        del self.kinds[position]
+
+    def sort(self) -> None:
+        """Put the tasks in increasing id order (a load meets them in file order, which
+        is id order unless a slot was reused)."""
+        order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
+        self.ids = array("Q", map(self.ids.__getitem__, order))
+        self.offsets = array("Q", map(self.offsets.__getitem__, order))
+        self.used = array("I", map(self.used.__getitem__, order))
+        self.kinds = array("I", map(self.kinds.__getitem__, order))
 
 
 class _TaskView(Mapping[int, TaskEntry]):
     """The live tasks as a read-only mapping, decoding a command line when asked.
 
-    It holds the index's dictionaries, not copies: it follows create and remove, and
-    keeps showing the old table after a reload (which builds new dictionaries).
+    It holds the index, not a copy: it follows create and remove, and keeps showing
+    the old table after a reload (which builds a new index).
     """
 
-    __slots__ = ("_entries", "_timings")
+    __slots__ = ("_index",)
 
-    def __init__(self, entries: dict[int, bytes], timings: dict[int, Timing]) -> None:
-        self._entries = entries
-        self._timings = timings
+    def __init__(self, index: _Index) -> None:
+        self._index = index
 
     def __getitem__(self, task_id: int) -> TaskEntry:
-        entry = self._entries[task_id]
-        _, argv = decode_body(entry[ID_SIZE:])
-        return TaskEntry(task_id, self._timings[task_id], argv)
+        index = self._index
+        position = index.find(task_id)
+        if position < 0:
+            raise KeyError(task_id)
+        _, argv = decode_body(index.body(position))
+        return TaskEntry(task_id, index.timing(position), argv)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._entries  # without decoding, unlike Mapping's
+        return self._index.find(task_id) >= 0  # without decoding, unlike Mapping's
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._entries)
+        return iter(self._index.ids)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index)
 
     def __repr__(self) -> str:
-        return f"<tasks view of {len(self._entries)} tasks>"
+        return f"<tasks view of {len(self._index)} tasks>"
+
+
+class _TimingView(Mapping[int, Timing]):
+    """The timing of each live task as a read-only mapping; like `_TaskView`, a view
+    of one index. Going over its items (the executor plans every minute that way)
+    costs no lookup per task."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: _Index) -> None:
+        self._index = index
+
+    def __getitem__(self, task_id: int) -> Timing:
+        position = self._index.find(task_id)
+        if position < 0:
+            raise KeyError(task_id)
+        return self._index.timing(position)
+
+    def __contains__(self, task_id: object) -> bool:
+        return self._index.find(task_id) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._index.ids)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def items(self) -> ItemsView[int, Timing]:
+        return _TimingItems(self, self._index)
+
+    def values(self) -> ValuesView[Timing]:
+        return _TimingValues(self, self._index)
+
+    def __repr__(self) -> str:
+        return f"<timings view of {len(self._index)} tasks>"
+
+
+class _TimingItems(ItemsView[int, Timing]):
+    __slots__ = ("_index",)
+
+    def __init__(self, view: _TimingView, index: _Index) -> None:
+        super().__init__(view)
+        self._index = index
+
+    def __iter__(self) -> Iterator[tuple[int, Timing]]:
+        return zip(self._index.ids, self._index.timings(), strict=True)
+
+
+class _TimingValues(ValuesView[Timing]):
+    __slots__ = ("_index",)
+
+    def __init__(self, view: _TimingView, index: _Index) -> None:
+        super().__init__(view)
+        self._index = index
+
+    def __iter__(self) -> Iterator[Timing]:
+        return self._index.timings()
 
 
 class Store:
@@ -306,22 +488,16 @@ class Store:
         self._log = logger
         self._read_only = read_only
         self._fd = -1
-        # The index: three dictionaries with the same keys, by increasing task id.
-        self._entries: dict[int, bytes] = {}  # id -> LIST entry: ID, BODY without padding
-        self._timings: dict[int, Timing] = {}  # id -> its (shared) Timing
-        self._slots: dict[int, int] = {}  # id -> its slot: offset << 32 | SIZE
-        # TIMING bytes -> the Timing the loaded tasks share: created tasks share it too.
-        # Filled by loads only, so a client cannot grow it by creating and removing.
-        self._shared: dict[bytes, Timing] = {}
+        self._index = _Index(b"" if read_only else bytearray())
         self._free: list[tuple[int, int]] = []  # (offset, SIZE), by offset
         self._end = HEADER_SIZE
         self._next_id = 0
         self._list_cache: bytes | None = None
         self._stamp: _Stamp | None = None
         self._racy = False
-        # Read-only: a digest of the last load's bytes, None when there was no file.
-        # Not the bytes: 8 MB at 100,000 tasks, kept only to compare.
-        self._digest: bytes | None = None
+        # Read-only: the bytes of the last load, None when there was no file. The index
+        # reads its tasks from them, so comparing the next read to them costs nothing.
+        self._seen: bytes | None = None
         # Set when a failed append could not be truncated back: bytes after _end.
         self._tail_dirty = False
 
@@ -340,8 +516,8 @@ class Store:
         try:
             if read_only:
                 store._load_read_only()
-                if store._digest is not None:
-                    store._log.info("read %s: %d tasks", store._path, len(store._entries))
+                if store._seen is not None:
+                    store._log.info("read %s: %d tasks", store._path, len(store._index))
             else:
                 store._load_and_repair()
         except BaseException:
@@ -397,12 +573,13 @@ class Store:
                 self._log.warning(
                     "tightened %s from %o to 600", self._path, stat.S_IMODE(status.st_mode)
                 )
-            data = _read_all(self._fd, status.st_size)
+            # Read into the bytearray that the index keeps as its copy of the file.
+            data = _read_into_bytearray(self._fd, status.st_size)
             # Indexed before the repairs below: if one fails, open() drops the store.
-            scan = self._index(data)
+            scan = self._index_tasks(data)
             torn = scan.valid_length < len(data)
             header_behind = scan.valid_length >= HEADER_SIZE and decode_header(data) != scan.next_id
-            del data  # not held through the rest of the start-up: several MB at 100k tasks
+            # Each repair is made to the file, then to the index's copy of it.
             for problem in scan.problems:
                 self._log.warning("repairing %s: %s", self._path, problem)
             if scan.valid_length < HEADER_SIZE:
@@ -411,11 +588,14 @@ class Store:
                 _pwrite_all(self._fd, encode_header(scan.next_id), 0)
                 os.fdatasync(self._fd)
                 self._sync_dir()
+                data[:] = encode_header(scan.next_id)
             elif torn or header_behind:
                 if torn:
                     os.ftruncate(self._fd, scan.valid_length)
+                    del data[scan.valid_length :]
                 if header_behind:
                     _pwrite_all(self._fd, encode_header(scan.next_id), 0)
+                    data[:HEADER_SIZE] = encode_header(scan.next_id)
                 os.fdatasync(self._fd)
             self._stamp_fd()
             self._sync_task_dirs()
@@ -423,21 +603,20 @@ class Store:
             raise StoreError(f"cannot repair {self._dir}: {_describe(error)}") from error
         _release_freed_memory()
         self._log.info(
-            "loaded %s: %d tasks, next id %d", self._path, len(self._entries), self._next_id
+            "loaded %s: %d tasks, next id %d", self._path, len(self._index), self._next_id
         )
 
     def _load_read_only(self) -> bool:
         """Read `cmds` as it is now, without changing anything on disk.
 
-        Returns True when the bytes differ from the previous load's (compared by
-        SHA-256 digest).
+        Returns True when the bytes differ from the previous load's.
         """
         try:
             fd = os.open(self._path, os.O_RDONLY | _OPEN_FILE)
         except FileNotFoundError:
-            changed = self._digest is not None
-            self._adopt(Scan(next_id=self._next_id), {}, {}, {}, [])
-            self._stamp, self._digest, self._racy = None, None, False
+            changed = self._seen is not None
+            self._adopt(Scan(next_id=self._next_id), _Index(b""), [])
+            self._stamp, self._seen, self._racy = None, None, False
             return changed
         except OSError as error:
             raise StoreError(f"cannot open {self._path}: {_describe(error)}") from error
@@ -453,70 +632,81 @@ class Store:
             os.close(fd)
         self._stamp = _Stamp.of(status)
         self._racy = status.st_mtime_ns + _RACY_WINDOW_NS > started
-        digest = hashlib.sha256(data).digest()
-        if digest == self._digest:
+        if data == self._seen:
+            # Read again for nothing (a racy stamp): the allocator may keep this copy in
+            # the process's RSS once freed, unless told to give it back.
+            large = len(data) >= _WORTH_TRIMMING
+            del data
+            if large:
+                _release_freed_memory()
             return False
-        scan = self._index(data)
+        scan = self._index_tasks(data)
         for problem in scan.problems:
             # The writer may be in the middle of an append: not worth a warning here.
             self._log.debug("reading %s: %s", self._path, problem)
-        self._digest = digest
+        self._seen = data
         _release_freed_memory()
         return True
 
-    def _index(self, data: bytes) -> Scan:
+    def _index_tasks(self, data: bytes | bytearray) -> Scan:
         """Make the tasks of `data` (a whole `cmds`) the in-memory index; the scan.
 
-        The index is built as the scan goes, one slot at a time: a list of every slot
-        besides it would take 15 MB more at 100,000 tasks, in small objects between
-        the index's own, which the allocator could not give back. Raises StoreError
-        for a file this code may not read, leaving the index as it was.
+        The index keeps `data` and is built as the scan goes, one slot at a time: a
+        list of every slot besides it would take 15 MB more at 100,000 tasks, in small
+        objects between the index's own, which the allocator could not give back.
+        Raises StoreError for a file this code may not read, leaving the index as it
+        was.
         """
-        entries: dict[int, bytes] = {}
-        timings: dict[int, Timing] = {}
-        slots: dict[int, int] = {}
+        index = _Index(data)
+        ids, offsets, used, kinds = index.ids, index.offsets, index.used, index.kinds
+        shared = index.shared
+        kind_of: dict[int, int] = {}  # id() of a shared Timing -> its kind
         free: list[tuple[int, int]] = []
+        previous = -1
+        ordered = True
 
         def keep(slot: Slot) -> None:
+            nonlocal previous, ordered
             task_id = slot.task_id
             if task_id is None:
                 free.append((slot.offset, slot.size))
                 return
-            assert slot.timing is not None
-            offset = slot.offset
-            start = offset + RECORD_HEAD_SIZE
-            # The entry is the record's ID then its body up to the padding, as on disk.
-            entries[task_id] = data[offset : offset + ID_SIZE] + data[start : start + slot.used]
-            timings[task_id] = slot.timing
-            slots[task_id] = offset << _SLOT_SHIFT | slot.size
+            timing = slot.timing
+            kind = kind_of.get(id(timing))
+            if kind is None:
+                assert timing is not None
+                kind = kind_of[id(timing)] = len(shared)
+                shared.append(timing)
+            if task_id < previous:
+                ordered = False
+            previous = task_id
+            ids.append(task_id)
+            offsets.append(slot.offset)
+            used.append(slot.used)
+            kinds.append(kind)
 
         try:
             scan = scan_cmds(data, lean=True, sink=keep)
         except RecordsError as error:
             raise StoreError(f"{self._path}: {error}") from error
-        self._adopt(scan, *_by_id(entries, timings, slots), free)
+        if not ordered:
+            index.sort()
+        if not self._read_only:
+            for key, timing in scan.timings.items():
+                kind = kind_of.get(id(timing))
+                if kind is None:  # met only in a record that was freed
+                    kind = kind_of[id(timing)] = len(shared)
+                    shared.append(timing)
+                index.known[key] = kind
+        self._adopt(scan, index, free)
         return scan
 
-    def _adopt(
-        self,
-        scan: Scan,
-        entries: dict[int, bytes],
-        timings: dict[int, Timing],
-        slots: dict[int, int],
-        free: list[tuple[int, int]],
-    ) -> None:
-        """Replace the in-memory index (dictionaries by increasing id, free slots by
-        offset) and what the scan says of the file."""
-        self._entries, self._timings, self._slots, self._free = entries, timings, slots, free
-        self._shared = scan.timings
+    def _adopt(self, scan: Scan, index: _Index, free: list[tuple[int, int]]) -> None:
+        """Replace the in-memory index (and the free slots, by offset) and what the
+        scan says of the file."""
+        self._index, self._free = index, free
         self._end = max(scan.valid_length, HEADER_SIZE)
         self._next_id = scan.next_id
-        self._list_cache = None
-
-    def _remember(self, task_id: int, body: bytes, timing: Timing, offset: int, size: int) -> None:
-        self._entries[task_id] = _U64.pack(task_id) + body
-        self._timings[task_id] = self._shared.get(body[:TIMING_SIZE], timing)
-        self._slots[task_id] = offset << _SLOT_SHIFT | size
         self._list_cache = None
 
     def _stamp_fd(self) -> None:
@@ -534,9 +724,8 @@ class Store:
 
     def _sync_task_dirs(self) -> None:
         """Finish interrupted removals and recreate missing task directories."""
-        # The index's own int objects, not new ones per directory name: at 100,000 tasks
-        # a set of fresh ints would add megabytes that the allocator keeps.
-        missing = set(self._entries)
+        # id -> whether its directory was found; by increasing id, for the log lines.
+        found = dict.fromkeys(self._index.ids, False)
         with os.scandir(self._dir) as listing:
             for entry in listing:
                 if entry.name.startswith(_REMOVED_PREFIX):
@@ -551,7 +740,7 @@ class Store:
                 if match is None:
                     continue
                 task_id = int(match.group(1))
-                if task_id not in self._entries:
+                if task_id not in found:
                     self._log.warning("deleting %s: task %d does not exist", entry.path, task_id)
                     self._delete(Path(entry.path))
                 elif not entry.is_dir(follow_symlinks=False):  # the directory entry's type
@@ -560,9 +749,9 @@ class Store:
                 else:
                     # No stat for the mode (a quarter of a second at 100,000 tasks): see the
                     # module docstring for why a task directory's mode is not checked here.
-                    missing.discard(task_id)
-        for task_id in self._entries:
-            if task_id in missing:
+                    found[task_id] = True
+        for task_id, present in found.items():
+            if not present:
                 self._log.warning("recreating the missing directory of task %d", task_id)
                 os.mkdir(self.task_dir(task_id), 0o700)
 
@@ -584,14 +773,14 @@ class Store:
         Each access to a task decodes its command line: to go over every task's
         timing, use `timings`.
         """
-        return _TaskView(self._entries, self._timings)
+        return _TaskView(self._index)
 
     @property
     def timings(self) -> Mapping[int, Timing]:
         """The timing of each live task by increasing id, without decoding any command
         line (for planning a minute); read-only, and like `tasks` a view of the
         current index."""
-        return MappingProxyType(self._timings)
+        return _TimingView(self._index)
 
     @property
     def next_id(self) -> int:
@@ -609,11 +798,14 @@ class Store:
 
     def list_reply(self) -> bytes:
         """The whole encoded LIST reply: `OK`, NBTASKS, then the tasks by increasing id."""
-        if self._list_cache is None:
-            self._list_cache = b"".join(
-                [REPLY_OK, _U32.pack(len(self._entries)), *self._entries.values()]
-            )
-        return self._list_cache
+        reply = self._list_cache
+        if reply is None:
+            reply = self._list_cache = self._index.listing()
+            if len(reply) >= _WORTH_TRIMMING:
+                # The buffer it was built in is freed: give it back, or the process
+                # keeps a second copy of the reply in its RSS (8 MB at 100,000 tasks).
+                _release_freed_memory()
+        return reply
 
     def times_exitcodes_body(self, task_id: int) -> bytes:
         """The TX reply body (NBRUNS, runs) of a task; zero runs if it never finished one.
@@ -736,7 +928,13 @@ class Store:
             assert choice is not None
             del self._free[choice]
         self._next_id = task_id + 1
-        self._remember(task_id, body, timing, offset, size)
+        # The index's copy of the file gets what the file got: header, record, ID.
+        data = self._mirror()
+        assert not appended or offset == len(data), "the copy ends where the file does"
+        data[NEXT_ID_OFFSET:HEADER_SIZE] = encode_id(task_id + 1)
+        data[offset : offset + RECORD_HEAD_SIZE + size] = encode_record(task_id, body, size)
+        self._index.append(task_id, offset, body, timing)
+        self._list_cache = None
         self._stamp_fd_quietly()
         self._log.info(
             "task created id=%d (%s slot at offset %d)",
@@ -770,10 +968,11 @@ class Store:
         run ending at this moment cannot write into it by path, and deleted.
         """
         self._check_writable()
-        if task_id not in self._entries:
+        index = self._index
+        position = index.find(task_id)
+        if position < 0:
             return False
-        packed = self._slots[task_id]
-        offset, size = packed >> _SLOT_SHIFT, packed & _SIZE_MASK
+        offset, size = index.offsets[position], index.size(position)
         try:
             _pwrite_all(self._fd, encode_id(TOMBSTONE), offset)
             os.fdatasync(self._fd)
@@ -781,9 +980,8 @@ class Store:
             raise StoreError(
                 f"cannot remove task {task_id} from {self._path}: {_describe(error)}"
             ) from error
-        del self._entries[task_id]
-        del self._timings[task_id]
-        del self._slots[task_id]
+        index.delete(position)
+        self._mirror()[offset : offset + ID_SIZE] = encode_id(TOMBSTONE)
         bisect.insort(self._free, (offset, size))
         self._list_cache = None
         self._stamp_fd_quietly()
@@ -806,6 +1004,12 @@ class Store:
             shutil.rmtree(doomed)
         except OSError as error:
             self._log.warning("cannot delete %s (retried at next start): %s", doomed, error)
+
+    def _mirror(self) -> bytearray:
+        """The writer's copy of `cmds` (the index's bytes): what was loaded and written."""
+        data = self._index.data
+        assert isinstance(data, bytearray), "only the writer changes the file"
+        return data
 
     def _check_writable(self) -> None:
         if self._read_only or self._fd < 0:

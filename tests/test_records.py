@@ -431,7 +431,28 @@ def test_it_hands_each_slot_to_a_sink_in_file_order() -> None:
 def test_it_decodes_a_body_from_any_bytes_like_object() -> None:
     for body in (bytearray(ECHO_BODY), memoryview(ECHO_BODY + bytes(3))):
         assert decode_body(body) == (WEDNESDAY_9_14, ECHO)  # type: ignore[arg-type]
-    assert scan_cmds(bytearray(cmds(1, live(0)))).slots[0].argv == ECHO  # type: ignore[arg-type]
+    assert scan_cmds(bytearray(cmds(1, live(0)))).slots[0].argv == ECHO
+
+
+def test_a_lean_scan_reads_a_bytearray_in_place() -> None:
+    data = bytearray(cmds(2, live(0), live(1, (b"ls",), pad=3)))
+    scan = scan_cmds(data, lean=True)
+    assert [slot.task_id for slot in scan.slots] == [0, 1]
+    assert all(type(key) is bytes for key in scan.timings)  # hashable, whatever the input
+    full = scan_cmds(data)
+    assert [slot.argv for slot in full.slots] == [ECHO, (b"ls",)]
+    assert all(type(arg) is bytes for slot in full.slots for arg in slot.argv or ())
+
+
+def test_it_frees_every_later_record_of_an_id_met_in_or_out_of_order() -> None:
+    # 5, 2, 7 then 2 again (met out of order), 5 (in order), 3 (new), 9, 7, 3.
+    ids = [5, 2, 7, 2, 5, 3, 9, 7, 3]
+    scan = scan_cmds(cmds(10, *(live(task_id) for task_id in ids)), lean=True)
+    assert [slot.task_id for slot in scan.slots] == [5, 2, 7, None, None, 3, 9, None, None]
+    assert [problem.split(" at ")[0] for problem in scan.problems] == [
+        f"freed a duplicate record of task id {task_id}" for task_id in (2, 5, 7, 3)
+    ]
+    assert scan.next_id == 10
 
 
 # A record of a random file: a task, a tombstone, or a live id over a body that is
@@ -479,6 +500,13 @@ def test_the_lean_scan_agrees_with_the_full_scan(
         assert str(caught.value) == str(error)
         return
     lean = scan_cmds(damaged, lean=True)
+    in_place = scan_cmds(bytearray(damaged), lean=True)  # the writer's copy of the file
+    assert (in_place.slots, in_place.problems, in_place.timings) == (
+        lean.slots,
+        lean.problems,
+        lean.timings,
+    )
+    assert (in_place.next_id, in_place.valid_length) == (lean.next_id, lean.valid_length)
     assert [(s.offset, s.size, s.task_id, s.timing) for s in lean.slots] == [
         (s.offset, s.size, s.task_id, s.timing) for s in full.slots
     ]

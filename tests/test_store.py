@@ -27,7 +27,7 @@ from saturnd.records import (
     encode_record,
     scan_cmds,
 )
-from saturnd.store import Store, StoreError, append_run
+from saturnd.store import Store, StoreError, _read_into_bytearray, append_run
 from saturnd.timing import Timing
 
 LOG = logging.getLogger("test.store")
@@ -741,6 +741,126 @@ def test_it_does_not_stat_the_task_directories_at_start(
     assert stats == []
     monkeypatch.undo()
     assert (state / "task_1").is_dir()  # a missing directory is still recreated
+
+
+def copy_of_cmds(store: Store) -> bytes:
+    """The writer's in-memory copy of `cmds`, which its index reads tasks from."""
+    return bytes(store._index.data)
+
+
+def assert_like_a_fresh_load(state: Path, store: Store) -> None:
+    """The writer's copy is the file, and its views agree with a load from disk."""
+    assert copy_of_cmds(store) == cmds_bytes(state)
+    reader = Store.open(state, LOG, read_only=True)
+    assert reader.list_reply() == store.list_reply()
+    assert dict(reader.tasks) == dict(store.tasks)
+    assert dict(reader.timings) == dict(store.timings)
+    assert reader.next_id == store.next_id
+
+
+def test_the_writers_copy_of_cmds_follows_every_write(state: Path, store: Store) -> None:
+    assert_like_a_fresh_load(state, store)
+    store.create(EVERY_MINUTE, (b"x" * 40,))
+    store.create(AT_NINE, (b"echo", b"one"))
+    store.create(EVERY_MINUTE, (b"two",))
+    assert_like_a_fresh_load(state, store)
+    store.remove(0)
+    assert_like_a_fresh_load(state, store)
+    # Into task 0's slot, with padding after it; then the end of the file again.
+    store.create(AT_NINE, (b"three",))
+    store.create(AT_NINE, (b"y" * 90,))
+    assert_like_a_fresh_load(state, store)
+    store.remove(4)
+    store.remove(3)
+    assert_like_a_fresh_load(state, store)
+    assert list(store.tasks) == [1, 2]
+
+
+def test_a_failed_create_leaves_the_copy_of_cmds_as_the_file(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    (state / "task_1").write_bytes(b"")  # in the way of the next task's directory
+    with pytest.raises(StoreError):
+        store.create(EVERY_MINUTE, (b"fails",))
+    # NEXT_ID moved on in the file (an id once written is never handed out again);
+    # the record was undone. The copy only has to be right where the index reads it.
+    assert copy_of_cmds(store)[HEADER_SIZE:] == cmds_bytes(state)[HEADER_SIZE:]
+    assert store.create(AT_NINE, (b"b",)) == 2
+    assert_like_a_fresh_load(state, store)
+
+
+def test_the_copy_of_cmds_gets_the_repairs_of_the_file(state: Path) -> None:
+    body = encode_body(AT_NINE, (b"kept",))
+    # NEXT_ID 0 is behind the live id 3, and a torn record follows.
+    data = b"SATD" + struct.pack(">IQ", 1, 0) + encode_record(3, body, len(body) + 5)
+    (state / "cmds").write_bytes(data + encode_record(TOMBSTONE, body, 30)[:20])
+    store = Store.open(state, LOG)
+    assert cmds_bytes(state) == b"SATD" + struct.pack(">IQ", 1, 4) + data[HEADER_SIZE:]
+    assert_like_a_fresh_load(state, store)
+    assert store.create(EVERY_MINUTE, (b"new",)) == 4  # appended where the file ends
+    assert_like_a_fresh_load(state, store)
+    store.close()
+
+
+def test_the_copy_of_a_torn_header_is_the_new_header(state: Path) -> None:
+    (state / "cmds").write_bytes(b"SATD\x00")
+    store = Store.open(state, LOG)
+    assert_like_a_fresh_load(state, store)
+    store.create(EVERY_MINUTE, (b"a",))
+    assert_like_a_fresh_load(state, store)
+    store.close()
+
+
+def test_a_task_created_with_a_timing_no_load_met(state: Path, store: Store) -> None:
+    store.create(AT_NINE, (b"a",))
+    store.create(AT_NINE, (b"b",))
+    again = Store.open(state, LOG)
+    timings = again.timings
+    every_hour = Timing.parse("0", "*", "*")
+    assert again.create(every_hour, (b"c",)) == 2
+    again.create(AT_NINE, (b"d",))
+    assert timings[2] is every_hour  # kept as given, not shared with later loads
+    assert list(timings.items()) == [(0, AT_NINE), (1, AT_NINE), (2, every_hour), (3, AT_NINE)]
+    assert list(timings.values()) == [AT_NINE, AT_NINE, every_hour, AT_NINE]
+    assert (2, every_hour) in timings.items() and (2, AT_NINE) not in timings.items()
+    assert again.tasks[2] == TaskEntry(2, every_hour, (b"c",))
+    assert again.list_reply() == encode(ListReply(tuple(again.tasks.values())))
+    again.remove(1)
+    assert list(timings.items()) == [(0, AT_NINE), (2, every_hour), (3, AT_NINE)]
+    again.remove(2)
+    assert list(timings.items()) == [(0, AT_NINE), (3, AT_NINE)]
+    assert 2 not in timings and timings.get(2) is None
+    with pytest.raises(KeyError):
+        timings[2]
+    assert_like_a_fresh_load(state, again)
+    again.close()
+
+
+def test_it_handles_a_cmds_of_more_than_a_mebibyte(state: Path, store: Store) -> None:
+    big = (b"printf", b"%s", b"z" * (1 << 20))
+    store.create(EVERY_MINUTE, big)
+    store.create(AT_NINE, (b"small",))
+    reply = store.list_reply()
+    assert len(reply) > 1 << 20
+    assert reply == encode(
+        ListReply((TaskEntry(0, EVERY_MINUTE, big), TaskEntry(1, AT_NINE, (b"small",))))
+    )
+    assert reopen(state).list_reply() == reply
+    reader = Store.open(state, LOG, read_only=True)  # just written: racy, so read again
+    assert reader.refresh() is False  # the same bytes (their copy is freed at once)
+    assert reader.list_reply() == reply
+    assert reader.tasks[0].argv == big
+
+
+@pytest.mark.parametrize("told", [0, 10, 3 << 20, (3 << 20) + 100])
+def test_it_reads_a_file_whose_size_changed_since_fstat(tmp_path: Path, told: int) -> None:
+    content = bytes(range(256)) * (3 << 12)  # 3 MiB: more than one read past `told`
+    path = tmp_path / "file"
+    path.write_bytes(content)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_into_bytearray(fd, told) == content
+    finally:
+        os.close(fd)
 
 
 # --- open_runs ------------------------------------------------------------------
