@@ -34,7 +34,11 @@ Whose request is this? The protocol cannot tell two replies apart, so a reply wr
 while another client reads the reply FIFO is that client's answer. cassini holds
 cassini.lock for its whole exchange, opens the request FIFO only once it holds the lock,
 writes its request in one write and keeps the FIFO open until its reply; /proc/locks
-names the holder of the lock and /proc/PID/fd shows what it has open. So each read of
+names the holder of the lock and /proc/PID/fd shows what it has open. (Reading
+/proc/locks waits for an RCU grace period in the kernel after a quiet moment, 5-16 ms
+here, so our cassini also takes a shared POSIX lock while it holds the flock: one
+fcntl(F_GETLK) names it, and its fdinfo's lock lines confirm it holds the flock; a
+process with only the POSIX lock is not taken for the holder.) So each read of
 the request FIFO is attributed: to the lock's holder if it has the request FIFO open
 for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN without
 /proc), and these rules follow:
@@ -294,6 +298,7 @@ class Listener:
         self.watch_fd: int | None = None
         self.lock_fd = -1
         self.lock_key = b""  # how /proc/locks names cassini.lock (see _lock_file)
+        self.lock_ident = (-1, -1)  # its device and inode
         self.proc_locks_fd = -1
         self.last_check = time.monotonic()
         # Cleared for good the first time sendfile is refused (see FileReply's sending).
@@ -414,6 +419,7 @@ class Listener:
             except OSError:
                 self._close_lock()
                 return -1
+            self.lock_ident = (info.st_dev, info.st_ino)
             # How /proc/locks names this file: "MAJOR:MINOR:INODE", hexadecimal device.
             self.lock_key = b"%02x:%02x:%d" % (
                 os.major(info.st_dev),
@@ -452,6 +458,11 @@ class Listener:
         fd = self._lock_file()
         if fd < 0:
             return UNKNOWN
+        # Our cassini also holds a POSIX lock while it holds the flock: one fcntl names
+        # it, and its own fdinfo confirms the flock. Other clients: /proc/locks.
+        candidate = _posix_lock_holder(fd)
+        if candidate > 0 and self._holds_client_lock(candidate):
+            return candidate
         try:
             text = self._read_proc_locks()
         except OSError:
@@ -858,6 +869,31 @@ class Listener:
             return True, False
         return now == holder, False
 
+    def _holds_client_lock(self, pid: int) -> bool:
+        """Whether process `pid` holds the flock of cassini.lock, from the lock lines of
+        its own descriptors' fdinfo (no /proc/locks: see `_lock_holder`)."""
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return False  # gone, or not ours to look at: ask /proc/locks
+        for name in names:
+            try:
+                info = os.stat(f"/proc/{pid}/fd/{name}")
+                if (info.st_dev, info.st_ino) != self.lock_ident:
+                    continue
+                fdinfo = os.open(f"/proc/{pid}/fdinfo/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    text = os.read(fdinfo, 4096)
+                finally:
+                    os.close(fdinfo)
+            except OSError:
+                continue
+            # "lock:\t2: FLOCK  ADVISORY  WRITE 6740 fe:00:2327211 0 EOF"
+            for line in text.splitlines():
+                if line.startswith(b"lock:") and b" FLOCK " in line and b" WRITE " in line:
+                    return True
+        return False
+
     def _holds_request_fifo(self, pid: int) -> bool | None:
         """Whether process `pid` has the request FIFO open for writing (None: unknown)."""
         try:
@@ -968,6 +1004,21 @@ class Listener:
             return written
 
         return push
+
+
+# struct flock of Linux (l_type, l_whence, l_start, l_len, l_pid), padded to its size.
+_FLOCK: Final = struct.Struct("hhqqi4x")
+
+
+def _posix_lock_holder(fd: int) -> int:
+    """The pid of a process holding a POSIX lock on the file of `fd` that a write lock
+    would conflict with (fcntl F_GETLK), or 0."""
+    try:
+        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _whence, _start, _length, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except (OSError, ValueError, struct.error):
+        return 0
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else 0
 
 
 def _whole_request_at_end(data: bytes) -> bytes:
