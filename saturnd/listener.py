@@ -116,6 +116,11 @@ holds the lock meanwhile and every cassini waits, and such a client opens the re
 FIFO right after writing, if it is alive."""
 REPLY_STALL_TIMEOUT: Final = 1.0
 """Seconds a client may leave the reply FIFO full without reading."""
+HOLDER_SETTLE: Final = 0.1
+"""Seconds a reply waits at most for its client, still running, to be seen asleep
+waiting for it (or to send a request of its own, which makes this one stale)."""
+HOLDER_POLL: Final = 0.0002
+"""Seconds between two looks at a running client (see HOLDER_SETTLE)."""
 ORPHAN_GRACE: Final = 0.5
 """Seconds a client holding cassini.lock at start-up may take to send its request."""
 IDLE_CHECK: Final = 30.0
@@ -831,12 +836,35 @@ class Listener:
         if not allowed or holding or holder <= NOBODY:
             return allowed, holding
         # The holder may have taken the lock and opened the request FIFO just after a
-        # client that died wrote this request. It keeps the FIFO open until its reply
-        # (PROTOCOL.md), and it writes one request: if another one, read while it held
-        # the lock, is waiting, this one is older than its exchange.
-        if self._holds_request_fifo(holder) is False or self._another_request_from(holder):
+        # client that died (or never reads) wrote this request. It keeps the FIFO open
+        # until its reply (PROTOCOL.md), and it writes one request: if another one,
+        # read while it held the lock, is waiting, this one is older than its exchange.
+        # Right after writing, a cassini sleeps waiting for its reply: while the holder
+        # is still running, its own request may be on its way, so wait a little
+        # (HOLDER_SETTLE at most) for it to be asleep or for its request to come.
+        if self._holds_request_fifo(holder) is False:
             return False, False
-        return True, False
+        deadline = time.monotonic() + HOLDER_SETTLE
+        while True:
+            if self._another_request_from(holder):
+                return False, False
+            if self._sleeping(holder) is not False or time.monotonic() >= deadline:
+                return True, False
+            time.sleep(HOLDER_POLL)
+
+    @staticmethod
+    def _sleeping(pid: int) -> bool | None:
+        """Whether process `pid` sleeps (state S in /proc/PID/stat); None if unknown."""
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(fd, 512)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        after = text.rfind(b")")  # the command name may hold spaces and parentheses
+        return after >= 0 and text[after + 2 : after + 3] == b"S"
 
     def _lock_still_with(self, holder: int, retry: bool = False) -> tuple[bool, bool]:
         """(is cassini.lock free, and now ours, or still held by `holder`; do we hold it).
