@@ -279,6 +279,10 @@ class Target(Daemon):
         self.wait_exit()
         self.proc = None
         self.forked_pid = 0
+        # The supervisor is gone, but a listener or executor killed in the middle of an
+        # fsync may take a moment to exit, and holds the pid file's lock until then: a
+        # daemon started meanwhile would rightly say "already running".
+        wait_for(lambda: not _locked(self.state / "saturnd.pid"), what="the parts to exit")
 
     def log_text(self) -> str:
         try:
@@ -483,3 +487,18 @@ def zombies_of(pids: Sequence[int]) -> int:
                     if child.status() == psutil.STATUS_ZOMBIE:
                         count += 1
     return count
+
+
+def _locked(path: Path) -> bool:
+    """Whether some process holds the flock of `path` (False if there is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
