@@ -49,10 +49,13 @@ for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN wi
   for that client's reader (LOCKLESS_OPEN_TIMEOUT), so no cassini starts an exchange and
   reads the reply; the lock is checked again at every attempt to open the reply FIFO,
   and a reply being written is abandoned when its client's exchange ends.
-- A request whose bytes span reads, the last one from a cassini under way and the first
-  not, is a stalled writer's bytes glued to that cassini's request (a cassini writes a
-  request in one write): it is dropped like a malformed one, at once, even while still
-  incomplete, and the cassini's request is served from its own read.
+- A request whose bytes span reads, the last one from a cassini under way, is a stalled
+  writer's bytes glued to that cassini's request when the first read was not that
+  cassini's, or when the request is small enough to have been one of its writes (a
+  cassini writes a request of up to PIPE_BUF bytes in one write, and may have opened
+  the FIFO before the stalled bytes were read). It is dropped like a malformed one, at
+  once, even while still incomplete if the cassini's read is a whole request by itself,
+  and the cassini's request is served from its own read.
 - When a read that is dropped may hold the request of the client under way (a writer of
   junk and the client wrote before one read took both), its tail is served if it is
   exactly one whole request (never TERMINATE): a client's request is whole and last in
@@ -609,7 +612,7 @@ class Listener:
                         f"incomplete after {REQUEST_TIMEOUT:.1f} s ({self.decoder.buffered} bytes)"
                     )
                     continue
-                if self._glued(len(self.chunks[0].data) + 1 if self.chunks else 0):
+                if self._stalled_before_a_client():
                     # A client's whole request came while this one waits: it is stalled.
                     self._reject(
                         f"incomplete ({self.decoder.buffered} bytes) when another client's "
@@ -647,7 +650,30 @@ class Listener:
             # Without /proc/locks: any request that spans reads while a client is
             # under way, if it is small enough to have been one whole write.
             return size <= WHOLE_WRITE and self._client_exchange_under_way()
-        return last.holder > NOBODY and first.holder != last.holder
+        # The holder may have opened the request FIFO, not yet written, when the stalled
+        # bytes were read (so they were attributed to it too): a request it could have
+        # written in one write cannot span reads either.
+        return last.holder > NOBODY and (first.holder != last.holder or size <= WHOLE_WRITE)
+
+    def _stalled_before_a_client(self) -> bool:
+        """Whether the incomplete request at the head of the reads is a stalled
+        writer's: a later read came from a cassini under way, and either the first did
+        not, or that later read is by itself one whole request (the cassini's)."""
+        if len(self.chunks) < 2:
+            return False
+        first, last = self.chunks[0], self.chunks[-1]
+        if first.holder == UNKNOWN or last.holder == UNKNOWN:
+            # Without /proc/locks: as _glued, a client under way and a whole request.
+            return self._glued(len(first.data) + 1)
+        if last.holder <= NOBODY:
+            return False
+        if first.holder != last.holder:
+            return True
+        try:
+            protocol.decode_request(last.data)
+        except ProtocolError:
+            return False
+        return True
 
     def _advance(self, size: int) -> None:
         """Forget the first `size` bytes of the reads: a request that was served."""
