@@ -882,11 +882,7 @@ class Listener:
     def _sleeping(pid: int) -> bool | None:
         """Whether process `pid` sleeps (state S in /proc/PID/stat); None if unknown."""
         try:
-            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                text = os.read(fd, 512)
-            finally:
-                os.close(fd)
+            text = _read_small(f"/proc/{pid}/stat")
         except OSError:
             return None
         after = text.rfind(b")")  # the command name may hold spaces and parentheses
@@ -926,45 +922,30 @@ class Listener:
     def _holds_client_lock(self, pid: int) -> bool:
         """Whether process `pid` holds the flock of cassini.lock, from the lock lines of
         its own descriptors' fdinfo (no /proc/locks: see `_lock_holder`)."""
-        try:
-            names = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            return False  # gone, or not ours to look at: ask /proc/locks
-        for name in names:
-            try:
-                info = os.stat(f"/proc/{pid}/fd/{name}")
-                if (info.st_dev, info.st_ino) != self.lock_ident:
-                    continue
-                fdinfo = os.open(f"/proc/{pid}/fdinfo/{name}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    text = os.read(fdinfo, 4096)
-                finally:
-                    os.close(fdinfo)
-            except OSError:
-                continue
-            # "lock:\t2: FLOCK  ADVISORY  WRITE 6740 fe:00:2327211 0 EOF"
-            for line in text.splitlines():
-                if line.startswith(b"lock:") and b" FLOCK " in line and b" WRITE " in line:
-                    return True
-        return False
+        # "lock:\t2: FLOCK  ADVISORY  WRITE 6740 fe:00:2327211 0 EOF"
+        return any(
+            line.startswith(b"lock:") and b" FLOCK " in line and b" WRITE " in line
+            for text in _fdinfos(pid, self.lock_ident) or ()
+            for line in text.splitlines()
+        )
 
     def _holds_request_fifo(self, pid: int) -> bool | None:
         """Whether process `pid` has the request FIFO open for writing (None: unknown)."""
         try:
             ours = os.fstat(self.request_fd)
-            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             return None
-        for name in fds:
+        texts = _fdinfos(pid, (ours.st_dev, ours.st_ino))
+        if texts is None:
+            return None
+        for text in texts:
             try:
-                info = os.stat(f"/proc/{pid}/fd/{name}")
-                if (info.st_dev, info.st_ino) != (ours.st_dev, ours.st_ino):
-                    continue
-                with open(f"/proc/{pid}/fdinfo/{name}", encoding="ascii") as fdinfo:
-                    flags = next(
-                        int(line.split()[1], 8) for line in fdinfo if line.startswith("flags:")
-                    )
-            except (OSError, StopIteration, ValueError, IndexError):
+                flags = next(
+                    int(line.split()[1], 8)
+                    for line in text.splitlines()
+                    if line.startswith(b"flags:")
+                )
+            except (StopIteration, ValueError, IndexError):
                 continue
             if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
                 return True
@@ -1058,6 +1039,34 @@ class Listener:
             return written
 
         return push
+
+
+def _read_small(path: str) -> bytes:
+    """The first 4 KiB of a small file (a /proc entry): one open, one read, one close."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _fdinfos(pid: int, ident: tuple[int, int]) -> list[bytes] | None:
+    """The /proc/PID/fdinfo texts of the descriptors of process `pid` that refer to the
+    file `ident` (device, inode); None if its descriptors cannot be listed (gone, or
+    not ours to look at)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    texts = []
+    for name in names:
+        try:
+            info = os.stat(f"/proc/{pid}/fd/{name}")
+            if (info.st_dev, info.st_ino) == ident:
+                texts.append(_read_small(f"/proc/{pid}/fdinfo/{name}"))
+        except OSError:
+            continue  # closed meanwhile
+    return texts
 
 
 # struct flock of Linux (l_type, l_whence, l_start, l_len, l_pid), padded to its size.
