@@ -11,6 +11,10 @@ Rules (DESIGN.md, "Bad input and hostile clients"):
   once it has our request) and drained first: a client that abandoned a reply while the
   FIFO stayed open would otherwise hand it to us.
 - The request goes out in one `write`: the daemon resynchronises at read boundaries.
+- ...and only into an empty request FIFO (waiting up to QUEUE_WAIT for the daemon to
+  read what is there): bytes a stalled writer left before it, read at once with ours,
+  could decode as one request with ours (a CREATE whose string swallows our LIST),
+  which nothing in the bytes tells apart. Read apart, the daemon knows ours.
 - The request FIFO stays open until the reply is complete: some daemons only answer
   while it is held open.
 - Nothing waits forever: opening the request FIFO gives up after OPEN_TIMEOUT, the lock
@@ -26,6 +30,8 @@ import fcntl
 import os
 import select
 import stat
+import sys
+import termios
 import time
 
 from saturnd.protocol import NEED_DATA, ProtocolError, ReplyDecoder, encode
@@ -56,6 +62,9 @@ REPLY_TIMEOUT = 30.0
 LOCK_TIMEOUT = REPLY_TIMEOUT + OPEN_TIMEOUT + 8.0
 """Seconds to wait for another cassini's exchange to end: longer than any exchange."""
 
+QUEUE_WAIT = 3.0
+"""Seconds to wait for the daemon to read bytes another writer left in the request FIFO
+before ours go in (longer than the daemon spends on one exchange); then we write anyway."""
 DRAIN_QUIET = 0.1
 """Seconds of silence from an attached writer after which no stale bytes are coming."""
 _READ_SIZE = 1 << 16  # a whole default pipe buffer per read
@@ -226,8 +235,27 @@ def _open_request(path: str, timeout: float) -> int:
         attempt += 1
 
 
+def _queued(fd: int) -> int:
+    """Bytes waiting in the FIFO `fd` writes to (FIONREAD answers on either end), or 0."""
+    buffer = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buffer)
+    except OSError:
+        return 0
+    return int.from_bytes(buffer, sys.byteorder)
+
+
+def _wait_until_read(fd: int, deadline: float) -> None:
+    """Wait, up to `deadline`, until the daemon has read what others left in the FIFO."""
+    attempt = 0
+    while _queued(fd) and time.monotonic() < deadline:
+        _pause(attempt, deadline)
+        attempt += 1
+
+
 def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
-    """Write the whole request in one `write` call."""
+    """Write the whole request in one `write` call, into an empty FIFO if we can."""
+    _wait_until_read(fd, min(deadline, time.monotonic() + QUEUE_WAIT))
     try:
         if len(data) > select.PIPE_BUF:
             # The kernel splits a larger non-blocking write wherever the pipe is full;
