@@ -56,6 +56,12 @@ for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN wi
   the FIFO before the stalled bytes were read). It is dropped like a malformed one, at
   once, even while still incomplete if the cassini's read is a whole request by itself,
   and the cassini's request is served from its own read.
+- A request that ends inside a read from a cassini under way, where that read ends
+  with a whole request begun inside it, is a stalled writer's bytes completed by the
+  start of the cassini's request, read at once with it (a CREATE whose string took
+  its first bytes): dropped, and the whole request at the end is served. (Bytes the
+  two make exactly one request of cannot be told apart: cassini writes only into an
+  empty request FIFO, so that they are read apart.)
 - When a read that is dropped may hold the request of the client under way (a writer of
   junk and the client wrote before one read took both), its tail is served if it is
   exactly one whole request (never TERMINATE): a client's request is whole and last in
@@ -627,6 +633,13 @@ class Listener:
                     "client under way (a stalled writer's bytes glued to its request)"
                 )
                 continue
+            if self._swallowed(size):
+                self._reject(
+                    f"its {size} bytes end inside a read from a client under way that ends "
+                    "with a whole request begun inside them (a stalled writer's bytes read "
+                    "at once with that client's request)"
+                )
+                continue
             holder = self.chunks[0].holder
             self._advance(size)
             if self.serve(message, holder):
@@ -654,6 +667,25 @@ class Listener:
         # bytes were read (so they were attributed to it too): a request it could have
         # written in one write cannot span reads either.
         return last.holder > NOBODY and (first.holder != last.holder or size <= WHOLE_WRITE)
+
+    def _swallowed(self, size: int) -> bool:
+        """Whether the request in the first `size` bytes of the first read is a stalled
+        writer's bytes completed by the start of a cassini's request read at once with
+        them: the read came from a cassini under way, goes on past the request, and ends
+        with a whole request that begins inside it. A cassini's request is whole and
+        last in the read that caught it, unless a writer without the lock wrote after it
+        (its bytes then end the read, and do not make a whole request with ours)."""
+        if not self.chunks:
+            return False
+        first = self.chunks[0]
+        if size >= len(first.data):
+            return False
+        if first.holder <= NOBODY and not (
+            first.holder == UNKNOWN and self._client_exchange_under_way()
+        ):
+            return False
+        tail = _whole_request_at_end(first.data)
+        return bool(tail) and len(first.data) - len(tail) < size
 
     def _stalled_before_a_client(self) -> bool:
         """Whether the incomplete request at the head of the reads is a stalled

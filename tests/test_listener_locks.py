@@ -1,6 +1,7 @@
 """How the listener names the holder of cassini.lock, with real locks held by real
 processes: one fcntl(F_GETLK) for our cassini (which also takes a shared POSIX lock),
-confirmed by the holder's own fdinfo; /proc/locks for everyone else."""
+confirmed by the holder's own fdinfo; /proc/locks for everyone else. And what the
+listener makes of a read that a cassini's request shares with another writer's bytes."""
 
 from __future__ import annotations
 
@@ -8,12 +9,22 @@ import fcntl
 import logging
 import os
 import signal
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from saturnd.listener import CLIENT_LOCK, NOBODY, Listener, StopFlag, _posix_lock_holder
+from saturnd.listener import (
+    CLIENT_LOCK,
+    NOBODY,
+    UNKNOWN,
+    Listener,
+    StopFlag,
+    _posix_lock_holder,
+    _Read,
+)
 from saturnd.store import Store
 
 
@@ -98,3 +109,45 @@ def test_a_posix_lock_without_the_flock_names_nobody(
     holder = hold(lock_path(listener), flock=True, posix=False)
     children.append(holder)
     assert listener._lock_holder() == holder
+
+
+ECHO = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 4) + b"echo"
+RUNS = b"TX" + struct.pack(">Q", 7)
+
+
+def swallowed(listener: Listener, data: bytes, holder: int, size: int) -> bool:
+    """Whether the request in the first `size` bytes of one read `data` is taken for a
+    stalled writer's bytes that swallowed the start of a cassini's request."""
+    listener.chunks = [_Read(data, time.monotonic(), holder)]
+    return listener._swallowed(size)
+
+
+def test_a_request_begun_by_a_stalled_writer_and_ended_by_a_cassini_is_refused(
+    listener: Listener,
+) -> None:
+    # "CR ... len 4" then the cassini's TX: the CREATE's string is "TX\0\0".
+    assert swallowed(listener, ECHO[:-4] + RUNS, os.getpid(), len(ECHO))
+    assert swallowed(listener, ECHO[:-1] + RUNS, os.getpid(), len(ECHO))
+
+
+def test_a_cassinis_request_followed_by_another_writers_bytes_is_served(
+    listener: Listener,
+) -> None:
+    assert not swallowed(listener, RUNS + b"ZZjunk", os.getpid(), len(RUNS))
+    assert not swallowed(listener, RUNS + ECHO[:-4], os.getpid(), len(RUNS))
+    # A command whose last argument is "LS", then a stray byte: no whole request ends it.
+    create_ls = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 2) + b"LS"
+    assert not swallowed(listener, create_ls + b"Z", os.getpid(), len(create_ls))
+    # Alone in its read, a request is never refused, whatever it ends with.
+    assert not swallowed(listener, create_ls, os.getpid(), len(create_ls))
+
+
+def test_reads_without_a_cassini_under_way_are_left_alone(
+    listener: Listener, children: list[int]
+) -> None:
+    # Clients without the lock may write as they like; the rule is for a cassini's read.
+    assert not swallowed(listener, ECHO[:-4] + RUNS, NOBODY, len(ECHO))
+    # Without /proc/locks: only while some client holds the lock.
+    assert not swallowed(listener, ECHO[:-4] + RUNS, UNKNOWN, len(ECHO))
+    children.append(hold(lock_path(listener), flock=True, posix=False))
+    assert swallowed(listener, ECHO[:-4] + RUNS, UNKNOWN, len(ECHO))
