@@ -20,16 +20,21 @@ exchange's reply, or have its own taken (see RELIABILITY.md).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import NOW
@@ -368,4 +373,100 @@ def test_it_does_not_glue_a_stalled_writers_bytes_to_a_clients_request(
     finally:
         os.close(stalled)
     assert reply == b"OK\0\0\0\0"
+    assert daemon.cassini("-l").stdout == listing
+
+
+def _queued(fd: int) -> int:
+    """Bytes waiting in the FIFO that `fd` is an end of (FIONREAD works on either end)."""
+    buffer = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buffer)
+    return int.from_bytes(buffer, sys.byteorder)
+
+
+@contextlib.contextmanager
+def _stopped(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) for the block: a listener busy elsewhere, so what
+    two clients write meanwhile waits in the FIFO for one read."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        process = psutil.Process(pid)
+        wait_for(lambda: process.status() == psutil.STATUS_STOPPED, what=f"pid {pid} to stop")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+_ECHO = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 4) + b"echo"
+"""A whole CREATE of `echo`; a prefix of it is what a stalled writer leaves."""
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_it_does_not_serve_a_stalled_writers_bytes_read_at_once_with_a_clients_request(
+    target: MakeTarget,
+) -> None:
+    """CI, 2026-11-20: junk that ends where a CREATE's string starts, then a client's
+    TIMES_EXITCODES, in one read: the CREATE "TX\0\0" was made and its reply (OK and a
+    task id) went to that client, which printed an empty history."""
+    daemon = target(start=NOW)
+    task = daemon.create("echo", "kept")
+    listing = daemon.cassini("-l").stdout
+    request = b"TX" + struct.pack(">Q", task)
+    junk = _ECHO[:-4]
+    replies: list[bytes] = []
+    stalled = _open_request(daemon)
+    try:
+        with cassini_lock(daemon.pipes):
+            with _stopped(daemon.parts()["listener"]):
+                os.write(stalled, junk)
+                client = threading.Thread(
+                    target=lambda: replies.append(raw_exchange(daemon.pipes, request, lock=False))
+                )
+                client.start()
+                wait_for(lambda: _queued(stalled) == len(junk) + len(request), what="the write")
+            client.join(timeout=10)
+    finally:
+        os.close(stalled)
+    assert replies == [b"OK\0\0\0\0"]
+    assert daemon.cassini("-l").stdout == listing
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+    return False
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_cassini_waits_for_a_stalled_writers_bytes_to_be_read_before_it_writes(
+    target: MakeTarget,
+) -> None:
+    """Junk two bytes short of a CREATE of a four-byte command, then cassini's LIST: in
+    one read they are exactly one CREATE, which nothing in the bytes tells apart. So
+    cassini writes only into an empty request FIFO."""
+    daemon = target(start=NOW)
+    daemon.create("echo", "kept")
+    listing = daemon.cassini("-l").stdout
+    junk = _ECHO[:-2]
+    stalled = _open_request(daemon)
+    try:
+        with _stopped(daemon.parts()["listener"]):
+            os.write(stalled, junk)
+            client = subprocess.Popen(
+                [sys.executable, "-m", "cassini", "-p", str(daemon.pipes), "-l"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            wait_for(
+                lambda: _has_open(client.pid, daemon.pipes / REQUEST_PIPE),
+                what="cassini to open the request FIFO",
+            )
+            time.sleep(0.2)  # it would have written by now
+            assert _queued(stalled) == len(junk)
+        out, err = client.communicate(timeout=30)
+    finally:
+        os.close(stalled)
+    assert (client.returncode, out, err) == (0, listing, b"")
     assert daemon.cassini("-l").stdout == listing
