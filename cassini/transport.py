@@ -11,10 +11,12 @@ Rules (DESIGN.md, "Bad input and hostile clients"):
   once it has our request) and drained first: a client that abandoned a reply while the
   FIFO stayed open would otherwise hand it to us.
 - The request goes out in one `write`: the daemon resynchronises at read boundaries.
-- ...and only into an empty request FIFO (waiting up to QUEUE_WAIT for the daemon to
-  read what is there): bytes a stalled writer left before it, read at once with ours,
+- ...and only into an empty request FIFO: before opening it for writing, we look at it
+  through a read end (FIONREAD) and wait up to QUEUE_WAIT for the daemon to read what
+  others left there. Bytes a stalled writer left before ours, read at once with them,
   could decode as one request with ours (a CREATE whose string swallows our LIST),
-  which nothing in the bytes tells apart. Read apart, the daemon knows ours.
+  which nothing in the bytes tells apart; and the daemon takes what it reads while we
+  hold the lock *and* the FIFO open for writing for ours (a read end does not count).
 - The request FIFO stays open until the reply is complete: some daemons only answer
   while it is held open.
 - Nothing waits forever: opening the request FIFO gives up after OPEN_TIMEOUT, the lock
@@ -236,7 +238,7 @@ def _open_request(path: str, timeout: float) -> int:
 
 
 def _queued(fd: int) -> int:
-    """Bytes waiting in the FIFO `fd` writes to (FIONREAD answers on either end), or 0."""
+    """Bytes waiting in the FIFO `fd` is an end of, or 0 if that cannot be told."""
     buffer = bytearray(4)
     try:
         fcntl.ioctl(fd, termios.FIONREAD, buffer)
@@ -245,17 +247,26 @@ def _queued(fd: int) -> int:
     return int.from_bytes(buffer, sys.byteorder)
 
 
-def _wait_until_read(fd: int, deadline: float) -> None:
-    """Wait, up to `deadline`, until the daemon has read what others left in the FIFO."""
-    attempt = 0
-    while _queued(fd) and time.monotonic() < deadline:
-        _pause(attempt, deadline)
-        attempt += 1
+def _wait_until_read(path: str, timeout: float) -> None:
+    """Wait, up to `timeout`, until the daemon has read what others left in the request
+    FIFO, looking through a read end (so that none of it is taken for ours); then we
+    write anyway, and the daemon's own rules apply."""
+    try:
+        fd = _open_fifo(path, os.O_RDONLY)
+    except (OSError, TransportError):
+        return  # _open_request says what is wrong with it
+    try:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while _queued(fd) and time.monotonic() < deadline:
+            _pause(attempt, deadline)
+            attempt += 1
+    finally:
+        os.close(fd)
 
 
 def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
-    """Write the whole request in one `write` call, into an empty FIFO if we can."""
-    _wait_until_read(fd, min(deadline, time.monotonic() + QUEUE_WAIT))
+    """Write the whole request in one `write` call."""
     try:
         if len(data) > select.PIPE_BUF:
             # The kernel splits a larger non-blocking write wherever the pipe is full;
@@ -336,6 +347,7 @@ def exchange(
     reply_fd = request_fd = -1
     try:
         reply_fd = _open_reply(reply_path, open_timeout)
+        _wait_until_read(request_path, min(QUEUE_WAIT, reply_timeout))
         request_fd = _open_request(request_path, open_timeout)
         _send(request_fd, request_path, data, time.monotonic() + reply_timeout)
         return _receive(reply_fd, reply_path, decoder, reply_timeout)

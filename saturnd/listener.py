@@ -32,8 +32,9 @@ survive every client:
 
 Whose request is this? The protocol cannot tell two replies apart, so a reply written
 while another client reads the reply FIFO is that client's answer. cassini holds
-cassini.lock for its whole exchange, opens the request FIFO only once it holds the lock,
-writes its request in one write and keeps the FIFO open until its reply; /proc/locks
+cassini.lock for its whole exchange, opens the request FIFO for writing only once it
+holds the lock and has seen the FIFO empty (through a read end), writes its request in
+one write and keeps the FIFO open until its reply; /proc/locks
 names the holder of the lock and /proc/PID/fd shows what it has open. (Reading
 /proc/locks waits for an RCU grace period in the kernel after a quiet moment, 5-16 ms
 here, so our cassini also takes a shared POSIX lock while it holds the flock: one

@@ -470,3 +470,39 @@ def test_cassini_waits_for_a_stalled_writers_bytes_to_be_read_before_it_writes(
         os.close(stalled)
     assert (client.returncode, out, err) == (0, listing, b"")
     assert daemon.cassini("-l").stdout == listing
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_cassini_gets_its_own_reply_after_a_dead_lock_holders_request(
+    target: MakeTarget,
+) -> None:
+    """A client that took the lock, wrote STDOUT and died, while the listener was busy:
+    the next cassini, waiting for that request to be read, must not be taken for its
+    writer (the long storm, 2026-11-21: a CREATE got "out-0" as its task id)."""
+    daemon = target(start=NOW)
+    task = daemon.create("echo", "kept")
+    listing = daemon.cassini("-l").stdout
+    with _stopped(daemon.parts()["listener"]):
+        with cassini_lock(daemon.pipes):
+            fd = _open_request(daemon)
+            os.write(fd, b"SO" + struct.pack(">Q", task))
+            os.close(fd)
+        client = subprocess.Popen(
+            [sys.executable, "-m", "cassini", "-p", str(daemon.pipes), "-l"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_for(
+            lambda: _has_open(client.pid, daemon.pipes / REQUEST_PIPE),
+            what="cassini to open the request FIFO",
+        )
+        time.sleep(0.05)
+        # cassini waits for that request to be read; kept waiting while the listener
+        # reads it and decides whose it is (and writes its reply, if it is cassini's).
+        os.kill(client.pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.5)
+    finally:
+        os.kill(client.pid, signal.SIGCONT)
+    out, err = client.communicate(timeout=30)
+    assert (client.returncode, out, err) == (0, listing, b"")
