@@ -50,6 +50,11 @@ for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN wi
   for that client's reader (LOCKLESS_OPEN_TIMEOUT), so no cassini starts an exchange and
   reads the reply; the lock is checked again at every attempt to open the reply FIFO,
   and a reply being written is abandoned when its client's exchange ends.
+- The lock is looked at again once the reply FIFO is open: a client that let go of it
+  in between (it died after writing) left the reader to the next cassini, which took
+  the lock and opened the FIFO meanwhile. That reply is dropped, and its write end kept
+  open, unused, until the next open of the FIFO: closed at once, it would show that
+  cassini a writer come and gone (a hang-up, the end of a reply it never got).
 - A request whose bytes span reads, the last one from a cassini under way, is a stalled
   writer's bytes glued to that cassini's request when the first read was not that
   cassini's, or when the request is small enough to have been one of its writes (a
@@ -315,6 +320,9 @@ class Listener:
         self.lock_key = b""  # how /proc/locks names cassini.lock (see _lock_file)
         self.lock_ident = (-1, -1)  # its device and inode
         self.proc_locks_fd = -1
+        # A write end of the reply FIFO opened for a client that let go of cassini.lock
+        # meanwhile: kept, unused, until the next open (see _send).
+        self.parked_reply = -1
         self.last_check = time.monotonic()
         # Cleared for good the first time sendfile is refused (see FileReply's sending).
         self.use_sendfile = hasattr(os, "sendfile")
@@ -587,10 +595,10 @@ class Listener:
                         self._watch()
             return EXIT_STOPPED
         finally:
-            for fd in (self.request_fd, self.watch_fd, self.lock_fd):
+            for fd in (self.request_fd, self.watch_fd, self.lock_fd, self.parked_reply):
                 if fd is not None and fd >= 0:
                     os.close(fd)
-            self.request_fd = self.lock_fd = -1
+            self.request_fd = self.lock_fd = self.parked_reply = -1
             self.watch_fd = None
 
     def _timeout(self) -> float | None:
@@ -871,6 +879,18 @@ class Listener:
                     "reply dropped: its client is gone and another one's exchange is under way"
                 )
                 return False
+            self._close_parked()
+            if not holding and holder > NOBODY and self._lock_holder() not in (holder, UNKNOWN):
+                # The lock changed hands between our look and the open: the reader is the
+                # next client, there for its own reply. Closing now would tell it the
+                # daemon hung up (a writer came and went since it opened), so this write
+                # end is kept until the next open, which it then cannot be mistaken for.
+                self.parked_reply = fd
+                self.log.warning(
+                    "reply dropped: its client let go of cassini.lock as the reply FIFO "
+                    "was opened (by another reader)"
+                )
+                return False
             try:
                 if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                     self.log.warning("reply dropped: %s is not a FIFO", self.reply_path)
@@ -882,6 +902,13 @@ class Listener:
         finally:
             if holding:
                 self._release_client_lock()
+
+    def _close_parked(self) -> None:
+        """Close the parked write end, once another is open: a reader then sees no
+        hang-up from it (see _send)."""
+        if self.parked_reply >= 0:
+            os.close(self.parked_reply)
+            self.parked_reply = -1
 
     def _reply_allowed(self, holder: int) -> tuple[bool, bool]:
         """(may the reply be written, do we hold cassini.lock now).

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import signal
 import struct
 import time
@@ -151,3 +152,73 @@ def test_reads_without_a_cassini_under_way_are_left_alone(
     assert not swallowed(listener, ECHO[:-4] + RUNS, UNKNOWN, len(ECHO))
     children.append(hold(lock_path(listener), flock=True, posix=False))
     assert swallowed(listener, ECHO[:-4] + RUNS, UNKNOWN, len(ECHO))
+
+
+def client(listener: Listener, reads: bool) -> tuple[int, int]:
+    """A child that holds cassini.lock like our cassini and the request FIFO open for
+    writing; with `reads`, also the reply FIFO for reading, and reports on the returned
+    descriptor what it read within 2 s: the bytes, then b"|EOF" or b"|WAITING"."""
+    ready_read, ready_write = os.pipe()
+    report_read, report_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lock = os.open(lock_path(listener), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.lockf(lock, fcntl.LOCK_SH)
+            if not reads:
+                os.open(listener.request_path, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(ready_write, b"x")
+                signal.pause()
+            reply = os.open(listener.reply_path, os.O_RDONLY | os.O_NONBLOCK)
+            os.open(listener.request_path, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(ready_write, b"x")
+            got, deadline = b"", time.monotonic() + 2.0
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([reply], [], [], left)[0]:
+                    data = os.read(reply, 1 << 16)
+                    if not data:
+                        os.write(report_write, got + b"|EOF")
+                        break
+                    got += data
+            else:
+                os.write(report_write, got + b"|WAITING")
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    os.close(report_write)
+    assert os.read(ready_read, 1) == b"x"
+    os.close(ready_read)
+    return pid, report_read
+
+
+def test_a_reply_whose_client_lets_go_of_the_lock_as_it_is_opened_reaches_nobody(
+    listener: Listener, children: list[int]
+) -> None:
+    """The long storm of a client that takes the lock, writes and dies: between the
+    listener's look at the lock and its open of the reply FIFO, the next cassini took
+    the lock and opened the FIFO, and got the dead client's reply."""
+    listener.open()
+    dead, _ = client(listener, reads=False)
+    children.append(dead)
+    nxt: list[tuple[int, int]] = []
+    real_open = listener._open_reply
+
+    def open_as_the_next_client_comes() -> int | None:
+        if not nxt:
+            os.kill(dead, signal.SIGKILL)
+            os.waitpid(dead, 0)
+            children.remove(dead)
+            nxt.append(client(listener, reads=True))
+            children.append(nxt[0][0])
+        return real_open()
+
+    listener._open_reply = open_as_the_next_client_comes  # type: ignore[method-assign]
+    assert not listener.send(b"OK" + b"\0" * 4, dead)
+    assert listener.parked_reply >= 0
+    # The next client's own reply reaches it whole, and then it sees the end.
+    pid, report = nxt[0]
+    assert listener.send(b"OKmine", pid)
+    assert listener.parked_reply < 0
+    assert os.read(report, 1 << 16) == b"OKmine|EOF"
+    os.close(report)
