@@ -3,7 +3,7 @@
 This module owns the listener process. It serves one client at a time and must
 survive every client:
 - The request FIFO is held open read-write and non-blocking (as sysvinit does with
-  /run/initctl), so a writer leaving never gives an endless EOF; we wait with select.
+  /run/initctl), so a writer leaving never gives an endless EOF; we wait with poll.
 - Bytes are fed to the incremental decoder as they arrive; a request is served as soon
   as its bytes are complete (never waiting for the writer to close).
 - A request that is malformed, too large, or not complete within REQUEST_TIMEOUT of
@@ -46,10 +46,12 @@ for writing, to NOBODY if the lock is free, NOT_THE_HOLDER otherwise (UNKNOWN wi
 - A reply goes out only while the lock is held by the process its request is
   attributed to, which has written no second request since. A cassini that let go of
   the lock is gone: its reply is dropped. When nobody held it, the requester is a client
-  without the lock (or a dead one): the listener takes the lock itself while it waits
-  for that client's reader (LOCKLESS_OPEN_TIMEOUT), so no cassini starts an exchange and
-  reads the reply; the lock is checked again at every attempt to open the reply FIFO,
-  and a reply being written is abandoned when its client's exchange ends.
+  without the lock (or a dead one): the listener takes the lock itself, at the read that
+  found it free (one flock, which also names nobody without reading /proc/locks), and
+  keeps it until that request is answered, waiting at most LOCKLESS_OPEN_TIMEOUT for
+  the client's reader, so no cassini starts an exchange and reads the reply; it lets go
+  before waiting for more bytes. The lock is checked again at every attempt to open the
+  reply FIFO, and a reply being written is abandoned when its client's exchange ends.
 - The lock is looked at again once the reply FIFO is open: a client that let go of it
   in between (it died after writing) left the reader to the next cassini, which took
   the lock and opened the FIFO meanwhile. That reply is dropped, and its write end kept
@@ -100,7 +102,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Union
+from typing import Final, NamedTuple, Union
 
 from saturnd import handlers, protocol
 from saturnd.handlers import (
@@ -233,10 +235,10 @@ Outgoing = Union[bytes, FileReply, None]
 """What `send` takes: the reply's bytes, a FileReply, or None (no acknowledgement)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
+class _Read(NamedTuple):
     """The bytes of one read of the request FIFO, when they arrived, and who could have
-    written them while holding cassini.lock: a pid, NOBODY, UNKNOWN or NOT_THE_HOLDER."""
+    written them while holding cassini.lock: a pid, NOBODY, UNKNOWN or NOT_THE_HOLDER.
+    (A named tuple: made at every read, and a frozen dataclass costs ten times more.)"""
 
     data: bytes
     at: float
@@ -317,6 +319,9 @@ class Listener:
         self.request_ino = -1
         self.watch_fd: int | None = None
         self.lock_fd = -1
+        # Whether we hold cassini.lock now: taken when a read finds it free (see
+        # _writer_holding_lock), or while waiting for a lockless client's reader.
+        self.lock_held = False
         self.lock_key = b""  # how /proc/locks names cassini.lock (see _lock_file)
         self.lock_ident = (-1, -1)  # its device and inode
         self.proc_locks_fd = -1
@@ -455,10 +460,13 @@ class Listener:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)
             self.lock_fd = -1
+        self.lock_held = False
 
     def _take_client_lock(self) -> bool | None:
         """Take cassini.lock if it is free: True (we hold it), False (another process
         holds it), None (no lock file can be used)."""
+        if self.lock_held:
+            return True
         fd = self._lock_file()
         if fd < 0:
             return None
@@ -468,12 +476,14 @@ class Listener:
             return False
         except OSError:
             return None
+        self.lock_held = True
         return True
 
     def _release_client_lock(self) -> None:
-        if self.lock_fd >= 0:
+        if self.lock_held and self.lock_fd >= 0:
             with contextlib.suppress(OSError):
                 fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        self.lock_held = False
 
     def _lock_holder(self) -> int:
         """The pid holding cassini.lock, NOBODY, or UNKNOWN (read from /proc/locks,
@@ -527,7 +537,17 @@ class Listener:
         """Who may have written what was just read, as far as cassini.lock tells: its
         holder if that process has the request FIFO open for writing (a cassini holds
         the lock while it writes, and opens the FIFO only once it holds the lock),
-        NOT_THE_HOLDER if it has not, NOBODY, or UNKNOWN."""
+        NOT_THE_HOLDER if it has not, NOBODY, or UNKNOWN.
+
+        A free lock is taken at once (one flock, no /proc/locks: the common case of a
+        client without the lock) and kept until this read's requests are answered,
+        which the reply to a lockless client needs anyway (see _reply_allowed); the
+        loop lets go of it before it waits again."""
+        taken = self._take_client_lock()
+        if taken:
+            return NOBODY
+        if taken is None:
+            return UNKNOWN
         holder = self._lock_holder()
         if holder > NOBODY and self._holds_request_fifo(holder) is False:
             return NOT_THE_HOLDER
@@ -535,6 +555,8 @@ class Listener:
 
     def _client_exchange_under_way(self) -> bool:
         """True when some client holds cassini.lock right now."""
+        if self.lock_held:
+            return False
         held = self._take_client_lock()
         if held:
             self._release_client_lock()
@@ -572,14 +594,23 @@ class Listener:
         if self.request_fd < 0:
             self.open()
         self.release_orphaned_client()
+        polled: tuple[int | None, ...] = ()
+        poller = select.poll()
         try:
             while not self.stop.stopping:
-                fds = [self.request_fd]
-                if self.wake_fd is not None:
-                    fds.append(self.wake_fd)
-                if self.watch_fd is not None:
-                    fds.append(self.watch_fd)
-                readable, _, _ = select.select(fds, [], [], self._timeout())
+                # A poll object registered once (again when a descriptor changes): an
+                # exchange costs one poll of it rather than three fd_sets to build.
+                watched = (self.request_fd, self.wake_fd, self.watch_fd)
+                if watched != polled:
+                    poller = select.poll()
+                    for fd in watched:
+                        if fd is not None and fd >= 0:
+                            poller.register(fd, select.POLLIN)
+                    polled = watched
+                timeout = self._timeout()
+                readable = [
+                    fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)
+                ]
                 if self.wake_fd is not None and self.wake_fd in readable:
                     _drain(self.wake_fd)
                 if self.watch_fd is not None and self.watch_fd in readable:
@@ -589,6 +620,8 @@ class Listener:
                 status = self._serve_complete_requests()
                 if status is not None:
                     return status
+                if self.lock_held:  # taken by a read whose request still waits for bytes
+                    self._release_client_lock()
                 if self.watch_fd is None and time.monotonic() - self.last_check >= IDLE_CHECK:
                     self.check_fifos()
                     if self.watch_fd is None:
@@ -604,6 +637,8 @@ class Listener:
     def _timeout(self) -> float | None:
         """How long select may wait: until the pending request times out, until the
         next idle check without inotify, or (idle, watched) for ever."""
+        if not self.chunks and self.watch_fd is not None:
+            return None
         now = time.monotonic()
         limits = []
         if self.chunks:
@@ -635,7 +670,10 @@ class Listener:
                     )
                     continue
                 return None
-            size = sum(len(read.data) for read in self.chunks) - len(self.decoder.unconsumed())
+            chunks = self.chunks
+            size = (
+                len(chunks[0].data) if len(chunks) == 1 else sum(len(read.data) for read in chunks)
+            ) - self.decoder.pending
             if self._glued(size):
                 self._reject(
                     f"its {size} bytes came in more than one read, the last one from a "
@@ -879,7 +917,8 @@ class Listener:
                     "reply dropped: its client is gone and another one's exchange is under way"
                 )
                 return False
-            self._close_parked()
+            if self.parked_reply >= 0:
+                self._close_parked()
             if not holding and holder > NOBODY and self._lock_holder() not in (holder, UNKNOWN):
                 # The lock changed hands between our look and the open: the reader is the
                 # next client, there for its own reply. Closing now would tell it the
@@ -892,7 +931,7 @@ class Listener:
                 )
                 return False
             try:
-                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                if not self._trusted_fifo(reply) and not stat.S_ISFIFO(os.fstat(fd).st_mode):
                     self.log.warning("reply dropped: %s is not a FIFO", self.reply_path)
                     self.check_fifos()
                     return False
@@ -902,6 +941,21 @@ class Listener:
         finally:
             if holding:
                 self._release_client_lock()
+
+    def _trusted_fifo(self, reply: Outgoing) -> bool:
+        """Whether `reply` may go to the opened reply FIFO without checking its type.
+
+        Opened with O_NOFOLLOW and O_NONBLOCK, the path cannot be a symlink, and a
+        directory, a socket or a FIFO without a reader fail to open: only a regular file
+        renamed over it (in our 0700 directory: by the user) opens like the FIFO. While
+        inotify watches the directory, such a rename wakes the loop, which recreates the
+        FIFO before the next reply; what can reach the file in between is the reply
+        opened just after the rename. A small reply (up to PIPE_BUF bytes) is allowed
+        that, and skips the fstat (a system call of ~1 us: 5 % of a LIST exchange); a
+        larger one, or any reply without inotify, is sent only after the check."""
+        if self.watch_fd is None:
+            return False
+        return reply is None or (isinstance(reply, bytes) and len(reply) <= SMALL_REPLY)
 
     def _close_parked(self) -> None:
         """Close the parked write end, once another is open: a reader then sees no
@@ -918,6 +972,8 @@ class Listener:
         held it when the request was read: that client's exchange, go on. Held by
         another: its reader is there for its own reply, not this one.
         """
+        if holder == NOBODY and self.lock_held:  # taken when the request was read
+            return True, True
         allowed, holding = self._lock_still_with(holder)
         if not allowed or holding or holder <= NOBODY:
             return allowed, holding
@@ -1028,11 +1084,24 @@ class Listener:
         """Write `reply`; give up when the client stops reading for REPLY_STALL_TIMEOUT,
         or when the lock holder changed (its exchange is over: the bytes still to come
         would reach the next client, if another reader keeps the FIFO open)."""
+        sent = 0
         if isinstance(reply, FileReply):
             total, push = reply.size, self._file_pusher(fd, reply)
         else:
-            total, push = len(reply), _bytes_pusher(fd, reply)
-        sent = 0
+            total = len(reply)
+            try:  # most replies fit in the pipe: one write, no loop
+                sent = os.write(fd, reply)
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                self.log.warning("reply dropped: client closed the reply FIFO")
+                return False
+            except OSError as error:
+                self.log.error("reply dropped: %s (0 of %d bytes sent)", _reason(error), total)
+                return False
+            if sent == total:
+                return True
+            push = _bytes_pusher(fd, reply)
         while sent < total:
             try:
                 sent += push(sent)

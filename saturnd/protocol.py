@@ -521,6 +521,11 @@ class _Decoder:
         """True when some bytes of an unfinished message have been fed."""
         return self.buffered > 0
 
+    @property
+    def pending(self) -> int:
+        """How many bytes `unconsumed()` would return, without copying them."""
+        return len(self._buffer) - self._pos
+
     def unconsumed(self) -> bytes:
         """The bytes fed after the last complete message (between messages only)."""
         return bytes(self._buffer[self._pos :])
@@ -538,6 +543,8 @@ class _Decoder:
         After a ProtocolError the decoder must be `reset()` before it is used again.
         """
         if self._parser is None:
+            if self._pos == len(self._buffer):
+                return NEED_DATA  # between messages, nothing fed: no parser to start
             self._parser = self._new_parser()
             self._consumed = 0
             self._want = next(self._parser)
@@ -565,6 +572,26 @@ class _Decoder:
         self._pos = 0
 
 
+def _fixed_request(cls: type[TaskRequest]) -> Callable[[bytearray, int], Request]:
+    def build(buffer: bytearray, at: int) -> Request:
+        return cls(_U64.unpack_from(buffer, at + 2)[0])
+
+    return build
+
+
+# Requests of a fixed size (opcode included), whole in the buffer: built at once, with
+# no parser to start, resume and finish (the daemon's common case, one per exchange).
+# They decode to what `_parse_request` gives for the same bytes (tests/test_protocol.py).
+_FIXED_REQUESTS: Final[dict[bytes, tuple[int, Callable[[bytearray, int], Request]]]] = {
+    OP_LIST: (2, lambda _buffer, _at: ListRequest()),
+    OP_TERMINATE: (2, lambda _buffer, _at: TerminateRequest()),
+    OP_REMOVE: (10, _fixed_request(RemoveRequest)),
+    OP_TIMES_EXITCODES: (10, _fixed_request(TimesExitcodesRequest)),
+    OP_STDOUT: (10, _fixed_request(StdoutRequest)),
+    OP_STDERR: (10, _fixed_request(StderrRequest)),
+}
+
+
 class RequestDecoder(_Decoder):
     """Decodes requests (the daemon's side), within MAX_REQUEST bytes each."""
 
@@ -576,6 +603,14 @@ class RequestDecoder(_Decoder):
 
     def next_message(self) -> Request | _NeedData:
         """A complete request, or NEED_DATA; raises ProtocolError."""
+        if self._parser is None:
+            at = self._pos
+            fixed = _FIXED_REQUESTS.get(bytes(self._buffer[at : at + 2]))
+            if fixed is not None and len(self._buffer) - at >= fixed[0]:
+                message = fixed[1](self._buffer, at)
+                self._pos = at + fixed[0]
+                self._compact()
+                return message
         return super().next_message()  # type: ignore[return-value]
 
 

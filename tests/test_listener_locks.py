@@ -10,7 +10,9 @@ import logging
 import os
 import select
 import signal
+import stat
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from saturnd.listener import (
     CLIENT_LOCK,
     NOBODY,
+    SMALL_REPLY,
     UNKNOWN,
     Listener,
     StopFlag,
@@ -222,3 +225,105 @@ def test_a_reply_whose_client_lets_go_of_the_lock_as_it_is_opened_reaches_nobody
     assert listener.parked_reply < 0
     assert os.read(report, 1 << 16) == b"OKmine|EOF"
     os.close(report)
+
+
+# --- a client without the lock: the lock taken at the read, let go after the reply ----
+
+
+def lock_is_free(listener: Listener) -> bool:
+    """Whether another open of cassini.lock could take its flock now (as a cassini)."""
+    fd = os.open(lock_path(listener), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_a_read_while_the_lock_is_free_takes_it_until_the_reply_is_written(
+    listener: Listener,
+) -> None:
+    listener.open()
+
+    def refuse() -> bytes:
+        raise AssertionError("/proc/locks read for a free lock")
+
+    listener._read_proc_locks = refuse  # type: ignore[method-assign]
+    reply = os.open(listener.reply_path, os.O_RDONLY | os.O_NONBLOCK)
+    request = os.open(listener.request_path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(request, b"LS")
+        listener._read_available()
+        assert [read.holder for read in listener.chunks] == [NOBODY]
+        # No cassini can start an exchange (and read this reply) from here on.
+        assert not lock_is_free(listener)
+        assert listener._serve_complete_requests() is None
+        assert lock_is_free(listener)
+        assert os.read(reply, 1 << 16) == b"OK" + bytes(4)
+        assert os.read(reply, 1 << 16) == b""  # the end of the reply
+    finally:
+        os.close(request)
+        os.close(reply)
+
+
+def test_an_unfinished_request_without_the_lock_does_not_keep_it(listener: Listener) -> None:
+    # A lockless client that sends half a request: every cassini would wait behind it
+    # for REQUEST_TIMEOUT if the lock taken at the read were kept while the rest is due.
+    listener.open()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)  # like the daemon's (saturnd/daemon.py)
+    listener.wake_fd = wake_read
+    served = threading.Thread(target=listener.run)
+    request = os.open(listener.request_path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        served.start()
+        os.write(request, ECHO[:5])
+        deadline = time.monotonic() + 0.5
+        while not listener.chunks and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert listener.chunks, "the listener did not read the bytes"
+        time.sleep(0.05)
+        assert lock_is_free(listener)
+    finally:
+        listener.stop.stopping = True
+        os.write(wake_write, b"x")  # as the daemon's signal handlers do
+        served.join(timeout=10)
+        os.close(request)
+        os.close(wake_read)
+        os.close(wake_write)
+    assert not served.is_alive()
+
+
+# --- the reply FIFO's type --------------------------------------------------------
+
+
+def test_a_file_renamed_over_the_reply_fifo_gets_no_large_reply(
+    listener: Listener, tmp_path: Path
+) -> None:
+    listener.open()
+    assert listener.watch_fd is not None
+
+    def rename_a_file_over_the_fifo() -> int:
+        """A descriptor of the file, which the listener replaces with a FIFO again."""
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+        fd = os.open(plain, os.O_RDONLY)
+        os.replace(plain, listener.reply_path)
+        return fd
+
+    # Past PIPE_BUF the type is checked at every reply, inotify or not.
+    plain = rename_a_file_over_the_fifo()
+    assert not listener.send(b"OK" + bytes(SMALL_REPLY), NOBODY)
+    assert os.fstat(plain).st_size == 0
+    os.close(plain)
+    assert stat.S_ISFIFO(os.lstat(listener.reply_path).st_mode)  # recreated at once
+    # Without inotify, even a small reply is checked.
+    os.close(listener.watch_fd)
+    listener.watch_fd = None
+    plain = rename_a_file_over_the_fifo()
+    assert not listener.send(b"OK" + bytes(4), NOBODY)
+    assert os.fstat(plain).st_size == 0
+    os.close(plain)
+    assert lock_is_free(listener)

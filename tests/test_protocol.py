@@ -573,6 +573,40 @@ def test_it_refuses_trailing_bytes_in_a_whole_message() -> None:
         decode_reply(b"RM", h("4f 4b 00"))
 
 
+class _ParserOnlyDecoder(RequestDecoder):
+    """The request decoder without its shortcut for fixed-size requests: every request
+    goes through the resumable parser."""
+
+    def next_message(self) -> Request | protocol.NeedData:
+        return protocol._Decoder.next_message(self)  # type: ignore[return-value]
+
+
+def _steps(decoder: RequestDecoder, chunks: list[bytes]) -> list[object]:
+    """Everything `decoder` says, chunk by chunk, up to its first ProtocolError."""
+    said: list[object] = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        while True:
+            try:
+                message = decoder.next_message()
+            except ProtocolError as error:
+                return [*said, ("error", str(error))]
+            said.append((message, decoder.buffered, decoder.pending, decoder.in_message))
+            if message is NEED_DATA:
+                break
+    return said
+
+
+@QUICK
+@given(st.lists(requests, max_size=5), noise, cut_lists)
+def test_its_shortcut_for_fixed_size_requests_says_what_the_parser_says(
+    batch: list[Request], tail: bytes, cuts: list[int]
+) -> None:
+    data = b"".join(encode(request_) for request_ in batch) + tail
+    chunks = split(data, cuts)
+    assert _steps(RequestDecoder(), chunks) == _steps(_ParserOnlyDecoder(), chunks)
+
+
 def test_it_decodes_requests_sent_back_to_back_one_after_the_other() -> None:
     decoder = RequestDecoder()
     decoder.feed(
