@@ -444,6 +444,9 @@ while at < len(data):
     size = int.from_bytes(data[at + 2 : at + 6], "big")
     replies[data[at : at + 2]] = data[at + 6 : at + 6 + size]
     at += 6 + size
+busy = float(sys.argv[5]) / 1e6
+if busy:
+    from time import perf_counter
 syncs = {b"CR": 2, b"RM": 1} if sync_path else {}
 sync_fd = os.open(sync_path, os.O_RDWR | os.O_CREAT, 0o600) if sync_path else -1
 request_fd = os.open(request_path, os.O_RDWR)
@@ -454,6 +457,10 @@ while True:
     for _ in range(syncs.get(opcode, 0)):
         os.pwrite(sync_fd, request[:8], 0)
         os.fdatasync(sync_fd)
+    if busy:
+        began = perf_counter()
+        while perf_counter() - began < busy:
+            pass
     reply_fd = os.open(reply_path, os.O_WRONLY)
     os.write(reply_fd, replies[opcode])
     os.close(reply_fd)
@@ -466,15 +473,24 @@ class Floor:
     """A minimal Python process answering with canned replies over its own FIFOs.
 
     `replies` maps an opcode (b"LS", ...) to the exact reply bytes the daemon gave, so
-    both sides move the same byte counts. The client is the same `Client`.
+    both sides move the same byte counts. The client is the same `Client`. `busy_us`
+    adds that much CPU (a busy loop) to every request: a floor that costs a little more,
+    to show how the scheduler places a server that is not almost free.
     """
 
-    def __init__(self, root: Path, replies: Mapping[bytes, bytes], sync: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        replies: Mapping[bytes, bytes],
+        sync: bool = False,
+        busy_us: float = 0.0,
+    ) -> None:
         self.root = root
         self.pipes = root / "floor-pipes"
         self.replies = dict(replies)
         self.replies.setdefault(b"TM", b"OK")
         self.sync = sync
+        self.busy_us = busy_us
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -502,6 +518,7 @@ class Floor:
                 str(self.pipes / REPLY_PIPE),
                 str(replies_file),
                 sync_path,
+                str(self.busy_us),
             ],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -529,15 +546,81 @@ class Floor:
 # --- processes ---------------------------------------------------------------------
 
 
-def vm_status(pid: int) -> dict[str, int]:
-    """The kB fields of /proc/PID/status (VmRSS, VmHWM, ...), in bytes."""
-    values: dict[str, int] = {}
+def cpu_ns(pid: int) -> int | None:
+    """CPU time process `pid` has used, in nanoseconds (/proc/PID/schedstat: exact,
+    where /proc/PID/stat counts 10 ms ticks); None where the kernel does not say."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def context_switches(pid: int) -> int | None:
+    """Voluntary plus involuntary context switches of process `pid` so far."""
+    try:
+        fields = status_fields(pid)
+        return int(fields["voluntary_ctxt_switches"][0]) + int(
+            fields["nonvoluntary_ctxt_switches"][0]
+        )
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
+
+
+def status_fields(pid: int) -> dict[str, list[str]]:
+    """/proc/PID/status as {field: the words after its colon}."""
+    fields: dict[str, list[str]] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            values[name] = int(parts[0]) * 1024
-    return values
+        fields[name] = rest.split()
+    return fields
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the benchmark's own process (the client) and the servers run: `client`
+    and `servers` are CPU sets, None for "wherever the scheduler puts them"."""
+
+    name: str
+    client: frozenset[int] | None
+    servers: frozenset[int] | None
+
+    def apply(self, client_pid: int, server_pids: Iterable[int]) -> None:
+        everywhere = _allowed_cpus()
+        os.sched_setaffinity(client_pid, self.client or everywhere)
+        for pid in server_pids:
+            os.sched_setaffinity(pid, self.servers or everywhere)
+
+
+def _allowed_cpus() -> frozenset[int]:
+    return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+
+
+_ALLOWED_AT_IMPORT: Final = _allowed_cpus()
+
+
+def placements() -> list[Placement]:
+    """The placements this machine allows: as the scheduler places them (first, while
+    no pinning has moved anyone), everything on one CPU (the client and the server it
+    talks to take turns on it, so no wake-up crosses CPUs), and the client and the
+    servers on two different CPUs (every wake-up crosses). Without sched_setaffinity,
+    or with one CPU, only the first."""
+    cpus = sorted(_ALLOWED_AT_IMPORT)
+    found = [Placement("as scheduled", None, None)]
+    if hasattr(os, "sched_setaffinity") and len(cpus) >= 2:
+        # The last CPU: the first usually takes the most device interrupts.
+        one = frozenset({cpus[-1]})
+        found.append(Placement("one CPU", one, one))
+        found.append(Placement("two CPUs", frozenset({cpus[0]}), one))
+    return found
+
+
+def vm_status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status (VmRSS, VmHWM, ...), in bytes."""
+    return {
+        name: int(parts[0]) * 1024
+        for name, parts in status_fields(pid).items()
+        if len(parts) == 2 and parts[1] == "kB"
+    }
 
 
 def mib(count: float) -> str:

@@ -3,8 +3,9 @@
 Each benchmark is a script run with this interpreter in its own process; its standard
 output (Markdown) goes into BENCHMARKS.md between the two RESULTS markers, under a
 summary of every target row. Everything outside the markers (the analysis of missed
-targets, written by people) is kept as it is. Benchmark 1 (`cassini_roundtrip.py`) is
-another engineer's script: it is run when present, and reported missing otherwise.
+targets, written by people) is kept as it is. Benchmark 1 (`cassini_roundtrip.py`)
+times real process starts for some 20 s and has no quick mode of its own; it is run
+when present, and reported missing otherwise.
 
 Exit status: 0 when every benchmark measured; 1 when one could not (or is missing).
 A missed target never changes the exit status: targets are judged by reading.
@@ -79,7 +80,7 @@ def arguments_for(bench: Bench, args: argparse.Namespace) -> list[str]:
     script = HERE / bench.script
     if args.quick:
         if bench.number == "1":
-            # Not ours: pass --quick only if it says it understands it.
+            # It has no quick mode: pass --quick only if it says it understands it.
             helped = subprocess.run(
                 [sys.executable, str(script), "--help"],
                 capture_output=True,
