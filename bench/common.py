@@ -585,17 +585,16 @@ class Placement:
     servers: frozenset[int] | None
 
     def apply(self, client_pid: int, server_pids: Iterable[int]) -> None:
-        everywhere = _allowed_cpus()
-        os.sched_setaffinity(client_pid, self.client or everywhere)
+        """Pin them; "wherever" is every CPU this process was allowed when it started
+        (asked now, the answer would be the last placement's own pinning)."""
+        os.sched_setaffinity(client_pid, self.client or _ALLOWED_AT_START)
         for pid in server_pids:
-            os.sched_setaffinity(pid, self.servers or everywhere)
+            os.sched_setaffinity(pid, self.servers or _ALLOWED_AT_START)
 
 
-def _allowed_cpus() -> frozenset[int]:
-    return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
-
-
-_ALLOWED_AT_IMPORT: Final = _allowed_cpus()
+_ALLOWED_AT_START: Final = (
+    frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
+)
 
 
 def placements() -> list[Placement]:
@@ -604,7 +603,7 @@ def placements() -> list[Placement]:
     talks to take turns on it, so no wake-up crosses CPUs), and the client and the
     servers on two different CPUs (every wake-up crosses). Without sched_setaffinity,
     or with one CPU, only the first."""
-    cpus = sorted(_ALLOWED_AT_IMPORT)
+    cpus = sorted(_ALLOWED_AT_START)
     found = [Placement("as scheduled", None, None)]
     if hasattr(os, "sched_setaffinity") and len(cpus) >= 2:
         # The last CPU: the first usually takes the most device interrupts.

@@ -620,8 +620,7 @@ class Listener:
                 status = self._serve_complete_requests()
                 if status is not None:
                     return status
-                if self.lock_held:  # taken by a read whose request still waits for bytes
-                    self._release_client_lock()
+                self._release_client_lock()  # if a read took it, its request waits for bytes
                 if self.watch_fd is None and time.monotonic() - self.last_check >= IDLE_CHECK:
                     self.check_fifos()
                     if self.watch_fd is None:
@@ -637,8 +636,6 @@ class Listener:
     def _timeout(self) -> float | None:
         """How long select may wait: until the pending request times out, until the
         next idle check without inotify, or (idle, watched) for ever."""
-        if not self.chunks and self.watch_fd is not None:
-            return None
         now = time.monotonic()
         limits = []
         if self.chunks:
@@ -670,10 +667,7 @@ class Listener:
                     )
                     continue
                 return None
-            chunks = self.chunks
-            size = (
-                len(chunks[0].data) if len(chunks) == 1 else sum(len(read.data) for read in chunks)
-            ) - self.decoder.pending
+            size = sum(len(read.data) for read in self.chunks) - self.decoder.pending
             if self._glued(size):
                 self._reject(
                     f"its {size} bytes came in more than one read, the last one from a "
@@ -917,8 +911,7 @@ class Listener:
                     "reply dropped: its client is gone and another one's exchange is under way"
                 )
                 return False
-            if self.parked_reply >= 0:
-                self._close_parked()
+            self._close_parked()
             if not holding and holder > NOBODY and self._lock_holder() not in (holder, UNKNOWN):
                 # The lock changed hands between our look and the open: the reader is the
                 # next client, there for its own reply. Closing now would tell it the
@@ -972,8 +965,6 @@ class Listener:
         held it when the request was read: that client's exchange, go on. Held by
         another: its reader is there for its own reply, not this one.
         """
-        if holder == NOBODY and self.lock_held:  # taken when the request was read
-            return True, True
         allowed, holding = self._lock_still_with(holder)
         if not allowed or holding or holder <= NOBODY:
             return allowed, holding
@@ -1084,24 +1075,11 @@ class Listener:
         """Write `reply`; give up when the client stops reading for REPLY_STALL_TIMEOUT,
         or when the lock holder changed (its exchange is over: the bytes still to come
         would reach the next client, if another reader keeps the FIFO open)."""
-        sent = 0
         if isinstance(reply, FileReply):
             total, push = reply.size, self._file_pusher(fd, reply)
         else:
-            total = len(reply)
-            try:  # most replies fit in the pipe: one write, no loop
-                sent = os.write(fd, reply)
-            except BlockingIOError:
-                pass
-            except BrokenPipeError:
-                self.log.warning("reply dropped: client closed the reply FIFO")
-                return False
-            except OSError as error:
-                self.log.error("reply dropped: %s (0 of %d bytes sent)", _reason(error), total)
-                return False
-            if sent == total:
-                return True
-            push = _bytes_pusher(fd, reply)
+            total, push = len(reply), _bytes_pusher(fd, reply)
+        sent = 0
         while sent < total:
             try:
                 sent += push(sent)

@@ -523,12 +523,8 @@ class _Decoder:
 
     @property
     def pending(self) -> int:
-        """How many bytes `unconsumed()` would return, without copying them."""
+        """How many bytes were fed after the last complete message (between messages)."""
         return len(self._buffer) - self._pos
-
-    def unconsumed(self) -> bytes:
-        """The bytes fed after the last complete message (between messages only)."""
-        return bytes(self._buffer[self._pos :])
 
     def reset(self) -> None:
         """Forget every byte fed so far and any message in progress."""
