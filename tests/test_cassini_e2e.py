@@ -473,6 +473,115 @@ def test_it_waits_for_the_lock(pipes: Path) -> None:
     assert len(fake.requests) == 1
 
 
+class LockHog:
+    """Threads that take cassini.lock with a blocking flock, hold it a while, let go and
+    come back after a short pause, in turns: the lock is free only for the instants
+    between one's release and the other's grab (clients with a blocking flock, like
+    the hostile ones of tests/reliability)."""
+
+    def __init__(self, pipes: Path, threads: int = 2, hold: float = 0.025) -> None:
+        self.pipes = pipes
+        self.hold = hold
+        self.stop = threading.Event()
+        self.turns = 0
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        fd = os.open(self.pipes / "cassini.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while not self.stop.wait(0.003):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self.turns += 1
+                time.sleep(self.hold)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> LockHog:
+        for thread in self.threads:
+            thread.start()
+        while self.turns < 2:
+            time.sleep(0.001)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_it_waits_for_the_lock_in_the_kernels_queue(
+    pipes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that only tried the lock from time to time lost every hand-over to the
+    # queued ones and waited until its timeout (it did: 40 s in CI's storm).
+    from cassini import transport
+
+    monkeypatch.setattr(transport, "LOCK_TIMEOUT", 5.0)
+    handler = signal.getsignal(signal.SIGALRM)
+    with LockHog(pipes) as hog:
+        start = time.monotonic()
+        fd = transport._lock(str(pipes))
+        waited = time.monotonic() - start
+        turns = hog.turns
+        time.sleep(0.2)
+        assert hog.turns == turns  # ours: the lock is held for as long as we keep it
+        assert fd is not None
+        os.close(fd)
+    # A turn or two of the others (25 ms each), far from the 5 s of a timeout.
+    assert waited < 1.0, waited
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_it_gives_up_on_the_lock_after_its_time(
+    pipes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cassini import transport
+
+    monkeypatch.setattr(transport, "LOCK_TIMEOUT", 0.3)
+    handler = signal.getsignal(signal.SIGALRM)
+    # A parent may hand cassini a blocked SIGALRM: the timer must still end the wait.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    lock = os.open(pipes / "cassini.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = open_fds()
+        start = time.monotonic()
+        with pytest.raises(
+            transport.TransportError,
+            match=r"cassini\.lock is still locked by another cassini after 0\.3 s$",
+        ):
+            transport._lock(str(pipes))
+        assert 0.25 <= time.monotonic() - start < 2
+        assert open_fds() == before
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask | {signal.SIGALRM}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(lock)
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_it_exits_quietly_on_ctrl_c_while_waiting_for_the_lock(pipes: Path) -> None:
+    lock = os.open(pipes / "cassini.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with FakeDaemon(pipes, []) as fake:
+            process = start_cassini(pipes, "-l")
+            time.sleep(0.4)  # started, and waiting for the lock
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=10)
+    finally:
+        os.close(lock)
+    assert (stdout, stderr, process.returncode) == (b"", b"", 130)
+    assert fake.requests == []
+
+
 def test_it_creates_the_lock_file_private(pipes: Path) -> None:
     exchange(pipes, h("4f 4b"), "-q")
     assert stat.S_IMODE((pipes / "cassini.lock").lstat().st_mode) == 0o600
