@@ -182,16 +182,15 @@ def _wait_for_lock(fd: int, path: str) -> None:
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     try:
         signal.setitimer(signal.ITIMER_REAL, LOCK_TIMEOUT)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # The timer may still fire up to here: the lock is then given back (the caller
+        # Should the timer fire just after the flock, the lock is given back (the caller
         # closes fd) and the exchange fails as timed out, at the very end of its time.
-        waiting = False
+        fcntl.flock(fd, fcntl.LOCK_EX)
     except _LockTimeout:
         raise TransportError(
             f"{path} is still locked by another cassini after {LOCK_TIMEOUT:g} s"
         ) from None
     finally:
-        waiting = False
+        waiting = False  # from here on, a late signal is ignored
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

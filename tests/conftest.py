@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from tests.daemon_harness import Daemon
 
 # Saturday 2026-11-21 08:00:00 UTC: a fixed NOW for every end-to-end test.
 NOW = 1_795_248_000
+
+
+def open_fds() -> set[str]:
+    """This process's open descriptors, to check that code under test closed its own."""
+    return set(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture

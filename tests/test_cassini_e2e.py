@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import open_fds
 from tests.fake_daemon import REPLY_PIPE, REQUEST_PIPE, Exchange, FakeDaemon, make_pipes
 
 CASSINI = Path(sys.executable).parent / "cassini"
@@ -508,10 +509,6 @@ class LockHog:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=5)
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 def test_it_waits_for_the_lock_in_the_kernels_queue(

@@ -29,6 +29,7 @@ from saturnd.records import (
 )
 from saturnd.store import Store, StoreError, _read_into_bytearray, append_run
 from saturnd.timing import Timing
+from tests.conftest import open_fds
 
 LOG = logging.getLogger("test.store")
 EVERY_MINUTE = Timing()
@@ -864,10 +865,6 @@ def test_it_reads_a_file_whose_size_changed_since_fstat(tmp_path: Path, told: in
 
 
 # --- open_runs ------------------------------------------------------------------
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 def runs_of(opened: tuple[int, int] | None) -> bytes:
