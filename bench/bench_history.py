@@ -10,7 +10,7 @@ The task's `times-exitcodes` is written directly (`common.write_runs`: the layou
   after the requests. "Memory flat" means the peak does not grow with the history: a
   daemon that reads the whole file into memory shows a peak growth of several times
   the file's size;
-- for information, `protocol.decode_reply` on the reply (what cassini -x would add).
+- for information, `decoding.decode_reply` on the reply (what cassini -x would add).
 
 Targets (judged by reading the table): the exchange <= 0.2 s, memory flat.
 
@@ -45,7 +45,7 @@ from common import (
     write_runs,
 )
 
-from saturnd import protocol
+from saturnd import decoding, protocol
 from saturnd.timing import Timing
 
 TIME_GOAL = 0.2
@@ -93,7 +93,7 @@ def run(runs: int, rounds: int) -> None:
         finally:
             daemon.stop()
     began = time.perf_counter()
-    decoded = protocol.decode_reply(b"TX", reply)
+    decoded = decoding.decode_reply(b"TX", reply)
     decode_time = time.perf_counter() - began
     if not isinstance(decoded, protocol.TimesExitcodesReply) or len(decoded.runs) != runs:
         raise CannotMeasure("the reply does not decode to every run")

@@ -7,7 +7,7 @@ written with `saturnd.records`, plus the task directories) and measured:
 - CREATE latency: the daemons of all sizes run at once and CREATEs go to each in turn
   (interleaved), so the ratio at 100k / at 0 compares like with like; median, p90;
 - LIST: time until the whole reply has arrived (the client does not decode while
-  timed), and, for information, the time `protocol.decode_reply` takes on it;
+  timed), and, for information, the time `decoding.decode_reply` takes on it;
 - memory of each daemon process (psutil): RSS, USS (pages only it holds), VmHWM.
 
 Targets (judged by reading the table): CREATE median at 100k <= 1.5 x at 0; LIST of
@@ -42,7 +42,7 @@ from common import (
     vm_status,
 )
 
-from saturnd import protocol
+from saturnd import decoding, protocol
 from saturnd.timing import Timing
 
 CREATE_GOAL = 1.5
@@ -111,7 +111,7 @@ def run(sizes: list[int], creates: int, starts: int, lists: int) -> None:
             for size in sizes:
                 data = daemons[size].client.exchange(b"LS")
                 began = time.perf_counter()
-                listed = protocol.decode_reply(b"LS", data)
+                listed = decoding.decode_reply(b"LS", data)
                 decode_times[size] = time.perf_counter() - began
                 expected = size + creates + 1
                 found = len(listed.tasks) if isinstance(listed, protocol.ListReply) else -1

@@ -68,7 +68,7 @@ from common import (
     write_runs,
 )
 
-from saturnd import protocol
+from saturnd import decoding, protocol
 from saturnd.timing import Timing
 
 LIST_GOAL = 0.5
@@ -157,7 +157,7 @@ def run(rounds: int, block: int) -> None:
             list_reply = ours.exchange(b"LS")
             tx_request = protocol.encode(protocol.TimesExitcodesRequest(0))
             tx_reply = ours.exchange(tx_request)
-            listed = protocol.decode_reply(b"LS", list_reply)
+            listed = decoding.decode_reply(b"LS", list_reply)
             if not isinstance(listed, protocol.ListReply) or len(listed.tasks) != 10:
                 raise CannotMeasure("the daemon does not list 10 tasks")
             replies = {

@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - only without an install
 else:
     _CHILD_PYTHONPATH = None
 
-from saturnd import protocol, records  # noqa: E402
+from saturnd import decoding, protocol, records  # noqa: E402
 from saturnd.timing import Timing  # noqa: E402
 
 REQUEST_PIPE: Final = "saturnd-request-pipe"
@@ -217,7 +217,7 @@ class Client:
     The sequence is the protocol's and cassini's minus its lock and stale-reply drain:
     open the reply FIFO (read, non-blocking), open the request FIFO (write), one write,
     read until end of file, close both. The reply's end is the writer's close, so the
-    client never decodes while timing (`protocol.decode_reply` is there for checks).
+    client never decodes while timing (`decoding.decode_reply` is there for checks).
     """
 
     def __init__(self, pipes_dir: Path, timeout: float = 30.0) -> None:
@@ -258,7 +258,7 @@ class Client:
     def request(self, message: protocol.Request) -> protocol.Reply:
         """Encode, exchange, decode (for set-up and checks, not in timed loops)."""
         data = self.exchange(protocol.encode(message))
-        return protocol.decode_reply(message.opcode, data)
+        return decoding.decode_reply(message.opcode, data)
 
 
 def cheap_request() -> bytes:

@@ -1,11 +1,16 @@
-"""The saturnd <-> cassini wire protocol (PROTOCOL.md), sans I/O.
+"""The saturnd <-> cassini wire protocol (PROTOCOL.md, docs/protocol.md), sans I/O.
 
-This module owns the typed requests and replies, `encode` (message -> bytes) and the
-incremental decoders (bytes as they arrive -> message | NEED_DATA | ProtocolError).
-It never touches a file descriptor: the listener and cassini's transport feed it.
+This module owns the typed requests and replies, `encode` (message -> bytes), and the
+parsers that `saturnd.decoding` drives over bytes as they arrive. It never touches a
+file descriptor. It holds the course's 7 requests and our extensions, which travel over
+the socket only (docs/protocol.md): `VERSION` (`vr`), and the error reply `ER EM` that
+carries a message. Adding a request: its message class, encoder, parser and reply layout
+here, its meaning in `handlers`, its command line in cassini; nothing else.
 
 Rules:
 - All integers are big-endian; layouts are tables keyed by opcode, not if-chains.
+- The course's opcodes are two upper-case ASCII letters, ours start with a lower-case
+  one: the two never meet, and a daemon serves ours on the socket only (COURSE_OPCODES).
 - Hard limits are named constants and are checked *before* waiting for the bytes a
   length announces, so a hostile length never makes anyone allocate or wait for it.
 - Decoding is resumable: a parser is a generator that asks for n bytes at a time, so
@@ -36,8 +41,6 @@ __all__ = [
     "NEED_DATA",
     "EXITCODE_ABNORMAL",
     "NeedData",
-    "decode_reply",
-    "decode_request",
     "encode_runs",
     "encode_string",
     "CreateReply",
@@ -50,9 +53,7 @@ __all__ = [
     "ProtocolError",
     "RemoveRequest",
     "Reply",
-    "ReplyDecoder",
     "Request",
-    "RequestDecoder",
     "Run",
     "StderrRequest",
     "StdoutRequest",
@@ -63,6 +64,10 @@ __all__ = [
     "encode",
     "encode_commandline",
     "encode_timing",
+    "parse_reply",
+    "parse_request",
+    "VersionReply",
+    "VersionRequest",
 ]
 
 MAX_ARGC: Final = 65_536
@@ -84,11 +89,22 @@ OP_TIMES_EXITCODES: Final = b"TX"
 OP_STDOUT: Final = b"SO"
 OP_STDERR: Final = b"SE"
 OP_TERMINATE: Final = b"TM"
+OP_VERSION: Final = b"vr"
+"""Extension (socket only): the daemon's version and the requests it serves."""
+
+COURSE_OPCODES: Final = frozenset(
+    {OP_LIST, OP_CREATE, OP_REMOVE, OP_TIMES_EXITCODES, OP_STDOUT, OP_STDERR, OP_TERMINATE}
+)
+"""The requests of PROTOCOL.md: all the FIFOs carry."""
 
 REPLY_OK: Final = b"OK"
 REPLY_ERROR: Final = b"ER"
 ERR_NOT_FOUND: Final = b"NF"
 ERR_NEVER_RAN: Final = b"NR"
+ERR_MESSAGE: Final = b"EM"
+"""Extension (socket only): an error whose reason follows as a `string` (UTF-8)."""
+MAX_ERROR_MESSAGE: Final = 4096
+"""Longest error message a client accepts."""
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -187,6 +203,17 @@ class TerminateRequest(Frozen):
     opcode = OP_TERMINATE
 
 
+class VersionRequest(Frozen):
+    """VERSION (extension): the client's version text, for the daemon's log."""
+
+    __slots__ = __match_args__ = ("client",)
+    client: bytes
+    opcode = OP_VERSION
+
+    def __init__(self, client: bytes) -> None:
+        object.__setattr__(self, "client", client)
+
+
 Request = (
     ListRequest
     | CreateRequest
@@ -195,6 +222,7 @@ Request = (
     | StdoutRequest
     | StderrRequest
     | TerminateRequest
+    | VersionRequest
 )
 TaskRequest = RemoveRequest | TimesExitcodesRequest | StdoutRequest | StderrRequest
 
@@ -234,13 +262,15 @@ class OkReply(Frozen):
 
 
 class ErrorReply(Frozen):
-    """`ER` and an error code (`NF` or `NR`)."""
+    """`ER` and an error code: `NF`, `NR`, or (socket only) `EM` and its `message`."""
 
-    __slots__ = __match_args__ = ("code",)
+    __slots__ = __match_args__ = ("code", "message")
     code: bytes
+    message: str
 
-    def __init__(self, code: bytes) -> None:
+    def __init__(self, code: bytes, message: str = "") -> None:
         object.__setattr__(self, "code", code)
+        object.__setattr__(self, "message", message)
 
 
 class ListReply(Frozen):
@@ -283,7 +313,27 @@ class OutputReply(Frozen):
         object.__setattr__(self, "output", output)
 
 
-Reply = OkReply | ErrorReply | ListReply | CreateReply | TimesExitcodesReply | OutputReply
+class VersionReply(Frozen):
+    """VERSION's `OK`: the daemon's version text and the opcodes it serves (socket)."""
+
+    __slots__ = __match_args__ = ("version", "opcodes")
+    version: bytes
+    opcodes: tuple[bytes, ...]
+
+    def __init__(self, version: bytes, opcodes: tuple[bytes, ...]) -> None:
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "opcodes", opcodes)
+
+
+Reply = (
+    OkReply
+    | ErrorReply
+    | ListReply
+    | CreateReply
+    | TimesExitcodesReply
+    | OutputReply
+    | VersionReply
+)
 Message = Request | Reply
 
 # --- encoding -------------------------------------------------------------------
@@ -318,6 +368,13 @@ def _list_reply_body(reply: ListReply) -> bytes:
     return b"".join(parts)
 
 
+def _error_reply(reply: ErrorReply) -> bytes:
+    if reply.code == ERR_MESSAGE:
+        text = reply.message.encode("utf-8", "replace")[:MAX_ERROR_MESSAGE]
+        return REPLY_ERROR + ERR_MESSAGE + encode_string(text)
+    return REPLY_ERROR + reply.code
+
+
 # Each encoder gets a message of the type it is keyed by.
 _ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     ListRequest: lambda m: OP_LIST,
@@ -328,7 +385,11 @@ _ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     StdoutRequest: lambda m: OP_STDOUT + _U64.pack(m.task_id),
     StderrRequest: lambda m: OP_STDERR + _U64.pack(m.task_id),
     OkReply: lambda m: REPLY_OK,
-    ErrorReply: lambda m: REPLY_ERROR + m.code,
+    ErrorReply: _error_reply,
+    VersionRequest: lambda m: OP_VERSION + encode_string(m.client),
+    VersionReply: lambda m: (
+        REPLY_OK + encode_string(m.version) + _U32.pack(len(m.opcodes)) + b"".join(m.opcodes)
+    ),
     ListReply: _list_reply_body,
     CreateReply: lambda m: REPLY_OK + _U64.pack(m.task_id),
     TimesExitcodesReply: lambda m: REPLY_OK + encode_runs(m.runs),
@@ -393,6 +454,10 @@ def _read_commandline(max_argc: int, max_string: int) -> Generator[int, bytes, t
     return tuple(argv)
 
 
+def _parse_version() -> Generator[int, bytes, Request]:
+    return VersionRequest((yield from _read_string(MAX_ERROR_MESSAGE)))
+
+
 def _parse_create() -> Generator[int, bytes, Request]:
     timing = yield from _read_timing()
     argv = yield from _read_commandline(MAX_ARGC, MAX_STRING)
@@ -422,10 +487,12 @@ _REQUEST_PARSERS: Final[dict[bytes, Callable[[], Generator[int, bytes, Request]]
     OP_STDOUT: _task_id_parser(StdoutRequest),
     OP_STDERR: _task_id_parser(StderrRequest),
     OP_TERMINATE: _no_body(TerminateRequest),
+    OP_VERSION: _parse_version,
 }
 
 
-def _parse_request() -> Generator[int, bytes, Request]:
+def parse_request() -> Generator[int, bytes, Request]:
+    """The parser of one request: its opcode, then the body the table gives for it."""
     opcode = yield 2
     parser = _REQUEST_PARSERS.get(opcode)
     if parser is None:
@@ -461,6 +528,17 @@ def _parse_output_reply() -> Generator[int, bytes, Reply]:
     return OutputReply((yield from _read_string(MAX_REPLY_STRING)))
 
 
+def _parse_version_reply() -> Generator[int, bytes, Reply]:
+    version = yield from _read_string(MAX_ERROR_MESSAGE)
+    count = yield from _read_u32()
+    if count > 1024:
+        raise ProtocolError(f"{count} opcodes in a VERSION reply")
+    opcodes = []
+    for _ in range(count):
+        opcodes.append((yield 2))
+    return VersionReply(version, tuple(opcodes))
+
+
 def _parse_ok_reply() -> Generator[int, bytes, Reply]:
     return OkReply()
     yield 0  # pragma: no cover - makes this function a generator
@@ -475,177 +553,35 @@ _REPLY_LAYOUTS: Final[dict[bytes, tuple[Callable[[], ReplyParser], frozenset[byt
     OP_STDOUT: (_parse_output_reply, frozenset({ERR_NOT_FOUND, ERR_NEVER_RAN})),
     OP_STDERR: (_parse_output_reply, frozenset({ERR_NOT_FOUND, ERR_NEVER_RAN})),
     OP_TERMINATE: (_parse_ok_reply, frozenset()),
+    OP_VERSION: (_parse_version_reply, frozenset()),
 }
+REPLY_OPCODES: Final = frozenset(_REPLY_LAYOUTS)
+"""The requests whose replies `parse_reply` knows."""
 
 
-def _parse_reply(opcode: bytes) -> Generator[int, bytes, Reply]:
+def parse_reply(opcode: bytes) -> Generator[int, bytes, Reply]:
+    """The parser of a reply to a request of `opcode` (a key of REPLY_OPCODES).
+
+    `ER EM` and its message is accepted after any request: only our daemon sends it, and
+    only on the socket."""
     parse_ok, errors = _REPLY_LAYOUTS[opcode]
     reptype = yield 2
     if reptype == REPLY_OK:
         return (yield from parse_ok())
     if reptype == REPLY_ERROR:
         code = yield 2
+        if code == ERR_MESSAGE:
+            text = yield from _read_string(MAX_ERROR_MESSAGE)
+            return ErrorReply(code, text.decode("utf-8", "replace"))
         if code not in errors:
             raise ProtocolError(f"error code {code.hex(' ')} is not a reply to {opcode.decode()}")
         return ErrorReply(code)
     raise ProtocolError(f"unknown reply type {reptype.hex(' ')}")
 
 
-class _Decoder:
-    """Drives a parser generator over the bytes fed so far (h11's receive/next)."""
-
-    _COMPACT_AT = 1 << 16
-
-    def __init__(self, max_message: int | None) -> None:
-        self._buffer = bytearray()
-        self._pos = 0
-        self._max_message = max_message
-        self._parser: Generator[int, bytes, object] | None = None
-        self._want = 0
-        self._consumed = 0
-
-    def _new_parser(self) -> Generator[int, bytes, object]:
-        raise NotImplementedError
-
-    def feed(self, data: bytes) -> None:
-        """Add bytes that arrived."""
-        self._buffer += data
-
-    @property
-    def buffered(self) -> int:
-        """Bytes fed but not yet consumed by a complete message."""
-        return len(self._buffer) - self._pos + self._consumed
-
-    @property
-    def in_message(self) -> bool:
-        """True when some bytes of an unfinished message have been fed."""
-        return self.buffered > 0
-
-    @property
-    def pending(self) -> int:
-        """How many bytes were fed after the last complete message (between messages)."""
-        return len(self._buffer) - self._pos
-
-    def reset(self) -> None:
-        """Forget every byte fed so far and any message in progress."""
-        self._buffer = bytearray()
-        self._pos = 0
-        self._parser = None
-        self._consumed = 0
-
-    def next_message(self) -> object:
-        """A complete message, or NEED_DATA; raises ProtocolError on bad bytes.
-
-        After a ProtocolError the decoder must be `reset()` before it is used again.
-        """
-        if self._parser is None:
-            if self._pos == len(self._buffer):
-                return NEED_DATA  # between messages, nothing fed: no parser to start
-            self._parser = self._new_parser()
-            self._consumed = 0
-            self._want = next(self._parser)
-        while True:
-            if self._max_message is not None and self._consumed + self._want > self._max_message:
-                raise ProtocolError(f"message longer than the limit of {self._max_message} bytes")
-            end = self._pos + self._want
-            if end > len(self._buffer):
-                return NEED_DATA
-            chunk = bytes(self._buffer[self._pos : end])
-            self._pos = end
-            self._consumed += self._want
-            try:
-                self._want = self._parser.send(chunk)
-            except StopIteration as done:
-                self._parser = None
-                self._consumed = 0
-                self._compact()
-                return done.value
-            if self._pos >= self._COMPACT_AT:
-                self._compact()
-
-    def _compact(self) -> None:
-        del self._buffer[: self._pos]
-        self._pos = 0
-
-
-def _fixed_request(cls: type[TaskRequest]) -> Callable[[bytearray, int], Request]:
-    def build(buffer: bytearray, at: int) -> Request:
-        return cls(_U64.unpack_from(buffer, at + 2)[0])
-
-    return build
-
-
-# Requests of a fixed size (opcode included), whole in the buffer: built at once, with
-# no parser to start, resume and finish (the daemon's common case, one per exchange).
-# They decode to what `_parse_request` gives for the same bytes (tests/test_protocol.py).
-_FIXED_REQUESTS: Final[dict[bytes, tuple[int, Callable[[bytearray, int], Request]]]] = {
-    OP_LIST: (2, lambda _buffer, _at: ListRequest()),
-    OP_TERMINATE: (2, lambda _buffer, _at: TerminateRequest()),
-    OP_REMOVE: (10, _fixed_request(RemoveRequest)),
-    OP_TIMES_EXITCODES: (10, _fixed_request(TimesExitcodesRequest)),
-    OP_STDOUT: (10, _fixed_request(StdoutRequest)),
-    OP_STDERR: (10, _fixed_request(StderrRequest)),
-}
-
-
-class RequestDecoder(_Decoder):
-    """Decodes requests (the daemon's side), within MAX_REQUEST bytes each."""
-
-    def __init__(self) -> None:
-        super().__init__(MAX_REQUEST)
-
-    def _new_parser(self) -> Generator[int, bytes, object]:
-        return _parse_request()
-
-    def next_message(self) -> Request | _NeedData:
-        """A complete request, or NEED_DATA; raises ProtocolError."""
-        if self._parser is None:
-            at = self._pos
-            fixed = _FIXED_REQUESTS.get(bytes(self._buffer[at : at + 2]))
-            if fixed is not None and len(self._buffer) - at >= fixed[0]:
-                message = fixed[1](self._buffer, at)
-                self._pos = at + fixed[0]
-                self._compact()
-                return message
-        return super().next_message()  # type: ignore[return-value]
-
-
-class ReplyDecoder(_Decoder):
-    """Decodes the reply to one kind of request (the client's side)."""
-
-    def __init__(self, opcode: bytes) -> None:
-        if opcode not in _REPLY_LAYOUTS:
-            raise ValueError(f"unknown opcode {opcode!r}")
-        super().__init__(None)
-        self._opcode = opcode
-
-    def _new_parser(self) -> Generator[int, bytes, object]:
-        return _parse_reply(self._opcode)
-
-    def next_message(self) -> Reply | _NeedData:
-        """The complete reply, or NEED_DATA; raises ProtocolError."""
-        return super().next_message()  # type: ignore[return-value]
-
-
-def decode_request(data: bytes) -> Request:
-    """Decode exactly one whole request (tests, tools); raises ProtocolError."""
-    decoder = RequestDecoder()
-    decoder.feed(data)
-    message = decoder.next_message()
-    if isinstance(message, _NeedData):
-        raise ProtocolError("truncated request")
-    if decoder.buffered:
-        raise ProtocolError("bytes after the request")
-    return message
-
-
-def decode_reply(opcode: bytes, data: bytes) -> Reply:
-    """Decode exactly one whole reply to a request of `opcode`; raises ProtocolError."""
-    decoder = ReplyDecoder(opcode)
-    decoder.feed(data)
-    message = decoder.next_message()
-    if isinstance(message, _NeedData):
-        raise ProtocolError("truncated reply")
-    if decoder.buffered:
-        raise ProtocolError("bytes after the reply")
-    return message
+# --- names in the pipes directory (both programs use them) ---
+REQUEST_PIPE: Final = "saturnd-request-pipe"
+REPLY_PIPE: Final = "saturnd-reply-pipe"
+SOCKET_NAME: Final = "saturnd.sock"
+CLIENT_LOCK: Final = "cassini.lock"
+PIPES_LOCK: Final = "saturnd.lock"

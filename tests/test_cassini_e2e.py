@@ -817,7 +817,8 @@ def test_it_loads_only_struct_for_the_codec() -> None:
     # every `from __future__ import annotations` performs).
     code = (
         "import sys; before = set(sys.modules); sys.path.insert(0, sys.argv[1]);"
-        "from saturnd.protocol import ListRequest, ReplyDecoder, decode_reply, encode;"
+        "from saturnd.decoding import ReplyDecoder, decode_reply;"
+        "from saturnd.protocol import ListRequest, encode;"
         "from saturnd.timing import Timing;"
         "assert encode(ListRequest()) == b'LS';"
         "ReplyDecoder(b'LS').feed(b'OK');"

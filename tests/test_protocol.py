@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saturnd import protocol
+from saturnd import decoding, protocol
+from saturnd.decoding import ReplyDecoder, RequestDecoder, decode_reply, decode_request
 from saturnd.protocol import (
     MAX_ARGC,
     MAX_REPLY_STRING,
@@ -33,9 +34,7 @@ from saturnd.protocol import (
     ProtocolError,
     RemoveRequest,
     Reply,
-    ReplyDecoder,
     Request,
-    RequestDecoder,
     Run,
     StderrRequest,
     StdoutRequest,
@@ -43,8 +42,6 @@ from saturnd.protocol import (
     TerminateRequest,
     TimesExitcodesReply,
     TimesExitcodesRequest,
-    decode_reply,
-    decode_request,
     encode,
 )
 from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
@@ -578,7 +575,7 @@ class _ParserOnlyDecoder(RequestDecoder):
     goes through the resumable parser."""
 
     def next_message(self) -> Request | protocol.NeedData:
-        return protocol._Decoder.next_message(self)  # type: ignore[return-value]
+        return decoding._Decoder.next_message(self)  # type: ignore[return-value]
 
 
 def _steps(decoder: RequestDecoder, chunks: list[bytes]) -> list[object]:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import psutil
 
-from saturnd.protocol import NEED_DATA, ProtocolError, ReplyDecoder
+from saturnd.decoding import ReplyDecoder
+from saturnd.protocol import NEED_DATA, ProtocolError
 from tests.daemon_harness import CASSINI, SATURND, Daemon, wait_for
 
 LONG = os.environ.get("SATURND_RELIABILITY", "") == "long"
