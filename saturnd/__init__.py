@@ -1,1 +1,3 @@
-"""saturnd: a per-user cron daemon (see DESIGN.md for the layout)."""
+"""saturnd: a per-user cron daemon (the package of both programs' shared code)."""
+
+__version__ = "0.2.0"
