@@ -43,14 +43,8 @@ from pathlib import Path
 from typing import Final
 
 from saturnd.clock import Clock
-from saturnd.listener import (
-    EXIT_TERMINATED,
-    REPLY_PIPE,
-    REQUEST_PIPE,
-    Listener,
-    StopFlag,
-    ensure_fifo,
-)
+from saturnd.listener import EXIT_TERMINATED, Listener, StopFlag, ensure_fifo
+from saturnd.protocol import REPLY_PIPE, REQUEST_PIPE
 from saturnd.spawn import DEFAULT_MAX_OUTPUT
 from saturnd.store import Store, StoreError
 

@@ -1,23 +1,30 @@
-"""What each request means: request + task table -> reply bytes or an action to carry out.
+"""What each request means: one table keyed by request type, request + store -> outcome.
 
-This module owns the semantics of the 7 requests of PROTOCOL.md, with no I/O: the
-listener asks `decide()` what to do, carries out the action against the store (the only
-part that touches disk), then builds the reply with the `reply_*` functions here.
+This module owns the semantics of every request (the course's 7 and our extensions).
+A handler asks the store (`TaskStore`, the only part that touches the disk) for what it
+needs and says what goes back: reply bytes, a `FileReply` (a reply whose bulk is sent
+from an open file), or `Stop` (reply, then the daemon shuts down). It does no I/O of its
+own: the tests drive it with a store made of dicts. The listener runs `handle` for a
+request from any transport and sends the outcome; it knows no request by name.
 
 Rules:
-- Requests about a task that does not exist are answered `ER NF` here, without I/O.
-- STDOUT / STDERR of a task that never finished a run is `ER NR`.
-- A table keyed by request type, not an if-chain.
+- A request about a task that does not exist is answered `ER NF` without asking the
+  store anything else; STDOUT / STDERR of a task that never finished a run is `ER NR`.
+- A store failure is raised (StoreError or OSError) and never answered `OK`: the
+  listener turns it into `ER EM` with the reason on the socket, and into no reply at
+  all on the FIFOs (the course has no error for it).
+- Adding a request: its messages in `protocol`, one entry in HANDLERS, cassini's side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Union
+from typing import Any, Final, Protocol, Union
 
-from saturnd import protocol
+from saturnd import __version__, protocol
 from saturnd.protocol import (
+    ERR_MESSAGE,
     ERR_NEVER_RAN,
     ERR_NOT_FOUND,
     CreateReply,
@@ -30,86 +37,66 @@ from saturnd.protocol import (
     Request,
     StderrRequest,
     StdoutRequest,
+    TaskEntry,
     TerminateRequest,
     TimesExitcodesRequest,
+    VersionReply,
+    VersionRequest,
 )
-from saturnd.records import encode_nbruns
+from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, encode_nbruns
 from saturnd.timing import Timing
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """Reply at once with these bytes."""
+class TaskStore(Protocol):
+    """What the handlers ask of the store (saturnd.store.Store)."""
 
-    data: bytes
+    @property
+    def tasks(self) -> Mapping[int, TaskEntry]: ...
 
+    def list_reply(self) -> bytes: ...
 
-@dataclass(frozen=True, slots=True)
-class ListTasks:
-    """Reply with the store's encoded task list."""
+    def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int: ...
 
+    def remove(self, task_id: int) -> bool: ...
 
-@dataclass(frozen=True, slots=True)
-class CreateTask:
-    """Store a new task durably, then reply with its id."""
+    def open_runs(self, task_id: int) -> tuple[int, int] | None: ...
 
-    timing: Timing
-    argv: tuple[bytes, ...]
+    def output(self, task_id: int, stream: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveTask:
-    """Remove a task (known to exist), then reply OK."""
+class FileReply:
+    """A reply made of `head`, then the `length` bytes of the open file `fd` from
+    `offset`, which do not change while they are sent. Whoever sends it closes `fd`."""
 
-    task_id: int
+    head: bytes
+    fd: int
+    offset: int
+    length: int
 
-
-@dataclass(frozen=True, slots=True)
-class ReadRuns:
-    """Reply with the task's run history."""
-
-    task_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadOutput:
-    """Reply with what the task's last finished run wrote on `stream`."""
-
-    task_id: int
-    stream: str
+    @property
+    def size(self) -> int:
+        """Bytes of the whole reply."""
+        return len(self.head) + self.length
 
 
 @dataclass(frozen=True, slots=True)
-class Terminate:
-    """Reply OK, then stop the daemon."""
+class Stop:
+    """Send `reply`, then stop the daemon (TERMINATE)."""
+
+    reply: bytes
 
 
-Action = Union[Answer, ListTasks, CreateTask, RemoveTask, ReadRuns, ReadOutput, Terminate]
+Outcome = Union[bytes, FileReply, Stop]
 
+OK: Final = protocol.encode(OkReply())
 NOT_FOUND: Final = protocol.encode(ErrorReply(ERR_NOT_FOUND))
 NEVER_RAN: Final = protocol.encode(ErrorReply(ERR_NEVER_RAN))
-OK: Final = protocol.encode(OkReply())
 
 
-def _existing(task_id: int, tasks: Container[int], action: Action) -> Action:
-    return action if task_id in tasks else Answer(NOT_FOUND)
-
-
-# Each entry gets a request of the type it is keyed by, and the set of live ids.
-_DECIDE: Final[dict[type, Callable[[Any, Container[int]], Action]]] = {
-    ListRequest: lambda r, tasks: ListTasks(),
-    CreateRequest: lambda r, tasks: CreateTask(r.timing, r.argv),
-    RemoveRequest: lambda r, tasks: _existing(r.task_id, tasks, RemoveTask(r.task_id)),
-    TimesExitcodesRequest: lambda r, tasks: _existing(r.task_id, tasks, ReadRuns(r.task_id)),
-    StdoutRequest: lambda r, tasks: _existing(r.task_id, tasks, ReadOutput(r.task_id, "stdout")),
-    StderrRequest: lambda r, tasks: _existing(r.task_id, tasks, ReadOutput(r.task_id, "stderr")),
-    TerminateRequest: lambda r, tasks: Terminate(),
-}
-
-
-def decide(request: Request, tasks: Container[int]) -> Action:
-    """What to do for `request`, given the ids of the live tasks."""
-    return _DECIDE[type(request)](request, tasks)
+def error_message(message: str) -> bytes:
+    """`ER EM` with `message` (socket only): a failure the user must read."""
+    return protocol.encode(ErrorReply(ERR_MESSAGE, message))
 
 
 def reply_created(task_id: int) -> bytes:
@@ -121,7 +108,7 @@ def reply_runs_head(count: int) -> bytes:
     """The start of TIMES_EXITCODES' reply: OK, then NBRUNS = `count`.
 
     The `count` runs follow as `times-exitcodes` stores them (its layout is the reply's,
-    records.py), so the listener sends them straight from the file.
+    records.py), so they are sent straight from the file.
     """
     return protocol.REPLY_OK + encode_nbruns(count)
 
@@ -131,6 +118,67 @@ def reply_output(output: bytes | None) -> bytes:
     if output is None:
         return NEVER_RAN
     return protocol.encode(OutputReply(output))
+
+
+def _list(request: ListRequest, store: TaskStore) -> Outcome:
+    return store.list_reply()
+
+
+def _create(request: CreateRequest, store: TaskStore) -> Outcome:
+    return reply_created(store.create(request.timing, request.argv))
+
+
+def _remove(request: RemoveRequest, store: TaskStore) -> Outcome:
+    return OK if store.remove(request.task_id) else NOT_FOUND
+
+
+def _runs(request: TimesExitcodesRequest, store: TaskStore) -> Outcome:
+    opened = store.open_runs(request.task_id)
+    if opened is None:  # never finished a run
+        return reply_runs_head(0)
+    fd, count = opened
+    return FileReply(reply_runs_head(count), fd, RUNS_HEAD_SIZE, count * RUN_SIZE)
+
+
+def _output(stream: str) -> Callable[[StdoutRequest | StderrRequest, TaskStore], Outcome]:
+    def handle(request: StdoutRequest | StderrRequest, store: TaskStore) -> Outcome:
+        return reply_output(store.output(request.task_id, stream))
+
+    return handle
+
+
+def _terminate(request: TerminateRequest, store: TaskStore) -> Outcome:
+    return Stop(OK)
+
+
+def _version(request: VersionRequest, store: TaskStore) -> Outcome:
+    served = tuple(sorted(cls.opcode for cls in HANDLERS))
+    return protocol.encode(VersionReply(f"saturnd {__version__}".encode(), served))
+
+
+HANDLERS: Final[dict[type[Request], Callable[[Any, TaskStore], Outcome]]] = {
+    ListRequest: _list,
+    CreateRequest: _create,
+    RemoveRequest: _remove,
+    TimesExitcodesRequest: _runs,
+    StdoutRequest: _output("stdout"),
+    StderrRequest: _output("stderr"),
+    TerminateRequest: _terminate,
+    VersionRequest: _version,
+}
+"""Each handler gets a request of the type it is keyed by."""
+
+ABOUT_A_TASK: Final = frozenset(
+    {RemoveRequest, TimesExitcodesRequest, StdoutRequest, StderrRequest}
+)
+"""Requests answered `ER NF` when their task does not exist."""
+
+
+def handle(request: Request, store: TaskStore) -> Outcome:
+    """The outcome of `request`; raises what the store raises when it fails."""
+    if type(request) in ABOUT_A_TASK and request.task_id not in store.tasks:  # type: ignore[union-attr]
+        return NOT_FOUND
+    return HANDLERS[type(request)](request, store)
 
 
 def describe(request: Request) -> str:
