@@ -416,12 +416,14 @@ def _render_ok(request: Request, reply: OkReply, localtime: LocalTime) -> Outcom
 
 
 def _render_error(request: Request, reply: ErrorReply, localtime: LocalTime) -> Outcome:
-    from saturnd.protocol import ERR_NEVER_RAN, ERR_NOT_FOUND
+    from saturnd.protocol import ERR_MESSAGE, ERR_NEVER_RAN, ERR_NOT_FOUND
 
     task_id = getattr(request, "task_id", None)
     messages = {
         ERR_NOT_FOUND: f"no task with id {task_id}",
         ERR_NEVER_RAN: f"task {task_id} has not run yet",
+        # Our daemon's reason, on the socket: printable characters only, on one line.
+        ERR_MESSAGE: "".join(c if c.isprintable() else " " for c in reply.message),
     }
     message = messages.get(reply.code, f"the daemon answered error {reply.code.hex(' ')}")
     return Outcome(stderr=f"cassini: {message}\n", status=1)

@@ -1,44 +1,55 @@
-"""cassini's side of one exchange over the two FIFOs (PROTOCOL.md "Transport").
+"""cassini's side of one exchange: over our daemon's socket, or over the two FIFOs.
 
-This module owns `exchange`: check the pipes directory, take `cassini.lock`, drain the
-reply FIFO, send the request in one write, read until the decoder has the whole reply.
+This module owns `exchange`: send one request, read until the decoder has the whole
+reply. The socket `saturnd.sock` is used when it is there and ours (the kernel gives
+each client its own connection: replies cannot cross); otherwise, or with
+CASSINI_TRANSPORT=fifo, the FIFOs of PROTOCOL.md, which a C daemon serves too.
+CASSINI_TRANSPORT=socket refuses the FIFOs.
 
-Rules (DESIGN.md, "Bad input and hostile clients"):
-- The exclusive `flock` on `cassini.lock` is held for the whole exchange, so concurrent
-  clients never read each other's replies. A read-only directory gets no lock: there is
-  nothing better to do, and a daemon on a read-only directory is still worth talking to.
-  A busy lock is waited for in the kernel's queue (a blocking flock that a timer cuts
-  short, so `exchange` belongs to the main thread), never by polling.
-- The reply FIFO is opened before the request is sent (the daemon opens it for writing
-  once it has our request) and drained first: a client that abandoned a reply while the
-  FIFO stayed open would otherwise hand it to us.
-- The request goes out in one `write`: the daemon resynchronises at read boundaries.
-- ...and only into an empty request FIFO: before opening it for writing, we look at it
-  through a read end (FIONREAD) and wait up to QUEUE_WAIT for the daemon to read what
-  others left there. Bytes a stalled writer left before ours, read at once with them,
-  could decode as one request with ours (a CREATE whose string swallows our LIST),
-  which nothing in the bytes tells apart; and the daemon takes what it reads while we
-  hold the lock *and* the FIFO open for writing for ours (a read end does not count).
-- The request FIFO stays open until the reply is complete: some daemons only answer
-  while it is held open.
-- Nothing waits forever: opening the request FIFO gives up after OPEN_TIMEOUT, the lock
-  after LOCK_TIMEOUT, the reply after REPLY_TIMEOUT.
+Rules on the FIFOs (docs/protocol.md):
+- An exclusive `flock` on `cassini.lock` is held for the whole exchange, so concurrent
+  cassinis never read each other's replies. It is waited for in the kernel's queue (a
+  blocking flock cut short by a timer, so `exchange` belongs to the main thread). A
+  read-only directory gets no lock: a daemon there is still worth talking to.
+- The reply FIFO is opened (for reading, non-blocking) before the request is sent, and
+  whatever arrives on it from then on is the reply, even before the request is written:
+  the course's test harness writes its reply as soon as a reader opens the FIFO.
+- The request goes out in one `write`, and the request FIFO stays open until the whole
+  reply is in: some daemons only answer while it is held open.
+Everywhere:
+- Nothing waits for ever: OPEN_TIMEOUT for a daemon to read the FIFO, LOCK_TIMEOUT for
+  the lock, REPLY_TIMEOUT for the reply. After WAIT_NOTICE seconds, a client whose
+  stderr is a terminal says what it is waiting for.
+- After TERMINATE's `OK`, `exchange` returns once the daemon has let go of the pipes
+  directory (`saturnd.lock` free), so `cassini -q && saturnd` starts a new daemon.
 - Every failure is a `TransportError` whose message is one line without the program
   name; the caller prefixes it.
 """
 
 from __future__ import annotations
 
+# _socket rather than socket: socket.py imports enum, a few ms of every cassini start.
+import _socket
 import errno
 import fcntl
 import os
 import select
 import stat
-import sys
-import termios
 import time
 
-from saturnd.protocol import NEED_DATA, ProtocolError, ReplyDecoder, encode
+from saturnd.decoding import ReplyDecoder
+from saturnd.protocol import (
+    CLIENT_LOCK,
+    NEED_DATA,
+    OP_TERMINATE,
+    PIPES_LOCK,
+    REPLY_PIPE,
+    REQUEST_PIPE,
+    SOCKET_NAME,
+    OkReply,
+    ProtocolError,
+    encode,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,23 +66,18 @@ __all__ = [
     "exchange",
 ]
 
-REQUEST_PIPE = "saturnd-request-pipe"
-REPLY_PIPE = "saturnd-reply-pipe"
-LOCK_NAME = "cassini.lock"
-
+LOCK_NAME = CLIENT_LOCK
 OPEN_TIMEOUT = 2.0
 """Seconds to wait for a daemon to hold the request FIFO open for reading."""
 REPLY_TIMEOUT = 30.0
 """Seconds to wait for the whole reply once the request is sent (or being sent)."""
 LOCK_TIMEOUT = REPLY_TIMEOUT + OPEN_TIMEOUT + 8.0
 """Seconds to wait for another cassini's exchange to end: longer than any exchange."""
-
-QUEUE_WAIT = 3.0
-"""Seconds to wait for the daemon to read bytes another writer left in the request FIFO
-before ours go in (longer than the daemon spends on one exchange); then we write anyway."""
-DRAIN_QUIET = 0.1
-"""Seconds of silence from an attached writer after which no stale bytes are coming."""
-_READ_SIZE = 1 << 16  # a whole default pipe buffer per read
+STOP_TIMEOUT = 15.0
+"""Seconds to wait, after TERMINATE's OK, for the daemon to let go of its directory."""
+WAIT_NOTICE = 2.0
+"""Seconds of waiting after which a client on a terminal says what it waits for."""
+_READ_SIZE = 1 << 16
 _RETRY_FIRST = 0.001
 _RETRY_MAX = 0.02
 
@@ -80,18 +86,35 @@ class TransportError(Exception):
     """The exchange failed; the message is one line, without the program name."""
 
 
-def _pause(attempt: int, deadline: float) -> None:
-    """Sleep before retry number `attempt`, never past `deadline`.
+class _Notice:
+    """Says once on stderr, if it is a terminal, what we wait for after WAIT_NOTICE."""
 
-    Exponential back-off: a daemon that is about to open its FIFO is caught within a
-    millisecond or two, and a long wait costs little CPU.
-    """
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.at = time.monotonic() + WAIT_NOTICE
+        self.said = False
+
+    def check(self) -> None:
+        if not self.said and time.monotonic() >= self.at:
+            self.said = True
+            self.say()
+
+    def say(self) -> None:
+        try:
+            if os.isatty(2):
+                os.write(2, f"cassini: waiting for {self.what}...\n".encode())
+        except OSError:
+            pass
+
+
+def _pause(attempt: int, deadline: float) -> None:
+    """Sleep before retry number `attempt`, never past `deadline` (exponential back-off:
+    a daemon about to open its FIFO is caught within a millisecond or two)."""
     delay = min(_RETRY_FIRST * (1 << min(attempt, 16)), _RETRY_MAX)
     time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
 
 
-def _check_paths(pipes_dir: str) -> tuple[str, str]:
-    """The two FIFOs' paths, after checking the directory and that they are our FIFOs."""
+def _check_dir(pipes_dir: str) -> None:
     try:
         info = os.stat(pipes_dir)
     except FileNotFoundError:
@@ -102,27 +125,111 @@ def _check_paths(pipes_dir: str) -> tuple[str, str]:
         raise TransportError(f"cannot use pipes directory {pipes_dir}: {error.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise TransportError(f"pipes directory {pipes_dir} is not a directory")
-    paths = []
-    for name in (REQUEST_PIPE, REPLY_PIPE):
-        path = os.path.join(pipes_dir, name)
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            raise TransportError(f"{path} does not exist (is saturnd running?)") from None
-        except OSError as error:
-            raise TransportError(f"cannot use {path}: {error.strerror}") from None
-        if not stat.S_ISFIFO(info.st_mode):
-            raise TransportError(f"{path} is not a FIFO")
-        # A FIFO someone else made could be read or answered by them: refuse it.
-        if info.st_uid != os.geteuid():
-            raise TransportError(f"{path} belongs to uid {info.st_uid}, not to you")
-        paths.append(path)
-    return paths[0], paths[1]
+
+
+def _ours(path: str, kind: int, what: str) -> bool:
+    """Whether `path` is there; a TransportError if it is not a `kind` of ours."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise TransportError(f"cannot use {path}: {error.strerror}") from None
+    if stat.S_IFMT(info.st_mode) != kind:
+        raise TransportError(f"{path} is not a {what}")
+    # One that someone else made could be read or answered by them: refuse it.
+    if info.st_uid != os.geteuid():
+        raise TransportError(f"{path} belongs to uid {info.st_uid}, not to you")
+    return True
+
+
+# --- the socket -----------------------------------------------------------------------
+
+
+def _connect(pipes_dir: str) -> _socket.socket | None:
+    """A connection to the daemon's socket; None when there is no daemon behind one."""
+    path = os.path.join(pipes_dir, SOCKET_NAME)
+    if not _ours(path, stat.S_IFSOCK, "socket"):
+        return None
+    address, dir_fd = path, -1
+    if len(os.fsencode(path)) > 107:  # beyond sun_path: through the directory's descriptor
+        dir_fd = os.open(pipes_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        address = f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}"
+    client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        client.settimeout(OPEN_TIMEOUT)
+        client.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        client.close()
+        return None  # left behind by a daemon that is gone
+    except OSError as error:
+        client.close()
+        raise TransportError(f"cannot connect to {path}: {error.strerror or error}") from None
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    _pid, uid, _gid = _peer(client)
+    if uid != os.geteuid():
+        client.close()
+        raise TransportError(f"{path} is served by uid {uid}, not by you")
+    return client
+
+
+def _peer(client: _socket.socket) -> tuple[int, int, int]:
+    import struct  # already loaded by saturnd.protocol: costs nothing
+
+    pid, uid, gid = struct.unpack(
+        "3i", client.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    )
+    return pid, uid, gid
+
+
+def _over_socket(client: _socket.socket, request: Request, reply_timeout: float) -> Reply:
+    path = "the daemon's socket"
+    decoder = ReplyDecoder(request.opcode)
+    deadline = time.monotonic() + reply_timeout
+    notice = _Notice("the daemon's reply")
+    try:
+        client.settimeout(reply_timeout)
+        client.sendall(encode(request))
+        while True:
+            try:
+                reply = decoder.next_message()
+            except ProtocolError as error:
+                raise TransportError(f"malformed reply from daemon: {error}") from None
+            if reply is not NEED_DATA:
+                return reply  # type: ignore[return-value]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(
+                    f"no complete reply from the daemon within {reply_timeout:g} s"
+                )
+            client.settimeout(min(remaining, max(0.05, notice.at - time.monotonic())))
+            try:
+                data = client.recv(_READ_SIZE)
+            except TimeoutError:
+                notice.check()
+                continue
+            if not data:
+                if decoder.buffered == 0:
+                    raise TransportError("the daemon closed the connection without replying")
+                raise TransportError(
+                    f"truncated reply from daemon: it closed the connection after "
+                    f"{decoder.buffered} bytes"
+                )
+            decoder.feed(data)
+    except OSError as error:
+        raise TransportError(f"cannot talk to {path}: {error.strerror or error}") from None
+    finally:
+        client.close()
+
+
+# --- the FIFOs ------------------------------------------------------------------------
 
 
 def _lock(pipes_dir: str) -> int | None:
     """Hold `cassini.lock` exclusively; None when the directory cannot take a lock file."""
-    path = os.path.join(pipes_dir, LOCK_NAME)
+    path = os.path.join(pipes_dir, CLIENT_LOCK)
     flags = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:
@@ -144,8 +251,7 @@ def _lock(pipes_dir: str) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _wait_for_lock(fd, path)
-        _announce(fd)
+            _wait_for_lock(fd, path, fcntl.LOCK_EX, LOCK_TIMEOUT, "another cassini")
         return fd
     except BaseException:
         os.close(fd)
@@ -156,24 +262,29 @@ class _LockTimeout(Exception):
     """The timer of _wait_for_lock expired."""
 
 
-def _wait_for_lock(fd: int, path: str) -> None:
-    """Wait for the flock of `fd` in the kernel's queue of waiters, at most LOCK_TIMEOUT.
+def _wait_for_lock(fd: int, path: str, kind: int, limit: float, holder: str) -> None:
+    """Wait for the flock of `fd` in the kernel's queue of waiters, at most `limit`.
 
     A blocking flock cut short by a timer (what `flock -w` does), not a loop of
-    non-blocking tries: the kernel hands a released lock to a waiter it queued, at once,
-    so a client that only looked from time to time found it free only when nobody else
-    waited, and lost every hand-over to clients waiting in the queue. Under a storm of
-    such clients (tests/reliability/test_clients.py) polling cassinis waited 11-34 s and
-    one gave up after 40 s. Here every cassini is in the queue, and takes the lock the
-    moment it is its turn rather than up to a back-off step later.
+    non-blocking tries: the kernel hands a released lock to a waiter it queued, so a
+    client that only looked from time to time lost every hand-over to queued ones
+    (RELIABILITY.md, the storm of dying lock holders). The timer first fires at
+    WAIT_NOTICE to say what we wait for (on a terminal), then at the limit.
     """
     import signal  # only when another exchange is under way: not on the usual path
 
     waiting = True
+    notice = _Notice(f"{holder} to let go of {path}")
+    started = time.monotonic()
 
     def expire(_signum: int, _frame: object) -> None:
-        if waiting:
-            raise _LockTimeout
+        if not waiting:
+            return
+        if time.monotonic() - started < limit - 0.001:
+            notice.check()
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, started + limit - time.monotonic()))
+            return
+        raise _LockTimeout
 
     previous = signal.signal(signal.SIGALRM, expire)
     if previous is None:  # a handler installed outside Python: the default is the best bet
@@ -181,31 +292,17 @@ def _wait_for_lock(fd: int, path: str) -> None:
     # A parent may have blocked SIGALRM (the mask survives exec): the timer must cut in.
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     try:
-        signal.setitimer(signal.ITIMER_REAL, LOCK_TIMEOUT)
+        signal.setitimer(signal.ITIMER_REAL, min(WAIT_NOTICE, limit))
         # Should the timer fire just after the flock, the lock is given back (the caller
         # closes fd) and the exchange fails as timed out, at the very end of its time.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, kind)
     except _LockTimeout:
-        raise TransportError(
-            f"{path} is still locked by another cassini after {LOCK_TIMEOUT:g} s"
-        ) from None
+        raise TransportError(f"{path} is still locked by {holder} after {limit:g} s") from None
     finally:
         waiting = False  # from here on, a late signal is ignored
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _announce(fd: int) -> None:
-    """Also take a shared POSIX lock on cassini.lock while holding its flock: the
-    daemon finds who holds the flock with one fcntl(F_GETLK) then, instead of reading
-    /proc/locks, which waits for an RCU grace period in the kernel after a quiet
-    moment (5-16 ms). Only a hint: the flock is the lock, and other clients do
-    without it."""
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        pass
 
 
 def _open_fifo(path: str, flags: int) -> int:
@@ -215,45 +312,6 @@ def _open_fifo(path: str, flags: int) -> int:
         os.close(fd)
         raise TransportError(f"{path} is not a FIFO")
     return fd
-
-
-def _open_reply(path: str, timeout: float) -> int:
-    """Open the reply FIFO for reading and throw away any stale bytes in it.
-
-    read() returning 0 means no writer is attached and nothing is left: clean. EAGAIN
-    means a writer is attached: a daemon may still be writing the reply of a client
-    that gave up (our reads free the space it was waiting for), so keep draining until
-    the writer leaves or stays quiet for DRAIN_QUIET seconds. Gives up after `timeout`
-    seconds if something keeps writing into it.
-    """
-    try:
-        fd = _open_fifo(path, os.O_RDONLY)
-    except OSError as error:
-        raise TransportError(f"cannot open {path}: {error.strerror}") from None
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if time.monotonic() > deadline:
-                raise TransportError(f"something keeps writing into {path}")
-            try:
-                if not os.read(fd, _READ_SIZE):
-                    break
-            except BlockingIOError:
-                quiet = min(DRAIN_QUIET, max(0.0, deadline - time.monotonic()))
-                readable, _, _ = select.select([fd], [], [], quiet)
-                if not readable:
-                    break
-        # Once a writer has come and gone, this descriptor reports end-of-file at once
-        # (Linux raises POLLHUP on it); a fresh one waits for the daemon's reply.
-        fresh = _open_fifo(path, os.O_RDONLY)
-    except OSError as error:
-        os.close(fd)
-        raise TransportError(f"cannot open {path}: {error.strerror}") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    return fresh
 
 
 def _open_request(path: str, timeout: float) -> int:
@@ -271,34 +329,6 @@ def _open_request(path: str, timeout: float) -> int:
             raise TransportError(f"no daemon is reading {path} (is saturnd running?)")
         _pause(attempt, deadline)
         attempt += 1
-
-
-def _queued(fd: int) -> int:
-    """Bytes waiting in the FIFO `fd` is an end of, or 0 if that cannot be told."""
-    buffer = bytearray(4)
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, buffer)
-    except OSError:
-        return 0
-    return int.from_bytes(buffer, sys.byteorder)
-
-
-def _wait_until_read(path: str, timeout: float) -> None:
-    """Wait, up to `timeout`, until the daemon has read what others left in the request
-    FIFO, looking through a read end (so that none of it is taken for ours); then we
-    write anyway, and the daemon's own rules apply."""
-    try:
-        fd = _open_fifo(path, os.O_RDONLY)
-    except (OSError, TransportError):
-        return  # _open_request says what is wrong with it
-    try:
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while _queued(fd) and time.monotonic() < deadline:
-            _pause(attempt, deadline)
-            attempt += 1
-    finally:
-        os.close(fd)
 
 
 def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
@@ -331,8 +361,9 @@ def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
 
 
 def _receive(fd: int, path: str, decoder: ReplyDecoder, timeout: float) -> Reply:
-    """Read until `decoder` has the whole reply."""
+    """Read the reply FIFO until `decoder` has the whole reply."""
     deadline = time.monotonic() + timeout
+    notice = _Notice("the daemon's reply")
     received = 0
     while True:
         try:
@@ -345,9 +376,11 @@ def _receive(fd: int, path: str, decoder: ReplyDecoder, timeout: float) -> Reply
         if remaining <= 0:
             raise TransportError(f"no complete reply from the daemon within {timeout:g} s")
         # A reader opened before any writer sees no hang-up until a writer has come and
-        # gone, so this blocks until the daemon writes (or the time is up).
-        readable, _, _ = select.select([fd], [], [], remaining)
+        # gone, so this waits until the daemon writes (or the time is up).
+        wait = min(remaining, max(0.05, notice.at - time.monotonic()))
+        readable, _, _ = select.select([fd], [], [], wait)
         if not readable:
+            notice.check()
             continue
         try:
             data = os.read(fd, _READ_SIZE)
@@ -365,25 +398,23 @@ def _receive(fd: int, path: str, decoder: ReplyDecoder, timeout: float) -> Reply
         decoder.feed(data)
 
 
-def exchange(
-    pipes_dir: str,
-    request: Request,
-    *,
-    open_timeout: float = OPEN_TIMEOUT,
-    reply_timeout: float = REPLY_TIMEOUT,
+def _over_fifos(
+    pipes_dir: str, request: Request, open_timeout: float, reply_timeout: float
 ) -> Reply:
-    """Send `request` to the daemon listening in `pipes_dir` and return its reply.
-
-    Raises `TransportError` for every failure, with a one-line message.
-    """
-    request_path, reply_path = _check_paths(pipes_dir)
+    request_path = os.path.join(pipes_dir, REQUEST_PIPE)
+    reply_path = os.path.join(pipes_dir, REPLY_PIPE)
+    for path in (request_path, reply_path):
+        if not _ours(path, stat.S_IFIFO, "FIFO"):
+            raise TransportError(f"{path} does not exist (is saturnd running?)")
     decoder = ReplyDecoder(request.opcode)
     data = encode(request)
     lock_fd = _lock(pipes_dir)
     reply_fd = request_fd = -1
     try:
-        reply_fd = _open_reply(reply_path, open_timeout)
-        _wait_until_read(request_path, min(QUEUE_WAIT, reply_timeout))
+        try:
+            reply_fd = _open_fifo(reply_path, os.O_RDONLY)
+        except OSError as error:
+            raise TransportError(f"cannot open {reply_path}: {error.strerror}") from None
         request_fd = _open_request(request_path, open_timeout)
         _send(request_fd, request_path, data, time.monotonic() + reply_timeout)
         return _receive(reply_fd, reply_path, decoder, reply_timeout)
@@ -392,3 +423,64 @@ def exchange(
         for fd in (request_fd, reply_fd, lock_fd):
             if fd is not None and fd >= 0:
                 os.close(fd)
+
+
+# --- the exchange ---------------------------------------------------------------------
+
+
+def _wait_for_stop(pipes_dir: str) -> None:
+    """After TERMINATE's OK: return once the daemon has let go of `saturnd.lock` (our
+    daemons hold it from start to finish; other daemons have none)."""
+    path = os.path.join(pipes_dir, PIPES_LOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        notice = _Notice("the daemon to stop")
+        attempt = 0
+        while True:
+            try:
+                # A shared lock is taken only once the daemon's exclusive one is gone;
+                # it is let go at once (a starting daemon retries for a second).
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"the daemon acknowledged TERMINATE but still holds {pipes_dir} "
+                    f"after {STOP_TIMEOUT:g} s"
+                )
+            notice.check()
+            _pause(attempt, deadline)
+            attempt += 1
+    finally:
+        os.close(fd)
+
+
+def exchange(
+    pipes_dir: str,
+    request: Request,
+    *,
+    open_timeout: float = OPEN_TIMEOUT,
+    reply_timeout: float = REPLY_TIMEOUT,
+) -> Reply:
+    """Send `request` to the daemon of `pipes_dir` and return its reply.
+
+    Raises `TransportError` for every failure, with a one-line message.
+    """
+    _check_dir(pipes_dir)
+    mode = os.environ.get("CASSINI_TRANSPORT", "")
+    client = None if mode == "fifo" else _connect(pipes_dir)
+    if client is not None:
+        reply = _over_socket(client, request, reply_timeout)
+    elif mode == "socket":
+        raise TransportError(f"no daemon is listening on {os.path.join(pipes_dir, SOCKET_NAME)}")
+    else:
+        reply = _over_fifos(pipes_dir, request, open_timeout, reply_timeout)
+    if request.opcode == OP_TERMINATE and isinstance(reply, OkReply):
+        _wait_for_stop(pipes_dir)
+    return reply
