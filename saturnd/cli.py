@@ -369,12 +369,20 @@ def install_unit(args: argparse.Namespace) -> int:
     from saturnd import unit
     from saturnd.status import StatusError, find_daemon
 
-    command = [*unit.saturnd_program(sys.argv[0], sys.executable), "-f"]
+    options: list[str] = []
     if args.pipes_dir:
-        command += ["-p", os.path.abspath(args.pipes_dir)]
+        options += ["-p", os.path.abspath(args.pipes_dir)]
     if args.state_dir:
-        command += ["-s", os.path.abspath(args.state_dir)]
-    elif os.path.isabs(os.environ.get("XDG_STATE_HOME", "")):
+        options += ["-s", os.path.abspath(args.state_dir)]
+    systemd = unit.probe_systemd(os.environ.get("PATH"))
+    if not systemd.running:
+        # Nothing here would read the unit: give the way that works instead.
+        reason = f"systemd is not running on this machine ({systemd.reason}); no unit written"
+        print(f"saturnd: {reason}", file=sys.stderr)
+        _write_out(unit.without_systemd(options))
+        return 1
+    command = [*unit.saturnd_program(sys.argv[0], sys.executable), "-f", *options]
+    if not args.state_dir and os.path.isabs(os.environ.get("XDG_STATE_HOME", "")):
         # The systemd user manager may not have the variable this shell has: pin the
         # state directory, so that the daemon and `saturnd status` agree on it.
         command += ["-s", str(default_state_dir())]
@@ -388,6 +396,9 @@ def install_unit(args: argparse.Namespace) -> int:
         pid = None  # only for a note: the unit is written, which is what was asked
     if pid is not None and unit.started_by_systemd(pid):
         pid = None
-    stop = "cassini -q" + (f" -p {shlex.quote(str(paths.pipes_dir))}" if args.pipes_dir else "")
-    _write_out(unit.next_steps(directory / unit.UNIT_NAME, written, username(), pid, stop))
+    stop = shlex.join(["saturnd", *options, "stop"])
+    steps = unit.next_steps(
+        directory / unit.UNIT_NAME, written, username(), pid, stop, systemd.reason, options
+    )
+    _write_out(steps)
     return 0
