@@ -3,11 +3,16 @@
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES] [-h]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] status [-p PIPES_DIR] [-s STATE_DIR] [--json]`
+`saturnd [-p PIPES_DIR] [-s STATE_DIR] stop [-p PIPES_DIR] [-s STATE_DIR]`
+`saturnd --version`
 
 Every failure at start-up is one line on stderr and exit status 1, never a traceback.
 A second daemon on the same state directory says so (with its pid) and exits 0.
-`status` exits 0 when a daemon runs, 3 when none does (LSB), 1 when it cannot tell.
-`-p` and `-s` work before `status` and after it (after wins).
+`status` exits 0 when a daemon runs, 3 when none does (LSB), 1 when it cannot tell;
+`stop` exits 0 once the daemon has exited, 3 when none runs, 1 when it cannot stop it.
+`-p` and `-s` work before a sub-command and after it (after wins).
+A usage error (exit 2) shows the usage of the command it concerns, the main one or a
+sub-command's, then one line: the error and where the help is.
 """
 
 from __future__ import annotations
