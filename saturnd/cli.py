@@ -3,11 +3,16 @@
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES] [-h]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] status [-p PIPES_DIR] [-s STATE_DIR] [--json]`
+`saturnd [-p PIPES_DIR] [-s STATE_DIR] stop [-p PIPES_DIR] [-s STATE_DIR]`
+`saturnd --version`
 
 Every failure at start-up is one line on stderr and exit status 1, never a traceback.
 A second daemon on the same state directory says so (with its pid) and exits 0.
-`status` exits 0 when a daemon runs, 3 when none does (LSB), 1 when it cannot tell.
-`-p` and `-s` work before `status` and after it (after wins).
+`status` exits 0 when a daemon runs, 3 when none does (LSB), 1 when it cannot tell;
+`stop` exits 0 once the daemon has exited, 3 when none runs, 1 when it cannot stop it.
+`-p` and `-s` work before a sub-command and after it (after wins).
+A usage error (exit 2) shows the usage of the command it concerns, the main one or a
+sub-command's, then one line: the error and where the help is.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pwd
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from saturnd.daemon import (
     Daemon,
@@ -47,10 +53,64 @@ def username() -> str:
         return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
 
 
+USAGE = """saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES]
+       saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]
+       saturnd [-p PIPES_DIR] [-s STATE_DIR] status [--json]
+       saturnd [-p PIPES_DIR] [-s STATE_DIR] stop
+       saturnd -h | --version"""
+
+
+def package_version(distribution: str, pyproject: Path) -> str:
+    """The installed distribution's version; else the one `pyproject` declares (a
+    source tree run without installing); else "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        pass
+    import tomllib
+
+    try:
+        with open(pyproject, "rb") as stream:
+            declared = tomllib.load(stream).get("project", {}).get("version")
+    except (OSError, tomllib.TOMLDecodeError):
+        return "unknown"
+    return declared if isinstance(declared, str) else "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are short: its own one-line usage, the error,
+    and where the help is (the sub-commands get one each, not the main usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = self.format_usage().rstrip("\n")
+        self.exit(2, f"{usage}\n{self.prog}: {message} (see `{self.prog} -h`)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Lists each sub-command as an option-like line, without argparse's
+    `{status,stop}` heading line above them."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(map(self._format_action, action._get_subactions()))
+        return super()._format_action(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="saturnd",
+        usage=USAGE,
         description="A per-user cron daemon: runs the tasks that cassini creates.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version="saturnd "
+        + package_version("saturnd", Path(__file__).resolve().parent.parent / "pyproject.toml"),
+        help="print the version and exit",
     )
     parser.add_argument(
         "-p",
@@ -84,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep at most BYTES of each run's stdout and of its stderr; the rest is "
         f"discarded (default {DEFAULT_MAX_OUTPUT})",
     )
-    add_unit_and_status(parser)
+    add_unit_and_commands(parser)
     return parser
 
 
@@ -99,14 +159,27 @@ def _byte_count(text: str) -> int:
     return value
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command line's options; a usage error exits 2 through the parser it concerns."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse leaves what a sub-command did not know to the main parser, which
+        # would print the main usage: blame the sub-command when all of it came after.
+        after = argv[argv.index(args.command) + 1 :] if args.command in argv else []
+        culprit = args.command_parser if unknown and set(unknown) <= set(after) else parser
+        culprit.error(f"unrecognized arguments: {' '.join(unknown)}")
+    check_combinations(parser, args)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `saturnd` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_combinations(parser, args)
+    args = parse(build_parser(), sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "status":
             return show_status(args)
+        if args.command == "stop":
+            return stop_daemon(args)
         if args.install_unit:
             return install_unit(args)
         return start(args)
@@ -166,11 +239,11 @@ def start(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
-# --- status and --install-unit ------------------------------------------------------
+# --- the sub-commands and --install-unit ----------------------------------------------
 
 
-def add_unit_and_status(parser: argparse.ArgumentParser) -> None:
-    """The options and the subcommand that do not start a daemon."""
+def add_unit_and_commands(parser: argparse.ArgumentParser) -> None:
+    """The options and the sub-commands that do not start a daemon."""
     parser.add_argument(
         "--install-unit",
         action="store_true",
@@ -182,7 +255,10 @@ def add_unit_and_status(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --install-unit: replace an existing, different unit file",
     )
-    commands = parser.add_subparsers(dest="command", metavar="[status]")
+    # prog: the default derives it from the usage, which is ours and multi-line.
+    commands = parser.add_subparsers(
+        dest="command", title="commands", prog="saturnd", metavar="COMMAND"
+    )
     status = commands.add_parser(
         "status",
         help="show whether a daemon runs for the state directory, and how it is doing",
@@ -190,27 +266,43 @@ def add_unit_and_status(parser: argparse.ArgumentParser) -> None:
         "uptime, memory and CPU, the number of tasks, the runs in progress, its "
         "directories and log. Exit status 0 if it runs, 3 if not, 1 on error.",
     )
-    # SUPPRESS: given only before `status`, the main parser's value must stay.
-    status.add_argument(
+    _add_directories(status)
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(command_parser=status)
+    stop = commands.add_parser(
+        "stop",
+        help="stop the daemon of the state directory and wait until it has exited",
+        description="Ask the daemon of the state directory to stop (TERMINATE, through "
+        "the pipes directory it listens on) and wait until it has exited. Runs already "
+        "started finish and are recorded. Exit status 0 when it stopped, 3 when none "
+        "runs, 1 on error.",
+    )
+    _add_directories(stop)
+    stop.set_defaults(command_parser=stop)
+
+
+def _add_directories(command: argparse.ArgumentParser) -> None:
+    """-p and -s after a sub-command, as before it."""
+    # SUPPRESS: given only before the sub-command, the main parser's value must stay.
+    command.add_argument(
         "-p",
         dest="pipes_dir",
         metavar="PIPES_DIR",
         default=argparse.SUPPRESS,
         help="the daemon's pipes directory (default /tmp/USERNAME/saturnd/pipes)",
     )
-    status.add_argument(
+    command.add_argument(
         "-s",
         dest="state_dir",
         metavar="STATE_DIR",
         default=argparse.SUPPRESS,
         help="the daemon's state directory (default $XDG_STATE_HOME/saturnd)",
     )
-    status.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse options that mean nothing together (argparse's usage error, exit 2)."""
-    if args.command == "status":
+    if args.command is not None:
         extra = [
             name
             for name, given in (
@@ -222,7 +314,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
             if given
         ]
         if extra:
-            parser.error(f"status does not take {', '.join(extra)}")
+            args.command_parser.error(f"does not take {', '.join(extra)}")
     elif args.install_unit:
         if args.clock:
             parser.error("--install-unit does not take --clock (it is for tests)")
@@ -259,17 +351,43 @@ def show_status(args: argparse.Namespace) -> int:
     return status.exit_status(report)
 
 
+def stop_daemon(args: argparse.Namespace) -> int:
+    """`saturnd stop`: 0 once the daemon has exited, 3 when none runs."""
+    from saturnd.status import EXIT_NOT_RUNNING
+    from saturnd.stop import StopError, stop
+
+    paths = resolve_paths(args)
+    try:
+        pid = stop(paths.pipes_dir, paths.state_dir, paths.pid_file)
+    except StopError as error:
+        print(f"saturnd: {error}", file=sys.stderr)
+        return 1
+    if pid is None:
+        print(f"saturnd: no saturnd runs for {paths.state_dir}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    _write_out(f"stopped saturnd (pid {pid}) of {paths.state_dir}\n")
+    return 0
+
+
 def install_unit(args: argparse.Namespace) -> int:
     """`saturnd --install-unit`: write the unit, then say what to run next."""
     from saturnd import unit
     from saturnd.status import StatusError, find_daemon
 
-    command = [*unit.saturnd_program(sys.argv[0], sys.executable), "-f"]
+    options: list[str] = []
     if args.pipes_dir:
-        command += ["-p", os.path.abspath(args.pipes_dir)]
+        options += ["-p", os.path.abspath(args.pipes_dir)]
     if args.state_dir:
-        command += ["-s", os.path.abspath(args.state_dir)]
-    elif os.path.isabs(os.environ.get("XDG_STATE_HOME", "")):
+        options += ["-s", os.path.abspath(args.state_dir)]
+    systemd = unit.probe_systemd(os.environ.get("PATH"))
+    if not systemd.running:
+        # Nothing here would read the unit: give the way that works instead.
+        reason = f"systemd is not running on this machine ({systemd.reason}); no unit written"
+        print(f"saturnd: {reason}", file=sys.stderr)
+        _write_out(unit.without_systemd(options))
+        return 1
+    command = [*unit.saturnd_program(sys.argv[0], sys.executable), "-f", *options]
+    if not args.state_dir and os.path.isabs(os.environ.get("XDG_STATE_HOME", "")):
         # The systemd user manager may not have the variable this shell has: pin the
         # state directory, so that the daemon and `saturnd status` agree on it.
         command += ["-s", str(default_state_dir())]
@@ -283,6 +401,9 @@ def install_unit(args: argparse.Namespace) -> int:
         pid = None  # only for a note: the unit is written, which is what was asked
     if pid is not None and unit.started_by_systemd(pid):
         pid = None
-    stop = "cassini -q" + (f" -p {shlex.quote(str(paths.pipes_dir))}" if args.pipes_dir else "")
-    _write_out(unit.next_steps(directory / unit.UNIT_NAME, written, username(), pid, stop))
+    stop = shlex.join(["saturnd", *options, "stop"])
+    steps = unit.next_steps(
+        directory / unit.UNIT_NAME, written, username(), pid, stop, systemd.reason, options
+    )
+    _write_out(steps)
     return 0

@@ -17,6 +17,13 @@ Rules:
   inside double quotes. The program path itself takes no variables and may not contain
   quotes or backslashes at all: such a path is refused with one line, as is any
   control character (a unit file is lines of UTF-8 text).
+- Only where systemd can use it: when systemctl is missing or says the machine is
+  `offline` (systemd is not the init system: containers, WSL, OpenRC...), nothing
+  reads a user unit, so none is written and the `~/.profile` line is given instead.
+  When systemd runs but `systemctl --user` cannot reach the user's manager (su, sudo,
+  some ssh sessions), the unit is written: the manager reads it at the next login.
+  The probes are systemctl's own answers (it checks /run/systemd/system as
+  sd_booted(3) does), so that tests can stand in for it through PATH.
 - The unit goes to `$XDG_CONFIG_HOME/systemd/user/saturnd.service` (default
   `~/.config/systemd/user/`), mode 0644, written to a temporary file and renamed, so
   systemd never reads half a unit. A different existing file is replaced only with
@@ -27,16 +34,23 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 __all__ = [
     "UNIT_NAME",
+    "SystemdState",
     "UnitError",
     "install_unit",
     "next_steps",
+    "probe_systemd",
+    "profile_line",
     "quote_argument",
     "quote_program",
     "saturnd_program",
@@ -52,6 +66,8 @@ _PLAIN: Final = re.compile(r"[A-Za-z0-9/._+,:@=-]+")
 """Words written as they are: nothing in them means anything to systemd."""
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_IN_PROGRAM: Final = frozenset("\"'\\")
+_PROBE_TIMEOUT: Final = 10.0
+"""Seconds for one systemctl call: it may wait for D-Bus, never for long."""
 
 
 class UnitError(Exception):
@@ -184,9 +200,21 @@ def next_steps(
     user: str,
     running_pid: int | None,
     stop_command: str,
+    manager_problem: str | None = None,
+    options: Sequence[str] = (),
 ) -> str:
-    """What to tell the user after `install_unit`: the exact commands to run next."""
+    """What to tell the user after `install_unit`: the exact commands to run next.
+
+    `manager_problem`: why `systemctl --user` cannot reach the user manager now, if it
+    cannot; `options`: the -p/-s of the unit, for the `~/.profile` alternative then."""
     lines = [f"wrote {path}" if written else f"{path} is already up to date"]
+    if manager_problem is not None:
+        lines += [
+            f"note: systemctl --user cannot reach your user manager now ({manager_problem}).",
+            "      Run the commands below from a login session of yours (not su or sudo);",
+            "      or, without systemd, add this line at the end of ~/.profile:",
+            f"      {profile_line(options)}",
+        ]
     if running_pid is not None:
         lines += [
             f"note: a saturnd is running now (pid {running_pid}), not started by systemd;",
@@ -200,6 +228,67 @@ def next_steps(
         "Then check it with `saturnd status` or `systemctl --user status saturnd.service`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SystemdState:
+    """What systemd can do for us here: `running` (systemd is the init system) and,
+    when it is, `reason`, why `systemctl --user` cannot reach the user manager (None
+    when it can). When it is not running, `reason` says how we know."""
+
+    running: bool
+    reason: str | None
+
+
+def _systemctl(program: str, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, first line of stderr) of one systemctl call."""
+    try:
+        done = subprocess.run(
+            [program, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=_PROBE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return 1, "", f"no answer in {_PROBE_TIMEOUT:g} s"
+    except OSError as error:
+        return 1, "", _reason(error)
+    first = (done.stderr.strip().splitlines() or [""])[0]
+    return done.returncode, done.stdout.strip(), first
+
+
+def probe_systemd(path: str | None) -> SystemdState:
+    """Ask systemctl (searched in `path`, as PATH) whether a user unit can work here."""
+    program = shutil.which("systemctl", path=path)
+    if program is None:
+        return SystemdState(False, "systemctl is not installed")
+    _, state, _ = _systemctl(program, "is-system-running")
+    if state == "offline":
+        return SystemdState(False, "systemctl is-system-running: offline")
+    status, _, error = _systemctl(program, "--user", "show-environment")
+    if status == 0:
+        return SystemdState(True, None)
+    return SystemdState(True, error or f"systemctl --user exited with {status}")
+
+
+def profile_line(options: Sequence[str]) -> str:
+    """The `~/.profile` line that starts saturnd (with `options`) at login, if needed."""
+    given = "".join(f" {shlex.quote(word)}" for word in options)
+    start = f"saturnd{given} status >/dev/null || saturnd{given}"
+    return f"command -v saturnd >/dev/null && {{ {start}; }}"
+
+
+def without_systemd(options: Sequence[str]) -> str:
+    """What to do where systemd does not run: the `~/.profile` line, and start it now."""
+    given = "".join(f" {shlex.quote(word)}" for word in options)
+    return (
+        "To start saturnd at every login, add this line at the end of ~/.profile\n"
+        "(or of ~/.bash_profile if you have one):\n"
+        f"  {profile_line(options)}\n"
+        f"and start it now with: saturnd{given}\n"
+    )
 
 
 def started_by_systemd(pid: int) -> bool:

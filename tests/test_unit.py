@@ -154,15 +154,71 @@ def test_it_knows_a_daemon_that_systemd_started() -> None:
     assert unit.started_by_systemd(2**22 + 1) is False  # no such process
 
 
+# --- is systemd there? -------------------------------------------------------------------
+
+_FAKE_SYSTEMCTL = """#!/bin/sh
+# A stand-in for systemctl: a machine {state}.
+case "$*" in
+is-system-running)
+    if [ {state} = offline ]; then echo offline; exit 1; fi
+    echo degraded; exit 1 ;;
+"--user show-environment")
+    if [ {state} = no-user-manager ]; then
+        echo "Failed to connect to bus: No medium found" >&2; exit 1
+    fi
+    echo PATH=/usr/bin ;;
+*) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def _systemctl(tmp_path: Path, state: str) -> str:
+    """A directory to put first in PATH, whose systemctl describes a machine `state`:
+    running (degraded, as many are), offline (no systemd), no-user-manager, absent."""
+    directory = tmp_path / f"bin-{state}"
+    directory.mkdir(exist_ok=True)
+    if state != "absent":
+        program = directory / "systemctl"
+        program.write_text(_FAKE_SYSTEMCTL.format(state=state))
+        program.chmod(0o755)
+    return str(directory)
+
+
+def test_it_asks_systemctl_whether_a_user_unit_can_work(tmp_path: Path) -> None:
+    probe = unit.probe_systemd
+    assert probe(_systemctl(tmp_path, "running")) == unit.SystemdState(True, None)
+    assert probe(_systemctl(tmp_path, "no-user-manager")) == unit.SystemdState(
+        True, "Failed to connect to bus: No medium found"
+    )
+    assert probe(_systemctl(tmp_path, "offline")) == unit.SystemdState(
+        False, "systemctl is-system-running: offline"
+    )
+    assert probe(_systemctl(tmp_path, "absent")) == unit.SystemdState(
+        False, "systemctl is not installed"
+    )
+
+
+def test_it_gives_the_readme_profile_line() -> None:
+    line = unit.profile_line(())
+    assert f"\n{line}\n" in (ROOT / "README.md").read_text()
+    as_roff = line.replace("-", "\\-")
+    assert f"\n{as_roff}\n" in (ROOT / "man" / "saturnd.1").read_text()
+    assert unit.profile_line(["-s", "/my state"]) == (
+        "command -v saturnd >/dev/null && "
+        "{ saturnd -s '/my state' status >/dev/null || saturnd -s '/my state'; }"
+    )
+
+
 # --- the command ------------------------------------------------------------------------
 
 
 def _install(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, systemd: str = "running"
 ) -> subprocess.CompletedProcess[str]:
     environment = dict(os.environ)
     environment.pop("XDG_STATE_HOME", None)
     environment["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    environment["PATH"] = _systemctl(tmp_path, systemd) + os.pathsep + environment["PATH"]
     environment.update(env or {})
     return subprocess.run(
         [SATURND, *args, "--install-unit"],
@@ -210,6 +266,41 @@ def test_it_pins_a_state_directory_set_by_the_environment(tmp_path: Path) -> Non
     plain = _install(tmp_path, "--force")
     assert _exec_start(tmp_path) == f"{SATURND} -f"
     assert plain.returncode == 0
+
+
+@pytest.mark.parametrize("systemd", ["offline", "absent"])
+def test_it_writes_no_unit_where_systemd_does_not_run(tmp_path: Path, systemd: str) -> None:
+    environment = {"PATH": _systemctl(tmp_path, systemd)}  # nothing else: no systemctl
+    result = _install(tmp_path, env=environment, systemd=systemd)
+    assert result.returncode == 1
+    assert result.stderr.startswith("saturnd: systemd is not running on this machine (")
+    assert result.stderr.endswith("); no unit written\n") and result.stderr.count("\n") == 1
+    assert result.stdout.splitlines() == [
+        "To start saturnd at every login, add this line at the end of ~/.profile",
+        "(or of ~/.bash_profile if you have one):",
+        f"  {unit.profile_line(())}",
+        "and start it now with: saturnd",
+    ]
+    assert "systemctl" not in result.stdout
+    assert not (tmp_path / "config").exists()
+    given = _install(tmp_path, "-s", "my state", env=environment, systemd=systemd)
+    assert f"  {unit.profile_line(['-s', str(tmp_path / 'my state')])}\n" in given.stdout
+
+
+def test_it_writes_the_unit_when_only_the_user_manager_is_out_of_reach(tmp_path: Path) -> None:
+    # su, sudo, some ssh sessions: the manager will read the unit at the next login.
+    result = _install(tmp_path, "-p", "pipes", systemd="no-user-manager")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "config" / "systemd" / "user" / unit.UNIT_NAME).exists()
+    lines = result.stdout.splitlines()
+    assert lines[1] == (
+        "note: systemctl --user cannot reach your user manager now "
+        "(Failed to connect to bus: No medium found)."
+    )
+    assert f"      {unit.profile_line(['-p', str(tmp_path / 'pipes')])}" in lines
+    assert (
+        "  systemctl --user daemon-reload && systemctl --user enable --now saturnd.service" in lines
+    )
 
 
 def test_it_refuses_the_test_clock_in_a_unit(tmp_path: Path) -> None:
@@ -264,7 +355,11 @@ def test_systemd_accepts_the_installed_unit(tmp_path: Path) -> None:
         text=True,
         timeout=30,
         cwd=tmp_path,
-        env=dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config")),
+        env=dict(
+            os.environ,
+            XDG_CONFIG_HOME=str(tmp_path / "config"),
+            PATH=_systemctl(tmp_path, "running") + os.pathsep + os.environ["PATH"],
+        ),
     )
     assert result.returncode == 0, result.stderr
     path = tmp_path / "config" / "systemd" / "user" / unit.UNIT_NAME
