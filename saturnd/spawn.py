@@ -36,7 +36,9 @@ Rules:
   /bin/sh. P5 skips PATH entries where the file does not exist (a `stat`, remembered for
   the batch) instead of paying a failed spawn for each. When nothing can be executed,
   the run's stderr gets `saturnd: cannot execute '<argv0>': <reason>` and it is
-  recorded with exit code 127, like a shell reports it; a spawn that fails for lack of
+  recorded as a POSIX shell reports it: exit code 127 when no file was found (or an
+  argument holds a NUL byte), 126 when one was found but cannot be executed (no
+  permission, a bad binary); the log says "could not start". A spawn that fails for lack of
   processes or memory (EAGAIN, ENOMEM) is recorded as 0xFFFF with
   `saturnd: cannot start the command: <reason>`, like a failed fork.
 - P5 relays each run's two pipes into `stdout.<P5 pid>.<n>.tmp` and
@@ -107,6 +109,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT",
     "EXITCODE_ABNORMAL",
     "EXITCODE_CANNOT_EXECUTE",
+    "EXITCODE_NOT_FOUND",
     "Recorder",
     "RunSpec",
     "exitcode_from_status",
@@ -120,8 +123,12 @@ Recorder = Callable[[Path, int, int], None]
 EXITCODE_ABNORMAL: Final = 0xFFFF
 """EXITCODE of a run that did not exit normally (killed by a signal, ...)."""
 
-EXITCODE_CANNOT_EXECUTE: Final = 127
-"""Exit status of a run whose command cannot be executed, as a shell reports it."""
+EXITCODE_NOT_FOUND: Final = 127
+"""Exit status of a run whose command is not found, as a shell reports it."""
+
+EXITCODE_CANNOT_EXECUTE: Final = 126
+"""Exit status of a run whose command exists but cannot be executed (no permission,
+a bad binary, ...), as a shell reports it."""
 
 DEFAULT_MAX_OUTPUT: Final = 1 << 20
 """Bytes of each of stdout and stderr a run's stored output keeps (`saturnd --max-output`)."""
@@ -207,6 +214,7 @@ class _Run:
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
+    failure: str = ""  # why the command could not start, for the log ("" if it did)
 
 
 def exitcode_from_status(status: int) -> int:
@@ -514,9 +522,12 @@ class _Supervisor:
                 write_ends.append(write_end)
                 self.held += 1
         except OSError as error:
+            run.failure = _strerror(error).decode()
             message = b"saturnd: cannot start the command: %s\n" % _strerror(error)
         else:
-            run.pid, run.status, message = self._spawn(argv, write_ends[0], write_ends[1])
+            run.pid, run.status, message, run.failure = self._spawn(
+                argv, write_ends[0], write_ends[1]
+            )
         # Only the command (and what it starts) may hold the write ends: their end of
         # file means "all gone".
         for write_end in write_ends:
@@ -536,15 +547,17 @@ class _Supervisor:
         _store(run.streams[1], message)
         self.unstarted.append(run)
 
-    def _spawn(self, argv: tuple[bytes, ...], out: int, err: int) -> tuple[int, int | None, bytes]:
+    def _spawn(
+        self, argv: tuple[bytes, ...], out: int, err: int
+    ) -> tuple[int, int | None, bytes, str]:
         """Spawn the command like `execvp`: (pid, -1 if none; the wait status to record
         when there is no command, None for "did not run at all"; the message for its
-        stderr when there is no command)."""
+        stderr and the reason for the log when there is no command)."""
         argv0 = argv[0]
         prefix = b"saturnd: cannot execute '" + argv0 + b"': "
-        not_run = EXITCODE_CANNOT_EXECUTE << 8  # the wait status of `exit 127`
         if any(b"\0" in arg for arg in argv):
-            return -1, not_run, prefix + b"argument contains a NUL byte\n"
+            reason = b"argument contains a NUL byte"
+            return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
         paths = self.paths.get(argv0)
         if paths is None:
             paths = self.paths[argv0] = _exec_paths(argv0, self.batch.path)
@@ -561,22 +574,28 @@ class _Supervisor:
                 last = last or FileNotFoundError(errno.ENOENT, "not found")
                 continue
             try:
-                return self._posix_spawn(path, list(argv), actions), None, b""
+                return self._posix_spawn(path, list(argv), actions), None, b"", ""
             except OSError as error:
                 failure = error
             if failure.errno == errno.ENOEXEC:
                 # A file the kernel cannot execute (a script without "#!"): execvp hands
                 # it to the shell, and so do we.
                 try:
-                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b""
+                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b"", ""
                 except OSError as error:
                     failure = error
             if failure.errno in _NO_PROCESS:
-                return -1, None, b"saturnd: cannot start the command: %s\n" % _strerror(failure)
+                reason = _strerror(failure)
+                message = b"saturnd: cannot start the command: %s\n" % reason
+                return -1, None, message, reason.decode()
             last = failure
             if reported is None and failure.errno not in _NOT_HERE:
                 reported = failure
-        return -1, not_run, prefix + _strerror(reported or last or FileNotFoundError()) + b"\n"
+        # As POSIX shells do: 127 when no file was found, 126 when one was found and
+        # could not be executed (no permission, a bad binary, ...).
+        code = EXITCODE_NOT_FOUND if reported is None else EXITCODE_CANNOT_EXECUTE
+        reason = _strerror(reported or last or FileNotFoundError())
+        return -1, code << 8, prefix + reason + b"\n", reason.decode()
 
     def _posix_spawn(
         self, path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]]
@@ -676,7 +695,14 @@ class _Supervisor:
                 _unlink(dirfd, run.err_name)
             os.close(dirfd)  # also releases the lock
             self.held -= 3
-        if published and logger is not None:
+        if published and logger is not None and run.pid < 0:
+            logger.info(
+                "task %d: could not start: %s, exit code %d",
+                spec.task_id,
+                run.failure or "unknown reason",
+                exitcode,
+            )
+        elif published and logger is not None:
             logger.info(
                 "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
                 spec.task_id,
