@@ -63,8 +63,10 @@ _TASK_DIR: Final = re.compile(r"task_([0-9]+)")
 # stdout.<P5 pid>.<run number>.tmp; stdout.<P5 pid>.tmp from a version with one P5 per run.
 _RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)(?:\.[0-9]+)?\.tmp")
 _CLOCK_SLACK: Final = 2.0
-"""Seconds: psutil derives a start time from the boot time, which /proc gives in whole
-seconds, so a run's supervisor can look up to about a second younger than its file."""
+"""Seconds: a process's start time is known to a clock tick, a file's change time to
+the kernel's timestamp granularity; a run's supervisor older than its file by less than
+this is still taken for its own."""
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 _PID_FILE_RETRIES: Final = 5
 _PID_FILE_PAUSE: Final = 0.02
 
@@ -294,9 +296,28 @@ def find_daemon(pid_file: Path) -> int | None:
     return None
 
 
+def start_time(process: psutil.Process) -> float:
+    """When `process` started, in epoch seconds, to a clock tick.
+
+    Not psutil's `create_time()`: it adds the start's clock ticks since boot to the
+    boot time that /proc/stat gives in whole seconds, so it is up to a second early,
+    and a run started at 12:00:00 would show as started at 11:59:59. The time since
+    the process started is measured on the clock /proc counts in (CLOCK_BOOTTIME) and
+    taken from the wall clock now."""
+    try:
+        with open(f"/proc/{process.pid}/stat", "rb") as file:
+            fields = file.read().rpartition(b")")[2].split()
+        # Field 22 of the whole line; the command name in parentheses is field 2.
+        ticks = int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return process.create_time()  # no /proc: psutil knows other ways
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / _CLOCK_TICKS
+    return time.time() - age
+
+
 def _measure(process: psutil.Process) -> ProcessInfo:
     with process.oneshot():
-        started = process.create_time()
+        started = start_time(process)
         cpu = process.cpu_times()
         rss = process.memory_info().rss
         pss: int | None
@@ -332,7 +353,7 @@ def _run_of(task_id: int, pid: int, file_changed: float) -> RunInfo | None:
         process = psutil.Process(pid)
         with process.oneshot():
             uid = process.uids().real
-            started = process.create_time()
+            started = start_time(process)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     if uid != os.getuid() or started > file_changed + _CLOCK_SLACK:

@@ -197,13 +197,34 @@ def test_it_counts_the_runs_whose_supervisor_is_alive(
     (tmp_path / "task_5").symlink_to(tmp_path / "task_3")  # never followed
     runs = status.runs_in_progress(tmp_path)
     assert [(run.task_id, run.pid) for run in runs] == [(3, sleeper.pid), (6, sleeper.pid)]
-    assert abs(runs[0].started - psutil.Process(sleeper.pid).create_time()) < 0.01
+    assert runs[0].started == pytest.approx(
+        status.start_time(psutil.Process(sleeper.pid)), abs=0.01
+    )
+
+
+def test_it_shows_when_a_run_started_to_a_clock_tick(tmp_path: Path) -> None:
+    # psutil's create_time() is off by the fraction of a second of the boot time
+    # (up to 1 s early): a run started at 12:00:00 showed as started at 11:59:59.
+    before = time.time()
+    process = subprocess.Popen(["sleep", "30"])
+    after = time.time()
+    try:
+        (tmp_path / "task_3").mkdir()
+        (tmp_path / "task_3" / f"stdout.{process.pid}.1.tmp").write_bytes(b"")
+        (run,) = status.runs_in_progress(tmp_path)
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        assert before - tick - 0.005 <= run.started <= after + 0.005
+        (me,) = status.measure_daemon(os.getpid())[:1]
+        assert me.started == pytest.approx(status.start_time(psutil.Process()), abs=0.001)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_it_ignores_a_reused_pid_younger_than_the_output_file(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
-    started = psutil.Process(sleeper.pid).create_time()
+    started = status.start_time(psutil.Process(sleeper.pid))
     assert status._run_of(1, sleeper.pid, file_changed=started + 0.5) is not None
     assert status._run_of(1, sleeper.pid, file_changed=started - 10) is None
 
