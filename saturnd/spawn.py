@@ -75,12 +75,11 @@ Ordering of the history and the outputs. Two runs of one task can end together; 
 `flock(LOCK_EX)` on the *task directory's own descriptor* for the span "record, then
 rename both temporaries over stdout and stderr", so these spans of two runs never
 interleave: the run that records last also renames last. The recorder
-(`store.append_run`) is unchanged and takes its own lock on `times-exitcodes`; the
-directory lock is a second, separate lock known only to writers of runs, so it costs
-readers nothing. Lock order, for anyone who ever takes both: the directory first, then
-`times-exitcodes`. A reader that wants a history and an output that agree can take
-`LOCK_SH` on the directory. Alternatives rejected: renaming inside store's lock would
-need a callback in store's API; a lock file would add an entry to `task_<ID>/`.
+(`taskdir.append_run`) takes its own lock on `times-exitcodes`; the directory lock
+(`taskdir.lock_runs`) is a second, separate lock known only to writers of runs, so it
+costs readers nothing; taskdir.py gives the lock order. Alternatives rejected: renaming
+inside the recorder's lock would need a callback in its API; a lock file would add an
+entry to `task_<ID>/`.
 
 Cost (bench/bench_punctuality.py, 1,000 runs due in one minute, 2 CPUs): with a fork of
 P4 and of P5 per run from the executor's image, and a fork of P6 from each P5, the
@@ -104,6 +103,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
+
+from saturnd import taskdir
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -254,7 +255,7 @@ def spawn_runs(
     `specs` is iterated in P5 only (a generator that looks up the command lines is
     fine, and costs the caller nothing). The runs go on in P5, which starts every
     command, relays its output keeping at most `max_output` bytes of each stream,
-    records `(spec.start_time, exitcode)` with `record` (default `store.append_run`)
+    records `(spec.start_time, exitcode)` with `record` (default `taskdir.append_run`)
     when the command ends, renames the outputs over `stdout` and `stderr`, logs one
     line per run via `logger` and exits once nothing holds any command's output open
     any more. A spec with an empty command line is logged and skipped.
@@ -267,10 +268,7 @@ def spawn_runs(
     if max_output < 0:
         raise ValueError(f"max_output must not be negative, not {max_output}")
     if record is None:
-        # Resolved lazily in the parent (never in a child): store imports heavier things.
-        from saturnd import store
-
-        record = store.append_run
+        record = taskdir.append_run
     keep = set(keep_fds) | _logger_fds(logger)
     batch = _Batch(
         specs=specs,
@@ -490,8 +488,7 @@ class _Supervisor:
             if logger is not None:
                 logger.error("task %d: empty command line, not run", spec.task_id)
             return
-        out_name = b"stdout.%d.%d.tmp" % (self.pid, self.started)
-        err_name = b"stderr.%d.%d.tmp" % (self.pid, self.started)
+        out_name, err_name = taskdir.temporary_names(self.pid, self.started)
         dirfd = out = -1
         try:
             dirfd = os.open(spec.task_dir, _DIR_FLAGS)
@@ -676,10 +673,9 @@ class _Supervisor:
         # recorded last is the one whose output stays (see the module docstring).
         published = False
         try:
-            fcntl.flock(dirfd, fcntl.LOCK_EX)
+            taskdir.lock_runs(dirfd)
             self.batch.record(spec.task_dir, spec.start_time, exitcode)
-            os.rename(run.out_name, b"stdout", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            os.rename(run.err_name, b"stderr", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
             if logger is not None:

@@ -15,10 +15,10 @@ Rules:
   a status holding even a shared lock for an instant could make a daemon starting at
   that instant believe another one runs, and exit. Only where `/proc` is missing do
   we fall back to a non-blocking shared lock, released at once.
-- A run in progress is a `stdout.<P5 pid>.<n>.tmp` file in a `task_<ID>/` directory
-  (spawn creates it when a run starts and renames it away when the run is recorded)
-  whose P5 is alive, ours, and older than the file. The last two checks reject a pid reused
-  since a run's supervisor was killed and left its temporaries behind.
+- A run in progress is a temporary output in a `task_<ID>/` directory (taskdir.py
+  names them; spawn creates one when a run starts and renames it away when the run is
+  recorded) whose P5 is alive, ours, and older than the file. The last two checks
+  reject a pid reused since a run's supervisor was killed and left its temporaries.
 - Formatting is pure: `Status` and `now` in, text or a JSON-ready dict out.
 - Exit status, the LSB convention for `status`: 0 running, 3 not running; a failure to
   find out is a `StatusError` (one line, exit 1 at the program's edge).
@@ -30,7 +30,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +38,7 @@ from typing import Final
 
 import psutil
 
+from saturnd import taskdir
 from saturnd.daemon import Paths, running_pid
 from saturnd.store import Store, StoreError
 
@@ -59,9 +59,6 @@ EXIT_RUNNING: Final = 0
 EXIT_NOT_RUNNING: Final = 3
 """LSB init-script `status`: 3 is "program is not running"."""
 
-_TASK_DIR: Final = re.compile(r"task_([0-9]+)")
-# stdout.<P5 pid>.<run number>.tmp; stdout.<P5 pid>.tmp from a version with one P5 per run.
-_RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)(?:\.[0-9]+)?\.tmp")
 _CLOCK_SLACK: Final = 2.0
 """Seconds: a process's start time is known to a clock tick, a file's change time to
 the kernel's timestamp granularity; a run's supervisor older than its file by less than
@@ -371,22 +368,11 @@ def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
     except OSError as error:
         raise StatusError(f"cannot list {state_dir}: {error.strerror}") from error
     for entry in entries:
-        task = _TASK_DIR.fullmatch(entry.name)
-        if task is None or not entry.is_dir(follow_symlinks=False):
+        task_id = taskdir.task_id_of(entry.name)
+        if task_id is None or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            files = list(os.scandir(entry.path))
-        except OSError:
-            continue  # removed meanwhile (or unreadable): no run of ours can be there
-        for file in files:
-            output = _RUN_OUTPUT.fullmatch(file.name)
-            if output is None:
-                continue
-            try:
-                changed = file.stat(follow_symlinks=False).st_ctime
-            except OSError:
-                continue  # renamed away: that run has just been recorded
-            run = _run_of(int(task.group(1)), int(output.group(1)), changed)
+        for pid, changed in taskdir.runs_in_progress(entry.path):
+            run = _run_of(task_id, pid, changed)
             if run is not None:
                 runs.append(run)
     return tuple(sorted(runs, key=lambda run: (run.task_id, run.pid)))

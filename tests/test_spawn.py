@@ -2,9 +2,9 @@
 
 Runs are recorded by `record_run`, a small implementation of the `times-exitcodes`
 format of DESIGN.md (NBRUNS uint32, then TIME int64 + EXITCODE uint16 per run,
-big-endian) with the same locking as `store.append_run`, so these tests do not depend
-on store.py; `test_it_records_with_store_by_default` checks the real default when it
-exists. No test sleeps for long: each polls for what it waits for, with a deadline.
+big-endian) with the same locking as `taskdir.append_run`, so these tests do not depend
+on it; `test_it_records_with_taskdir_by_default` checks the real default. No test
+sleeps for long: each polls for what it waits for, with a deadline.
 """
 
 from __future__ import annotations
@@ -472,10 +472,7 @@ def test_it_rejects_an_empty_command_line(task_dir: Path) -> None:
         spawn_run(RunSpec(TASK_ID, task_dir, (b"",), START), record=record_run)
 
 
-def test_it_records_with_store_by_default(task_dir: Path) -> None:
-    store = pytest.importorskip("saturnd.store")
-    if not hasattr(store, "append_run"):
-        pytest.skip("store.append_run is not written yet")
+def test_it_records_with_taskdir_by_default(task_dir: Path) -> None:
     spawn_run(RunSpec(TASK_ID, task_dir, (b"sh", b"-c", b"echo hi; exit 4"), START))
     assert wait_finished(task_dir, 1) == [(START, 4)]
     assert (task_dir / "stdout").read_bytes() == b"hi\n"
