@@ -44,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from saturnd import schedule
+from saturnd import proctitle, schedule
 from saturnd.clock import Clock
 from saturnd.listener import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
@@ -206,6 +206,7 @@ class Executor:
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
+                role=proctitle.runs_role(current),
             )
         except OSError as error:
             self.log.error(

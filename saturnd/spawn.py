@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
 
-from saturnd import taskdir
+from saturnd import proctitle, taskdir
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -190,6 +190,7 @@ class _Batch:
     keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
+    role: str  # P5's process title (proctitle.py)
 
 
 @dataclass(slots=True)
@@ -249,6 +250,7 @@ def spawn_runs(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    role: str = "runs",
 ) -> None:
     """Start the runs of `specs`; return once P4 has exited (two forks, a few ms).
 
@@ -260,7 +262,8 @@ def spawn_runs(
     line per run via `logger` and exits once nothing holds any command's output open
     any more. A spec with an empty command line is logged and skipped.
     `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
-    descriptor >= 3 is closed there, and no command inherits any of them.
+    descriptor >= 3 is closed there, and no command inherits any of them. P5 is named
+    `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM").
 
     Raises ValueError for a negative `max_output`, OSError when the first or second
     fork fails (no run was started then).
@@ -279,6 +282,7 @@ def spawn_runs(
         keep=tuple(sorted(fd for fd in keep if fd >= 3)),
         p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,
+        role=role,
     )
 
     p4 = os.fork()
@@ -366,6 +370,7 @@ def _p5(batch: _Batch) -> NoReturn:
     """P5: detach, start the runs, relay and record each one, exit when all are done."""
     try:
         _detach(batch)
+        proctitle.set_role(batch.role)
         _Supervisor(batch).run()
     except BaseException:
         if batch.logger is not None:

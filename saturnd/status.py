@@ -38,7 +38,7 @@ from typing import Final
 
 import psutil
 
-from saturnd import taskdir
+from saturnd import proctitle, taskdir
 from saturnd.daemon import Paths, running_pid
 from saturnd.store import Store, StoreError
 
@@ -85,6 +85,8 @@ class ProcessInfo:
     """Proportional set size, bytes: shared pages divided among their users (Linux)."""
     cpu: float
     """User plus system CPU seconds used so far."""
+    role: str | None = None
+    """What its title says it is (proctitle.py): supervisor, listener, executor."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ class RunInfo:
     pid: int
     started: float
     """Epoch seconds (the real clock, even under `--clock`)."""
+    role: str | None = None
+    """The supervising process's title: "runs of HH:MM"."""
+    commands: tuple[int, ...] = ()
+    """The pids of its supervising process's commands: this run's alone when that
+    process supervises no other run in progress (one task per minute, as a rule)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,16 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+def _with_role(process: ProcessInfo) -> str:
+    return f"{process.pid} ({process.role})" if process.role else str(process.pid)
+
+
+def _run_text(run: RunInfo) -> str:
+    supervisor = f"pid {run.pid} {run.role}" if run.role else f"pid {run.pid}"
+    commands = "".join(f", command {pid}" for pid in run.commands)
+    return f"task {run.task_id} ({supervisor}{commands}, since {_local(run.started)})"
+
+
 def _lines(status: Status, now: float) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = [("status", "running" if status.running else "not running")]
     uptime = _uptime(status, now)
@@ -164,8 +181,7 @@ def _lines(status: Status, now: float) -> list[tuple[str, str]]:
         lines.append(("pid", str(supervisor.pid)))
         up = timedelta(seconds=int(uptime))
         lines.append(("started", f"{_local(supervisor.started)} (up {up})"))
-        pids = [f"{supervisor.pid} (supervisor)"] + [str(p.pid) for p in status.processes[1:]]
-        lines.append(("processes", ", ".join(pids)))
+        lines.append(("processes", ", ".join(_with_role(p) for p in status.processes)))
         memory = f"{_mib(status.rss or 0)} RSS"
         if status.pss is not None:
             memory += f", {_mib(status.pss)} PSS"
@@ -174,10 +190,7 @@ def _lines(status: Status, now: float) -> list[tuple[str, str]]:
     lines.append(("tasks", "unknown" if status.tasks is None else str(status.tasks)))
     runs = str(len(status.runs))
     if status.runs:
-        runs += ": " + ", ".join(
-            f"task {run.task_id} (pid {run.pid}, since {_local(run.started)})"
-            for run in status.runs
-        )
+        runs += ": " + ", ".join(_run_text(run) for run in status.runs)
     lines.append(("runs in progress", runs))
     lines.append(("pipes directory", str(status.pipes_dir)))
     lines.append(("state directory", str(status.state_dir)))
@@ -202,12 +215,20 @@ def to_json(status: Status, now: float) -> str:
         "started": status.processes[0].started if status.processes else None,
         "uptime_seconds": _uptime(status, now),
         "processes": [p.pid for p in status.processes],
+        "process_roles": {str(p.pid): p.role for p in status.processes},
         "memory_rss_bytes": status.rss,
         "memory_pss_bytes": status.pss,
         "cpu_seconds": status.cpu,
         "tasks": status.tasks,
         "runs_in_progress": [
-            {"task": run.task_id, "pid": run.pid, "started": run.started} for run in status.runs
+            {
+                "task": run.task_id,
+                "pid": run.pid,
+                "role": run.role,
+                "commands": list(run.commands),
+                "started": run.started,
+            }
+            for run in status.runs
         ],
         "pipes_dir": str(status.pipes_dir),
         "state_dir": str(status.state_dir),
@@ -312,8 +333,16 @@ def start_time(process: psutil.Process) -> float:
     return time.time() - age
 
 
-def _measure(process: psutil.Process) -> ProcessInfo:
+def _role(process: psutil.Process) -> str | None:
+    try:
+        return proctitle.role_of(process.cmdline())
+    except (psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _measure(process: psutil.Process, role: str | None = None) -> ProcessInfo:
     with process.oneshot():
+        role = _role(process) or role
         started = start_time(process)
         cpu = process.cpu_times()
         rss = process.memory_info().rss
@@ -322,14 +351,14 @@ def _measure(process: psutil.Process) -> ProcessInfo:
             pss = getattr(process.memory_full_info(), "pss", None)
         except psutil.AccessDenied:
             pss = None
-    return ProcessInfo(process.pid, started, rss, pss, cpu.user + cpu.system)
+    return ProcessInfo(process.pid, started, rss, pss, cpu.user + cpu.system, role)
 
 
 def measure_daemon(pid: int) -> tuple[ProcessInfo, ...]:
     """The supervisor and its live descendants (listener, executor, a passing P4)."""
     try:
         supervisor = psutil.Process(pid)
-        infos = [_measure(supervisor)]
+        infos = [_measure(supervisor, proctitle.SUPERVISOR)]
         descendants = supervisor.children(recursive=True)
     except psutil.NoSuchProcess:
         return ()  # it stopped while we looked
@@ -351,11 +380,13 @@ def _run_of(task_id: int, pid: int, file_changed: float) -> RunInfo | None:
         with process.oneshot():
             uid = process.uids().real
             started = start_time(process)
+            role = _role(process)
+        commands = tuple(sorted(child.pid for child in process.children()))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     if uid != os.getuid() or started > file_changed + _CLOCK_SLACK:
         return None
-    return RunInfo(task_id, pid, started)
+    return RunInfo(task_id, pid, started, role, commands)
 
 
 def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:

@@ -44,15 +44,15 @@ def _status(running: bool = True, **changes: object) -> Status:
         "log_file": Path("/home/u/.local/state/saturnd/saturnd.log"),
         "processes": (
             (
-                ProcessInfo(100, STARTED, 30 << 20, 10 << 20, 0.5),
-                ProcessInfo(101, STARTED + 1, 20 << 20, 6 << 20, 0.25),
-                ProcessInfo(102, STARTED + 1, 20 << 20, 5 << 20, 0.0),
+                ProcessInfo(100, STARTED, 30 << 20, 10 << 20, 0.5, "supervisor"),
+                ProcessInfo(101, STARTED + 1, 20 << 20, 6 << 20, 0.25, "listener"),
+                ProcessInfo(102, STARTED + 1, 20 << 20, 5 << 20, 0.0, "executor"),
             )
             if running
             else ()
         ),
         "tasks": 3,
-        "runs": (RunInfo(2, 555, STARTED + 3600),),
+        "runs": (RunInfo(2, 555, STARTED + 3600, "runs of 09:00", (556,)),),
     }
     fields.update(changes)
     return Status(**fields)  # type: ignore[arg-type]
@@ -79,11 +79,12 @@ def test_it_writes_a_running_daemon_as_aligned_lines(utc: None) -> None:
         "status:           running\n"
         "pid:              100\n"
         "started:          2026-11-21 08:00:00 (up 2 days, 1:02:03)\n"
-        "processes:        100 (supervisor), 101, 102\n"
+        "processes:        100 (supervisor), 101 (listener), 102 (executor)\n"
         "memory:           70.0 MiB RSS, 21.0 MiB PSS\n"
         "cpu:              0.75 s\n"
         "tasks:            3\n"
-        "runs in progress: 1: task 2 (pid 555, since 2026-11-21 09:00:00)\n"
+        "runs in progress: 1: task 2 (pid 555 runs of 09:00, command 556, "
+        "since 2026-11-21 09:00:00)\n"
         "pipes directory:  /tmp/u/saturnd/pipes\n"
         "state directory:  /home/u/.local/state/saturnd\n"
         "log file:         /home/u/.local/state/saturnd/saturnd.log\n"
@@ -114,11 +115,20 @@ def test_it_writes_one_json_document_with_the_same_facts() -> None:
         "started": STARTED,
         "uptime_seconds": 60.5,
         "processes": [100, 101, 102],
+        "process_roles": {"100": "supervisor", "101": "listener", "102": "executor"},
         "memory_rss_bytes": 70 << 20,
         "memory_pss_bytes": 21 << 20,
         "cpu_seconds": 0.75,
         "tasks": 3,
-        "runs_in_progress": [{"task": 2, "pid": 555, "started": STARTED + 3600}],
+        "runs_in_progress": [
+            {
+                "task": 2,
+                "pid": 555,
+                "role": "runs of 09:00",
+                "commands": [556],
+                "started": STARTED + 3600,
+            }
+        ],
         "pipes_dir": "/tmp/u/saturnd/pipes",
         "state_dir": "/home/u/.local/state/saturnd",
         "log_file": "/home/u/.local/state/saturnd/saturnd.log",
@@ -285,13 +295,16 @@ def _agree(pairs: dict[str, str], document: dict[str, Any]) -> None:
     runs = document["runs_in_progress"]
     assert pairs["runs in progress"].split(":")[0] == str(len(runs))
     for run in runs:
-        assert f"task {run['task']} (pid {run['pid']}," in pairs["runs in progress"]
+        commands = "".join(f", command {pid}" for pid in run["commands"])
+        described = f"task {run['task']} (pid {run['pid']} {run['role']}{commands}, since"
+        assert described in pairs["runs in progress"]
     assert pairs["pipes directory"] == document["pipes_dir"]
     assert pairs["state directory"] == document["state_dir"]
     assert pairs["log file"] == document["log_file"]
     if document["running"]:
-        pids = ", ".join(map(str, document["processes"]))
-        assert pairs["processes"].replace(" (supervisor)", "") == pids
+        roles = document["process_roles"]
+        pids = ", ".join(f"{pid} ({roles[str(pid)]})" for pid in document["processes"])
+        assert pairs["processes"] == pids
 
 
 def test_it_reports_a_real_daemon_before_during_a_run_and_after(
@@ -311,6 +324,7 @@ def test_it_reports_a_real_daemon_before_during_a_run_and_after(
     assert code == 0 and document["running"] is True
     assert document["pid"] == daemon.proc.pid
     assert document["processes"] == daemon.pids()
+    assert list(document["process_roles"].values()) == ["supervisor", "listener", "executor"]
     assert document["tasks"] == 3 and document["runs_in_progress"] == []
     assert isinstance(document["memory_rss_bytes"], int) and document["memory_rss_bytes"] > 0
     assert isinstance(document["uptime_seconds"], float) and document["uptime_seconds"] < 60
@@ -328,8 +342,11 @@ def test_it_reports_a_real_daemon_before_during_a_run_and_after(
     assert run["task"] == 0
     supervisor = psutil.Process(run["pid"])  # the run's P5: not one of the daemon's
     assert run["pid"] not in daemon.pids()
+    assert run["role"] == "runs of 08:01"
+    assert " ".join(supervisor.cmdline()).rstrip() == "saturnd: runs of 08:01"
     (command,) = supervisor.children()
     assert command.cmdline() == ["sleep", "60"]
+    assert run["commands"] == [command.pid]
 
     # A wedged listener does not stop a status: it never touches the pipes.
     stopped = daemon.pids()[1:]
