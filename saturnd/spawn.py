@@ -689,7 +689,15 @@ class _Supervisor:
                 )
         except Exception as error:  # one run's failure must not end the others' watch
             if logger is not None:
-                logger.error("task %d: cannot record run pid %d: %s", spec.task_id, run.pid, error)
+                # All the history would have held, so a lost record is accounted for.
+                logger.error(
+                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
+                    spec.task_id,
+                    spec.start_time,
+                    exitcode,
+                    run.pid,
+                    error,
+                )
         finally:
             if not published:
                 _unlink(dirfd, run.out_name)

@@ -20,8 +20,9 @@ Rules:
   recorded) whose P5 is alive, ours, and older than the file. The last two checks
   reject a pid reused since a run's supervisor was killed and left its temporaries.
 - Formatting is pure: `Status` and `now` in, text or a JSON-ready dict out.
-- Exit status, the LSB convention for `status`: 0 running, 3 not running; a failure to
-  find out is a `StatusError` (one line, exit 1 at the program's edge).
+- Exit status, the LSB convention for `status`: 0 running, 3 not running, 4 running
+  on a full state directory (runs are not recorded: `disk_full`); a failure to find
+  out is a `StatusError` (one line, exit 1 at the program's edge).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ __all__ = [
 EXIT_RUNNING: Final = 0
 EXIT_NOT_RUNNING: Final = 3
 """LSB init-script `status`: 3 is "program is not running"."""
+EXIT_CANNOT_RECORD: Final = 4
+"""Running, but runs cannot be recorded (a full state directory): LSB's 4, "status
+unknown", since the daemon no longer does what it is there for."""
+_FULL_BELOW: Final = 64 << 10
+"""Bytes: with less than this free, the next run may not be recorded (its history
+record, its output files and their directory entries)."""
 
 _CLOCK_SLACK: Final = 2.0
 """Seconds: a process's start time is known to a clock tick, a file's change time to
@@ -117,6 +124,8 @@ class Status:
     """None when `cmds` cannot be read (see `problems`)."""
     runs: tuple[RunInfo, ...]
     problems: tuple[str, ...] = ()
+    full: bool = False
+    """The state directory's file system is (nearly) full: runs are not recorded."""
 
     @property
     def running(self) -> bool:
@@ -142,8 +151,10 @@ class Status:
 
 
 def exit_status(status: Status) -> int:
-    """0 when a daemon runs, 3 when none does."""
-    return EXIT_RUNNING if status.running else EXIT_NOT_RUNNING
+    """0 when a daemon runs, 3 when none does, 4 when it runs on a full disk."""
+    if not status.running:
+        return EXIT_NOT_RUNNING
+    return EXIT_CANNOT_RECORD if status.full else EXIT_RUNNING
 
 
 # --- formatting (pure) -------------------------------------------------------------
@@ -432,11 +443,33 @@ def count_tasks(state_dir: Path) -> tuple[int | None, str | None]:
         store.close()
 
 
+def disk_full(state_dir: Path) -> str | None:
+    """Why runs cannot be recorded in `state_dir` for lack of space, or None.
+
+    Free space and inodes as the daemon's user sees them (statvfs): one call, and it
+    needs no write, which a full disk would refuse (a marker file written by the
+    run's supervisor could not be). It also warns before the first record is lost."""
+    try:
+        info = os.statvfs(state_dir)
+    except OSError:
+        return None  # no directory yet: nothing to record into either
+    blocks = info.f_bfree if os.geteuid() == 0 else info.f_bavail
+    inodes = info.f_ffree if os.geteuid() == 0 else info.f_favail
+    free = blocks * info.f_frsize
+    if free < _FULL_BELOW or (info.f_files > 0 and inodes == 0):
+        return (
+            f"the file system of {state_dir} is full ({free >> 10} KiB, {inodes} inodes "
+            "free): runs are not being recorded"
+        )
+    return None
+
+
 def gather(paths: Paths) -> Status:
     """Everything `saturnd status` reports, read without changing anything."""
     pid = find_daemon(paths.pid_file)
     processes = measure_daemon(pid) if pid is not None else ()
     tasks, problem = count_tasks(paths.state_dir)
+    full = disk_full(paths.state_dir)
     return Status(
         pipes_dir=paths.pipes_dir,
         state_dir=paths.state_dir,
@@ -444,5 +477,6 @@ def gather(paths: Paths) -> Status:
         processes=processes,
         tasks=tasks,
         runs=runs_in_progress(paths.state_dir),
-        problems=(problem,) if problem else (),
+        problems=tuple(p for p in (problem, full) if p),
+        full=full is not None,
     )

@@ -423,6 +423,22 @@ def test_it_logs_why_a_command_could_not_start(task_dir: Path, tmp_path: Path) -
     assert "pid -1" not in log.read_text()
 
 
+def test_it_logs_a_run_it_cannot_record_with_its_start_and_exit_code(
+    task_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+
+    def full_disk(task_dir: Path, time: int, exitcode: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    spawn(task_dir, "sh", "-c", "exit 5", record=full_disk, logger=file_logger(log))
+    wait_for(lambda: log.exists() and log.read_bytes().endswith(b"\n"), "a log line")
+    wait_for(lambda: not temp_files(task_dir), "the temporaries to be removed")
+    (line,) = log.read_text().splitlines()
+    assert f"task {TASK_ID}: run LOST, not recorded (start {START}, exit code 5, pid " in line
+    assert line.endswith("No space left on device")
+
+
 def failing_fork(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
     """Make the `nth` fork of a batch's chain fail with EAGAIN (1: the caller's, 2:
     P4's). The counter is copied into each child, so it counts along the chain."""

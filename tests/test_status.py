@@ -377,3 +377,41 @@ def test_it_runs_with_python_dash_m(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 3 and "status:" in result.stdout
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_it_reports_a_full_state_directory_as_a_problem(small_tmpfs: Path) -> None:
+    paths = Paths(small_tmpfs / "pipes", small_tmpfs / "state")
+    paths.state_dir.mkdir()
+    assert status.disk_full(paths.state_dir) is None
+    filler = os.open(small_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(filler, b"\0" * 4096)
+    finally:
+        os.close(filler)
+    problem = status.disk_full(paths.state_dir)
+    assert problem is not None and "runs are not being recorded" in problem
+    report = status.gather(paths)
+    assert report.problems == (problem,)
+    assert json.loads(status.to_json(report, now=NOW))["problems"] == [problem]
+    assert f"problem:          {problem}" in status.to_text(report, now=NOW)
+    running = Status(**{**report.__dict__, "processes": (ProcessInfo(1, NOW, 0, 0, 0.0),)})
+    assert status.exit_status(running) == status.EXIT_CANNOT_RECORD == 4
+    assert status.exit_status(report) == status.EXIT_NOT_RUNNING
