@@ -62,6 +62,7 @@ BENCHES = (
     Bench("4", "bench_punctuality.py", "punctuality"),
     Bench("5", "bench_idle.py", "idle cost"),
     Bench("6", "bench_history.py", "history"),
+    Bench("7", "bench_run_memory.py", "memory of a minute's runs"),
 )
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from saturnd import proctitle
 from saturnd.clock import Clock
 from saturnd.listener import EXIT_TERMINATED, Listener, StopFlag, ensure_fifo
 from saturnd.protocol import REPLY_PIPE, REQUEST_PIPE
@@ -382,6 +383,7 @@ class Daemon:
         if pid == 0:
             status = 1
             try:
+                proctitle.set_role(part.name)
                 status = part.body()
             except PartCannotStart as error:
                 try:
@@ -402,6 +404,7 @@ class Daemon:
     def run(self) -> int:
         """Supervise until TERMINATE or a stop signal; returns the exit status."""
         write_pid(self.lock_fd)
+        proctitle.set_role(proctitle.SUPERVISOR)
         wake_fd = _install_stop_handlers(self.stop)
         # A do-nothing handler, so that a child's end writes the wake-up byte too.
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)

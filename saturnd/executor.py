@@ -10,7 +10,9 @@ Rules:
   `last-minute` in the state directory *before* its runs start, so a crash between the
   two can lose that minute's runs but never repeat them. On start, the gap since the
   stored minute is handled like a clock jump; with no stored minute (first start), the
-  current minute counts as handled.
+  current minute counts as handled. Each run that starts late for this reason (a
+  skipped minute's, or the current minute's on a start past its second 0) is logged
+  as "catch-up run of task N for HH:MM after a restart" (or "a clock jump").
 - A task created or removed during minute M counts from minute M+1: the table is
   reloaded at each minute boundary, before planning.
 - The executor never waits for a run: all the runs of a minute go to spawn as one
@@ -44,7 +46,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from saturnd import schedule
+from saturnd import proctitle, schedule
 from saturnd.clock import Clock
 from saturnd.listener import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
@@ -138,6 +140,9 @@ class Executor:
         self.keep_fds = tuple(keep_fds)
         self.max_output = max_output
         self.handled = load_handled(state_dir, logger)
+        # A mark from an earlier executor: the first minute handled here follows a
+        # restart, and its runs start late (see `catch_ups`).
+        self.restarted = self.handled is not None
         # The task table changed since the last mark written durably.
         self.changed = True
         _remove_stale_temporary(state_dir, logger)
@@ -188,6 +193,12 @@ class Executor:
             return
         self.handled = handled
         self.changed = self.changed and not durable
+        restarted, self.restarted = self.restarted, False
+        cause = "a restart" if restarted else "a clock jump"
+        for minute, task_id in catch_ups(plan, current, int(now) - epoch_minute * 60, restarted):
+            self.log.info(
+                "catch-up run of task %d for %s after %s", task_id, minute.strftime("%H:%M"), cause
+            )
         if plan.kind not in ("normal", "none"):
             self.log.info(
                 "clock moved from the last handled minute: %s at %s (%d runs)",
@@ -206,6 +217,7 @@ class Executor:
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
+                role=proctitle.runs_role(current),
             )
         except OSError as error:
             self.log.error(
@@ -214,6 +226,20 @@ class Executor:
                 current.strftime(_WALL_FORMAT),
                 error.strerror or error,
             )
+
+
+def catch_ups(
+    plan: schedule.Plan, current: datetime, late: int, restarted: bool
+) -> list[tuple[datetime, int]]:
+    """The runs of `plan` that start later than their minute (DESIGN.md "Time": a
+    restart is a clock jump from the last minute handled): those of a skipped minute,
+    and, on the first minute after a restart that came `late` seconds into it, those
+    of the current minute too."""
+    return [
+        (minute, task_id)
+        for minute, task_id in plan.runs
+        if minute != current or (restarted and late > 0)
+    ]
 
 
 def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -> Iterator[RunSpec]:

@@ -36,7 +36,9 @@ Rules:
   /bin/sh. P5 skips PATH entries where the file does not exist (a `stat`, remembered for
   the batch) instead of paying a failed spawn for each. When nothing can be executed,
   the run's stderr gets `saturnd: cannot execute '<argv0>': <reason>` and it is
-  recorded with exit code 127, like a shell reports it; a spawn that fails for lack of
+  recorded as a POSIX shell reports it: exit code 127 when no file was found (or an
+  argument holds a NUL byte), 126 when one was found but cannot be executed (no
+  permission, a bad binary); the log says "could not start". A spawn that fails for lack of
   processes or memory (EAGAIN, ENOMEM) is recorded as 0xFFFF with
   `saturnd: cannot start the command: <reason>`, like a failed fork.
 - P5 relays each run's two pipes into `stdout.<P5 pid>.<n>.tmp` and
@@ -73,12 +75,11 @@ Ordering of the history and the outputs. Two runs of one task can end together; 
 `flock(LOCK_EX)` on the *task directory's own descriptor* for the span "record, then
 rename both temporaries over stdout and stderr", so these spans of two runs never
 interleave: the run that records last also renames last. The recorder
-(`store.append_run`) is unchanged and takes its own lock on `times-exitcodes`; the
-directory lock is a second, separate lock known only to writers of runs, so it costs
-readers nothing. Lock order, for anyone who ever takes both: the directory first, then
-`times-exitcodes`. A reader that wants a history and an output that agree can take
-`LOCK_SH` on the directory. Alternatives rejected: renaming inside store's lock would
-need a callback in store's API; a lock file would add an entry to `task_<ID>/`.
+(`taskdir.append_run`) takes its own lock on `times-exitcodes`; the directory lock
+(`taskdir.lock_runs`) is a second, separate lock known only to writers of runs, so it
+costs readers nothing; taskdir.py gives the lock order. Alternatives rejected: renaming
+inside the recorder's lock would need a callback in its API; a lock file would add an
+entry to `task_<ID>/`.
 
 Cost (bench/bench_punctuality.py, 1,000 runs due in one minute, 2 CPUs): with a fork of
 P4 and of P5 per run from the executor's image, and a fork of P6 from each P5, the
@@ -103,10 +104,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
 
+from saturnd import proctitle, taskdir
+
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
     "EXITCODE_ABNORMAL",
     "EXITCODE_CANNOT_EXECUTE",
+    "EXITCODE_NOT_FOUND",
     "Recorder",
     "RunSpec",
     "exitcode_from_status",
@@ -120,8 +124,12 @@ Recorder = Callable[[Path, int, int], None]
 EXITCODE_ABNORMAL: Final = 0xFFFF
 """EXITCODE of a run that did not exit normally (killed by a signal, ...)."""
 
-EXITCODE_CANNOT_EXECUTE: Final = 127
-"""Exit status of a run whose command cannot be executed, as a shell reports it."""
+EXITCODE_NOT_FOUND: Final = 127
+"""Exit status of a run whose command is not found, as a shell reports it."""
+
+EXITCODE_CANNOT_EXECUTE: Final = 126
+"""Exit status of a run whose command exists but cannot be executed (no permission,
+a bad binary, ...), as a shell reports it."""
 
 DEFAULT_MAX_OUTPUT: Final = 1 << 20
 """Bytes of each of stdout and stderr a run's stored output keeps (`saturnd --max-output`)."""
@@ -182,6 +190,7 @@ class _Batch:
     keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
+    role: str  # P5's process title (proctitle.py)
 
 
 @dataclass(slots=True)
@@ -207,6 +216,7 @@ class _Run:
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
+    failure: str = ""  # why the command could not start, for the log ("" if it did)
 
 
 def exitcode_from_status(status: int) -> int:
@@ -240,18 +250,20 @@ def spawn_runs(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    role: str = "runs",
 ) -> None:
     """Start the runs of `specs`; return once P4 has exited (two forks, a few ms).
 
     `specs` is iterated in P5 only (a generator that looks up the command lines is
     fine, and costs the caller nothing). The runs go on in P5, which starts every
     command, relays its output keeping at most `max_output` bytes of each stream,
-    records `(spec.start_time, exitcode)` with `record` (default `store.append_run`)
+    records `(spec.start_time, exitcode)` with `record` (default `taskdir.append_run`)
     when the command ends, renames the outputs over `stdout` and `stderr`, logs one
     line per run via `logger` and exits once nothing holds any command's output open
     any more. A spec with an empty command line is logged and skipped.
     `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
-    descriptor >= 3 is closed there, and no command inherits any of them.
+    descriptor >= 3 is closed there, and no command inherits any of them. P5 is named
+    `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM").
 
     Raises ValueError for a negative `max_output`, OSError when the first or second
     fork fails (no run was started then).
@@ -259,10 +271,7 @@ def spawn_runs(
     if max_output < 0:
         raise ValueError(f"max_output must not be negative, not {max_output}")
     if record is None:
-        # Resolved lazily in the parent (never in a child): store imports heavier things.
-        from saturnd import store
-
-        record = store.append_run
+        record = taskdir.append_run
     keep = set(keep_fds) | _logger_fds(logger)
     batch = _Batch(
         specs=specs,
@@ -273,6 +282,7 @@ def spawn_runs(
         keep=tuple(sorted(fd for fd in keep if fd >= 3)),
         p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,
+        role=role,
     )
 
     p4 = os.fork()
@@ -360,6 +370,7 @@ def _p5(batch: _Batch) -> NoReturn:
     """P5: detach, start the runs, relay and record each one, exit when all are done."""
     try:
         _detach(batch)
+        proctitle.set_role(batch.role)
         _Supervisor(batch).run()
     except BaseException:
         if batch.logger is not None:
@@ -482,8 +493,7 @@ class _Supervisor:
             if logger is not None:
                 logger.error("task %d: empty command line, not run", spec.task_id)
             return
-        out_name = b"stdout.%d.%d.tmp" % (self.pid, self.started)
-        err_name = b"stderr.%d.%d.tmp" % (self.pid, self.started)
+        out_name, err_name = taskdir.temporary_names(self.pid, self.started)
         dirfd = out = -1
         try:
             dirfd = os.open(spec.task_dir, _DIR_FLAGS)
@@ -514,9 +524,12 @@ class _Supervisor:
                 write_ends.append(write_end)
                 self.held += 1
         except OSError as error:
+            run.failure = _strerror(error).decode()
             message = b"saturnd: cannot start the command: %s\n" % _strerror(error)
         else:
-            run.pid, run.status, message = self._spawn(argv, write_ends[0], write_ends[1])
+            run.pid, run.status, message, run.failure = self._spawn(
+                argv, write_ends[0], write_ends[1]
+            )
         # Only the command (and what it starts) may hold the write ends: their end of
         # file means "all gone".
         for write_end in write_ends:
@@ -536,15 +549,17 @@ class _Supervisor:
         _store(run.streams[1], message)
         self.unstarted.append(run)
 
-    def _spawn(self, argv: tuple[bytes, ...], out: int, err: int) -> tuple[int, int | None, bytes]:
+    def _spawn(
+        self, argv: tuple[bytes, ...], out: int, err: int
+    ) -> tuple[int, int | None, bytes, str]:
         """Spawn the command like `execvp`: (pid, -1 if none; the wait status to record
         when there is no command, None for "did not run at all"; the message for its
-        stderr when there is no command)."""
+        stderr and the reason for the log when there is no command)."""
         argv0 = argv[0]
         prefix = b"saturnd: cannot execute '" + argv0 + b"': "
-        not_run = EXITCODE_CANNOT_EXECUTE << 8  # the wait status of `exit 127`
         if any(b"\0" in arg for arg in argv):
-            return -1, not_run, prefix + b"argument contains a NUL byte\n"
+            reason = b"argument contains a NUL byte"
+            return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
         paths = self.paths.get(argv0)
         if paths is None:
             paths = self.paths[argv0] = _exec_paths(argv0, self.batch.path)
@@ -561,22 +576,28 @@ class _Supervisor:
                 last = last or FileNotFoundError(errno.ENOENT, "not found")
                 continue
             try:
-                return self._posix_spawn(path, list(argv), actions), None, b""
+                return self._posix_spawn(path, list(argv), actions), None, b"", ""
             except OSError as error:
                 failure = error
             if failure.errno == errno.ENOEXEC:
                 # A file the kernel cannot execute (a script without "#!"): execvp hands
                 # it to the shell, and so do we.
                 try:
-                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b""
+                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b"", ""
                 except OSError as error:
                     failure = error
             if failure.errno in _NO_PROCESS:
-                return -1, None, b"saturnd: cannot start the command: %s\n" % _strerror(failure)
+                reason = _strerror(failure)
+                message = b"saturnd: cannot start the command: %s\n" % reason
+                return -1, None, message, reason.decode()
             last = failure
             if reported is None and failure.errno not in _NOT_HERE:
                 reported = failure
-        return -1, not_run, prefix + _strerror(reported or last or FileNotFoundError()) + b"\n"
+        # As POSIX shells do: 127 when no file was found, 126 when one was found and
+        # could not be executed (no permission, a bad binary, ...).
+        code = EXITCODE_NOT_FOUND if reported is None else EXITCODE_CANNOT_EXECUTE
+        reason = _strerror(reported or last or FileNotFoundError())
+        return -1, code << 8, prefix + reason + b"\n", reason.decode()
 
     def _posix_spawn(
         self, path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]]
@@ -657,10 +678,9 @@ class _Supervisor:
         # recorded last is the one whose output stays (see the module docstring).
         published = False
         try:
-            fcntl.flock(dirfd, fcntl.LOCK_EX)
+            taskdir.lock_runs(dirfd)
             self.batch.record(spec.task_dir, spec.start_time, exitcode)
-            os.rename(run.out_name, b"stdout", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-            os.rename(run.err_name, b"stderr", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
             if logger is not None:
@@ -669,14 +689,29 @@ class _Supervisor:
                 )
         except Exception as error:  # one run's failure must not end the others' watch
             if logger is not None:
-                logger.error("task %d: cannot record run pid %d: %s", spec.task_id, run.pid, error)
+                # All the history would have held, so a lost record is accounted for.
+                logger.error(
+                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
+                    spec.task_id,
+                    spec.start_time,
+                    exitcode,
+                    run.pid,
+                    error,
+                )
         finally:
             if not published:
                 _unlink(dirfd, run.out_name)
                 _unlink(dirfd, run.err_name)
             os.close(dirfd)  # also releases the lock
             self.held -= 3
-        if published and logger is not None:
+        if published and logger is not None and run.pid < 0:
+            logger.info(
+                "task %d: could not start: %s, exit code %d",
+                spec.task_id,
+                run.failure or "unknown reason",
+                exitcode,
+            )
+        elif published and logger is not None:
             logger.info(
                 "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
                 spec.task_id,

@@ -15,13 +15,14 @@ Rules:
   a status holding even a shared lock for an instant could make a daemon starting at
   that instant believe another one runs, and exit. Only where `/proc` is missing do
   we fall back to a non-blocking shared lock, released at once.
-- A run in progress is a `stdout.<P5 pid>.<n>.tmp` file in a `task_<ID>/` directory
-  (spawn creates it when a run starts and renames it away when the run is recorded)
-  whose P5 is alive, ours, and older than the file. The last two checks reject a pid reused
-  since a run's supervisor was killed and left its temporaries behind.
+- A run in progress is a temporary output in a `task_<ID>/` directory (taskdir.py
+  names them; spawn creates one when a run starts and renames it away when the run is
+  recorded) whose P5 is alive, ours, and older than the file. The last two checks
+  reject a pid reused since a run's supervisor was killed and left its temporaries.
 - Formatting is pure: `Status` and `now` in, text or a JSON-ready dict out.
-- Exit status, the LSB convention for `status`: 0 running, 3 not running; a failure to
-  find out is a `StatusError` (one line, exit 1 at the program's edge).
+- Exit status, the LSB convention for `status`: 0 running, 3 not running, 4 running
+  on a full state directory (runs are not recorded: `disk_full`); a failure to find
+  out is a `StatusError` (one line, exit 1 at the program's edge).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,6 +39,7 @@ from typing import Final
 
 import psutil
 
+from saturnd import proctitle, taskdir
 from saturnd.daemon import Paths, running_pid
 from saturnd.store import Store, StoreError
 
@@ -58,13 +59,18 @@ __all__ = [
 EXIT_RUNNING: Final = 0
 EXIT_NOT_RUNNING: Final = 3
 """LSB init-script `status`: 3 is "program is not running"."""
+EXIT_CANNOT_RECORD: Final = 4
+"""Running, but runs cannot be recorded (a full state directory): LSB's 4, "status
+unknown", since the daemon no longer does what it is there for."""
+_FULL_BELOW: Final = 64 << 10
+"""Bytes: with less than this free, the next run may not be recorded (its history
+record, its output files and their directory entries)."""
 
-_TASK_DIR: Final = re.compile(r"task_([0-9]+)")
-# stdout.<P5 pid>.<run number>.tmp; stdout.<P5 pid>.tmp from a version with one P5 per run.
-_RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)(?:\.[0-9]+)?\.tmp")
 _CLOCK_SLACK: Final = 2.0
-"""Seconds: psutil derives a start time from the boot time, which /proc gives in whole
-seconds, so a run's supervisor can look up to about a second younger than its file."""
+"""Seconds: a process's start time is known to a clock tick, a file's change time to
+the kernel's timestamp granularity; a run's supervisor older than its file by less than
+this is still taken for its own."""
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 _PID_FILE_RETRIES: Final = 5
 _PID_FILE_PAUSE: Final = 0.02
 
@@ -86,6 +92,8 @@ class ProcessInfo:
     """Proportional set size, bytes: shared pages divided among their users (Linux)."""
     cpu: float
     """User plus system CPU seconds used so far."""
+    role: str | None = None
+    """What its title says it is (proctitle.py): supervisor, listener, executor."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,11 @@ class RunInfo:
     pid: int
     started: float
     """Epoch seconds (the real clock, even under `--clock`)."""
+    role: str | None = None
+    """The supervising process's title: "runs of HH:MM"."""
+    commands: tuple[int, ...] = ()
+    """The pids of its supervising process's commands: this run's alone when that
+    process supervises no other run in progress (one task per minute, as a rule)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Status:
     """None when `cmds` cannot be read (see `problems`)."""
     runs: tuple[RunInfo, ...]
     problems: tuple[str, ...] = ()
+    full: bool = False
+    """The state directory's file system is (nearly) full: runs are not recorded."""
 
     @property
     def running(self) -> bool:
@@ -136,8 +151,10 @@ class Status:
 
 
 def exit_status(status: Status) -> int:
-    """0 when a daemon runs, 3 when none does."""
-    return EXIT_RUNNING if status.running else EXIT_NOT_RUNNING
+    """0 when a daemon runs, 3 when none does, 4 when it runs on a full disk."""
+    if not status.running:
+        return EXIT_NOT_RUNNING
+    return EXIT_CANNOT_RECORD if status.full else EXIT_RUNNING
 
 
 # --- formatting (pure) -------------------------------------------------------------
@@ -157,6 +174,16 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+def _with_role(process: ProcessInfo) -> str:
+    return f"{process.pid} ({process.role})" if process.role else str(process.pid)
+
+
+def _run_text(run: RunInfo) -> str:
+    supervisor = f"pid {run.pid} {run.role}" if run.role else f"pid {run.pid}"
+    commands = "".join(f", command {pid}" for pid in run.commands)
+    return f"task {run.task_id} ({supervisor}{commands}, since {_local(run.started)})"
+
+
 def _lines(status: Status, now: float) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = [("status", "running" if status.running else "not running")]
     uptime = _uptime(status, now)
@@ -165,8 +192,7 @@ def _lines(status: Status, now: float) -> list[tuple[str, str]]:
         lines.append(("pid", str(supervisor.pid)))
         up = timedelta(seconds=int(uptime))
         lines.append(("started", f"{_local(supervisor.started)} (up {up})"))
-        pids = [f"{supervisor.pid} (supervisor)"] + [str(p.pid) for p in status.processes[1:]]
-        lines.append(("processes", ", ".join(pids)))
+        lines.append(("processes", ", ".join(_with_role(p) for p in status.processes)))
         memory = f"{_mib(status.rss or 0)} RSS"
         if status.pss is not None:
             memory += f", {_mib(status.pss)} PSS"
@@ -175,10 +201,7 @@ def _lines(status: Status, now: float) -> list[tuple[str, str]]:
     lines.append(("tasks", "unknown" if status.tasks is None else str(status.tasks)))
     runs = str(len(status.runs))
     if status.runs:
-        runs += ": " + ", ".join(
-            f"task {run.task_id} (pid {run.pid}, since {_local(run.started)})"
-            for run in status.runs
-        )
+        runs += ": " + ", ".join(_run_text(run) for run in status.runs)
     lines.append(("runs in progress", runs))
     lines.append(("pipes directory", str(status.pipes_dir)))
     lines.append(("state directory", str(status.state_dir)))
@@ -203,12 +226,20 @@ def to_json(status: Status, now: float) -> str:
         "started": status.processes[0].started if status.processes else None,
         "uptime_seconds": _uptime(status, now),
         "processes": [p.pid for p in status.processes],
+        "process_roles": {str(p.pid): p.role for p in status.processes},
         "memory_rss_bytes": status.rss,
         "memory_pss_bytes": status.pss,
         "cpu_seconds": status.cpu,
         "tasks": status.tasks,
         "runs_in_progress": [
-            {"task": run.task_id, "pid": run.pid, "started": run.started} for run in status.runs
+            {
+                "task": run.task_id,
+                "pid": run.pid,
+                "role": run.role,
+                "commands": list(run.commands),
+                "started": run.started,
+            }
+            for run in status.runs
         ],
         "pipes_dir": str(status.pipes_dir),
         "state_dir": str(status.state_dir),
@@ -294,9 +325,36 @@ def find_daemon(pid_file: Path) -> int | None:
     return None
 
 
-def _measure(process: psutil.Process) -> ProcessInfo:
+def start_time(process: psutil.Process) -> float:
+    """When `process` started, in epoch seconds, to a clock tick.
+
+    Not psutil's `create_time()`: it adds the start's clock ticks since boot to the
+    boot time that /proc/stat gives in whole seconds, so it is up to a second early,
+    and a run started at 12:00:00 would show as started at 11:59:59. The time since
+    the process started is measured on the clock /proc counts in (CLOCK_BOOTTIME) and
+    taken from the wall clock now."""
+    try:
+        with open(f"/proc/{process.pid}/stat", "rb") as file:
+            fields = file.read().rpartition(b")")[2].split()
+        # Field 22 of the whole line; the command name in parentheses is field 2.
+        ticks = int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return process.create_time()  # no /proc: psutil knows other ways
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / _CLOCK_TICKS
+    return time.time() - age
+
+
+def _role(process: psutil.Process) -> str | None:
+    try:
+        return proctitle.role_of(process.cmdline())
+    except (psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _measure(process: psutil.Process, role: str | None = None) -> ProcessInfo:
     with process.oneshot():
-        started = process.create_time()
+        role = _role(process) or role
+        started = start_time(process)
         cpu = process.cpu_times()
         rss = process.memory_info().rss
         pss: int | None
@@ -304,14 +362,14 @@ def _measure(process: psutil.Process) -> ProcessInfo:
             pss = getattr(process.memory_full_info(), "pss", None)
         except psutil.AccessDenied:
             pss = None
-    return ProcessInfo(process.pid, started, rss, pss, cpu.user + cpu.system)
+    return ProcessInfo(process.pid, started, rss, pss, cpu.user + cpu.system, role)
 
 
 def measure_daemon(pid: int) -> tuple[ProcessInfo, ...]:
     """The supervisor and its live descendants (listener, executor, a passing P4)."""
     try:
         supervisor = psutil.Process(pid)
-        infos = [_measure(supervisor)]
+        infos = [_measure(supervisor, proctitle.SUPERVISOR)]
         descendants = supervisor.children(recursive=True)
     except psutil.NoSuchProcess:
         return ()  # it stopped while we looked
@@ -332,12 +390,14 @@ def _run_of(task_id: int, pid: int, file_changed: float) -> RunInfo | None:
         process = psutil.Process(pid)
         with process.oneshot():
             uid = process.uids().real
-            started = process.create_time()
+            started = start_time(process)
+            role = _role(process)
+        commands = tuple(sorted(child.pid for child in process.children()))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     if uid != os.getuid() or started > file_changed + _CLOCK_SLACK:
         return None
-    return RunInfo(task_id, pid, started)
+    return RunInfo(task_id, pid, started, role, commands)
 
 
 def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
@@ -350,22 +410,11 @@ def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
     except OSError as error:
         raise StatusError(f"cannot list {state_dir}: {error.strerror}") from error
     for entry in entries:
-        task = _TASK_DIR.fullmatch(entry.name)
-        if task is None or not entry.is_dir(follow_symlinks=False):
+        task_id = taskdir.task_id_of(entry.name)
+        if task_id is None or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            files = list(os.scandir(entry.path))
-        except OSError:
-            continue  # removed meanwhile (or unreadable): no run of ours can be there
-        for file in files:
-            output = _RUN_OUTPUT.fullmatch(file.name)
-            if output is None:
-                continue
-            try:
-                changed = file.stat(follow_symlinks=False).st_ctime
-            except OSError:
-                continue  # renamed away: that run has just been recorded
-            run = _run_of(int(task.group(1)), int(output.group(1)), changed)
+        for pid, changed in taskdir.runs_in_progress(entry.path):
+            run = _run_of(task_id, pid, changed)
             if run is not None:
                 runs.append(run)
     return tuple(sorted(runs, key=lambda run: (run.task_id, run.pid)))
@@ -394,11 +443,33 @@ def count_tasks(state_dir: Path) -> tuple[int | None, str | None]:
         store.close()
 
 
+def disk_full(state_dir: Path) -> str | None:
+    """Why runs cannot be recorded in `state_dir` for lack of space, or None.
+
+    Free space and inodes as the daemon's user sees them (statvfs): one call, and it
+    needs no write, which a full disk would refuse (a marker file written by the
+    run's supervisor could not be). It also warns before the first record is lost."""
+    try:
+        info = os.statvfs(state_dir)
+    except OSError:
+        return None  # no directory yet: nothing to record into either
+    blocks = info.f_bfree if os.geteuid() == 0 else info.f_bavail
+    inodes = info.f_ffree if os.geteuid() == 0 else info.f_favail
+    free = blocks * info.f_frsize
+    if free < _FULL_BELOW or (info.f_files > 0 and inodes == 0):
+        return (
+            f"the file system of {state_dir} is full ({free >> 10} KiB, {inodes} inodes "
+            "free): runs are not being recorded"
+        )
+    return None
+
+
 def gather(paths: Paths) -> Status:
     """Everything `saturnd status` reports, read without changing anything."""
     pid = find_daemon(paths.pid_file)
     processes = measure_daemon(pid) if pid is not None else ()
     tasks, problem = count_tasks(paths.state_dir)
+    full = disk_full(paths.state_dir)
     return Status(
         pipes_dir=paths.pipes_dir,
         state_dir=paths.state_dir,
@@ -406,5 +477,6 @@ def gather(paths: Paths) -> Status:
         processes=processes,
         tasks=tasks,
         runs=runs_in_progress(paths.state_dir),
-        problems=(problem,) if problem else (),
+        problems=tuple(p for p in (problem, full) if p),
+        full=full is not None,
     )

@@ -1,10 +1,11 @@
 """The state directory on disk: `cmds`, the `task_<ID>/` directories, durable writes.
 
-This module owns every read and write of the state directory's task files (the layout
-itself is `records.py`'s). Two processes use it: the listener opens the store to
-create and remove tasks (`Store.open`), the executor opens the same directory
-read-only and calls `refresh()` to follow the listener's changes, and each run's
-supervising process records its end with `append_run`.
+This module owns every read and write of `cmds` (the layout itself is `records.py`'s)
+and the life of the task directories: created with a task, deleted with it, repaired
+at start. What is inside one, and its names, is `taskdir.py`'s. Two processes use it:
+the listener opens the store to create and remove tasks (`Store.open`), the executor
+opens the same directory read-only and calls `refresh()` to follow the listener's
+changes; each run's supervising process records its end with `taskdir.append_run`.
 
 Rules:
 - Nothing is acknowledged before it is durable: `create` and `remove` return only
@@ -39,10 +40,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -54,13 +53,13 @@ from pathlib import Path
 from time import time_ns
 from typing import Final
 
+from saturnd import taskdir
 from saturnd.protocol import REPLY_OK, TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
     ID_SIZE,
     NEXT_ID_OFFSET,
     RECORD_HEAD_SIZE,
-    RUN_SIZE,
     RUNS_HEAD_SIZE,
     TIMING_SIZE,
     TOMBSTONE,
@@ -74,25 +73,17 @@ from saturnd.records import (
     encode_body,
     encode_header,
     encode_id,
-    encode_nbruns,
     encode_record,
-    encode_run,
     runs_body,
     scan_cmds,
 )
 from saturnd.timing import Timing
 
-__all__ = ["CMDS", "OUTPUT_STREAMS", "TIMES_EXITCODES", "Store", "StoreError", "append_run"]
+__all__ = ["CMDS", "Store", "StoreError"]
 
 CMDS: Final = "cmds"
 """The task table's file name in the state directory."""
-TIMES_EXITCODES: Final = "times-exitcodes"
-"""A task's run history, in its `task_<ID>/` directory."""
-OUTPUT_STREAMS: Final = frozenset({"stdout", "stderr"})
-"""The output files of a task's last finished run."""
 
-_TASK_DIR: Final = re.compile(r"task_([0-9]+)")
-_REMOVED_PREFIX: Final = ".removed-"
 _U32: Final = struct.Struct(">I")
 
 # A buffer at least this long (a LIST reply's, a re-read `cmds`) is worth giving back to
@@ -198,70 +189,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
             raise OSError(errno.EIO, "pwrite wrote nothing")
         view = view[written:]
         offset += written
-
-
-def _open_task_file(task_dir: Path, name: str) -> tuple[int, int] | None:
-    """(fd, size) of a regular file of a task directory, opened read-only without
-    following links; None if it or the directory does not exist. Raises OSError."""
-    try:
-        dir_fd = os.open(task_dir, _OPEN_DIR)
-    except FileNotFoundError:
-        return None
-    try:
-        fd = os.open(name, os.O_RDONLY | _OPEN_FILE, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    finally:
-        os.close(dir_fd)
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, f"{name} is not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, status.st_size
-
-
-def _read_task_file(task_dir: Path, name: str) -> bytes | None:
-    """A file of a task directory, or None if it or the directory does not exist."""
-    opened = _open_task_file(task_dir, name)
-    if opened is None:
-        return None
-    fd, size = opened
-    try:
-        return _read_all(fd, size)
-    finally:
-        os.close(fd)
-
-
-def append_run(task_dir: Path, time: int, exitcode: int) -> None:
-    """Record one finished run (start TIME, EXITCODE) at the end of `times-exitcodes`.
-
-    The run's record is written at 4 + 10 * NBRUNS first and NBRUNS after it, so a
-    crash leaves the old count (the extra bytes are ignored, then overwritten) or the
-    new one. An exclusive flock serializes two runs of one task ending together.
-    Raises FileNotFoundError if the task directory is gone (the task was removed:
-    nothing to record) and OSError on other failures.
-    """
-    record = encode_run(time, exitcode)  # ValueError before touching anything
-    dir_fd = os.open(task_dir, _OPEN_DIR)
-    try:
-        fd = os.open(TIMES_EXITCODES, os.O_RDWR | os.O_CREAT | _OPEN_FILE, 0o600, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        # Only NBRUNS and the file size matter, not the runs themselves.
-        head = os.pread(fd, RUNS_HEAD_SIZE, 0)
-        count = complete_runs(head, os.fstat(fd).st_size)
-        _pwrite_all(fd, record, RUNS_HEAD_SIZE + count * RUN_SIZE)
-        # The run must be on disk before a count that includes it.
-        os.fdatasync(fd)
-        _pwrite_all(fd, encode_nbruns(count + 1), 0)
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)  # closing releases the flock
 
 
 _UNSHARED: Final = 0xFFFF_FFFF
@@ -728,7 +655,7 @@ class Store:
         found = dict.fromkeys(self._index.ids, False)
         with os.scandir(self._dir) as listing:
             for entry in listing:
-                if entry.name.startswith(_REMOVED_PREFIX):
+                if entry.name.startswith(taskdir.REMOVED_PREFIX):
                     self._log.warning("finishing an interrupted removal: deleting %s", entry.path)
                     try:
                         self._delete(Path(entry.path))
@@ -736,10 +663,9 @@ class Store:
                         # Its name is no task's: harmless, and retried at the next start.
                         self._log.warning("cannot delete %s: %s", entry.path, error)
                     continue
-                match = _TASK_DIR.fullmatch(entry.name)
-                if match is None:
+                task_id = taskdir.task_id_of(entry.name)
+                if task_id is None:
                     continue
-                task_id = int(match.group(1))
                 if task_id not in found:
                     self._log.warning("deleting %s: task %d does not exist", entry.path, task_id)
                     self._delete(Path(entry.path))
@@ -794,7 +720,7 @@ class Store:
 
     def task_dir(self, task_id: int) -> Path:
         """The `task_<ID>/` directory of a task."""
-        return self._dir / f"task_{task_id}"
+        return self._dir / taskdir.dir_name(task_id)
 
     def list_reply(self) -> bytes:
         """The whole encoded LIST reply: `OK`, NBTASKS, then the tasks by increasing id."""
@@ -815,7 +741,7 @@ class Store:
         Raises StoreError.
         """
         try:
-            data = _read_task_file(self.task_dir(task_id), TIMES_EXITCODES)
+            data = taskdir.read_file(self.task_dir(task_id), taskdir.TIMES_EXITCODES)
         except OSError as error:
             raise StoreError(
                 f"cannot read the runs of task {task_id}: {_describe(error)}"
@@ -833,7 +759,7 @@ class Store:
         never finished a run (no file). Raises StoreError.
         """
         try:
-            opened = _open_task_file(self.task_dir(task_id), TIMES_EXITCODES)
+            opened = taskdir.open_file(self.task_dir(task_id), taskdir.TIMES_EXITCODES)
             if opened is None:
                 return None
             fd, size = opened
@@ -854,10 +780,10 @@ class Store:
         None when the file does not exist (the task never finished a run: NR).
         Raises StoreError.
         """
-        if stream not in OUTPUT_STREAMS:
+        if stream not in taskdir.OUTPUT_STREAMS:
             raise ValueError(f"unknown output stream {stream!r}")
         try:
-            return _read_task_file(self.task_dir(task_id), stream)
+            return taskdir.read_file(self.task_dir(task_id), stream)
         except OSError as error:
             raise StoreError(
                 f"cannot read the {stream} of task {task_id}: {_describe(error)}"
@@ -992,7 +918,7 @@ class Store:
     def _delete_task_dir(self, task_id: int) -> None:
         """Rename then delete a removed task's directory; failures are only logged
         (the tombstone is durable, and the next open finishes the deletion)."""
-        doomed = self._dir / f"{_REMOVED_PREFIX}{task_id}-{secrets.token_hex(4)}"
+        doomed = self._dir / taskdir.removed_name(task_id, secrets.token_hex(4))
         try:
             os.rename(self.task_dir(task_id), doomed)
         except FileNotFoundError:

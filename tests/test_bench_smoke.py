@@ -20,6 +20,7 @@ OURS = {
     "4": "## 4. Punctuality",
     "5": "## 5. Idle cost",
     "6": "## 6. History",
+    "7": "## 7. Memory of a minute's runs",
 }
 
 

@@ -33,7 +33,8 @@ from saturnd.listener import (
     StopFlag,
 )
 from saturnd.protocol import TimesExitcodesRequest
-from saturnd.store import Store, append_run
+from saturnd.store import Store
+from saturnd.taskdir import append_run
 from saturnd.timing import Timing
 from tests.conftest import NOW
 from tests.daemon_harness import CASSINI, Daemon, wait_for

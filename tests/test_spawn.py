@@ -2,9 +2,9 @@
 
 Runs are recorded by `record_run`, a small implementation of the `times-exitcodes`
 format of DESIGN.md (NBRUNS uint32, then TIME int64 + EXITCODE uint16 per run,
-big-endian) with the same locking as `store.append_run`, so these tests do not depend
-on store.py; `test_it_records_with_store_by_default` checks the real default when it
-exists. No test sleeps for long: each polls for what it waits for, with a deadline.
+big-endian) with the same locking as `taskdir.append_run`, so these tests do not depend
+on it; `test_it_records_with_taskdir_by_default` checks the real default. No test
+sleeps for long: each polls for what it waits for, with a deadline.
 """
 
 from __future__ import annotations
@@ -171,12 +171,14 @@ def test_it_reports_a_missing_program_as_127(task_dir: Path) -> None:
     assert err == b"saturnd: cannot execute 'saturnd-no-such-program': No such file or directory\n"
 
 
-def test_it_reports_a_non_executable_file_as_127(task_dir: Path, tmp_path: Path) -> None:
+def test_it_reports_a_non_executable_file_as_126(task_dir: Path, tmp_path: Path) -> None:
+    # As sh and cron: 126 for a file found but not executable, 127 only when not found.
+    # Root too gets EACCES here: it needs at least one execute bit.
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho should-not-run\n")
     script.chmod(0o644)
     code, out, err = run(task_dir, str(script))
-    assert (code, out) == (127, b"")
+    assert (code, out) == (126, b"")
     assert err == f"saturnd: cannot execute '{script}': Permission denied\n".encode()
 
 
@@ -380,7 +382,7 @@ def test_it_goes_on_after_a_non_executable_match_in_path(
     assert run(task_dir, "tool") == (0, b"bin2\n", b"")
     monkeypatch.setenv("PATH", f"{first}:{tmp_path}/none")
     assert run(task_dir, "tool") == (
-        127,
+        126,
         b"",
         b"saturnd: cannot execute 'tool': Permission denied\n",
     )
@@ -402,6 +404,39 @@ def test_it_logs_one_line_per_finished_run(task_dir: Path, tmp_path: Path) -> No
     (line,) = log.read_text().splitlines()
     assert f"task {TASK_ID}: run pid " in line
     assert "exit code 3 (exited) after " in line
+
+
+def test_it_logs_why_a_command_could_not_start(task_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    logger = file_logger(log)
+    run(task_dir, str(script), logger=logger)
+    run(task_dir, "saturnd-no-such-program", logger=logger)
+    wait_for(lambda: log.read_text().count("\n") == 2, "two log lines")
+    lines = log.read_text().splitlines()
+    assert lines[0].endswith(f"task {TASK_ID}: could not start: Permission denied, exit code 126")
+    assert lines[1].endswith(
+        f"task {TASK_ID}: could not start: No such file or directory, exit code 127"
+    )
+    assert "pid -1" not in log.read_text()
+
+
+def test_it_logs_a_run_it_cannot_record_with_its_start_and_exit_code(
+    task_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+
+    def full_disk(task_dir: Path, time: int, exitcode: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    spawn(task_dir, "sh", "-c", "exit 5", record=full_disk, logger=file_logger(log))
+    wait_for(lambda: log.exists() and log.read_bytes().endswith(b"\n"), "a log line")
+    wait_for(lambda: not temp_files(task_dir), "the temporaries to be removed")
+    (line,) = log.read_text().splitlines()
+    assert f"task {TASK_ID}: run LOST, not recorded (start {START}, exit code 5, pid " in line
+    assert line.endswith("No space left on device")
 
 
 def failing_fork(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:
@@ -453,10 +488,7 @@ def test_it_rejects_an_empty_command_line(task_dir: Path) -> None:
         spawn_run(RunSpec(TASK_ID, task_dir, (b"",), START), record=record_run)
 
 
-def test_it_records_with_store_by_default(task_dir: Path) -> None:
-    store = pytest.importorskip("saturnd.store")
-    if not hasattr(store, "append_run"):
-        pytest.skip("store.append_run is not written yet")
+def test_it_records_with_taskdir_by_default(task_dir: Path) -> None:
     spawn_run(RunSpec(TASK_ID, task_dir, (b"sh", b"-c", b"echo hi; exit 4"), START))
     assert wait_finished(task_dir, 1) == [(START, 4)]
     assert (task_dir / "stdout").read_bytes() == b"hi\n"

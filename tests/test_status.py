@@ -44,15 +44,15 @@ def _status(running: bool = True, **changes: object) -> Status:
         "log_file": Path("/home/u/.local/state/saturnd/saturnd.log"),
         "processes": (
             (
-                ProcessInfo(100, STARTED, 30 << 20, 10 << 20, 0.5),
-                ProcessInfo(101, STARTED + 1, 20 << 20, 6 << 20, 0.25),
-                ProcessInfo(102, STARTED + 1, 20 << 20, 5 << 20, 0.0),
+                ProcessInfo(100, STARTED, 30 << 20, 10 << 20, 0.5, "supervisor"),
+                ProcessInfo(101, STARTED + 1, 20 << 20, 6 << 20, 0.25, "listener"),
+                ProcessInfo(102, STARTED + 1, 20 << 20, 5 << 20, 0.0, "executor"),
             )
             if running
             else ()
         ),
         "tasks": 3,
-        "runs": (RunInfo(2, 555, STARTED + 3600),),
+        "runs": (RunInfo(2, 555, STARTED + 3600, "runs of 09:00", (556,)),),
     }
     fields.update(changes)
     return Status(**fields)  # type: ignore[arg-type]
@@ -79,11 +79,12 @@ def test_it_writes_a_running_daemon_as_aligned_lines(utc: None) -> None:
         "status:           running\n"
         "pid:              100\n"
         "started:          2026-11-21 08:00:00 (up 2 days, 1:02:03)\n"
-        "processes:        100 (supervisor), 101, 102\n"
+        "processes:        100 (supervisor), 101 (listener), 102 (executor)\n"
         "memory:           70.0 MiB RSS, 21.0 MiB PSS\n"
         "cpu:              0.75 s\n"
         "tasks:            3\n"
-        "runs in progress: 1: task 2 (pid 555, since 2026-11-21 09:00:00)\n"
+        "runs in progress: 1: task 2 (pid 555 runs of 09:00, command 556, "
+        "since 2026-11-21 09:00:00)\n"
         "pipes directory:  /tmp/u/saturnd/pipes\n"
         "state directory:  /home/u/.local/state/saturnd\n"
         "log file:         /home/u/.local/state/saturnd/saturnd.log\n"
@@ -114,11 +115,20 @@ def test_it_writes_one_json_document_with_the_same_facts() -> None:
         "started": STARTED,
         "uptime_seconds": 60.5,
         "processes": [100, 101, 102],
+        "process_roles": {"100": "supervisor", "101": "listener", "102": "executor"},
         "memory_rss_bytes": 70 << 20,
         "memory_pss_bytes": 21 << 20,
         "cpu_seconds": 0.75,
         "tasks": 3,
-        "runs_in_progress": [{"task": 2, "pid": 555, "started": STARTED + 3600}],
+        "runs_in_progress": [
+            {
+                "task": 2,
+                "pid": 555,
+                "role": "runs of 09:00",
+                "commands": [556],
+                "started": STARTED + 3600,
+            }
+        ],
         "pipes_dir": "/tmp/u/saturnd/pipes",
         "state_dir": "/home/u/.local/state/saturnd",
         "log_file": "/home/u/.local/state/saturnd/saturnd.log",
@@ -197,13 +207,34 @@ def test_it_counts_the_runs_whose_supervisor_is_alive(
     (tmp_path / "task_5").symlink_to(tmp_path / "task_3")  # never followed
     runs = status.runs_in_progress(tmp_path)
     assert [(run.task_id, run.pid) for run in runs] == [(3, sleeper.pid), (6, sleeper.pid)]
-    assert abs(runs[0].started - psutil.Process(sleeper.pid).create_time()) < 0.01
+    assert runs[0].started == pytest.approx(
+        status.start_time(psutil.Process(sleeper.pid)), abs=0.01
+    )
+
+
+def test_it_shows_when_a_run_started_to_a_clock_tick(tmp_path: Path) -> None:
+    # psutil's create_time() is off by the fraction of a second of the boot time
+    # (up to 1 s early): a run started at 12:00:00 showed as started at 11:59:59.
+    before = time.time()
+    process = subprocess.Popen(["sleep", "30"])
+    after = time.time()
+    try:
+        (tmp_path / "task_3").mkdir()
+        (tmp_path / "task_3" / f"stdout.{process.pid}.1.tmp").write_bytes(b"")
+        (run,) = status.runs_in_progress(tmp_path)
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        assert before - tick - 0.005 <= run.started <= after + 0.005
+        (me,) = status.measure_daemon(os.getpid())[:1]
+        assert me.started == pytest.approx(status.start_time(psutil.Process()), abs=0.001)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_it_ignores_a_reused_pid_younger_than_the_output_file(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
-    started = psutil.Process(sleeper.pid).create_time()
+    started = status.start_time(psutil.Process(sleeper.pid))
     assert status._run_of(1, sleeper.pid, file_changed=started + 0.5) is not None
     assert status._run_of(1, sleeper.pid, file_changed=started - 10) is None
 
@@ -264,13 +295,16 @@ def _agree(pairs: dict[str, str], document: dict[str, Any]) -> None:
     runs = document["runs_in_progress"]
     assert pairs["runs in progress"].split(":")[0] == str(len(runs))
     for run in runs:
-        assert f"task {run['task']} (pid {run['pid']}," in pairs["runs in progress"]
+        commands = "".join(f", command {pid}" for pid in run["commands"])
+        described = f"task {run['task']} (pid {run['pid']} {run['role']}{commands}, since"
+        assert described in pairs["runs in progress"]
     assert pairs["pipes directory"] == document["pipes_dir"]
     assert pairs["state directory"] == document["state_dir"]
     assert pairs["log file"] == document["log_file"]
     if document["running"]:
-        pids = ", ".join(map(str, document["processes"]))
-        assert pairs["processes"].replace(" (supervisor)", "") == pids
+        roles = document["process_roles"]
+        pids = ", ".join(f"{pid} ({roles[str(pid)]})" for pid in document["processes"])
+        assert pairs["processes"] == pids
 
 
 def test_it_reports_a_real_daemon_before_during_a_run_and_after(
@@ -290,6 +324,7 @@ def test_it_reports_a_real_daemon_before_during_a_run_and_after(
     assert code == 0 and document["running"] is True
     assert document["pid"] == daemon.proc.pid
     assert document["processes"] == daemon.pids()
+    assert list(document["process_roles"].values()) == ["supervisor", "listener", "executor"]
     assert document["tasks"] == 3 and document["runs_in_progress"] == []
     assert isinstance(document["memory_rss_bytes"], int) and document["memory_rss_bytes"] > 0
     assert isinstance(document["uptime_seconds"], float) and document["uptime_seconds"] < 60
@@ -307,8 +342,11 @@ def test_it_reports_a_real_daemon_before_during_a_run_and_after(
     assert run["task"] == 0
     supervisor = psutil.Process(run["pid"])  # the run's P5: not one of the daemon's
     assert run["pid"] not in daemon.pids()
+    assert run["role"] == "runs of 08:01"
+    assert " ".join(supervisor.cmdline()).rstrip() == "saturnd: runs of 08:01"
     (command,) = supervisor.children()
     assert command.cmdline() == ["sleep", "60"]
+    assert run["commands"] == [command.pid]
 
     # A wedged listener does not stop a status: it never touches the pipes.
     stopped = daemon.pids()[1:]
@@ -339,3 +377,41 @@ def test_it_runs_with_python_dash_m(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 3 and "status:" in result.stdout
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only), unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_it_reports_a_full_state_directory_as_a_problem(small_tmpfs: Path) -> None:
+    paths = Paths(small_tmpfs / "pipes", small_tmpfs / "state")
+    paths.state_dir.mkdir()
+    assert status.disk_full(paths.state_dir) is None
+    filler = os.open(small_tmpfs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(filler, b"\0" * 4096)
+    finally:
+        os.close(filler)
+    problem = status.disk_full(paths.state_dir)
+    assert problem is not None and "runs are not being recorded" in problem
+    report = status.gather(paths)
+    assert report.problems == (problem,)
+    assert json.loads(status.to_json(report, now=NOW))["problems"] == [problem]
+    assert f"problem:          {problem}" in status.to_text(report, now=NOW)
+    running = Status(**{**report.__dict__, "processes": (ProcessInfo(1, NOW, 0, 0, 0.0),)})
+    assert status.exit_status(running) == status.EXIT_CANNOT_RECORD == 4
+    assert status.exit_status(report) == status.EXIT_NOT_RUNNING

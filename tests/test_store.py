@@ -27,7 +27,8 @@ from saturnd.records import (
     encode_record,
     scan_cmds,
 )
-from saturnd.store import Store, StoreError, _read_into_bytearray, append_run
+from saturnd.store import Store, StoreError, _read_into_bytearray
+from saturnd.taskdir import append_run
 from saturnd.timing import Timing
 from tests.conftest import open_fds
 

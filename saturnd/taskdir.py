@@ -1,0 +1,236 @@
+"""One task's directory, `task_<ID>/`: its names, its locks, recording a run, publishing
+its outputs, and finding the runs in progress in it.
+
+The files (DESIGN.md "Files"; the byte layout of the history is `records.py`'s):
+
+    task_<ID>/times-exitcodes          NBRUNS, then TIME + EXITCODE per finished run
+    task_<ID>/stdout, stderr           what the last finished run wrote
+    task_<ID>/stdout.<P5 pid>.<n>.tmp  a run in progress (n: its number in P5's batch),
+    task_<ID>/stderr.<P5 pid>.<n>.tmp  renamed over stdout and stderr when it is recorded
+    .removed-<ID>-<random>/            a removed task's directory, being deleted
+
+Rules:
+- Every other module names these files through this one: store (the task table's side:
+  creating, listing, removing directories and reading what a run left), spawn (a run's
+  side: temporaries, record, publish), status (runs in progress).
+- Every path is opened relative to the directory's descriptor with O_NOFOLLOW, so a
+  symlink planted in a task directory is never followed. Nothing here creates a task
+  directory: a removed one takes no new entries (FileNotFoundError means "removed").
+- Two locks, in this order for anyone who takes both: `flock` on the directory's own
+  descriptor (`lock_runs`), held by a run from its record to its publish, so the
+  outputs left visible are those of the run recorded last; then `flock` on
+  `times-exitcodes` (`append_run`), so two appends never interleave. Readers take
+  neither, and a reader that wants a history and an output that agree takes LOCK_SH
+  on the directory.
+- `append_run` writes the run, syncs, then the count: a crash leaves the old count or
+  the new one, never a count that includes a run not on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Final
+
+from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, complete_runs, encode_nbruns, encode_run
+
+__all__ = [
+    "OUTPUT_STREAMS",
+    "REMOVED_PREFIX",
+    "STDERR",
+    "STDOUT",
+    "TIMES_EXITCODES",
+    "append_run",
+    "dir_name",
+    "lock_runs",
+    "open_file",
+    "publish",
+    "read_file",
+    "removed_name",
+    "runs_in_progress",
+    "task_id_of",
+    "temporary_names",
+]
+
+TIMES_EXITCODES: Final = "times-exitcodes"
+"""A task's run history."""
+STDOUT: Final = "stdout"
+STDERR: Final = "stderr"
+OUTPUT_STREAMS: Final = frozenset({STDOUT, STDERR})
+"""The output files of a task's last finished run."""
+REMOVED_PREFIX: Final = ".removed-"
+"""The start of the name a removed task's directory is renamed to before deletion."""
+
+_DIR_NAME: Final = re.compile(r"task_([0-9]+)")
+# stdout.<P5 pid>.<run number>.tmp; stdout.<P5 pid>.tmp from a version with one P5 per run.
+_RUN_OUTPUT: Final = re.compile(r"stdout\.([0-9]+)(?:\.[0-9]+)?\.tmp")
+
+_STDOUT_BYTES: Final = STDOUT.encode()
+_STDERR_BYTES: Final = STDERR.encode()
+_OPEN_FILE: Final = os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# --- names ------------------------------------------------------------------------
+
+
+def dir_name(task_id: int) -> str:
+    """The name of a task's directory in the state directory."""
+    return f"task_{task_id}"
+
+
+def task_id_of(name: str) -> int | None:
+    """The task id a state-directory entry's name is the directory of, else None."""
+    match = _DIR_NAME.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+def removed_name(task_id: int, token: str) -> str:
+    """The name a removed task's directory takes until it is deleted (`token` makes it
+    unique: a task id is never reused, but a failed deletion may be retried)."""
+    return f"{REMOVED_PREFIX}{task_id}-{token}"
+
+
+def temporary_names(p5_pid: int, number: int) -> tuple[bytes, bytes]:
+    """The temporary stdout and stderr of run `number` of the batch of `p5_pid`."""
+    return (b"stdout.%d.%d.tmp" % (p5_pid, number), b"stderr.%d.%d.tmp" % (p5_pid, number))
+
+
+def _temporary_pid(name: str) -> int | None:
+    """The P5 pid in a temporary stdout's name, else None (stderr's are not counted)."""
+    match = _RUN_OUTPUT.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+def open_file(task_dir: Path, name: str) -> tuple[int, int] | None:
+    """(fd, size) of a regular file of a task directory, opened read-only without
+    following links; None if it or the directory does not exist. Raises OSError."""
+    try:
+        dir_fd = os.open(task_dir, _OPEN_DIR)
+    except FileNotFoundError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | _OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, status.st_size
+
+
+def read_file(task_dir: Path, name: str) -> bytes | None:
+    """A file of a task directory, or None if it or the directory does not exist."""
+    opened = open_file(task_dir, name)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        return _read_all(fd, size + 1)  # one byte more: the end shows at once
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int, want: int) -> bytes:
+    """The bytes of an open file from offset 0 to its end, read `want` bytes first (a
+    file that did not grow since its fstat is read in one piece, not joined)."""
+    chunks: list[bytes] = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, want, offset)
+        if not chunk:
+            return b"".join(chunks)  # one chunk is returned as it is, not copied
+        chunks.append(chunk)
+        offset += len(chunk)
+        want = 1 << 20
+
+
+def runs_in_progress(task_dir: str | Path) -> list[tuple[int, float]]:
+    """(P5 pid, change time of its temporary stdout) of each run in progress in a task
+    directory, as its temporaries show them; the caller checks the P5 is alive and its
+    own. Empty when the directory is gone or unreadable (no run of ours can be there)."""
+    try:
+        files = list(os.scandir(task_dir))
+    except OSError:
+        return []
+    runs: list[tuple[int, float]] = []
+    for file in files:
+        pid = _temporary_pid(file.name)
+        if pid is None:
+            continue
+        try:
+            changed = file.stat(follow_symlinks=False).st_ctime
+        except OSError:
+            continue  # renamed away: that run has just been recorded
+        runs.append((pid, changed))
+    return runs
+
+
+# --- a run's side -------------------------------------------------------------------
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset`: a short write (file size limit, disk full)
+    is continued, so the error behind it is raised instead of being ignored."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:  # pragma: no cover - pwrite reports an error instead
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        view = view[written:]
+        offset += written
+
+
+def append_run(task_dir: Path, time: int, exitcode: int) -> None:
+    """Record one finished run (start TIME, EXITCODE) at the end of `times-exitcodes`.
+
+    The run's record is written at 4 + 10 * NBRUNS first and NBRUNS after it, so a
+    crash leaves the old count (the extra bytes are ignored, then overwritten) or the
+    new one. An exclusive flock serializes two runs of one task ending together.
+    Raises FileNotFoundError if the task directory is gone (the task was removed:
+    nothing to record) and OSError on other failures.
+    """
+    record = encode_run(time, exitcode)  # ValueError before touching anything
+    dir_fd = os.open(task_dir, _OPEN_DIR)
+    try:
+        fd = os.open(TIMES_EXITCODES, os.O_RDWR | os.O_CREAT | _OPEN_FILE, 0o600, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Only NBRUNS and the file size matter, not the runs themselves.
+        head = os.pread(fd, RUNS_HEAD_SIZE, 0)
+        count = complete_runs(head, os.fstat(fd).st_size)
+        _pwrite_all(fd, record, RUNS_HEAD_SIZE + count * RUN_SIZE)
+        # The run must be on disk before a count that includes it.
+        os.fdatasync(fd)
+        _pwrite_all(fd, encode_nbruns(count + 1), 0)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def lock_runs(dir_fd: int) -> None:
+    """Take the directory's run lock (exclusive), held from a run's record to its
+    publish; released when `dir_fd` is closed."""
+    fcntl.flock(dir_fd, fcntl.LOCK_EX)
+
+
+def publish(dir_fd: int, out_name: bytes, err_name: bytes) -> None:
+    """Rename a run's temporaries over `stdout` and `stderr` (under `lock_runs`).
+    Raises FileNotFoundError when the task was removed meanwhile."""
+    os.rename(out_name, _STDOUT_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.rename(err_name, _STDERR_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
