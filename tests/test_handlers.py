@@ -1,72 +1,168 @@
-"""handlers: what each request means, without I/O. Replies are checked as raw bytes."""
+"""handlers: what each request means, against a store made of dicts (no disk, no forks).
+
+Replies are checked as raw bytes written here from PROTOCOL.md and docs/protocol.md.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
 import pytest
 
-from saturnd import handlers
-from saturnd.handlers import (
-    Answer,
-    CreateTask,
-    ListTasks,
-    ReadOutput,
-    ReadRuns,
-    RemoveTask,
-    Terminate,
-)
+from saturnd import __version__, handlers
+from saturnd.handlers import FileReply, Stop
 from saturnd.protocol import (
+    COURSE_OPCODES,
     CreateRequest,
     ListRequest,
     RemoveRequest,
     Request,
     StderrRequest,
     StdoutRequest,
+    TaskEntry,
     TerminateRequest,
     TimesExitcodesRequest,
+    VersionRequest,
 )
+from saturnd.store import StoreError
 from saturnd.timing import Timing
 
-LIVE = {0, 3, 7}
 TIMING = Timing.parse("0", "9", "3")
 
-DECISIONS: list[tuple[Request, handlers.Action]] = [
-    (ListRequest(), ListTasks()),
-    (CreateRequest(TIMING, (b"echo", b"hi")), CreateTask(TIMING, (b"echo", b"hi"))),
-    (RemoveRequest(3), RemoveTask(3)),
-    (RemoveRequest(4), Answer(b"ERNF")),
-    (TimesExitcodesRequest(7), ReadRuns(7)),
-    (TimesExitcodesRequest(2**64 - 1), Answer(b"ERNF")),
-    (StdoutRequest(0), ReadOutput(0, "stdout")),
-    (StderrRequest(0), ReadOutput(0, "stderr")),
-    (StdoutRequest(1), Answer(b"ERNF")),
-    (StderrRequest(8), Answer(b"ERNF")),
-    (TerminateRequest(), Terminate()),
+
+class DictStore:
+    """The handlers' view of the store, in memory; records what was asked of it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self._tasks = {
+            0: TaskEntry(0, TIMING, (b"echo", b"hi")),
+            3: TaskEntry(3, TIMING, (b"true",)),
+            7: TaskEntry(7, TIMING, (b"date",)),
+        }
+        self.outputs = {(0, "stdout"): b"hi\n", (0, "stderr"): b""}
+        self.runs = {7: tmp / "runs7"}
+        (tmp / "runs7").write_bytes(bytes.fromhex("00000001 0000000069ffc2e0 0003"))
+        self.next_id = 8
+        self.calls: list[str] = []
+        self.fail: str | None = None
+
+    @property
+    def tasks(self) -> Mapping[int, TaskEntry]:
+        return self._tasks
+
+    def list_reply(self) -> bytes:
+        self.calls.append("list")
+        return b"OK<list>"
+
+    def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int:
+        self.calls.append("create")
+        if self.fail:
+            raise StoreError(self.fail)
+        task_id, self.next_id = self.next_id, self.next_id + 1
+        self._tasks[task_id] = TaskEntry(task_id, timing, argv)
+        return task_id
+
+    def remove(self, task_id: int) -> bool:
+        self.calls.append("remove")
+        return self._tasks.pop(task_id, None) is not None
+
+    def open_runs(self, task_id: int) -> tuple[int, int] | None:
+        self.calls.append("runs")
+        path = self.runs.get(task_id)
+        if path is None:
+            return None
+        return os.open(path, os.O_RDONLY), 1
+
+    def output(self, task_id: int, stream: str) -> bytes | None:
+        self.calls.append(stream)
+        return self.outputs.get((task_id, stream))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DictStore:
+    return DictStore(tmp_path)
+
+
+def h(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+# (request, reply bytes, what the store was asked)
+ANSWERS: list[tuple[Request, bytes, list[str]]] = [
+    (ListRequest(), b"OK<list>", ["list"]),
+    (CreateRequest(TIMING, (b"echo",)), h("4f4b 0000000000000008"), ["create"]),
+    (RemoveRequest(3), h("4f4b"), ["remove"]),
+    (RemoveRequest(4), h("4552 4e46"), []),
+    (TimesExitcodesRequest(3), h("4f4b 00000000"), ["runs"]),
+    (TimesExitcodesRequest(2**64 - 1), h("4552 4e46"), []),
+    (StdoutRequest(0), h("4f4b 00000003") + b"hi\n", ["stdout"]),
+    (StderrRequest(0), h("4f4b 00000000"), ["stderr"]),
+    (StdoutRequest(3), h("4552 4e52"), ["stdout"]),
+    (StderrRequest(5), h("4552 4e46"), []),
 ]
 
 
-@pytest.mark.parametrize(("request_", "action"), DECISIONS)
-def test_it_decides_each_request(request_: Request, action: handlers.Action) -> None:
-    assert handlers.decide(request_, LIVE) == action
+@pytest.mark.parametrize(("request_", "reply", "calls"), ANSWERS)
+def test_it_answers_each_request(
+    store: DictStore, request_: Request, reply: bytes, calls: list[str]
+) -> None:
+    assert handlers.handle(request_, store) == reply
+    assert store.calls == calls
 
 
-def test_it_answers_about_a_missing_task_even_with_no_tasks() -> None:
-    for request in (RemoveRequest(0), TimesExitcodesRequest(0), StdoutRequest(0)):
-        assert handlers.decide(request, set()) == Answer(b"ERNF")
+def test_it_sends_a_history_from_its_file(store: DictStore) -> None:
+    outcome = handlers.handle(TimesExitcodesRequest(7), store)
+    assert isinstance(outcome, FileReply)
+    try:
+        assert outcome.head == h("4f4b 00000001")
+        assert (outcome.offset, outcome.length, outcome.size) == (4, 10, 16)
+        assert os.pread(outcome.fd, outcome.length, outcome.offset) == h("0000000069ffc2e0 0003")
+    finally:
+        os.close(outcome.fd)
 
 
-def test_it_builds_the_replies_byte_for_byte() -> None:
-    assert handlers.reply_created(26) == bytes.fromhex("4f4b 000000000000001a")
-    assert handlers.OK == b"OK"
-    # TIMES_EXITCODES: OK, NBRUNS; the runs (TIME int64, EXITCODE uint16) follow from
-    # the file, stored in the reply's layout.
-    assert handlers.reply_runs_head(0) == bytes.fromhex("4f4b 00000000")
-    assert handlers.reply_runs_head(500_000) == bytes.fromhex("4f4b 0007a120")
-    assert handlers.reply_runs_head(2**32 - 1) == bytes.fromhex("4f4b ffffffff")
-    assert handlers.reply_output(b"a\0b") == b"OK\x00\x00\x00\x03a\0b"
-    assert handlers.reply_output(b"") == b"OK\x00\x00\x00\x00"
-    assert handlers.reply_output(None) == b"ERNR"
+def test_it_stops_after_terminate(store: DictStore) -> None:
+    assert handlers.handle(TerminateRequest(), store) == Stop(h("4f4b"))
+
+
+def test_it_lets_a_store_failure_through_unacknowledged(store: DictStore) -> None:
+    store.fail = "cannot store the task: No space left on device"
+    with pytest.raises(StoreError, match="No space left"):
+        handlers.handle(CreateRequest(TIMING, (b"echo",)), store)
+    assert 8 not in store.tasks
+
+
+def test_it_words_an_error_message_reply() -> None:
+    assert handlers.error_message("disk full") == h("4552 454d 00000009") + b"disk full"
+
+
+def test_it_tells_its_version_and_every_request_it_serves(store: DictStore) -> None:
+    reply = handlers.handle(VersionRequest(b"cassini 9"), store)
+    assert isinstance(reply, bytes)
+    version = f"saturnd {__version__}".encode()
+    assert reply.startswith(h("4f4b") + len(version).to_bytes(4, "big") + version)
+    count = int.from_bytes(reply[6 + len(version) : 10 + len(version)], "big")
+    opcodes = reply[10 + len(version) :]
+    assert len(opcodes) == 2 * count
+    served = {opcodes[i : i + 2] for i in range(0, len(opcodes), 2)}
+    assert served == COURSE_OPCODES | {b"vr"}
+
+
+def test_it_has_one_handler_per_request_type() -> None:
+    assert set(handlers.HANDLERS) == {
+        ListRequest,
+        CreateRequest,
+        RemoveRequest,
+        TimesExitcodesRequest,
+        StdoutRequest,
+        StderrRequest,
+        TerminateRequest,
+        VersionRequest,
+    }
 
 
 def test_it_describes_requests_for_the_log() -> None:
-    assert handlers.describe(RemoveRequest(5)) == "Remove 5"
+    assert handlers.describe(RemoveRequest(3)) == "Remove 3"
     assert handlers.describe(ListRequest()) == "List"

@@ -42,6 +42,8 @@ from saturnd.protocol import (
     TerminateRequest,
     TimesExitcodesReply,
     TimesExitcodesRequest,
+    VersionReply,
+    VersionRequest,
     encode,
 )
 from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
@@ -83,6 +85,9 @@ REQUESTS: list[tuple[Request, str]] = [
     (TimesExitcodesRequest(0x0102030405060708), "54 58  01 02 03 04 05 06 07 08"),
     (StdoutRequest(2**64 - 1), "53 4f  ff ff ff ff ff ff ff ff"),
     (StderrRequest(26), "53 45  00 00 00 00 00 00 00 1a"),
+    # Extensions (docs/protocol.md), socket only.
+    (VersionRequest(b"cassini 1"), "76 72  00 00 00 09 63 61 73 73 69 6e 69 20 31"),
+    (VersionRequest(b""), "76 72  00 00 00 00"),
 ]
 
 REPLIES: list[tuple[bytes, Reply, str]] = [
@@ -125,6 +130,15 @@ REPLIES: list[tuple[bytes, Reply, str]] = [
     (b"SE", ErrorReply(b"NF"), "45 52 4e 46"),
     (b"SE", ErrorReply(b"NR"), "45 52 4e 52"),
     (b"TM", OkReply(), "4f 4b"),
+    # Extensions (docs/protocol.md), socket only: ER EM after any request.
+    (
+        b"vr",
+        VersionReply(b"s 1", (b"LS", b"vr")),
+        "4f 4b  00 00 00 03 73 20 31  00 00 00 02 4c 53 76 72",
+    ),
+    (b"vr", VersionReply(b"", ()), "4f 4b  00 00 00 00  00 00 00 00"),
+    (b"CR", ErrorReply(b"EM", "disk full"), "45 52 45 4d  00 00 00 09 64 69 73 6b 20 66 75 6c 6c"),
+    (b"LS", ErrorReply(b"EM", "é"), "45 52 45 4d  00 00 00 02 c3 a9"),
 ]
 
 
@@ -160,7 +174,7 @@ def test_it_encodes_and_decodes_the_reply_table(opcode: bytes, reply: Reply, hex
 
 def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
     opcodes = {h(hex_)[:2] for _, hex_ in REQUESTS}
-    assert opcodes == {b"LS", b"CR", b"RM", b"TX", b"SO", b"SE", b"TM"}
+    assert opcodes == {b"LS", b"CR", b"RM", b"TX", b"SO", b"SE", b"TM", b"vr"}
     kinds = {(opcode, type(reply), getattr(reply, "code", None)) for opcode, reply, _ in REPLIES}
     ok_types = {
         b"LS": ListReply,
@@ -170,9 +184,10 @@ def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
         b"SO": OutputReply,
         b"SE": OutputReply,
         b"TM": OkReply,
+        b"vr": VersionReply,
     }
     errors = [(b"RM", b"NF"), (b"TX", b"NF"), (b"SO", b"NF"), (b"SO", b"NR")]
-    errors += [(b"SE", b"NF"), (b"SE", b"NR")]
+    errors += [(b"SE", b"NF"), (b"SE", b"NR"), (b"CR", b"EM"), (b"LS", b"EM")]
     expected: set[tuple[bytes, type, bytes | None]]
     expected = {(op, kind, None) for op, kind in ok_types.items()}
     expected |= {(op, ErrorReply, code) for op, code in errors}
@@ -238,6 +253,7 @@ REQUEST_TYPES = (
     StdoutRequest,
     StderrRequest,
     TerminateRequest,
+    VersionRequest,
 )
 REPLY_TYPES: dict[bytes, tuple[type, ...]] = {
     b"LS": (ListReply,),
