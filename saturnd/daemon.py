@@ -48,9 +48,9 @@ from saturnd.listener import (
     REPLY_PIPE,
     REQUEST_PIPE,
     Listener,
-    StopFlag,
     ensure_fifo,
 )
+from saturnd.proc import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT
 from saturnd.store import Store, StoreError
 

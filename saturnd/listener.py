@@ -114,6 +114,7 @@ from saturnd.handlers import (
     RemoveTask,
     Terminate,
 )
+from saturnd.proc import StopFlag
 from saturnd.protocol import NeedData, ProtocolError, Request, RequestDecoder
 from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE
 from saturnd.store import Store, StoreError
@@ -197,13 +198,6 @@ _WATCH_MASK: Final = (
 )
 _WATCH_GONE: Final = _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF
 _EVENT: Final = struct.Struct("=iIII")  # wd, mask, cookie, len; then len bytes of name
-
-
-@dataclass
-class StopFlag:
-    """Set from a signal handler; loops check it."""
-
-    stopping: bool = False
 
 
 NOBODY: Final = 0

@@ -649,3 +649,11 @@ def decode_reply(opcode: bytes, data: bytes) -> Reply:
     if decoder.buffered:
         raise ProtocolError("bytes after the reply")
     return message
+
+
+# --- names in the pipes directory (both programs use them) ---
+REQUEST_PIPE: Final = "saturnd-request-pipe"
+REPLY_PIPE: Final = "saturnd-reply-pipe"
+SOCKET_NAME: Final = "saturnd.sock"
+CLIENT_LOCK: Final = "cassini.lock"
+PIPES_LOCK: Final = "saturnd.lock"
