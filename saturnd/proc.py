@@ -137,11 +137,11 @@ def libc() -> ctypes.CDLL | None:
     """The process's C library (errno kept for ctypes.get_errno), or None if it cannot
     be loaded. Opened once: callers look their function up with getattr, since a C
     library may lack it (musl has no malloc_trim)."""
-    import ctypes  # here, not at the top: see the module docstring
-
     try:
+        import ctypes  # here, not at the top: see the module docstring
+
         return ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    except (ImportError, OSError):
         return None
 
 

@@ -39,7 +39,7 @@ from typing import Final
 
 import psutil
 
-from saturnd.daemon import Paths, running_pid
+from saturnd.startup import Paths, running_pid
 from saturnd.store import Store, StoreError
 
 __all__ = [

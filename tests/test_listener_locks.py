@@ -273,7 +273,7 @@ def test_an_unfinished_request_without_the_lock_does_not_keep_it(listener: Liste
     # for REQUEST_TIMEOUT if the lock taken at the read were kept while the rest is due.
     listener.open()
     wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_read, False)  # like the daemon's (saturnd/daemon.py)
+    os.set_blocking(wake_read, False)  # like the daemon's (saturnd/proc.py)
     listener.wake_fd = wake_read
     served = threading.Thread(target=listener.run)
     request = os.open(listener.request_path, os.O_WRONLY | os.O_NONBLOCK)
