@@ -137,7 +137,7 @@ def start(args: argparse.Namespace) -> int:
     except OSError as error:
         raise DaemonError(str(error)) from error
     notes = prepare(paths, pipes_base)
-    pid_fd = take_lock(paths.pid_file)
+    pid_fd = take_lock(paths.pid_file, notes)
     if pid_fd is None:
         pid = running_pid(paths.pid_file)
         where = f" (pid {pid})" if pid else ""

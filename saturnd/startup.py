@@ -222,9 +222,9 @@ def _open_lock_file(path: Path, notes: list[str]) -> int:
     return fd
 
 
-def take_lock(pid_file: Path) -> int | None:
+def take_lock(pid_file: Path, notes: list[str] | None = None) -> int | None:
     """The locked pid file's fd, or None if another daemon holds it."""
-    fd = _open_lock_file(pid_file, [])
+    fd = _open_lock_file(pid_file, [] if notes is None else notes)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
