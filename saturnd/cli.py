@@ -25,19 +25,21 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from saturnd.daemon import (
-    Daemon,
+from saturnd.startup import (
+    PIPES_DIR_VARIABLE,
     DaemonError,
     Paths,
     check_store,
-    default_pipes_dir,
     default_state_dir,
+    detach,
     make_fifos,
-    open_fds,
+    pipes_dir_choice,
+    pipes_in_use,
     prepare,
     running_pid,
     setup_logging,
     take_lock,
+    take_pipes_lock,
 )
 from saturnd.status import StatusError
 from saturnd.unit import UnitError
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-p",
         dest="pipes_dir",
         metavar="PIPES_DIR",
-        help="directory of the two FIFOs (default /tmp/USERNAME/saturnd/pipes)",
+        help=f"directory of the FIFOs and the socket (default ${PIPES_DIR_VARIABLE}, "
+        "else /tmp/USERNAME/saturnd/pipes)",
     )
     parser.add_argument(
         "-s",
@@ -191,50 +194,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
-    """Check, lock, load, detach, supervise."""
-    from saturnd.clock import make_clock
+    """Check, lock, load, detach, supervise.
 
-    if args.pipes_dir:
-        paths_base = None
-        pipes_dir = Path(os.path.abspath(args.pipes_dir))
-    else:
-        pipes_dir, base = default_pipes_dir(username())
-        paths_base = base
+    Locks in this order: the state directory's pid file (busy: "already running", exit
+    0), then the pipes directory's lock (busy: another daemon serves these FIFOs, exit 1).
+    """
+    from saturnd.clock import make_clock
+    from saturnd.supervisor import Locks, Supervisor
+
+    pipes_dir, pipes_base = pipes_dir_choice(args.pipes_dir, os.environ, username())
     state_dir = Path(os.path.abspath(args.state_dir)) if args.state_dir else default_state_dir()
     paths = Paths(pipes_dir, state_dir)
     try:
         clock = make_clock(args.clock)
     except OSError as error:
         raise DaemonError(str(error)) from error
-    notes = prepare(paths, paths_base)
-    lock_fd = take_lock(paths.pid_file)
-    if lock_fd is None:
+    notes = prepare(paths, pipes_base)
+    pid_fd = take_lock(paths.pid_file, notes)
+    if pid_fd is None:
         pid = running_pid(paths.pid_file)
         where = f" (pid {pid})" if pid else ""
         print(f"saturnd: already running{where} for {state_dir}", file=sys.stderr)
         return 0
+    try:
+        pipes_fd = take_pipes_lock(paths.pipes_lock, notes)
+    except DaemonError:
+        os.close(pid_fd)
+        raise
+    if pipes_fd is None:
+        os.close(pid_fd)
+        raise DaemonError(pipes_in_use(paths))
     logger = setup_logging(paths.log_file, args.foreground)
     for note in notes:
         logger.warning("%s", note)
     check_store(paths)
     make_fifos(paths, logger)
-    if not args.foreground:
-        import daemon  # python-daemon
-
-        context = daemon.DaemonContext(
-            working_directory="/",
-            umask=0o077,
-            files_preserve=open_fds(),
-            detach_process=True,
-        )
-        try:
-            context.open()
-        except Exception as error:  # python-daemon raises its own error types
-            raise DaemonError(f"cannot detach: {error}") from error
-    else:
+    if args.foreground:
         os.umask(0o077)
-    supervisor = Daemon(
-        paths, clock, logger, lock_fd, max_output=args.max_output, pipes_base=paths_base
+    else:
+        detach()
+    supervisor = Supervisor(
+        paths,
+        clock,
+        logger,
+        Locks(pid_fd, pipes_fd),
+        max_output=args.max_output,
+        pipes_base=pipes_base,
     )
     return supervisor.run()
 
@@ -289,7 +294,8 @@ def _add_directories(command: argparse.ArgumentParser) -> None:
         dest="pipes_dir",
         metavar="PIPES_DIR",
         default=argparse.SUPPRESS,
-        help="the daemon's pipes directory (default /tmp/USERNAME/saturnd/pipes)",
+        help=f"the daemon's pipes directory (default ${PIPES_DIR_VARIABLE}, "
+        "else /tmp/USERNAME/saturnd/pipes)",
     )
     command.add_argument(
         "-s",
@@ -324,10 +330,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def resolve_paths(args: argparse.Namespace) -> Paths:
     """The pipes and state directories of the command line, absolute, as `start` uses."""
-    if args.pipes_dir:
-        pipes_dir = Path(os.path.abspath(args.pipes_dir))
-    else:
-        pipes_dir, _ = default_pipes_dir(username())
+    pipes_dir, _ = pipes_dir_choice(args.pipes_dir, os.environ, username())
     state_dir = Path(os.path.abspath(args.state_dir)) if args.state_dir else default_state_dir()
     return Paths(pipes_dir, state_dir)
 
@@ -375,8 +378,9 @@ def install_unit(args: argparse.Namespace) -> int:
     from saturnd.status import StatusError, find_daemon
 
     options: list[str] = []
-    if args.pipes_dir:
-        options += ["-p", os.path.abspath(args.pipes_dir)]
+    if args.pipes_dir or os.environ.get(PIPES_DIR_VARIABLE):
+        # The systemd user manager does not have this shell's variable: pin the choice.
+        options += ["-p", str(resolve_paths(args).pipes_dir)]
     if args.state_dir:
         options += ["-s", os.path.abspath(args.state_dir)]
     systemd = unit.probe_systemd(os.environ.get("PATH"))

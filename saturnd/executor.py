@@ -48,7 +48,7 @@ from typing import Final
 
 from saturnd import proctitle, schedule
 from saturnd.clock import Clock
-from saturnd.listener import StopFlag
+from saturnd.proc import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
 

@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from saturnd import handlers, pipesdir
+from saturnd import handlers, pipesdir, proc
 from saturnd.framing import Close, Drop, FifoFraming, NeedMore, Serve, StreamFraming
 from saturnd.outgoing import Outgoing
 from saturnd.pipesdir import ensure_fifo
+from saturnd.proc import StopFlag
 from saturnd.protocol import REPLY_PIPE, REQUEST_PIPE, SOCKET_NAME, Request
 from saturnd.store import Store, StoreError
 
@@ -70,13 +71,6 @@ EXIT_TERMINATED: Final = 0
 """Exit status of a listener that served TERMINATE: the daemon shuts down."""
 EXIT_STOPPED: Final = 3
 """Exit status of a listener stopped by a signal."""
-
-
-@dataclass
-class StopFlag:
-    """Set from a signal handler; loops check it."""
-
-    stopping: bool = False
 
 
 @dataclass(eq=False)
@@ -222,7 +216,7 @@ class Listener:
         except InterruptedError:  # a signal: the stop flag is looked at by the caller
             return
         if self.wake_fd is not None and self.wake_fd in ready:
-            _drain(self.wake_fd)
+            proc.drain(self.wake_fd)
         if self.watch_fd is not None and self.watch_fd in ready:
             if pipesdir.read_events(self.watch_fd):
                 self._watch()  # the directory was replaced: watch the new one, if any
@@ -500,12 +494,3 @@ class Listener:
 
 def _reason(error: OSError) -> str:
     return error.strerror or str(error)
-
-
-def _drain(fd: int) -> None:
-    """Empty a non-blocking wake-up pipe."""
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

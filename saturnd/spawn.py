@@ -61,7 +61,7 @@ Rules:
   has it) so a file size limit gives it an error, not death; the command gets the
   default.
 - Children use plain try/except rather than `contextlib.suppress`: nothing to allocate.
-- An exit status is decoded in exactly one place, `exitcode_from_status`.
+- An exit status is decoded in exactly one place, `proc.decode_status`.
 - A removed task leaves nothing behind: P5 creates, renames and unlinks through a
   descriptor of the task directory, so it never recreates a removed directory (a
   deleted one takes no new entries); the recorder opens `times-exitcodes` by path
@@ -105,6 +105,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from saturnd import proctitle, taskdir
+from saturnd.proc import EXITCODE_ABNORMAL, decode_status
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -113,16 +114,12 @@ __all__ = [
     "EXITCODE_NOT_FOUND",
     "Recorder",
     "RunSpec",
-    "exitcode_from_status",
     "spawn_run",
     "spawn_runs",
 ]
 
 Recorder = Callable[[Path, int, int], None]
 """Appends one finished run (task directory, start time, exit code) to the history."""
-
-EXITCODE_ABNORMAL: Final = 0xFFFF
-"""EXITCODE of a run that did not exit normally (killed by a signal, ...)."""
 
 EXITCODE_NOT_FOUND: Final = 127
 """Exit status of a run whose command is not found, as a shell reports it."""
@@ -219,13 +216,6 @@ class _Run:
     failure: str = ""  # why the command could not start, for the log ("" if it did)
 
 
-def exitcode_from_status(status: int) -> int:
-    """The EXITCODE of a `waitpid` status: 0-255 for a normal exit, else 0xFFFF."""
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    return EXITCODE_ABNORMAL
-
-
 def spawn_run(
     spec: RunSpec,
     *,
@@ -291,7 +281,7 @@ def spawn_runs(
     status = _waitpid(p4)
     if status is None:
         return  # somebody else reaped P4: it exited at once, nothing more to learn
-    code = exitcode_from_status(status)
+    code = decode_status(status).exitcode
     if code == EXITCODE_ABNORMAL:
         raise OSError("cannot start runs: their first child was killed")
     if code != 0:
@@ -670,8 +660,8 @@ class _Supervisor:
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
-        status = run.status
-        exitcode = EXITCODE_ABNORMAL if status is None else exitcode_from_status(status)
+        ended = decode_status(run.status)
+        exitcode = ended.exitcode
         duration = time.monotonic() - run.started
         dirfd = run.dirfd
         # Record and rename as one step with respect to other runs of this task: the run
@@ -717,7 +707,7 @@ class _Supervisor:
                 spec.task_id,
                 run.pid,
                 exitcode,
-                _describe(status),
+                ended.text,
                 duration,
                 _describe_cuts(run.streams, self.batch.max_output),
             )
@@ -892,18 +882,3 @@ def _unlink(dirfd: int, name: bytes) -> None:
         os.unlink(name, dir_fd=dirfd)
     except FileNotFoundError:
         pass
-
-
-def _describe(status: int | None) -> str:
-    """A few words on how a run ended, for the log."""
-    if status is None:
-        return "not started"
-    if os.WIFEXITED(status):
-        return "exited"
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            return f"killed by {signal.Signals(signum).name}"
-        except ValueError:
-            return f"killed by signal {signum}"
-    return "ended abnormally"

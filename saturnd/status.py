@@ -40,7 +40,7 @@ from typing import Final
 import psutil
 
 from saturnd import proctitle, taskdir
-from saturnd.daemon import Paths, running_pid
+from saturnd.startup import Paths, running_pid
 from saturnd.store import Store, StoreError
 
 __all__ = [

@@ -54,6 +54,7 @@ from time import time_ns
 from typing import Final
 
 from saturnd import taskdir
+from saturnd.proc import libc
 from saturnd.protocol import REPLY_OK, TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
@@ -170,13 +171,10 @@ def _release_freed_memory() -> None:
     process's RSS for good; trimming takes under a millisecond here. Without glibc
     (musl has no malloc_trim), nothing is done.
     """
-    import ctypes  # here, not at the top: only large loads and replies need it
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return
-    trim(0)
+    lib = libc()
+    trim = getattr(lib, "malloc_trim", None) if lib is not None else None
+    if trim is not None:
+        trim(0)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

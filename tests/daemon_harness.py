@@ -162,6 +162,16 @@ class Daemon:
         self.proc = None
 
 
+def owner_name(uid: int) -> str:
+    """How saturnd names the owner `uid` of a directory it refuses."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def crontab_field(text: str, high: int) -> frozenset[int]:
     """`*`, `N`, `A-B`, `*/S` and comma lists: the values of a crontab field.
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from saturnd import status
-from saturnd.daemon import Paths
+from saturnd.startup import Paths
 from saturnd.status import ProcessInfo, RunInfo, Status
 from tests.conftest import NOW
 from tests.daemon_harness import SATURND, Daemon, wait_for

@@ -335,11 +335,12 @@ def _fork_as(uid: int, argv: list[str], env: dict[str, str], stderr_path: Path) 
 
     importlib.import_module("_strptime")  # what datetime.strptime loads on first use
     import saturnd.clock
-    import saturnd.daemon
     import saturnd.executor
     import saturnd.listener
     import saturnd.spawn
+    import saturnd.startup
     import saturnd.store
+    import saturnd.supervisor
 
     stderr_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pid = os.fork()
