@@ -5,7 +5,8 @@ stdout/stderr, and turning every failure into one line on stderr and an exit sta
 
 Rules:
 - Exit 0 on an OK reply; 1 on an error reply, bad arguments, or when the daemon cannot
-  be reached or answers badly; 130 on Ctrl-C. Never a traceback.
+  be reached or answers badly; 130 on Ctrl-C. Never a traceback. Bad arguments print
+  two lines: `cassini: <reason>` and where the usage is (`cli.TRY_HELP`).
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
 - `--import` reads the whole crontab and has every line checked (cassini.crontab)
@@ -161,7 +162,8 @@ def _run(args: Sequence[str]) -> int:
     try:
         parsed = cli.parse_args(args)
     except cli.UsageError as error:
-        _error(f"cassini: {error}\n{cli.USAGE}")
+        # The reason and where the usage is: 29 lines of usage would bury the reason.
+        _error(f"cassini: {error}\n{cli.TRY_HELP}\n")
         return 1
     if isinstance(parsed, cli.Help):
         return _write_stdout(cli.USAGE.encode())

@@ -105,7 +105,7 @@ _cassini()
         return
     fi
     mapfile -t COMPREPLY < <(compgen -W '-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p
-        --export --import --json' -- "$cur")
+        --export --import --json --help' -- "$cur")
 }
 
 complete -F _cassini cassini

@@ -102,7 +102,18 @@ def test_it_parses_valid_arguments(
     assert parse_args(args) == Invocation(request_, pipes_dir)
 
 
-@pytest.mark.parametrize("args", [["-h"], ["-l", "-h"], ["-h", "-r", "x"], ["-r", "1", "-l", "-h"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-h"],
+        ["-l", "-h"],
+        ["-h", "-r", "x"],
+        ["-r", "1", "-l", "-h"],
+        ["--help"],
+        ["--he"],
+        ["-c", "-m", "99", "--help", "x"],
+    ],
+)
 def test_it_gives_help_for_h(args: list[str]) -> None:
     assert parse_args(args) == Help()
 
@@ -134,6 +145,15 @@ INVALID = [
     (["echo"], "unexpected argument 'echo'"),
     (["-l", "x"], "unexpected argument 'x'"),
     (["-r", "1", "x"], "unexpected argument 'x'"),
+    # An operation that takes an id takes one: the extra word is no command for -c.
+    (["-r", "49", "0"], "unexpected argument '0' (-r takes one task id)"),
+    (["-x", "1", "2"], "unexpected argument '2' (-x takes one task id)"),
+    (["-o", "1", "2"], "unexpected argument '2' (-o takes one task id)"),
+    (["-e", "1", "2"], "unexpected argument '2' (-e takes one task id)"),
+    (["-n", "1", "2"], "unexpected argument '2' (-n takes one task id)"),
+    (["--import", "a", "b"], "unexpected argument 'b' (--import takes one file)"),
+    (["-l", "ls"], "unexpected argument 'ls' (a command needs -c)"),
+    (["--help=1"], "option --help must not have an argument"),
     (["-m", "1"], "-m is only valid with -c"),
     (["-l", "-H", "1"], "-H is only valid with -c"),
     (["-x", "1", "-d", "1"], "-d is only valid with -c"),
@@ -172,7 +192,40 @@ def test_it_parses_task_ids(text: str, value: int) -> None:
 def test_it_documents_every_option_in_the_usage() -> None:
     for option in "hlcqmHdprxoe":
         assert f"-{option}" in USAGE
+    assert "--help" in USAGE
     assert USAGE.endswith("\n")
+
+
+def _cassini(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m cassini ARGS` with pipes where no daemon listens (unless ARGS say -p)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cassini", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_it_prints_the_usage_for_help(option: str) -> None:
+    done = _cassini("-p", "/nonexistent/pipes", option)
+    assert (done.stdout, done.stderr, done.returncode) == (USAGE, "", 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["-Z"], "option -Z not recognized"),
+        (["-r", "49", "0"], "unexpected argument '0' (-r takes one task id)"),
+        (["-c", "-d", "8", "x"], "invalid day-of-week field '8': 8 is out of range 0-6"),
+    ],
+)
+def test_it_prints_the_reason_and_where_the_usage_is(args: list[str], reason: str) -> None:
+    done = _cassini("-p", "/nonexistent/pipes", *args)
+    assert done.stderr == f"cassini: {reason}\nTry 'cassini -h' for more information.\n"
+    assert (done.stdout, done.returncode) == ("", 1)
 
 
 # --- output ---------------------------------------------------------------------------
