@@ -87,6 +87,10 @@ VALID = [
         CreateRequest(Timing(0x00002000000007F0, daysofweek=0x5C), (b"x",)),
         None,
     ),
+    # Day names, short or full, in any case (0x3E: Monday to Friday).
+    (["-c", "-d", "monday-friday", "x"], CreateRequest(Timing(daysofweek=0x3E), (b"x",)), None),
+    (["-c", "-d", "Mon-FRIDAY", "x"], CreateRequest(Timing(daysofweek=0x3E), (b"x",)), None),
+    (["-c", "-d", "Tuesday", "x"], CreateRequest(Timing(daysofweek=1 << 2), (b"x",)), None),
     (
         ["-c", os.fsdecode(b"caf\xc3\xa9"), os.fsdecode(b"\xff")],
         CreateRequest(ALL, (b"caf\xc3\xa9", b"\xff")),
@@ -160,6 +164,7 @@ INVALID = [
     (["-c", "-m", "60", "x"], "invalid minutes field '60'"),
     (["-c", "-H", "24", "x"], "invalid hours field '24'"),
     (["-c", "-d", "8", "x"], "invalid day-of-week field '8'"),
+    (["-c", "-d", "mond", "x"], "invalid day-of-week field 'mond'"),
     (["-c", "-m", "", "x"], "invalid minutes field ''"),
     (["-c", "-m", "3-1", "x"], "goes backwards"),
     (["-c", "-m", "1,,2", "x"], "empty item"),
