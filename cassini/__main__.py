@@ -1,6 +1,7 @@
 """cassini's entry point: arguments -> one exchange with saturnd -> output, exit status.
 
-This module owns the program's edge: the default pipes directory, writing the outcome to
+This module owns the program's edge: the default pipes directory (-p wins over
+$SATURND_PIPES_DIR, which wins over /tmp/USERNAME/saturnd/pipes), writing the outcome to
 stdout/stderr, and turning every failure into one line on stderr and an exit status.
 
 Rules:
@@ -26,11 +27,21 @@ if TYPE_CHECKING:
 
     from cassini.cli import Import
 
-__all__ = ["default_pipes_dir", "main"]
+__all__ = ["PIPES_DIR_VARIABLE", "default_pipes_dir", "main"]
+
+
+PIPES_DIR_VARIABLE = "SATURND_PIPES_DIR"
+"""The environment variable naming the default pipes directory (saturnd reads it too)."""
 
 
 def default_pipes_dir() -> str:
-    """`/tmp/<USERNAME>/saturnd/pipes`, USERNAME being the login name of the user."""
+    """The pipes directory without -p: $SATURND_PIPES_DIR when set and not empty, else
+    `/tmp/<USERNAME>/saturnd/pipes`, USERNAME being the login name of the user."""
+    # Empty counts as unset, as for most variables: `SATURND_PIPES_DIR= cassini` must not
+    # mean the current directory.
+    chosen = os.environ.get(PIPES_DIR_VARIABLE)
+    if chosen:
+        return chosen
     import pwd
 
     try:

@@ -120,7 +120,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   --export        print every task as a crontab line
   --import FILE   create a task per line of crontab FILE (- for standard input)
   -q              terminate the daemon
-  -p PIPES_DIR    directory of the pipes (default /tmp/USERNAME/saturnd/pipes)
+  -p PIPES_DIR    directory of the pipes (default $SATURND_PIPES_DIR if set,
+                  else /tmp/USERNAME/saturnd/pipes)
   -h, --help      print this help
 """
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import getopt
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cassini.__main__ import default_pipes_dir
 from cassini.cli import (
     LONG_OPTIONS,
     OPTIONS,
@@ -48,6 +51,7 @@ from saturnd.protocol import (
     TimesExitcodesRequest,
 )
 from saturnd.timing import Timing
+from tests.daemon_harness import Daemon
 
 ALL = Timing()  # * * *
 
@@ -231,6 +235,43 @@ def test_it_prints_the_reason_and_where_the_usage_is(args: list[str], reason: st
     done = _cassini("-p", "/nonexistent/pipes", *args)
     assert done.stderr == f"cassini: {reason}\nTry 'cassini -h' for more information.\n"
     assert (done.stdout, done.returncode) == ("", 1)
+
+
+# --- the pipes directory: -p, else $SATURND_PIPES_DIR, else the default -----------------
+
+
+def test_it_uses_the_pipes_directory_of_the_environment(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("echo", "hi")
+    env = dict(daemon.env, SATURND_PIPES_DIR=str(daemon.pipes))
+    done = _cassini("-l", env=env)
+    assert (done.stdout, done.stderr, done.returncode) == ("0: * * * echo hi\n", "", 0)
+
+
+def test_it_prefers_p_to_the_environment(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("echo", "hi")
+    env = dict(daemon.env, SATURND_PIPES_DIR=str(tmp_path / "nowhere"))
+    done = _cassini("-p", str(daemon.pipes), "-l", env=env)
+    assert (done.stdout, done.returncode) == ("0: * * * echo hi\n", 0)
+    # And without -p, the variable's directory, where no daemon is: it says so.
+    done = _cassini("-l", env=env)
+    assert done.returncode == 1 and str(tmp_path / "nowhere") in done.stderr
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_it_falls_back_to_the_default_pipes_directory(
+    value: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SATURND_PIPES_DIR", raising=False)
+    if value is not None:
+        monkeypatch.setenv("SATURND_PIPES_DIR", value)
+    name = pwd.getpwuid(os.getuid()).pw_name
+    assert default_pipes_dir() == f"/tmp/{name}/saturnd/pipes"
 
 
 # --- output ---------------------------------------------------------------------------
