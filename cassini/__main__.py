@@ -10,6 +10,8 @@ Rules:
   two lines: `cassini: <reason>` and where the usage is (`cli.TRY_HELP`).
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
+- A created task whose program cassini cannot find (cassini.program) gets a warning on
+  stderr after its id: the task exists, the exit status stays 0.
 - `--import` reads the whole crontab and has every line checked (cassini.crontab)
   before the first CREATE: a refused line creates nothing. The ids are printed as the
   tasks are created, so when the daemon fails half-way what was created is on stdout,
@@ -198,7 +200,21 @@ def _run(args: Sequence[str]) -> int:
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)
+    if outcome.status == 0:
+        _warn_unreachable(parsed.request)
     return outcome.status or status
+
+
+def _warn_unreachable(request: object) -> None:
+    """After a CREATE: a warning on stderr when the task's program will not be found."""
+    from saturnd.protocol import CreateRequest
+
+    if isinstance(request, CreateRequest):
+        from cassini import program
+
+        problem = program.check(request.argv)
+        if problem is not None:
+            _error(f"cassini: warning: {problem}\n")
 
 
 def main(args: Sequence[str] | None = None) -> int:
