@@ -235,6 +235,7 @@ zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z 'PS1="<prompt>" PS2="" RPS1=""; unsetopt beep; LISTMAX=100000'
 zpty -w z "fpath=(${(q)1} \$fpath); autoload -Uz compinit; compinit -u -D"
+[[ -n $3 ]] && zpty -w z "$3"
 zpty -w z 'compadd() {
   if (( ${@[(I)-[OAD]]} )); then builtin compadd "$@"; return; fi
   local -a found; local match; builtin compadd -O found "$@"
@@ -253,20 +254,25 @@ zpty -d z
 """
 
 
-def zsh_complete(line: str, tmp_path: Path, cwd: Path | None = None) -> list[str]:
-    """The matches zsh offers for `line` followed by a Tab."""
+def zsh_output(line: str, tmp_path: Path, cwd: Path | None = None, setup: str = "") -> str:
+    """What the terminal shows for `line` followed by a Tab (`setup`: a line typed first)."""
     driver = tmp_path / "driver.zsh"
     driver.write_text(_ZSH_DRIVER)
     assert ZSH is not None
     done = subprocess.run(
-        [ZSH, "-f", str(driver), str(ZSH_SCRIPT.parent), line],
+        [ZSH, "-f", str(driver), str(ZSH_SCRIPT.parent), line, setup],
         capture_output=True,
         env=_env(),
         cwd=cwd or tmp_path,
         timeout=30,
         check=True,
     )
-    return re.findall(r"<hit>(.*?)</hit>", done.stdout.decode(errors="replace"))
+    return done.stdout.decode(errors="replace")
+
+
+def zsh_complete(line: str, tmp_path: Path, cwd: Path | None = None, setup: str = "") -> list[str]:
+    """The matches zsh offers for `line` followed by a Tab."""
+    return re.findall(r"<hit>(.*?)</hit>", zsh_output(line, tmp_path, cwd, setup))
 
 
 @needs_zsh
@@ -311,3 +317,55 @@ def test_zsh_completes_files_and_commands(tmp_path: Path) -> None:
     (tmp_path / "my.crontab").write_text("")
     assert zsh_complete("cassini --import my", tmp_path) == ["my.crontab"]
     assert "cassini" in zsh_complete("cassini -c cassin", tmp_path)
+
+
+@needs_zsh
+def test_zsh_lists_task_ids_in_numeric_order(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    daemon = make_daemon(root=tmp_path / "d")
+    for number in range(12):
+        daemon.create("echo", str(number))
+    shown = zsh_output(f"cassini -p {daemon.pipes} -x ", tmp_path)
+    # The listing, one task a line: "10  -- * * * echo 10".
+    listed = re.findall(r"(\d+) +-- \* \* \* echo", shown)
+    assert listed == [str(number) for number in range(12)]
+
+
+@needs_zsh
+def test_zsh_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    daemon = make_daemon(root=tmp_path / "d")
+    daemon.create("echo", "a")
+    # A shell variable, not exported: the completion passes it to cassini.
+    setup = f"SATURND_PIPES_DIR={daemon.pipes}"
+    assert zsh_complete("cassini -r ", tmp_path, setup=setup) == ["0"]
+
+
+@needs_zsh
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("cassini -l -", ["-h", "--help", "-p", "-v", "--json"]),
+        ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d"]),
+        ("cassini -x 1 -", ["-h", "--help", "-p", "--json"]),
+        ("cassini -n 1 -", ["-h", "--help", "-p", "-N", "--json"]),
+        ("cassini -r 1 -", ["-h", "--help", "-p"]),
+        ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d"]),
+    ],
+)
+def test_zsh_offers_only_the_options_valid_after_an_operation(
+    line: str, expected: list[str], tmp_path: Path
+) -> None:
+    offered = set(zsh_complete(line, tmp_path)) - {"-"}  # "-": the start of a command of -c
+    assert sorted(offered) == sorted(expected)
+
+
+@needs_zsh
+def test_zsh_completes_day_names_after_d(tmp_path: Path) -> None:
+    assert zsh_complete("cassini -c -d mon-fr", tmp_path) == ["fri", "friday"]
+    assert sorted(zsh_complete("cassini -c -d 1,t", tmp_path)) == [
+        "thu",
+        "thursday",
+        "tue",
+        "tuesday",
+    ]
