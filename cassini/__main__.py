@@ -1,13 +1,17 @@
 """cassini's entry point: arguments -> one exchange with saturnd -> output, exit status.
 
-This module owns the program's edge: the default pipes directory, writing the outcome to
+This module owns the program's edge: the default pipes directory (-p wins over
+$SATURND_PIPES_DIR, which wins over /tmp/USERNAME/saturnd/pipes), writing the outcome to
 stdout/stderr, and turning every failure into one line on stderr and an exit status.
 
 Rules:
 - Exit 0 on an OK reply; 1 on an error reply, bad arguments, or when the daemon cannot
-  be reached or answers badly; 130 on Ctrl-C. Never a traceback.
+  be reached or answers badly; 130 on Ctrl-C. Never a traceback. Bad arguments print
+  two lines: `cassini: <reason>` and where the usage is (`cli.TRY_HELP`).
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
+- A created task whose program cassini cannot find (cassini.program) gets a warning on
+  stderr after its id: the task exists, the exit status stays 0.
 - `--import` reads the whole crontab and has every line checked (cassini.crontab)
   before the first CREATE: a refused line creates nothing. The ids are printed as the
   tasks are created, so when the daemon fails half-way what was created is on stdout,
@@ -25,11 +29,21 @@ if TYPE_CHECKING:
 
     from cassini.cli import Import
 
-__all__ = ["default_pipes_dir", "main"]
+__all__ = ["PIPES_DIR_VARIABLE", "default_pipes_dir", "main"]
+
+
+PIPES_DIR_VARIABLE = "SATURND_PIPES_DIR"
+"""The environment variable naming the default pipes directory (saturnd reads it too)."""
 
 
 def default_pipes_dir() -> str:
-    """`/tmp/<USERNAME>/saturnd/pipes`, USERNAME being the login name of the user."""
+    """The pipes directory without -p: $SATURND_PIPES_DIR when set and not empty, else
+    `/tmp/<USERNAME>/saturnd/pipes`, USERNAME being the login name of the user."""
+    # Empty counts as unset, as for most variables: `SATURND_PIPES_DIR= cassini` must not
+    # mean the current directory.
+    chosen = os.environ.get(PIPES_DIR_VARIABLE)
+    if chosen:
+        return chosen
     import pwd
 
     try:
@@ -161,7 +175,8 @@ def _run(args: Sequence[str]) -> int:
     try:
         parsed = cli.parse_args(args)
     except cli.UsageError as error:
-        _error(f"cassini: {error}\n{cli.USAGE}")
+        # The reason and where the usage is: 29 lines of usage would bury the reason.
+        _error(f"cassini: {error}\n{cli.TRY_HELP}\n")
         return 1
     if isinstance(parsed, cli.Help):
         return _write_stdout(cli.USAGE.encode())
@@ -185,7 +200,21 @@ def _run(args: Sequence[str]) -> int:
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)
+    if outcome.status == 0:
+        _warn_unreachable(parsed.request)
     return outcome.status or status
+
+
+def _warn_unreachable(request: object) -> None:
+    """After a CREATE: a warning on stderr when the task's program will not be found."""
+    from saturnd.protocol import CreateRequest
+
+    if isinstance(request, CreateRequest):
+        from cassini import program
+
+        problem = program.check(request.argv)
+        if problem is not None:
+            _error(f"cassini: warning: {problem}\n")
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -63,6 +63,7 @@ __all__ = [
     "MAX_COUNT",
     "OPTIONS",
     "PROTOCOL_OPTIONS",
+    "TRY_HELP",
     "USAGE",
     "Help",
     "Import",
@@ -84,8 +85,8 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 """The getopt option string of PROTOCOL.md."""
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
-LONG_OPTIONS = ("export", "import=", "json")
-"""The long options, for getopt: --export, --import FILE, --json."""
+LONG_OPTIONS = ("export", "help", "import=", "json")
+"""The long options, for getopt: --export, --help (the same as -h), --import FILE, --json."""
 
 DEFAULT_COUNT = 5
 """How many start times `-n` prints without `-N`."""
@@ -101,7 +102,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini [-p PIPES_DIR] --export
        cassini [-p PIPES_DIR] --import FILE
        cassini [-p PIPES_DIR] -q
-       cassini -h
+       cassini -h|--help
 
   -l              list the tasks (the default)
   -v              with -l: add each task's next start time and a description
@@ -119,9 +120,13 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   --export        print every task as a crontab line
   --import FILE   create a task per line of crontab FILE (- for standard input)
   -q              terminate the daemon
-  -p PIPES_DIR    directory of the pipes (default /tmp/USERNAME/saturnd/pipes)
-  -h              print this help
+  -p PIPES_DIR    directory of the pipes (default $SATURND_PIPES_DIR if set,
+                  else /tmp/USERNAME/saturnd/pipes)
+  -h, --help      print this help
 """
+
+TRY_HELP = "Try 'cassini -h' for more information."
+"""The line that follows a usage error's reason, in place of the whole usage."""
 
 _MAX_TASK_ID = (1 << 64) - 1
 _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
@@ -139,6 +144,14 @@ _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
     "-v": (frozenset({"-l"}), "-l"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
 }
+# Why an operation refuses a word after its options: those that take an argument take
+# exactly one (`cassini -r 4 5` is not two removals); for the others, a word there is
+# most likely a command that forgot -c.
+_ONE_ARGUMENT = {
+    **{option: f"{option} takes one task id" for option in ("-r", "-x", "-o", "-e", "-n")},
+    "--import": "--import takes one file",
+}
+_NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
 # others are cassini.output's.
 _MODES = ("plain", "verbose", "next", "export")
@@ -359,13 +372,14 @@ def _plain_request(option: str) -> Request:
 def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
     """Parse cassini's arguments (without the program name); raises `UsageError`.
 
-    `-h` anywhere among the options wins over everything else; no option at all is LIST.
+    `-h` or `--help` anywhere among the options wins over everything else; no option at
+    all is LIST.
     """
     try:
         options, rest = getopt(list(args), OPTIONS, LONG_OPTIONS)
     except GetoptError as error:
         raise UsageError(error.msg) from None
-    if any(option == "-h" for option, _ in options):
+    if any(option in ("-h", "--help") for option, _ in options):
         return Help()
     pipes_dir = _single(options, "-p")
 
@@ -380,7 +394,9 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
         if allowed is not None and operation not in allowed[0]:
             raise UsageError(f"option {option} is only valid with {allowed[1]}")
     if operation != "-c" and rest:
-        raise UsageError(f"unexpected argument {rest[0]!r} (a command needs -c)")
+        raise UsageError(
+            f"unexpected argument {rest[0]!r} ({_ONE_ARGUMENT.get(operation, _NEEDS_C)})"
+        )
     json = any(option == "--json" for option, _ in options)
 
     if operation == "-c":

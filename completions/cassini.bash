@@ -5,23 +5,40 @@
 # is loaded when first needed. Otherwise add to ~/.bashrc:
 #   source PREFIX/share/bash-completion/completions/cassini.bash
 #
-# Completes the options, the task ids after -r -x -o -e -n (asked of the daemon with
-# `cassini -l`, through the pipes directory of a -p already on the line), directories
-# after -p, files after --import, and after -c the command and its arguments.
+# Completes the options (once an operation such as -l or -r is on the line, only those
+# valid with it), the task ids after -r -x -o -e -n in numeric order (asked of the daemon
+# with `cassini -l`, through the pipes directory of a -p already on the line, else of
+# $SATURND_PIPES_DIR, else the default), day names after -d, directories after -p,
+# files after --import, and after -c the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
 _cassini_task_ids()
 {
-    # The ids of `cassini [-p DIR] -l`: its lines start with "ID: ".
+    # The ids of `cassini [-p DIR] -l`: its lines start with "ID: ", by increasing id.
     command cassini "$@" -l 2>/dev/null |
         command sed -n 's/^\([0-9][0-9]*\): .*/\1/p'
 }
 
+# The options that may follow each operation (cassini/cli.py's _MODIFIERS): the others
+# are refused there. No operation yet: any option.
+declare -gA _cassini_options_after=(
+    [l]='-h --help -p -l -v --json'
+    [c]='-h --help -p -c -m -H -d'
+    [x]='-h --help -p --json'
+    [n]='-h --help -p -N --json'
+    [r]='-h --help -p'
+    [o]='-h --help -p'
+    [e]='-h --help -p'
+    [q]='-h --help -p'
+    [export]='-h --help -p'
+    [import]='-h --help -p'
+)
+
 _cassini()
 {
     local cur=${COMP_WORDS[COMP_CWORD]}
-    local word pending='' create='' letter i=1 j
+    local word pending='' create='' operation='' given=' ' letter i=1 j
     local -a pipes=()
 
     # Walk the words before the cursor as getopt would.
@@ -39,8 +56,11 @@ _cassini()
         elif [[ $word == -- ]]; then
             ((i++))
             break
-        elif [[ $word == --import ]]; then
-            pending=import
+        elif [[ ${#word} -gt 2 && --import == "$word"* ]]; then
+            pending=import # --import or a prefix of it, as getopt takes it
+            operation=import
+        elif [[ ${#word} -gt 2 && --export == "$word"* ]]; then
+            operation=export
         elif [[ $word == --* ]]; then
             :
         elif [[ $word == -?* ]]; then
@@ -48,8 +68,10 @@ _cassini()
             for ((j = 1; j < ${#word}; j++)); do
                 letter=${word:j:1}
                 case $letter in
+                    [lcqrxoen]) operation=$letter ;;&
                     c) create=1 ;;
                     [mHdprxoenN])
+                        given+="-$letter "
                         if ((j + 1 < ${#word})); then
                             [[ $letter == p ]] && pipes=(-p "${word:j+1}")
                         else
@@ -67,6 +89,10 @@ _cassini()
     # A leading ~ of -p's directory, as the shell would have expanded it.
     if ((${#pipes[@]})) && [[ ${pipes[1]} == '~' || ${pipes[1]} == '~/'* ]]; then
         pipes[1]=$HOME${pipes[1]#'~'}
+    fi
+    # Without -p, cassini reads SATURND_PIPES_DIR; pass it on even if not exported.
+    if ((${#pipes[@]} == 0)) && [[ -n ${SATURND_PIPES_DIR-} ]]; then
+        pipes=(-p "$SATURND_PIPES_DIR")
     fi
 
     COMPREPLY=()
@@ -94,6 +120,15 @@ _cassini()
             ;;
         [rxoen])
             mapfile -t COMPREPLY < <(compgen -W "$(_cassini_task_ids "${pipes[@]}")" -- "$cur")
+            # Keep cassini's order, by increasing id: bash would sort 10 before 2.
+            compopt -o nosort 2>/dev/null
+            return
+            ;;
+        d)
+            # Day names, short and full, after the last , or - of a list or range.
+            local done_part=${cur%"${cur##*[,-]}"}
+            mapfile -t COMPREPLY < <(compgen -P "$done_part" -W 'sun mon tue wed thu fri sat
+                sunday monday tuesday wednesday thursday friday saturday' -- "${cur##*[,-]}")
             return
             ;;
         ?*)
@@ -104,8 +139,13 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    mapfile -t COMPREPLY < <(compgen -W '-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p
-        --export --import --json' -- "$cur")
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help'
+    [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
+    # cassini refuses a second -m -H -d -N or -p, even with the same value.
+    for word in -m -H -d -N -p; do
+        [[ $given == *" $word "* ]] && offered=" $offered " && offered=${offered/ $word / }
+    done
+    mapfile -t COMPREPLY < <(compgen -W "$offered" -- "$cur")
 }
 
 complete -F _cassini cassini

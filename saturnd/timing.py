@@ -2,7 +2,8 @@
 
 This module owns:
 - parsing crontab fields (`*`, `N`, `A-B`, comma lists, steps `*/15` and `10-50/20`,
-  day names `sun`..`sat` in any case, `7` for Sunday) into bit sets;
+  day names `sun`..`sat` and `sunday`..`saturday` in any case, `7` for Sunday) into bit
+  sets; a name is only ever input: the canonical text is always numbers;
 - formatting bit sets back to the canonical text of PROTOCOL.md (`*`, or maximal runs
   `N` / `A-B` joined by commas);
 - matching a wall-clock datetime and finding the next matching minute;
@@ -130,6 +131,17 @@ MINUTES: Final = Field("minutes", 0, 59)
 HOURS: Final = Field("hours", 0, 23)
 DAYSOFWEEK: Final = Field("day-of-week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
 FIELDS: Final = {"minutes": MINUTES, "hours": HOURS, "daysofweek": DAYSOFWEEK}
+# The full day names, by value. cron(5) documents only the three-letter ones, but
+# `-d monday` is what people type, and a full name cannot mean anything else.
+_FULL_DAY_NAMES: Final = (
+    "sunday",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+)
 
 FULL_MINUTES: Final = MINUTES.full
 FULL_HOURS: Final = HOURS.full
@@ -150,7 +162,8 @@ def _number(digits: str) -> int:
 
 
 def _value(field: Field, token: str, text: str) -> int:
-    """One value of a field: a number in range, or (days of week) a name; 7 is Sunday.
+    """One value of a field: a number in range, or (days of week) a name, short or full;
+    7 is Sunday.
 
     Day of week accepts 7 here and callers fold bit 7 into bit 0, so `5-7` is
     Friday to Sunday as in crontab.
@@ -163,6 +176,8 @@ def _value(field: Field, token: str, text: str) -> int:
         return number
     if token in field.names:
         return field.names.index(token)
+    if field is DAYSOFWEEK and token in _FULL_DAY_NAMES:
+        return _FULL_DAY_NAMES.index(token)
     kind = "a number or a day name" if field.names else "a number"
     raise TimingError(field.name, text, f"{token!r} is not {kind}")
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import getopt
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cassini.__main__ import default_pipes_dir
 from cassini.cli import (
     LONG_OPTIONS,
     OPTIONS,
@@ -48,6 +51,7 @@ from saturnd.protocol import (
     TimesExitcodesRequest,
 )
 from saturnd.timing import Timing
+from tests.daemon_harness import Daemon
 
 ALL = Timing()  # * * *
 
@@ -87,6 +91,10 @@ VALID = [
         CreateRequest(Timing(0x00002000000007F0, daysofweek=0x5C), (b"x",)),
         None,
     ),
+    # Day names, short or full, in any case (0x3E: Monday to Friday).
+    (["-c", "-d", "monday-friday", "x"], CreateRequest(Timing(daysofweek=0x3E), (b"x",)), None),
+    (["-c", "-d", "Mon-FRIDAY", "x"], CreateRequest(Timing(daysofweek=0x3E), (b"x",)), None),
+    (["-c", "-d", "Tuesday", "x"], CreateRequest(Timing(daysofweek=1 << 2), (b"x",)), None),
     (
         ["-c", os.fsdecode(b"caf\xc3\xa9"), os.fsdecode(b"\xff")],
         CreateRequest(ALL, (b"caf\xc3\xa9", b"\xff")),
@@ -102,7 +110,18 @@ def test_it_parses_valid_arguments(
     assert parse_args(args) == Invocation(request_, pipes_dir)
 
 
-@pytest.mark.parametrize("args", [["-h"], ["-l", "-h"], ["-h", "-r", "x"], ["-r", "1", "-l", "-h"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-h"],
+        ["-l", "-h"],
+        ["-h", "-r", "x"],
+        ["-r", "1", "-l", "-h"],
+        ["--help"],
+        ["--he"],
+        ["-c", "-m", "99", "--help", "x"],
+    ],
+)
 def test_it_gives_help_for_h(args: list[str]) -> None:
     assert parse_args(args) == Help()
 
@@ -134,12 +153,22 @@ INVALID = [
     (["echo"], "unexpected argument 'echo'"),
     (["-l", "x"], "unexpected argument 'x'"),
     (["-r", "1", "x"], "unexpected argument 'x'"),
+    # An operation that takes an id takes one: the extra word is no command for -c.
+    (["-r", "49", "0"], "unexpected argument '0' (-r takes one task id)"),
+    (["-x", "1", "2"], "unexpected argument '2' (-x takes one task id)"),
+    (["-o", "1", "2"], "unexpected argument '2' (-o takes one task id)"),
+    (["-e", "1", "2"], "unexpected argument '2' (-e takes one task id)"),
+    (["-n", "1", "2"], "unexpected argument '2' (-n takes one task id)"),
+    (["--import", "a", "b"], "unexpected argument 'b' (--import takes one file)"),
+    (["-l", "ls"], "unexpected argument 'ls' (a command needs -c)"),
+    (["--help=1"], "option --help must not have an argument"),
     (["-m", "1"], "-m is only valid with -c"),
     (["-l", "-H", "1"], "-H is only valid with -c"),
     (["-x", "1", "-d", "1"], "-d is only valid with -c"),
     (["-c", "-m", "60", "x"], "invalid minutes field '60'"),
     (["-c", "-H", "24", "x"], "invalid hours field '24'"),
     (["-c", "-d", "8", "x"], "invalid day-of-week field '8'"),
+    (["-c", "-d", "mond", "x"], "invalid day-of-week field 'mond'"),
     (["-c", "-m", "", "x"], "invalid minutes field ''"),
     (["-c", "-m", "3-1", "x"], "goes backwards"),
     (["-c", "-m", "1,,2", "x"], "empty item"),
@@ -172,7 +201,77 @@ def test_it_parses_task_ids(text: str, value: int) -> None:
 def test_it_documents_every_option_in_the_usage() -> None:
     for option in "hlcqmHdprxoe":
         assert f"-{option}" in USAGE
+    assert "--help" in USAGE
     assert USAGE.endswith("\n")
+
+
+def _cassini(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m cassini ARGS` with pipes where no daemon listens (unless ARGS say -p)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cassini", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("option", ["-h", "--help"])
+def test_it_prints_the_usage_for_help(option: str) -> None:
+    done = _cassini("-p", "/nonexistent/pipes", option)
+    assert (done.stdout, done.stderr, done.returncode) == (USAGE, "", 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["-Z"], "option -Z not recognized"),
+        (["-r", "49", "0"], "unexpected argument '0' (-r takes one task id)"),
+        (["-c", "-d", "8", "x"], "invalid day-of-week field '8': 8 is out of range 0-6"),
+    ],
+)
+def test_it_prints_the_reason_and_where_the_usage_is(args: list[str], reason: str) -> None:
+    done = _cassini("-p", "/nonexistent/pipes", *args)
+    assert done.stderr == f"cassini: {reason}\nTry 'cassini -h' for more information.\n"
+    assert (done.stdout, done.returncode) == ("", 1)
+
+
+# --- the pipes directory: -p, else $SATURND_PIPES_DIR, else the default -----------------
+
+
+def test_it_uses_the_pipes_directory_of_the_environment(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("echo", "hi")
+    env = dict(daemon.env, SATURND_PIPES_DIR=str(daemon.pipes))
+    done = _cassini("-l", env=env)
+    assert (done.stdout, done.stderr, done.returncode) == ("0: * * * echo hi\n", "", 0)
+
+
+def test_it_prefers_p_to_the_environment(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("echo", "hi")
+    env = dict(daemon.env, SATURND_PIPES_DIR=str(tmp_path / "nowhere"))
+    done = _cassini("-p", str(daemon.pipes), "-l", env=env)
+    assert (done.stdout, done.returncode) == ("0: * * * echo hi\n", 0)
+    # And without -p, the variable's directory, where no daemon is: it says so.
+    done = _cassini("-l", env=env)
+    assert done.returncode == 1 and str(tmp_path / "nowhere") in done.stderr
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_it_falls_back_to_the_default_pipes_directory(
+    value: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SATURND_PIPES_DIR", raising=False)
+    if value is not None:
+        monkeypatch.setenv("SATURND_PIPES_DIR", value)
+    name = pwd.getpwuid(os.getuid()).pw_name
+    assert default_pipes_dir() == f"/tmp/{name}/saturnd/pipes"
 
 
 # --- output ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cassini.cli import USAGE
+from cassini.cli import USAGE, UsageError, parse_args
 from tests.daemon_harness import Daemon
 
 MakeDaemon = Callable[..., Daemon]
@@ -39,7 +39,7 @@ def _env() -> dict[str, str]:
 
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
-    expected += ["-q", "-p", "--json", "--export", "--import"]
+    expected += ["-q", "-p", "--json", "--export", "--import", "--help"]
     assert sorted(expected) == OPTIONS
 
 
@@ -62,15 +62,28 @@ def test_the_bash_script_registers_the_completion() -> None:
 
 
 def bash_complete(
-    *words: str, cwd: Path | None = None, with_bash_completion: bool = False
+    *words: str,
+    cwd: Path | None = None,
+    with_bash_completion: bool = False,
+    prelude: str = "",
+    compopts: list[str] | None = None,
 ) -> list[str]:
-    """What `_cassini` offers for the command line `words` (the last is being typed)."""
-    prelude = f"source {BASH_COMPLETION}\n" if with_bash_completion else ""
+    """What `_cassini` offers for the command line `words` (the last is being typed).
+
+    `prelude` runs first (shell code); `compopts`, when given, receives the arguments of
+    each `compopt` call (a stub stands in for the builtin, which only works when bash
+    itself calls the completion).
+    """
+    if with_bash_completion:
+        prelude = f"source {BASH_COMPLETION}\n{prelude}"
+    if compopts is not None:
+        prelude += 'compopt() { CALLS+=("$*"); }\n'
     script = (
         prelude
-        + f'source {BASH_SCRIPT}\nCOMP_WORDS=("$@")\nCOMP_CWORD=$(($# - 1))\n'
+        + f'\nsource {BASH_SCRIPT}\nCOMP_WORDS=("$@")\nCOMP_CWORD=$(($# - 1))\n'
         + 'COMP_LINE="$*"\nCOMP_POINT=${#COMP_LINE}\n_cassini\n'
         + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        + 'printf "<compopt %s>\\n" "${CALLS[@]}"\n'
     )
     done = subprocess.run(
         ["bash", "--norc", "--noprofile", "-c", script, "bash", *words],
@@ -82,7 +95,10 @@ def bash_complete(
         check=True,
     )
     assert done.stderr == ""
-    return [line for line in done.stdout.splitlines() if line]
+    lines = [line for line in done.stdout.splitlines() if line]
+    if compopts is not None:
+        compopts += [line[9:-1] for line in lines if line.startswith("<compopt ")]
+    return [line for line in lines if not line.startswith("<compopt")]
 
 
 def test_bash_completes_the_options() -> None:
@@ -105,6 +121,85 @@ def test_bash_completes_task_ids_from_the_daemon_of_p(
     assert bash_complete("cassini", "-p", pipes, "-n", "0", "-N", "") == []
     # Without -p, the default pipes directory, where no daemon listens here.
     assert bash_complete("cassini", "-r", "") == []
+
+
+def test_bash_lists_task_ids_in_numeric_order(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(root=tmp_path)
+    for number in range(12):
+        daemon.create("echo", str(number))
+    compopts: list[str] = []
+    offered = bash_complete("cassini", "-p", str(daemon.pipes), "-r", "", compopts=compopts)
+    assert offered == [str(number) for number in range(12)]
+    assert "-o nosort" in compopts  # else bash shows 0 1 10 11 2 ...
+    assert bash_complete("cassini", "-p", str(daemon.pipes), "-x", "1") == ["1", "10", "11"]
+
+
+def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("echo", "a")
+    # A shell variable, not exported: cassini would not see it, the completion passes it.
+    variable = f"SATURND_PIPES_DIR={daemon.pipes}\n"
+    assert bash_complete("cassini", "-r", "", prelude=variable) == ["0"]
+    # -p on the line wins over the variable.
+    nowhere = f"SATURND_PIPES_DIR={tmp_path / 'nowhere'}\n"
+    assert bash_complete("cassini", "-p", str(daemon.pipes), "-o", "", prelude=nowhere) == ["0"]
+    assert bash_complete("cassini", "-o", "", prelude=nowhere) == []
+
+
+# The words of an option and its argument, to check the offered options against cli.py.
+_WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
+_WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
+AFTER_AN_OPERATION = [
+    # (the words before, the options offered next)
+    (["-l"], ["-h", "--help", "-p", "-l", "-v", "--json"]),
+    (["-p", "d", "-lv"], ["-h", "--help", "-l", "-v", "--json"]),  # -p only once
+    (["-c"], ["-h", "--help", "-p", "-c", "-m", "-H", "-d"]),
+    (["-c", "-m", "1"], ["-h", "--help", "-p", "-c", "-H", "-d"]),
+    (["-x", "1"], ["-h", "--help", "-p", "--json"]),
+    (["-n", "1"], ["-h", "--help", "-p", "-N", "--json"]),
+    (["-r", "1"], ["-h", "--help", "-p"]),
+    (["-o1"], ["-h", "--help", "-p"]),
+    (["-e", "1"], ["-h", "--help", "-p"]),
+    (["-q"], ["-h", "--help", "-p"]),
+    (["--exp"], ["-h", "--help", "-p"]),
+    (["--import", "f"], ["-h", "--help", "-p"]),
+]
+
+
+@pytest.mark.parametrize(("before", "expected"), AFTER_AN_OPERATION, ids=repr)
+def test_bash_offers_only_the_options_valid_after_an_operation(
+    before: list[str], expected: list[str]
+) -> None:
+    offered = bash_complete("cassini", *before, "-")
+    assert sorted(offered) == sorted(expected)
+    # What cassini accepts, from cli.py itself: everything offered, and of the rest,
+    # only a repetition of the operation (harmless, and pointless to offer).
+    for option in OPTIONS:
+        args = [*before, option, *([_WITH_ARGUMENT[option]] if option in _WITH_ARGUMENT else [])]
+        if "-c" in before or option == "-c":
+            args.append("true")
+        try:
+            parse_args(args)
+        except UsageError:
+            assert option not in offered, args
+        else:
+            # A repetition: `-o` of `-o1`, `--export` of `--exp`.
+            repeated = any(
+                word.startswith(option) or (word.startswith("--") and option.startswith(word))
+                for word in before
+            )
+            assert option in offered or repeated, args
+
+
+def test_bash_completes_day_names_after_d() -> None:
+    short = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+    full = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
+    assert bash_complete("cassini", "-c", "-d", "") == short + full
+    assert bash_complete("cassini", "-c", "-d", "t") == ["tue", "thu", "tuesday", "thursday"]
+    # After a , or - of a list or range: the last item.
+    assert bash_complete("cassini", "-c", "-d", "mon-fr") == ["mon-fri", "mon-friday"]
+    assert bash_complete("cassini", "-c", "-d", "1,sa") == ["1,sat", "1,saturday"]
+    assert bash_complete("cassini", "-c", "-m", "") == []  # no names for minutes
 
 
 def test_bash_completes_directories_and_files(tmp_path: Path) -> None:
@@ -140,6 +235,7 @@ zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z 'PS1="<prompt>" PS2="" RPS1=""; unsetopt beep; LISTMAX=100000'
 zpty -w z "fpath=(${(q)1} \$fpath); autoload -Uz compinit; compinit -u -D"
+[[ -n $3 ]] && zpty -w z "$3"
 zpty -w z 'compadd() {
   if (( ${@[(I)-[OAD]]} )); then builtin compadd "$@"; return; fi
   local -a found; local match; builtin compadd -O found "$@"
@@ -158,20 +254,25 @@ zpty -d z
 """
 
 
-def zsh_complete(line: str, tmp_path: Path, cwd: Path | None = None) -> list[str]:
-    """The matches zsh offers for `line` followed by a Tab."""
+def zsh_output(line: str, tmp_path: Path, cwd: Path | None = None, setup: str = "") -> str:
+    """What the terminal shows for `line` followed by a Tab (`setup`: a line typed first)."""
     driver = tmp_path / "driver.zsh"
     driver.write_text(_ZSH_DRIVER)
     assert ZSH is not None
     done = subprocess.run(
-        [ZSH, "-f", str(driver), str(ZSH_SCRIPT.parent), line],
+        [ZSH, "-f", str(driver), str(ZSH_SCRIPT.parent), line, setup],
         capture_output=True,
         env=_env(),
         cwd=cwd or tmp_path,
         timeout=30,
         check=True,
     )
-    return re.findall(r"<hit>(.*?)</hit>", done.stdout.decode(errors="replace"))
+    return done.stdout.decode(errors="replace")
+
+
+def zsh_complete(line: str, tmp_path: Path, cwd: Path | None = None, setup: str = "") -> list[str]:
+    """The matches zsh offers for `line` followed by a Tab."""
+    return re.findall(r"<hit>(.*?)</hit>", zsh_output(line, tmp_path, cwd, setup))
 
 
 @needs_zsh
@@ -216,3 +317,55 @@ def test_zsh_completes_files_and_commands(tmp_path: Path) -> None:
     (tmp_path / "my.crontab").write_text("")
     assert zsh_complete("cassini --import my", tmp_path) == ["my.crontab"]
     assert "cassini" in zsh_complete("cassini -c cassin", tmp_path)
+
+
+@needs_zsh
+def test_zsh_lists_task_ids_in_numeric_order(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    daemon = make_daemon(root=tmp_path / "d")
+    for number in range(12):
+        daemon.create("echo", str(number))
+    shown = zsh_output(f"cassini -p {daemon.pipes} -x ", tmp_path)
+    # The listing, one task a line: "10  -- * * * echo 10".
+    listed = re.findall(r"(\d+) +-- \* \* \* echo", shown)
+    assert listed == [str(number) for number in range(12)]
+
+
+@needs_zsh
+def test_zsh_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    daemon = make_daemon(root=tmp_path / "d")
+    daemon.create("echo", "a")
+    # A shell variable, not exported: the completion passes it to cassini.
+    setup = f"SATURND_PIPES_DIR={daemon.pipes}"
+    assert zsh_complete("cassini -r ", tmp_path, setup=setup) == ["0"]
+
+
+@needs_zsh
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("cassini -l -", ["-h", "--help", "-p", "-v", "--json"]),
+        ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d"]),
+        ("cassini -x 1 -", ["-h", "--help", "-p", "--json"]),
+        ("cassini -n 1 -", ["-h", "--help", "-p", "-N", "--json"]),
+        ("cassini -r 1 -", ["-h", "--help", "-p"]),
+        ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d"]),
+    ],
+)
+def test_zsh_offers_only_the_options_valid_after_an_operation(
+    line: str, expected: list[str], tmp_path: Path
+) -> None:
+    offered = set(zsh_complete(line, tmp_path)) - {"-"}  # "-": the start of a command of -c
+    assert sorted(offered) == sorted(expected)
+
+
+@needs_zsh
+def test_zsh_completes_day_names_after_d(tmp_path: Path) -> None:
+    assert zsh_complete("cassini -c -d mon-fr", tmp_path) == ["fri", "friday"]
+    assert sorted(zsh_complete("cassini -c -d 1,t", tmp_path)) == [
+        "thu",
+        "thursday",
+        "tue",
+        "tuesday",
+    ]

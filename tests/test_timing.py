@@ -127,6 +127,15 @@ PARSE_TABLE = [
     ("daysofweek", "1/2", [1, 3, 5]),
     ("daysofweek", "tue/2", [2, 4, 6]),
     ("daysofweek", "mon-sat/2", [1, 3, 5]),
+    # full day names, in any case, wherever a short one fits
+    ("daysofweek", "monday", [1]),
+    ("daysofweek", "Tuesday", [2]),
+    ("daysofweek", "WEDNESDAY", [3]),
+    ("daysofweek", "sunday,saturday", [0, 6]),
+    ("daysofweek", "monday-friday", span(1, 5)),
+    ("daysofweek", "Thursday-7", [0, 4, 5, 6]),
+    ("daysofweek", "sunday-6/2", [0, 2, 4, 6]),
+    ("daysofweek", "friday/1", [5, 6]),
 ]
 
 
@@ -200,6 +209,8 @@ def test_it_has_full_constants_matching_the_protocol() -> None:
         (("0,1", "9", "sun-sat"), "0-1 9 *"),
         (("*/20", "0-23", "Mon-Fri"), "0,20,40 * 1-5"),
         (("4-10,45", "*", "2-4,sat"), "4-10,45 * 2-4,6"),
+        (("0", "9", "monday-Friday"), "0 9 1-5"),  # names in, numbers out
+        (("0", "9", "sunday,SATURDAY"), "0 9 0,6"),
     ],
 )
 def test_it_formats_a_timing_canonically(fields: tuple[str, str, str], text: str) -> None:
@@ -239,7 +250,12 @@ MALFORMED = [
     ("hours", ""),
     ("daysofweek", ""),
     ("daysofweek", "mon-"),
-    ("daysofweek", "monday"),
+    ("daysofweek", "mond"),
+    ("daysofweek", "tues"),
+    ("daysofweek", "mondays"),
+    ("daysofweek", "friday-monday"),
+    ("daysofweek", "thursday-sun"),
+    ("minutes", "monday"),
     ("daysofweek", "junk"),
     ("minutes", "junk"),
     ("minutes", "-1"),
