@@ -191,6 +191,10 @@ def _run(args: Sequence[str]) -> int:
     try:
         reply = transport.exchange(pipes_dir, parsed.request)
     except transport.TransportError as error:
+        if parsed.mode == "version":  # ours, at least
+            from saturnd import __version__
+
+            _write_stdout(f"cassini {__version__}\n".encode())
         _error(f"cassini: {error}\n")
         return 1
     except OSError as error:  # not foreseen by transport; still one line, not a traceback

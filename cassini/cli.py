@@ -85,8 +85,9 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 """The getopt option string of PROTOCOL.md."""
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
-LONG_OPTIONS = ("export", "help", "import=", "json")
-"""The long options, for getopt: --export, --help (the same as -h), --import FILE, --json."""
+LONG_OPTIONS = ("export", "help", "import=", "json", "version")
+"""The long options, for getopt: --export, --help (the same as -h), --import FILE, --json,
+--version."""
 
 DEFAULT_COUNT = 5
 """How many start times `-n` prints without `-N`."""
@@ -102,6 +103,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini [-p PIPES_DIR] --export
        cassini [-p PIPES_DIR] --import FILE
        cassini [-p PIPES_DIR] -q
+       cassini [-p PIPES_DIR] --version
        cassini -h|--help
 
   -l              list the tasks (the default)
@@ -122,6 +124,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   -q              terminate the daemon
   -p PIPES_DIR    directory of the pipes (default $SATURND_PIPES_DIR if set,
                   else /tmp/USERNAME/saturnd/pipes)
+  --version       print cassini's version and the daemon's
   -h, --help      print this help
 """
 
@@ -133,7 +136,9 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 
 # Options that choose what to do; at most one of them (repeating the same one with the
 # same argument is harmless and accepted).
-_OPERATIONS = frozenset({"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import"})
+_OPERATIONS = frozenset(
+    {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--version"}
+)
 # Options that only make sense with -c.
 _TIMING_OPTIONS = {"-m": "minutes", "-H": "hours", "-d": "daysofweek"}
 # Every option that only makes sense with some operations: the operations, and how the
@@ -154,7 +159,7 @@ _ONE_ARGUMENT = {
 _NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
 # others are cassini.output's.
-_MODES = ("plain", "verbose", "next", "export")
+_MODES = ("plain", "verbose", "next", "export", "version")
 
 
 class UsageError(ValueError):
@@ -411,6 +416,12 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
         return Invocation(_plain_request(operation), pipes_dir, mode=mode, json=json)
     if operation == "--export":
         return Invocation(_plain_request("-l"), pipes_dir, mode="export")
+    if operation == "--version":
+        from saturnd import __version__
+        from saturnd.protocol import VersionRequest
+
+        request = VersionRequest(f"cassini {__version__}".encode())
+        return Invocation(request, pipes_dir, mode="version")
     if operation == "-n":
         count = _single(options, "-N")
         return Invocation(

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cassini.cli import Invocation, LocalTime
-    from saturnd.protocol import ListReply, Reply, TaskEntry, TimesExitcodesReply
+    from saturnd.protocol import ListReply, Reply, TaskEntry, TimesExitcodesReply, VersionReply
     from saturnd.timing import Timing
 
 __all__ = [
@@ -320,6 +320,14 @@ def _render_runs(context: _Context, reply: TimesExitcodesReply) -> Outcome:
     return Outcome(_json(runs))
 
 
+def _render_version(context: _Context, reply: VersionReply) -> Outcome:
+    """`--version`: ours, then the daemon's, one per line."""
+    from saturnd import __version__
+
+    daemon = reply.version.decode("utf-8", "replace")
+    return Outcome(stdout=f"cassini {__version__}\ndaemon: {daemon}\n".encode())
+
+
 def render(
     invocation: Invocation,
     reply: Reply,
@@ -334,7 +342,7 @@ def render(
     A reply of another type than the
     mode expects (an error) is shown as PROTOCOL.md says.
     """
-    from saturnd.protocol import ListReply, TimesExitcodesReply
+    from saturnd.protocol import ListReply, TimesExitcodesReply, VersionReply
 
     # (mode, reply type) -> renderer; "plain" comes here only with --json.
     renderers: dict[tuple[str, type], Callable[[_Context, Any], Outcome]] = {
@@ -343,6 +351,7 @@ def render(
         ("verbose", ListReply): _render_verbose,
         ("next", ListReply): _render_next,
         ("export", ListReply): _render_export,
+        ("version", VersionReply): _render_version,
     }
     renderer = renderers.get((invocation.mode, type(reply)))
     if renderer is None:  # an error reply, shown as PROTOCOL.md says

@@ -40,6 +40,7 @@ import time
 from saturnd.decoding import ReplyDecoder
 from saturnd.protocol import (
     CLIENT_LOCK,
+    COURSE_OPCODES,
     NEED_DATA,
     OP_TERMINATE,
     PIPES_LOCK,
@@ -477,8 +478,12 @@ def exchange(
     client = None if mode == "fifo" else _connect(pipes_dir)
     if client is not None:
         reply = _over_socket(client, request, reply_timeout)
-    elif mode == "socket":
-        raise TransportError(f"no daemon is listening on {os.path.join(pipes_dir, SOCKET_NAME)}")
+    elif mode == "socket" or request.opcode not in COURSE_OPCODES:
+        # Our extensions never go over the FIFOs (docs/protocol.md).
+        raise TransportError(
+            f"no saturnd is listening on {os.path.join(pipes_dir, SOCKET_NAME)} "
+            "(is it running, and is it saturnd rather than a daemon with FIFOs only?)"
+        )
     else:
         reply = _over_fifos(pipes_dir, request, open_timeout, reply_timeout)
     if request.opcode == OP_TERMINATE and isinstance(reply, OkReply):
