@@ -12,10 +12,12 @@ The files (DESIGN.md "Files"; the byte layout of the history is `records.py`'s):
 Rules:
 - Every other module names these files through this one: store (the task table's side:
   creating, listing, removing directories and reading what a run left), spawn (a run's
-  side: temporaries, record, publish), status (runs in progress).
+  side: temporaries, record, publish), status (runs in progress). Store decides when a
+  directory is deleted (`delete_dir`) or repaired at start (`repair_dirs`).
 - Every path is opened relative to the directory's descriptor with O_NOFOLLOW, so a
   symlink planted in a task directory is never followed. Nothing here creates a task
-  directory: a removed one takes no new entries (FileNotFoundError means "removed").
+  directory but `repair_dirs`, at start before any run: a removed one takes no new
+  entries (FileNotFoundError means "removed").
 - Two locks, in this order for anyone who takes both: `flock` on the directory's own
   descriptor (`lock_runs`), held by a run from its record to its publish, so the
   outputs left visible are those of the run recorded last; then `flock` on
@@ -30,9 +32,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
+import secrets
+import shutil
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -45,12 +51,14 @@ __all__ = [
     "STDOUT",
     "TIMES_EXITCODES",
     "append_run",
+    "delete_dir",
     "dir_name",
     "lock_runs",
     "open_file",
     "publish",
     "read_file",
     "removed_name",
+    "repair_dirs",
     "runs_in_progress",
     "task_id_of",
     "temporary_names",
@@ -234,3 +242,62 @@ def publish(dir_fd: int, out_name: bytes, err_name: bytes) -> None:
     Raises FileNotFoundError when the task was removed meanwhile."""
     os.rename(out_name, _STDOUT_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     os.rename(err_name, _STDERR_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def repair_dirs(state_dir: Path, live: Iterable[int], log: logging.Logger) -> None:
+    """At start, before any run: finish interrupted removals, delete the directory of
+    a task that is not `live`, and recreate a missing one. Raises OSError."""
+    # id -> whether its directory was found; by increasing id, for the log lines.
+    found = dict.fromkeys(live, False)
+    with os.scandir(state_dir) as listing:
+        for entry in listing:
+            if entry.name.startswith(REMOVED_PREFIX):
+                log.warning("finishing an interrupted removal: deleting %s", entry.path)
+                try:
+                    _delete_entry(Path(entry.path))
+                except OSError as error:
+                    # Its name is no task's: harmless, and retried at the next start.
+                    log.warning("cannot delete %s: %s", entry.path, error)
+                continue
+            task_id = task_id_of(entry.name)
+            if task_id is None:
+                continue
+            if task_id not in found:
+                log.warning("deleting %s: task %d does not exist", entry.path, task_id)
+                _delete_entry(Path(entry.path))
+            elif not entry.is_dir(follow_symlinks=False):  # the directory entry's type
+                log.warning("replacing %s: not a directory", entry.path)
+                _delete_entry(Path(entry.path))
+            else:
+                # No stat for the mode (a quarter of a second at 100,000 tasks): see the
+                # docstring of store.py for why a task directory's mode is not checked here.
+                found[task_id] = True
+    for task_id, present in found.items():
+        if not present:
+            log.warning("recreating the missing directory of task %d", task_id)
+            os.mkdir(state_dir / dir_name(task_id), 0o700)
+
+
+def _delete_entry(path: Path) -> None:
+    """Delete a directory tree, or a file or symlink, without following links."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def delete_dir(state_dir: Path, task_id: int, log: logging.Logger) -> None:
+    """Rename then delete a removed task's directory; failures are only logged
+    (the tombstone is durable, and the next open finishes the deletion)."""
+    doomed = state_dir / removed_name(task_id, secrets.token_hex(4))
+    try:
+        os.rename(state_dir / dir_name(task_id), doomed)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.warning("cannot rename the directory of task %d: %s", task_id, error)
+        return
+    try:
+        shutil.rmtree(doomed)
+    except OSError as error:
+        log.warning("cannot delete %s (retried at next start): %s", doomed, error)

@@ -27,8 +27,9 @@ from saturnd.records import (
     encode_record,
     scan_cmds,
 )
-from saturnd.store import Store, StoreError, _read_into_bytearray
+from saturnd.store import Store, StoreError
 from saturnd.taskdir import append_run
+from saturnd.taskindex import read_into_bytearray
 from saturnd.timing import Timing
 from tests.conftest import open_fds
 
@@ -659,7 +660,7 @@ def test_it_loads_without_decoding_a_command_line(
         decoded.append(body)
         return decode_body(body)
 
-    monkeypatch.setattr("saturnd.store.decode_body", spy)
+    monkeypatch.setattr("saturnd.taskindex.decode_body", spy)
     again = Store.open(state, LOG)
     assert len(again.tasks) == 5 and 4 in again.tasks
     assert again.list_reply() == store.list_reply()
@@ -860,7 +861,7 @@ def test_it_reads_a_file_whose_size_changed_since_fstat(tmp_path: Path, told: in
     path.write_bytes(content)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert _read_into_bytearray(fd, told) == content
+        assert read_into_bytearray(fd, told) == content
     finally:
         os.close(fd)
 
