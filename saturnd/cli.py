@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from saturnd import __version__
 from saturnd.startup import (
     PIPES_DIR_VARIABLE,
     DaemonError,
@@ -62,25 +63,6 @@ USAGE = """saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-outp
        saturnd -h | --version"""
 
 
-def package_version(distribution: str, pyproject: Path) -> str:
-    """The installed distribution's version; else the one `pyproject` declares (a
-    source tree run without installing); else "unknown"."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        pass
-    import tomllib
-
-    try:
-        with open(pyproject, "rb") as stream:
-            declared = tomllib.load(stream).get("project", {}).get("version")
-    except (OSError, tomllib.TOMLDecodeError):
-        return "unknown"
-    return declared if isinstance(declared, str) else "unknown"
-
-
 class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are short: its own one-line usage, the error,
     and where the help is (the sub-commands get one each, not the main usage)."""
@@ -110,8 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version="saturnd "
-        + package_version("saturnd", Path(__file__).resolve().parent.parent / "pyproject.toml"),
+        version=f"saturnd {__version__}",
         help="print the version and exit",
     )
     parser.add_argument(
