@@ -33,6 +33,7 @@ declare -gA _cassini_options_after=(
     [q]='-h --help -p'
     [export]='-h --help -p'
     [import]='-h --help -p'
+    [version]='-h --help -p'
 )
 
 _cassini()
@@ -61,6 +62,8 @@ _cassini()
             operation=import
         elif [[ ${#word} -gt 2 && --export == "$word"* ]]; then
             operation=export
+        elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
+            operation=version
         elif [[ $word == --* ]]; then
             :
         elif [[ $word == -?* ]]; then
@@ -139,7 +142,7 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help'
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help --version'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
     # cassini refuses a second -m -H -d -N or -p, even with the same value.
     for word in -m -H -d -N -p; do

@@ -39,7 +39,7 @@ def _env() -> dict[str, str]:
 
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
-    expected += ["-q", "-p", "--json", "--export", "--import", "--help"]
+    expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
     assert sorted(expected) == OPTIONS
 
 
