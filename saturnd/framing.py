@@ -10,7 +10,11 @@ and asked `next(now)`: `Serve` a request, `Drop` bytes (FIFO) or `Close` the con
   or not whole within REQUEST_TIMEOUT of the read that brought its first byte, is
   dropped with the rest of that first read, and decoding starts again at the next read:
   a well-behaved client queued behind a bad one is served as soon as the bad one is
-  dropped. Only the course's requests are served there (protocol.COURSE_OPCODES).
+  dropped. And since a client's request comes whole in one read, a read that is by
+  itself exactly one whole request is never taken as the end of another: bytes left
+  before it by a stalled writer, whether they would stay incomplete or would make one
+  request with its first bytes, are dropped at once. Only the course's requests are
+  served there (protocol.COURSE_OPCODES).
 - `StreamFraming`, one socket connection: one peer, its bytes in order. A malformed
   request closes the connection (no resynchronising a stream one cannot trust); so does
   half a request for REQUEST_TIMEOUT, or nothing at all for IDLE_TIMEOUT.
@@ -22,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Union
 
-from saturnd.decoding import RequestDecoder
+from saturnd.decoding import RequestDecoder, decode_request
 from saturnd.protocol import COURSE_OPCODES, NeedData, ProtocolError, Request
 
 REQUEST_TIMEOUT: Final = 1.0
@@ -106,6 +110,11 @@ class FifoFraming:
         if isinstance(message, NeedData):
             if not self._reads:
                 return NeedMore(None)
+            if len(self._reads) > 1 and _whole(self._reads[-1].data):
+                return self._drop_before_last(
+                    f"incomplete ({self.buffered - len(self._reads[-1].data)} bytes) "
+                    "when a whole request came in a read of its own"
+                )
             deadline = self._reads[0].at + self.timeout
             if now >= deadline:
                 return self._drop_first_read(
@@ -113,10 +122,36 @@ class FifoFraming:
                 )
             return NeedMore(deadline)
         size = self.buffered - self._decoder.pending
+        last = self._last_read_of(size)
+        if last > 0 and _whole(self._reads[last].data):
+            return self._drop_before_last(
+                f"a stalled writer's bytes ({sum(len(r.data) for r in self._reads[:last])}) "
+                "glued to a whole request that came in a read of its own",
+                last,
+            )
         self._advance(size)
         if message.opcode not in COURSE_OPCODES:
             return Drop(size, f"{message.opcode.decode()} is served on the socket only")
         return Serve(message, size)
+
+    def _last_read_of(self, size: int) -> int:
+        """The index of the read holding the last of the first `size` bytes."""
+        total = 0
+        for index, read in enumerate(self._reads):
+            total += len(read.data)
+            if total >= size:
+                return index
+        return len(self._reads) - 1
+
+    def _drop_before_last(self, reason: str, last: int = -1) -> Drop:
+        """Drop the reads before read `last` (default: the last one) and decode again."""
+        keep = self._reads[last:] if last >= 0 else self._reads[-1:]
+        size = self.buffered - sum(len(read.data) for read in keep)
+        self._reads = list(keep)
+        self._decoder.reset()
+        for read in self._reads:
+            self._decoder.feed(read.data)
+        return Drop(size, reason)
 
     def _advance(self, size: int) -> None:
         """Forget the first `size` bytes of the reads: a request that was decoded."""
@@ -136,6 +171,14 @@ class FifoFraming:
         for read in self._reads:
             self._decoder.feed(read.data)
         return Drop(len(dropped.data), reason)
+
+
+def _whole(data: bytes) -> bool:
+    """Whether `data` is exactly one whole request of the course."""
+    try:
+        return decode_request(data).opcode in COURSE_OPCODES
+    except ProtocolError:
+        return False
 
 
 class StreamFraming:

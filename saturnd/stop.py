@@ -115,6 +115,16 @@ def _terminate(pipes_dir: Path) -> None:
         raise StopError(f"the daemon refused to stop: {reply!r}")
 
 
+def _exited(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie waiting to be reaped)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def stop(
     pipes_dir: Path, state_dir: Path, pid_file: Path, timeout: float = STOP_TIMEOUT
 ) -> int | None:
@@ -136,7 +146,8 @@ def stop(
         _check_listens(pid, pipes_dir, state_dir)
         _terminate(pipes_dir)
         deadline = time.monotonic() + timeout
-        while not _lock_free(fd):
+        # The lock is let go a moment before the supervisor's process ends: wait for both.
+        while not (_lock_free(fd) and _exited(pid)):
             if time.monotonic() >= deadline:
                 raise StopError(f"saturnd (pid {pid}) still runs {timeout:g} s after its OK")
             time.sleep(_POLL)

@@ -61,10 +61,34 @@ FIFO_CASES = [
     ),
     ("half, still in time", [(CREATE[:7], T0)], T0 + 0.9, [NeedMore(T0 + 1.0)]),
     (
-        "half, too late: dropped with its read, the next read served",
-        [(CREATE[:7], T0), (LIST, T0 + 0.5)],
+        "half, too late: dropped with its read",
+        [(CREATE[:7], T0)],
         T0 + 1.0,
-        [Drop(7, "incomplete after 1 s (9 bytes)"), Serve(ListRequest(), 2), NeedMore(None)],
+        [Drop(7, "incomplete after 1 s (7 bytes)"), NeedMore(None)],
+    ),
+    (
+        "half, then a whole request in a read of its own: the half is dropped at once",
+        [(CREATE[:7], T0), (LIST, T0 + 0.1)],
+        T0 + 0.1,
+        [
+            Drop(7, "incomplete (7 bytes) when a whole request came in a read of its own"),
+            Serve(ListRequest(), 2),
+            NeedMore(None),
+        ],
+    ),
+    (
+        "a stalled writer's prefix that would swallow the next request's bytes",
+        [(b"SE", T0), (REMOVE_5, T0 + 0.1)],
+        T0 + 0.1,
+        [
+            Drop(
+                2,
+                "a stalled writer's bytes (2) glued to a whole request that came in a "
+                "read of its own",
+            ),
+            Serve(RemoveRequest(5), 10),
+            NeedMore(None),
+        ],
     ),
     (
         "garbage: its read dropped, the next read served",
