@@ -119,8 +119,9 @@ def test_bash_completes_task_ids_from_the_daemon_of_p(
         assert bash_complete("cassini", "-p", pipes, option, "") == ["0", "2"]
     assert bash_complete("cassini", f"-p{pipes}", "-lx", "2") == ["2"]
     assert bash_complete("cassini", "-p", pipes, "-n", "0", "-N", "") == []
-    # Without -p, the default pipes directory, where no daemon listens here.
-    assert bash_complete("cassini", "-r", "") == []
+    # A directory where no daemon listens: never the default one, where the user's may.
+    (tmp_path / "none").mkdir()
+    assert bash_complete("cassini", "-p", str(tmp_path / "none"), "-r", "") == []
 
 
 def test_bash_lists_task_ids_in_numeric_order(make_daemon: MakeDaemon, tmp_path: Path) -> None:
@@ -309,7 +310,9 @@ def test_zsh_completes_task_ids_from_the_daemon_of_p(
     daemon.cassini("-r", "0")
     assert sorted(zsh_complete(f"cassini -p {daemon.pipes} -x ", tmp_path)) == ["1", "2"]
     assert sorted(zsh_complete(f"cassini -p{daemon.pipes} -n ", tmp_path)) == ["1", "2"]
-    assert zsh_complete("cassini -r ", tmp_path) == []  # no daemon in the default directory
+    # A directory where no daemon listens: never the default one, where the user's may.
+    (tmp_path / "none").mkdir()
+    assert zsh_complete(f"cassini -p {tmp_path / 'none'} -r ", tmp_path) == []
 
 
 @needs_zsh

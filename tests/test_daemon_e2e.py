@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import NOW
+from tests.conftest import NOW, needs_root
 from tests.daemon_harness import SATURND, Daemon, crontab_field, owner_name, wait_for
 
 MIDNIGHT = NOW - 8 * 3600  # Saturday 2026-11-21 00:00:00 UTC
@@ -397,6 +397,7 @@ def test_it_refuses_a_symlinked_state_directory(tmp_path: Path) -> None:
     assert result.stderr.decode().count("\n") == 1 and "symbolic link" in result.stderr.decode()
 
 
+@needs_root
 def test_it_refuses_a_directory_of_another_user(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to another user (uid 65534)")

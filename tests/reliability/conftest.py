@@ -6,6 +6,7 @@ failed) is written with it when the bench asked for a report (see support.Figure
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Generator, Iterator
@@ -65,13 +66,16 @@ def target(tmp_path: Path) -> Iterator[Callable[..., Target]]:
 
 @pytest.fixture
 def nobody_root() -> Iterator[Path]:
-    """A directory `nobody` can use: not under pytest's root-only temporary tree."""
+    """A directory `nobody` can use: not under pytest's root-only temporary tree.
+
+    Its tests run the daemon as `nobody`, which only root can do: they skip otherwise.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root: it runs the daemon as another user (nobody)")
     base = Path(tempfile.mkdtemp(prefix="saturnd-rel-", dir="/tmp"))
     base.chmod(0o755)
     root = base / "root"
     root.mkdir()
-    import os
-
     os.chown(root, NOBODY, NOBODY)
     try:
         yield root

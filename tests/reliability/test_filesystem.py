@@ -13,8 +13,8 @@
 - A part that cannot start (its `cmds` damaged under it): the supervisor says why in one
   line each time and keeps the rest running, without a traceback.
 
-The test suite runs as root, which ignores file modes, so the permission cases run the
-daemon as `nobody`.
+Root ignores file modes, so the permission cases run the daemon as `nobody`; run by an
+ordinary user, which cannot chown or setuid, they skip with that reason.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NOW
+from tests.conftest import NOW, needs_root
 from tests.daemon_harness import SATURND, wait_for
 from tests.reliability.support import (
     NOBODY,
@@ -74,6 +74,7 @@ def test_it_refuses_a_symlinked_directory(tmp_path: Path, which: str, figures: F
 
 @pytest.mark.scenario("3a. directories: symlink, other owner, open modes")
 @pytest.mark.parametrize("which", ["pipes", "state"])
+@needs_root
 def test_it_refuses_a_directory_of_another_user(tmp_path: Path, which: str) -> None:
     dirs = {"pipes": tmp_path / "pipes", "state": tmp_path / "state"}
     dirs[which].mkdir(mode=0o700)
