@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from saturnd.daemon import default_state_dir
+from saturnd.startup import default_state_dir
 
 MOVED = ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "TMPDIR", "SATURND_PIPES_DIR")
 
