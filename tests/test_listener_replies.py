@@ -1,11 +1,12 @@
 """TIMES_EXITCODES replies sent from the history file (sendfile), under the listener's
-rules for every reply: byte-exact, bounded when the client stalls, abandoned when the
-client goes, the history's descriptor closed on every path, and the same bytes when
-sendfile is refused (read and written instead).
+rules for every reply, over the socket and over the FIFOs alike: byte-exact, bounded
+when the client stalls, abandoned when the client goes, the history's descriptor closed
+on every path, and the same bytes when sendfile is refused (read and written instead).
 
 Histories are written in the file format directly (NBRUNS uint32, then TIME int64 and
 EXITCODE uint16 per run, big-endian: the reply's layout, PROTOCOL.md), not with
 saturnd's encoder, so the expected bytes do not come from the code under test.
+Clients are written here by hand from PROTOCOL.md; the FIFO one follows cassini.lock.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import fcntl
 import logging
 import os
 import select
+import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,29 +26,26 @@ from pathlib import Path
 
 import pytest
 
-from saturnd.listener import (
-    REPLY_STALL_TIMEOUT,
-    SMALL_REPLY,
-    FileReply,
-    Listener,
-    StopFlag,
-)
-from saturnd.protocol import TimesExitcodesRequest
+from saturnd.handlers import FileReply
+from saturnd.listener import REPLY_OPEN_TIMEOUT, REPLY_STALL_TIMEOUT, Listener, StopFlag
+from saturnd.outgoing import SMALL_REPLY, Outgoing
 from saturnd.store import Store
 from saturnd.taskdir import append_run
 from saturnd.timing import Timing
 from tests.conftest import NOW
-from tests.daemon_harness import CASSINI, Daemon, wait_for
+from tests.daemon_harness import Daemon, wait_for
 
 MakeDaemon = Callable[..., Daemon]
 
 REQUEST_PIPE = "saturnd-request-pipe"
 REPLY_PIPE = "saturnd-reply-pipe"
+SOCKET_FILE = "saturnd.sock"
 LOCK_FILE = "cassini.lock"
 PIPE_CAPACITY = 1 << 16
 LARGE = 100_000
 STALL = REPLY_STALL_TIMEOUT - 0.3
 """A pause the daemon must wait out: just under its stall timeout."""
+TRANSPORTS = ["fifo", "socket"]
 
 
 # --- histories ---------------------------------------------------------------------
@@ -96,19 +94,16 @@ def listener_pid(daemon: Daemon) -> int:
     return int(text[text.rindex(marker) + len(marker) :].split(")", 1)[0])
 
 
-# --- a raw client that follows cassini.lock and reads at its own pace ---------------
+# --- raw clients that read at the test's pace --------------------------------------
 
 
-class RawClient:
-    """One exchange by hand: the lock, the reply FIFO, then the request in one write;
-    the test decides how fast the reply is read, and when the client goes away."""
+class Client:
+    """One exchange by hand; the test decides how fast the reply is read, and when the
+    client goes away. Subclasses say how the request goes and where the reply comes."""
 
-    def __init__(self, pipes: Path, request: bytes) -> None:
-        self.lock_fd = os.open(pipes / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        self.reply_fd = os.open(pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.request_fd = os.open(pipes / REQUEST_PIPE, os.O_WRONLY | os.O_CLOEXEC)
-        os.write(self.request_fd, request)
+    reply_fd: int
+
+    def __init__(self) -> None:
         self.received = bytearray()
         self.ended = False
 
@@ -136,18 +131,85 @@ class RawClient:
         return bytes(self.received)
 
     def close_reply(self) -> None:
+        """Stop reading for good: the daemon's next write finds no reader."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class FifoClient(Client):
+    """cassini's way on the FIFOs: the lock, the reply FIFO, then the request in one
+    write; the request FIFO is held until the end."""
+
+    def __init__(self, pipes: Path, request: bytes) -> None:
+        super().__init__()
+        self.lock_fd = os.open(pipes / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self.reply_fd = os.open(pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.request_fd = os.open(pipes / REQUEST_PIPE, os.O_WRONLY | os.O_CLOEXEC)
+        os.write(self.request_fd, request)
+
+    def close_reply(self) -> None:
         os.close(self.reply_fd)
         self.reply_fd = -1
-
-    def release(self) -> None:
-        os.close(self.lock_fd)
-        self.lock_fd = -1
 
     def close(self) -> None:
         for fd in (self.reply_fd, self.request_fd, self.lock_fd):
             if fd >= 0:
                 os.close(fd)
         self.reply_fd = self.request_fd = self.lock_fd = -1
+
+
+def connect(pipes: Path) -> socket.socket:
+    """A connection to the daemon's socket, through the directory's descriptor when the
+    path is too long for sun_path (pytest's temporary paths can be)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = os.open(pipes, os.O_PATH | os.O_DIRECTORY)
+    try:
+        client.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_FILE}")
+    except BaseException:
+        client.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return client
+
+
+class SocketClient(Client):
+    """One request on its own connection, then the write side shut: the daemon closes
+    the connection once the reply is out, so the end of the reply is seen."""
+
+    def __init__(self, pipes: Path, request: bytes) -> None:
+        super().__init__()
+        self.sock: socket.socket | None = connect(pipes)
+        self.sock.sendall(request)
+        self.sock.shutdown(socket.SHUT_WR)
+        self.sock.setblocking(False)
+        self.reply_fd = self.sock.fileno()
+
+    def close_reply(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.reply_fd = -1
+
+
+CLIENTS: dict[str, Callable[[Path, bytes], Client]] = {
+    "fifo": FifoClient,
+    "socket": SocketClient,
+}
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test once per transport; cassini uses the same one."""
+    name: str = request.param
+    monkeypatch.setenv("CASSINI_TRANSPORT", name)
+    return name
 
 
 @pytest.fixture
@@ -162,11 +224,11 @@ def large(make_daemon: MakeDaemon) -> tuple[Daemon, int, list[tuple[int, int]]]:
 # --- through the real daemon -------------------------------------------------------
 
 
-def test_a_large_history_comes_back_byte_exact(
-    large: tuple[Daemon, int, list[tuple[int, int]]],
+def test_it_sends_a_large_history_byte_exact(
+    large: tuple[Daemon, int, list[tuple[int, int]]], transport: str
 ) -> None:
     daemon, task_id, runs = large
-    client = RawClient(daemon.pipes, tx_request(task_id))
+    client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
     try:
         assert client.read_to_end() == tx_reply(runs)  # the unfinished append is not sent
     finally:
@@ -177,31 +239,33 @@ def test_a_large_history_comes_back_byte_exact(
     assert "reply dropped" not in log_of(daemon)
 
 
-def test_small_and_boundary_histories_come_back_byte_exact(make_daemon: MakeDaemon) -> None:
+def test_it_sends_small_and_boundary_histories_byte_exact(
+    make_daemon: MakeDaemon, transport: str
+) -> None:
     daemon = make_daemon()
     # Up to SMALL_REPLY bytes the reply is one write; one run more, it is sent from the file.
     largest_small = (SMALL_REPLY - 6) // 10
     for count in (0, 1, largest_small, largest_small + 1, PIPE_CAPACITY // 10 + 1):
         runs = history(count)
         task_id = task_with_history(daemon, runs)
-        client = RawClient(daemon.pipes, tx_request(task_id))
+        client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
         try:
             assert client.read_to_end() == tx_reply(runs), count
         finally:
             client.close()
 
 
-def test_a_slow_reader_gets_every_byte_and_not_the_runs_appended_meanwhile(
-    large: tuple[Daemon, int, list[tuple[int, int]]],
+def test_it_gives_a_slow_reader_every_byte_and_not_the_runs_appended_meanwhile(
+    large: tuple[Daemon, int, list[tuple[int, int]]], transport: str
 ) -> None:
     daemon, task_id, runs = large
     expected = tx_reply(runs)
     task_dir = daemon.state / f"task_{task_id}"
-    client = RawClient(daemon.pipes, tx_request(task_id))
+    client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
     try:
         for _ in range(3):
             client.read(PIPE_CAPACITY)
-            time.sleep(STALL)  # the daemon waits, with the pipe full
+            time.sleep(STALL)  # the daemon waits, with the pipe (socket buffer) full
         # Runs recorded while the reply is on its way are not part of it: one before
         # the file's last page is sent, one while that page sits in the pipe (sendfile
         # puts the page itself there; the append writes into it, after the runs sent).
@@ -217,12 +281,12 @@ def test_a_slow_reader_gets_every_byte_and_not_the_runs_appended_meanwhile(
     assert lines == cassini_lines([*runs, (NOW, 9), (NOW + 60, 10)])
 
 
-def test_a_reader_that_stalls_too_long_is_dropped_and_the_next_one_served(
-    large: tuple[Daemon, int, list[tuple[int, int]]],
+def test_it_drops_a_reader_that_stalls_too_long_and_serves_the_next(
+    large: tuple[Daemon, int, list[tuple[int, int]]], transport: str
 ) -> None:
     daemon, task_id, runs = large
     listener = listener_pid(daemon)
-    client = RawClient(daemon.pipes, tx_request(task_id))
+    client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
     try:
         client.read(PIPE_CAPACITY)
         wait_for(
@@ -236,22 +300,23 @@ def test_a_reader_that_stalls_too_long_is_dropped_and_the_next_one_served(
     assert listener_pid(daemon) == listener and "died unexpectedly" not in log_of(daemon)
 
 
-def test_a_reader_that_goes_away_mid_reply_leaves_the_daemon_serving(
-    large: tuple[Daemon, int, list[tuple[int, int]]],
+def test_it_keeps_serving_when_a_reader_goes_away_mid_reply(
+    large: tuple[Daemon, int, list[tuple[int, int]]], transport: str
 ) -> None:
     daemon, task_id, runs = large
     listener = listener_pid(daemon)
-    client = RawClient(daemon.pipes, tx_request(task_id))
+    client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
     try:
         client.read(3 * PIPE_CAPACITY)
         client.close_reply()  # no reader left: the daemon's next write fails
-        wait_for(lambda: "client closed the reply FIFO" in log_of(daemon), what="the drop")
+        wait_for(lambda: "reply dropped" in log_of(daemon), what="the drop")
     finally:
         client.close()
+    assert "client stopped reading" not in log_of(daemon)  # dropped at once, not timed out
     assert daemon.cassini("-x", str(task_id), timeout=60).stdout.decode().splitlines() == (
         cassini_lines(runs)
     )
-    after = RawClient(daemon.pipes, tx_request(task_id))
+    after = CLIENTS[transport](daemon.pipes, tx_request(task_id))
     try:
         assert after.read_to_end() == tx_reply(runs)
     finally:
@@ -259,80 +324,9 @@ def test_a_reader_that_goes_away_mid_reply_leaves_the_daemon_serving(
     assert listener_pid(daemon) == listener and "died unexpectedly" not in log_of(daemon)
 
 
-def _has_open(pid: int, path: Path) -> bool:
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == str(path):
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def test_a_reply_is_abandoned_when_its_client_hands_the_lock_to_the_next(
-    large: tuple[Daemon, int, list[tuple[int, int]]],
+def test_it_keeps_the_listener_memory_flat_for_a_long_history(
+    make_daemon: MakeDaemon, transport: str
 ) -> None:
-    """The next cassini opens the reply FIFO while the first client still has it open:
-    no broken pipe tells the daemon, only the lock changing hands. The rest of the old
-    reply must not reach the new client."""
-    daemon, task_id, runs = large
-    client = RawClient(daemon.pipes, tx_request(task_id))
-    waiting: subprocess.Popen[bytes] | None = None
-    # Read a little now and then, so that the daemon goes on writing (never stalled for
-    # long) until the next cassini waits for the lock.
-    trickling = threading.Event()
-    trickling.set()
-
-    def trickle() -> None:
-        while trickling.is_set() and not client.ended:
-            client.read(4096, chunk=4096)
-            time.sleep(0.05)
-
-    reader = threading.Thread(target=trickle)
-    reader.start()
-    try:
-        waiting = subprocess.Popen(
-            [CASSINI, "-p", str(daemon.pipes), "-x", str(task_id)],
-            env=daemon.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        next_client = waiting
-        wait_for(
-            lambda: _has_open(next_client.pid, daemon.pipes / LOCK_FILE),
-            what="the next cassini to wait for the lock",
-        )
-        time.sleep(0.05)
-        trickling.clear()
-        reader.join()
-        assert not client.ended
-        client.release()
-        wait_for(
-            lambda: (
-                _has_open(next_client.pid, daemon.pipes / REPLY_PIPE)
-                or next_client.poll() is not None
-            ),
-            what="the next cassini to open the reply FIFO",
-        )
-        client.close_reply()
-        out, err = waiting.communicate(timeout=60)
-    finally:
-        trickling.clear()
-        reader.join()
-        client.close()
-        if waiting is not None and waiting.poll() is None:
-            waiting.kill()
-            waiting.wait()
-    assert waiting.returncode == 0, err
-    assert out.decode().splitlines() == cassini_lines(runs)
-    assert "reply dropped: its client left" in log_of(daemon)
-
-
-def test_the_listener_memory_stays_flat_for_a_long_history(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     runs = history(500_000)
     task_id = task_with_history(daemon, runs)
@@ -346,20 +340,20 @@ def test_the_listener_memory_stays_flat_for_a_long_history(make_daemon: MakeDaem
 
     before = peak()
     for _ in range(2):
-        client = RawClient(daemon.pipes, tx_request(task_id))
+        client = CLIENTS[transport](daemon.pipes, tx_request(task_id))
         try:
             assert len(client.read_to_end()) == 2 + size
         finally:
             client.close()
-    # Reading the file whole would add at least its size (the old path: three times it).
+    # Reading the file whole would add at least its size.
     assert peak() - before < size // 2
 
 
-# --- in this process: the paths a real daemon cannot be made to take ----------------
+# --- in this process: a real Listener in a thread, for what a daemon cannot be made to do
 
 
 class Bench:
-    """A Listener on a real store and real FIFOs, and a reader thread for its replies."""
+    """A Listener on a real store, real FIFOs and a real socket, run in a thread."""
 
     def __init__(self, root: Path, caplog: pytest.LogCaptureFixture) -> None:
         self.pipes = root / "pipes"
@@ -370,62 +364,44 @@ class Bench:
         caplog.set_level(logging.INFO, logger=self.log.name)
         self.caplog = caplog
         self.store = Store.open(state, self.log)
-        self.listener = Listener(self.pipes, self.store, self.log, StopFlag())
+        self.stop = StopFlag()
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener = Listener(self.pipes, self.store, self.log, self.stop, self.wake_read)
         self.listener.open()
+        self.thread = threading.Thread(target=self.listener.run, daemon=True)
+        self.thread.start()
 
     def task(self, runs: list[tuple[int, int]]) -> int:
         task_id = self.store.create(Timing.parse("0", "0", "1"), (b"true",))
         (self.store.task_dir(task_id) / "times-exitcodes").write_bytes(runs_file(runs))
         return task_id
 
-    def exchange(self, send: Callable[[], object]) -> bytes:
-        """Call `send` (the listener writing a reply) while a reader takes it all."""
-        reply_fd = os.open(self.pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK)
-        received: list[bytes] = []
-
-        deadline = time.monotonic() + 10.0
-
-        def read() -> None:
-            while time.monotonic() < deadline:
-                select.select([reply_fd], [], [], 0.5)
-                try:
-                    data = os.read(reply_fd, PIPE_CAPACITY)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    return
-                received.append(data)
-
-        reader = threading.Thread(target=read)
-        reader.start()
+    def exchange(self, transport: str, request: bytes) -> bytes:
+        client = CLIENTS[transport](self.pipes, request)
         try:
-            send()
+            return client.read_to_end()
         finally:
-            reader.join()
-            os.close(reply_fd)
-        return b"".join(received)
+            client.close()
 
     def messages(self) -> str:
         return "\n".join(record.getMessage() for record in self.caplog.records)
 
-    def renew(self) -> None:
-        """A new Listener in place of this one (to see what it finds at start)."""
-        self._close_listener()
-        self.listener = Listener(self.pipes, self.store, self.log, StopFlag())
-        self.listener.open()
-
-    def _close_listener(self) -> None:
-        for fd in (self.listener.request_fd, self.listener.watch_fd, self.listener.lock_fd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
-
     def close(self) -> None:
-        self._close_listener()
+        self.stop.stopping = True
+        os.write(self.wake_write, b"x")
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+        os.close(self.wake_read)
+        os.close(self.wake_write)
         self.store.close()
 
 
 @pytest.fixture
-def bench(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Bench]:
+def bench(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Bench]:
+    # The refusal of sendfile is remembered for the process: not from one test to the next.
+    monkeypatch.setattr(Outgoing, "use_sendfile", hasattr(os, "sendfile"))
     made = Bench(tmp_path, caplog)
     yield made
     made.close()
@@ -437,6 +413,12 @@ def closed(fd: int) -> bool:
     except OSError as error:
         return error.errno == errno.EBADF
     return False
+
+
+def all_closed(fds: list[int]) -> None:
+    """Wait until the listener has closed every one of `fds` (it closes a history just
+    after its last byte is out: the client may see the end first)."""
+    wait_for(lambda: all(closed(fd) for fd in fds), timeout=3, what=f"{fds} to be closed")
 
 
 @pytest.fixture
@@ -455,8 +437,9 @@ def history_fds(monkeypatch: pytest.MonkeyPatch, bench: Bench) -> list[int]:
     return opened
 
 
-def test_a_small_history_goes_out_in_one_write_and_a_large_one_by_sendfile(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int]
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_it_sends_a_small_history_in_one_write_and_a_large_one_by_sendfile(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int], transport: str
 ) -> None:
     calls: list[int] = []
     real = os.sendfile
@@ -468,30 +451,43 @@ def test_a_small_history_goes_out_in_one_write_and_a_large_one_by_sendfile(
     monkeypatch.setattr(os, "sendfile", counting)
     small = history((SMALL_REPLY - 6) // 10)
     task_id = bench.task(small)
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == (
-        tx_reply(small)
-    )
-    assert calls == [] and all(closed(fd) for fd in history_fds)
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(small)
+    all_closed(history_fds)
+    assert calls == [] and len(history_fds) == 1
     runs = history(LARGE)
     task_id = bench.task(runs)
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == (
-        tx_reply(runs)
-    )
-    assert calls and calls[0] == 10 * LARGE and all(closed(fd) for fd in history_fds)
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(runs)
+    all_closed(history_fds)
+    assert calls and calls[0] == 10 * LARGE
 
 
-def test_a_store_failure_is_no_acknowledgement(bench: Bench, history_fds: list[int]) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_it_acknowledges_nothing_when_the_store_fails(
+    bench: Bench, history_fds: list[int], transport: str
+) -> None:
     task_id = bench.task([])
     history_path = bench.store.task_dir(task_id) / "times-exitcodes"
     history_path.unlink()
     history_path.mkdir()  # not a regular file: open_runs refuses it
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == b""
-    assert f"TimesExitcodes {task_id} failed" in bench.messages()
+    reply = bench.exchange(transport, tx_request(task_id))
+    if transport == "fifo":
+        assert reply == b""  # the reply FIFO opened and closed empty: the course has no error
+    else:
+        assert reply[:4] == b"EREM"
+        (length,) = struct.unpack(">I", reply[4:8])
+        assert length == len(reply) - 8 > 0
+    assert f"TimesExitcodes {task_id} not acknowledged" in bench.messages()
+    assert history_fds == []
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("refused_after", [0, 1, 3])
-def test_refused_sendfile_falls_back_to_the_same_bytes(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int], refused_after: int
+def test_it_falls_back_to_the_same_bytes_when_sendfile_is_refused(
+    bench: Bench,
+    monkeypatch: pytest.MonkeyPatch,
+    history_fds: list[int],
+    refused_after: int,
+    transport: str,
 ) -> None:
     """Refused at once, or after some pieces went out by sendfile: the rest is read and
     written from where sendfile stopped, and the client gets exactly the reply."""
@@ -502,26 +498,24 @@ def test_refused_sendfile_falls_back_to_the_same_bytes(
         calls.append(count)
         if len(calls) > refused_after:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        return real(out_fd, in_fd, offset, count)
+        # Small pieces, so that some go out before the refusal.
+        return real(out_fd, in_fd, offset, min(count, 4096))
 
     monkeypatch.setattr(os, "sendfile", refusing)
     runs = history(LARGE)
     task_id = bench.task(runs)
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == (
-        tx_reply(runs)
-    )
-    assert len(calls) == refused_after + 1 and bench.listener.use_sendfile is False
-    assert "sendfile refused" in bench.messages()
-    assert all(closed(fd) for fd in history_fds)
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(runs)
+    assert len(calls) == refused_after + 1 and Outgoing.use_sendfile is False
+    all_closed(history_fds)
     # Not tried again: the next large reply is read and written from the start.
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == (
-        tx_reply(runs)
-    )
-    assert len(calls) == refused_after + 1 and all(closed(fd) for fd in history_fds)
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(runs)
+    assert len(calls) == refused_after + 1
+    all_closed(history_fds)
 
 
-def test_a_read_error_drops_the_reply_and_keeps_sendfile(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int]
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_it_drops_the_reply_on_a_read_error_and_keeps_sendfile(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int], transport: str
 ) -> None:
     real = os.sendfile
     calls: list[int] = []
@@ -530,63 +524,87 @@ def test_a_read_error_drops_the_reply_and_keeps_sendfile(
         calls.append(count)
         if len(calls) > 1:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(out_fd, in_fd, offset, count)
+        return real(out_fd, in_fd, offset, min(count, 4096))
 
     monkeypatch.setattr(os, "sendfile", failing)
     runs = history(LARGE)
     task_id = bench.task(runs)
-    got = bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id)))
+    got = bench.exchange(transport, tx_request(task_id))
     assert tx_reply(runs).startswith(got) and len(got) < len(tx_reply(runs))
     assert "reply dropped: Input/output error" in bench.messages()
-    assert bench.listener.use_sendfile is True and all(closed(fd) for fd in history_fds)
+    assert Outgoing.use_sendfile is True
+    all_closed(history_fds)
 
 
-def test_a_file_reply_is_closed_when_nobody_reads(bench: Bench) -> None:
-    runs = history(LARGE)
-    task_id = bench.task(runs)
-    opened = bench.store.open_runs(task_id)
-    assert opened is not None
-    fd, count = opened
-    reply = FileReply(b"OK" + struct.pack(">I", count), fd, 4, 10 * count)
-    assert bench.listener.send(reply) is False  # no reader ever opens the reply FIFO
-    assert closed(fd)
-
-
-def test_a_file_reply_is_closed_when_the_reader_stalls_or_goes(bench: Bench) -> None:
-    runs = history(LARGE)
-    task_id = bench.task(runs)
-    for goes in (False, True):
-        opened = bench.store.open_runs(task_id)
-        assert opened is not None
-        fd, count = opened
-        reply = FileReply(b"OK" + struct.pack(">I", count), fd, 4, 10 * count)
-        reply_fd = os.open(bench.pipes / REPLY_PIPE, os.O_RDONLY | os.O_NONBLOCK)
-        if goes:
-            timer = threading.Timer(0.2, os.close, (reply_fd,))
-            timer.start()
-        started = time.monotonic()
-        try:
-            assert bench.listener.send(reply) is False
-        finally:
-            if goes:
-                timer.join()
-            else:
-                os.close(reply_fd)
-        assert closed(fd)
-        assert time.monotonic() - started < REPLY_STALL_TIMEOUT + 1
-    assert "client stopped reading" in bench.messages()
-    assert "client closed the reply FIFO" in bench.messages()
-
-
-def test_without_sendfile_a_large_history_is_read_and_written(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int]
+def test_it_closes_a_history_when_nobody_opens_the_reply_fifo(
+    bench: Bench, history_fds: list[int]
 ) -> None:
+    task_id = bench.task(history(LARGE))
+    started = time.monotonic()
+    request_fd = os.open(bench.pipes / REQUEST_PIPE, os.O_WRONLY)
+    try:
+        os.write(request_fd, tx_request(task_id))  # and never open the reply FIFO
+        wait_for(lambda: "no client opened the reply FIFO" in bench.messages(), timeout=5)
+    finally:
+        os.close(request_fd)
+    assert time.monotonic() - started < REPLY_OPEN_TIMEOUT + 1
+    all_closed(history_fds)
+    assert len(history_fds) == 1
+
+
+def test_it_closes_a_history_when_the_socket_client_leaves_before_the_reply(
+    bench: Bench, history_fds: list[int]
+) -> None:
+    task_id = bench.task(history(LARGE))
+    client = connect(bench.pipes)
+    client.sendall(tx_request(task_id))
+    client.close()  # the reply finds nobody: dropped at once
+    wait_for(lambda: len(history_fds) == 1, timeout=3, what="the request to be served")
+    all_closed(history_fds)
+    assert bench.exchange("socket", b"LS") == bench.store.list_reply()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("goes", [False, True], ids=["stalls", "goes"])
+def test_it_closes_a_history_when_the_reader_stalls_or_goes(
+    bench: Bench, history_fds: list[int], transport: str, goes: bool
+) -> None:
+    task_id = bench.task(history(LARGE))
+    client = CLIENTS[transport](bench.pipes, tx_request(task_id))
+    started = time.monotonic()
+    try:
+        client.read(PIPE_CAPACITY)
+        if goes:
+            client.close_reply()
+        wait_for(lambda: "reply dropped" in bench.messages(), timeout=REPLY_STALL_TIMEOUT + 2)
+        all_closed(history_fds)
+    finally:
+        client.close()
+    assert time.monotonic() - started < REPLY_STALL_TIMEOUT + 1
+    assert ("client stopped reading" in bench.messages()) is not goes
+    # The next client is served.
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(history(LARGE))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_it_reads_and_writes_a_large_history_without_sendfile(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, history_fds: list[int], transport: str
+) -> None:
+    # Where os.sendfile does not exist, Outgoing starts without it.
     monkeypatch.delattr(os, "sendfile")
-    bench.renew()
-    assert bench.listener.use_sendfile is False
+    monkeypatch.setattr(Outgoing, "use_sendfile", False)
     runs = history(LARGE)
     task_id = bench.task(runs)
-    assert bench.exchange(lambda: bench.listener.serve(TimesExitcodesRequest(task_id))) == (
-        tx_reply(runs)
-    )
-    assert all(closed(fd) for fd in history_fds)
+    assert bench.exchange(transport, tx_request(task_id)) == tx_reply(runs)
+    all_closed(history_fds)
+
+
+def test_it_closes_a_small_file_reply_that_cannot_be_read_whole(tmp_path: Path) -> None:
+    # A history shorter than its NBRUNS says (cut by a full disk): read at once because it
+    # is small, it fails in Outgoing's constructor, which must still close the file.
+    path = tmp_path / "times-exitcodes"
+    path.write_bytes(runs_file(history(3))[:-5])
+    fd = os.open(path, os.O_RDONLY)
+    with pytest.raises(OSError, match="ended before"):
+        Outgoing(FileReply(b"OK" + struct.pack(">I", 3), fd, 4, 30))
+    assert closed(fd)
