@@ -334,6 +334,9 @@ def _fork_as(uid: int, argv: list[str], env: dict[str, str], stderr_path: Path) 
     import saturnd.cli
 
     importlib.import_module("_strptime")  # what datetime.strptime loads on first use
+    # The version in the usage text: importlib.metadata and what it loads on first use.
+    saturnd.cli.build_parser()
+    importlib.import_module("tomllib")
     import saturnd.clock
     import saturnd.executor
     import saturnd.listener
