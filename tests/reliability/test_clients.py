@@ -11,10 +11,14 @@ reply FIFO and never reads its (large) reply, and one that holds the reply FIFO 
 and never reads anything. The longest time a well-behaved client waited (from the
 start of its exchange to its exit; interpreter start-up excluded) must stay under 2 s.
 
-The hostile clients that send a *valid* request follow cassini.lock, as every client of
-this daemon must: the protocol cannot tell two replies apart, so a client that sends a
-request without the lock while another exchange is under way can always be handed that
-exchange's reply, or have its own taken (see RELIABILITY.md).
+The cassinis talk over the socket (their default with our daemon): each has its own
+connection. The hostile clients use the FIFOs, and those that send a *valid* request
+follow cassini.lock, as every FIFO client must: the protocol cannot tell two replies
+apart. What the FIFOs cannot promise, the focused tests below show on the socket: the
+bytes of two FIFO writers read together (a stalled writer's half request, then another
+client's request) cannot be told from one client writing its request in pieces, so the
+listener serves or drops them together; junk in the same read as a request takes that
+request with it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import fcntl
 import os
 import random
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -51,6 +56,9 @@ from tests.reliability.support import (
 )
 
 MakeTarget = Callable[..., Target]
+SOCKET_FILE = "saturnd.sock"
+SOCKET = {**os.environ, "CASSINI_TRANSPORT": "socket"}
+FIFO = {**os.environ, "CASSINI_TRANSPORT": "fifo"}
 WORKERS = 32
 FIXED = 6
 BIG = 20  # tasks with 4 KB arguments: a LIST reply larger than a pipe buffer
@@ -77,7 +85,7 @@ def timed_cassini(pipes: str, *args: str) -> tuple[int, bytes, bytes, float]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(write_fd,),
-            env={**os.environ, "TIMING_FD": str(write_fd)},
+            env={**SOCKET, "TIMING_FD": str(write_fd)},
         )
         os.close(write_fd)
         write_fd = -1
@@ -388,38 +396,45 @@ def test_it_never_hands_a_dead_clients_reply_to_the_next_client(target: MakeTarg
     [b"ZZjunk", b"CR" + struct.pack(">QIB", 1, 1, 1) + b"\xff\xff\xff\xff", b"\x00"],
     ids=["unknown opcode", "ARGC 2^32-1", "one stray byte"],
 )
-def test_it_serves_a_request_read_together_with_junk_before_it(
+def test_it_drops_a_request_read_together_with_junk_before_it_and_serves_the_next(
     target: MakeTarget, junk: bytes
 ) -> None:
-    daemon = target(start=NOW)
-    task = daemon.create("echo", "kept")
-    # One write of junk then a request is what one read of a junk writer's write and a
-    # client's write looks like, when both came while the listener was busy.
-    with cassini_lock(daemon.pipes):
-        reply = raw_exchange(daemon.pipes, junk + b"TX" + struct.pack(">Q", task), lock=False)
-    assert reply == b"OK\0\0\0\0"
-
-
-@pytest.mark.scenario("2. hostile and concurrent clients")
-def test_it_does_not_glue_a_stalled_writers_bytes_to_a_clients_request(
-    target: MakeTarget,
-) -> None:
+    """One write of junk then a request is what one read of a junk writer's write and a
+    client's write looks like, when both came while the listener was busy: the read is
+    dropped whole (resynchronising inside it would be a guess), no reply is sent and
+    nothing is stored; the next read starts afresh."""
     daemon = target(start=NOW)
     task = daemon.create("echo", "kept")
     listing = daemon.cassini("-l").stdout
-    # A CREATE of "echo" that stops one byte short, and a writer that stalls.
+    with cassini_lock(daemon.pipes):
+        with pytest.raises(TimeoutError):
+            raw_exchange(daemon.pipes, junk + b"TX" + struct.pack(">Q", task), 1.5, lock=False)
+        reply = raw_exchange(daemon.pipes, b"TX" + struct.pack(">Q", task), lock=False)
+    assert reply == b"OK\0\0\0\0"
+    assert run_cassini(daemon.pipes, "-l", env=FIFO)[1] == listing
+    assert "FIFO request rejected" in daemon.log_text()
+
+
+@pytest.mark.scenario("2. hostile and concurrent clients")
+def test_a_stalled_fifo_writers_bytes_never_reach_a_socket_client(target: MakeTarget) -> None:
+    """A CREATE of "echo" one byte short, from a writer that stalls: on the FIFOs the
+    next client's first byte would complete it (a client may write in pieces, so the
+    listener cannot tell); cassini on the socket gets its own reply, and the stalled
+    bytes are dropped once late, creating nothing."""
+    daemon = target(start=NOW)
+    task = daemon.create("echo", "kept")
+    listing = daemon.cassini("-l").stdout
     whole = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 4) + b"echo"
     stalled = _open_request(daemon)
     try:
         os.write(stalled, whole[:-1])
         time.sleep(0.1)  # read by now
-        # The next client's first byte would complete it: "echT" must not be created,
-        # and the client must get the reply to its own request.
-        with cassini_lock(daemon.pipes):
-            reply = raw_exchange(daemon.pipes, b"TX" + struct.pack(">Q", task), lock=False)
+        code, out, err, took = run_cassini(daemon.pipes, "-x", str(task), env=SOCKET)
+        assert (code, out, err) == (0, b"", b"")
+        assert took < 1.0  # not held up by the stalled request
+        wait_for(lambda: "incomplete after" in daemon.log_text(), what="the drop")
     finally:
         os.close(stalled)
-    assert reply == b"OK\0\0\0\0"
     assert daemon.cassini("-l").stdout == listing
 
 
@@ -448,12 +463,11 @@ _ECHO = b"CR" + struct.pack(">QIB", 1, 1, 1) + struct.pack(">II", 1, 4) + b"echo
 
 
 @pytest.mark.scenario("2. hostile and concurrent clients")
-def test_it_does_not_serve_a_stalled_writers_bytes_read_at_once_with_a_clients_request(
-    target: MakeTarget,
-) -> None:
-    """CI, 2026-11-20: junk that ends where a CREATE's string starts, then a client's
-    TIMES_EXITCODES, in one read: the CREATE "TX\0\0" was made and its reply (OK and a
-    task id) went to that client, which printed an empty history."""
+def test_a_socket_client_gets_its_reply_whatever_waits_in_the_fifo(target: MakeTarget) -> None:
+    """CI, 2026-11-20, on the FIFOs: junk that ends where a CREATE's string starts, then
+    a client's TIMES_EXITCODES, in one read, made the CREATE "TX\0\0" and sent its reply
+    to that client. The FIFOs cannot tell those bytes from one client's; the socket
+    keeps each client's bytes apart."""
     daemon = target(start=NOW)
     task = daemon.create("echo", "kept")
     listing = daemon.cassini("-l").stdout
@@ -462,15 +476,26 @@ def test_it_does_not_serve_a_stalled_writers_bytes_read_at_once_with_a_clients_r
     replies: list[bytes] = []
     stalled = _open_request(daemon)
     try:
-        with cassini_lock(daemon.pipes):
-            with _stopped(daemon.parts()["listener"]):
-                os.write(stalled, junk)
-                client = threading.Thread(
-                    target=lambda: replies.append(raw_exchange(daemon.pipes, request, lock=False))
-                )
-                client.start()
-                wait_for(lambda: _queued(stalled) == len(junk) + len(request), what="the write")
-            client.join(timeout=10)
+        with _stopped(daemon.parts()["listener"]):
+            os.write(stalled, junk)
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(10)
+            client.connect(str(daemon.pipes / SOCKET_FILE))  # queued for accept
+            client.sendall(request)
+
+            def receive() -> None:
+                data = b""
+                while len(data) < 6:
+                    chunk = client.recv(6 - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+                replies.append(data)
+
+            reader = threading.Thread(target=receive)
+            reader.start()
+        reader.join(timeout=10)
+        client.close()
     finally:
         os.close(stalled)
     assert replies == [b"OK\0\0\0\0"]
@@ -487,69 +512,29 @@ def _has_open(pid: int, path: Path) -> bool:
 
 
 @pytest.mark.scenario("2. hostile and concurrent clients")
-def test_cassini_waits_for_a_stalled_writers_bytes_to_be_read_before_it_writes(
-    target: MakeTarget,
-) -> None:
-    """Junk two bytes short of a CREATE of a four-byte command, then cassini's LIST: in
-    one read they are exactly one CREATE, which nothing in the bytes tells apart. So
-    cassini writes only into an empty request FIFO."""
-    daemon = target(start=NOW)
-    daemon.create("echo", "kept")
-    listing = daemon.cassini("-l").stdout
-    junk = _ECHO[:-2]
-    stalled = _open_request(daemon)
-    try:
-        with _stopped(daemon.parts()["listener"]):
-            os.write(stalled, junk)
-            client = subprocess.Popen(
-                [sys.executable, "-m", "cassini", "-p", str(daemon.pipes), "-l"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            wait_for(
-                lambda: _has_open(client.pid, daemon.pipes / REQUEST_PIPE),
-                what="cassini to open the request FIFO",
-            )
-            time.sleep(0.2)  # it would have written by now
-            assert _queued(stalled) == len(junk)
-        out, err = client.communicate(timeout=30)
-    finally:
-        os.close(stalled)
-    assert (client.returncode, out, err) == (0, listing, b"")
-    assert daemon.cassini("-l").stdout == listing
-
-
-@pytest.mark.scenario("2. hostile and concurrent clients")
 def test_cassini_gets_its_own_reply_after_a_dead_lock_holders_request(
     target: MakeTarget,
 ) -> None:
-    """A client that took the lock, wrote STDOUT and died, while the listener was busy:
-    the next cassini, waiting for that request to be read, must not be taken for its
-    writer (the long storm, 2026-11-21: a CREATE got "out-0" as its task id)."""
+    """A client that took the lock, wrote STDOUT and died, while the listener was busy
+    (the long storm, 2026-11-21, on the FIFOs: a CREATE got "out-0" as its task id).
+    cassini, on the socket, gets its own reply; the dead client's is dropped once no
+    reader opens the reply FIFO."""
     daemon = target(start=NOW)
     task = daemon.create("echo", "kept")
     listing = daemon.cassini("-l").stdout
     with _stopped(daemon.parts()["listener"]):
         with cassini_lock(daemon.pipes):
-            fd = _open_request(daemon)
-            os.write(fd, b"SO" + struct.pack(">Q", task))
-            os.close(fd)
+            dead = _open_request(daemon)
+            os.write(dead, b"SO" + struct.pack(">Q", task))
+            os.close(dead)
         client = subprocess.Popen(
             [sys.executable, "-m", "cassini", "-p", str(daemon.pipes), "-l"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=SOCKET,
         )
-        wait_for(
-            lambda: _has_open(client.pid, daemon.pipes / REQUEST_PIPE),
-            what="cassini to open the request FIFO",
-        )
-        time.sleep(0.05)
-        # cassini waits for that request to be read; kept waiting while the listener
-        # reads it and decides whose it is (and writes its reply, if it is cassini's).
-        os.kill(client.pid, signal.SIGSTOP)
-    try:
-        time.sleep(0.5)
-    finally:
-        os.kill(client.pid, signal.SIGCONT)
+        time.sleep(0.3)  # it has connected and sent its request by now
     out, err = client.communicate(timeout=30)
     assert (client.returncode, out, err) == (0, listing, b"")
+    wait_for(lambda: "no client opened the reply FIFO" in daemon.log_text(), what="the drop")
+    assert daemon.cassini("-l").stdout == listing
