@@ -16,6 +16,14 @@ from saturnd import unit
 from saturnd.unit import UnitError
 from tests.daemon_harness import SATURND
 
+
+@pytest.fixture(autouse=True)
+def _no_pipes_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The suite's isolation sets SATURND_PIPES_DIR, which --install-unit pins into the
+    # unit as -p; these tests are about the unit written without it.
+    monkeypatch.delenv("SATURND_PIPES_DIR", raising=False)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
