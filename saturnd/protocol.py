@@ -3,9 +3,12 @@
 This module owns the typed requests and replies, `encode` (message -> bytes), and the
 parsers that `saturnd.decoding` drives over bytes as they arrive. It never touches a
 file descriptor. It holds the course's 7 requests and our extensions, which travel over
-the socket only (docs/protocol.md): `VERSION` (`vr`), and the error reply `ER EM` that
-carries a message. Adding a request: its message class, encoder, parser and reply layout
-here, its meaning in `handlers`, its command line in cassini; nothing else.
+the socket only (docs/protocol.md): `VERSION` (`vr`), the whole-task requests CREATE-EX
+(`cx`), LIST-EX (`lx`) and REPLACE (`rp`, all or nothing), and the error reply `ER EM`
+that carries a message. A whole task's bytes (`encode_task`, `read_task`) are written
+once, here: the wire and the store's `cmds` records share them. Adding a request: its
+message class, encoder, parser and reply layout here, its meaning in `handlers`, its
+command line in cassini; nothing else.
 
 Rules:
 - All integers are big-endian; layouts are tables keyed by opcode, not if-chains.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import struct
 
+from saturnd.task import NO_EXTRAS, Extras, Task, check_extras
 from saturnd.timing import Frozen, Timing
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
@@ -43,8 +47,14 @@ __all__ = [
     "NeedData",
     "encode_runs",
     "encode_string",
+    "CreateExRequest",
     "CreateReply",
     "CreateRequest",
+    "ListExReply",
+    "ListExRequest",
+    "ReplaceReply",
+    "ReplaceRequest",
+    "encode_task",
     "ErrorReply",
     "ListReply",
     "ListRequest",
@@ -90,6 +100,9 @@ OP_STDOUT: Final = b"SO"
 OP_STDERR: Final = b"SE"
 OP_TERMINATE: Final = b"TM"
 OP_VERSION: Final = b"vr"
+OP_CREATE_EX: Final = b"cx"
+OP_LIST_EX: Final = b"lx"
+OP_REPLACE: Final = b"rp"
 """Extension (socket only): the daemon's version and the requests it serves."""
 
 COURSE_OPCODES: Final = frozenset(
@@ -105,10 +118,19 @@ ERR_MESSAGE: Final = b"EM"
 """Extension (socket only): an error whose reason follows as a `string` (UTF-8)."""
 MAX_ERROR_MESSAGE: Final = 4096
 """Longest error message a client accepts."""
+MAX_ZONE: Final = 256
+"""Longest time-zone name in a TIMING-EX (IANA names are under 40 bytes)."""
+MAX_ENV: Final = 4096
+"""Most environment variables one task may carry."""
+MAX_REPLACE: Final = 1_000_000
+"""Most removals, or creations, in one REPLACE."""
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TIMING = struct.Struct(">QIB")
+_TIMING_EX = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
+FLAG_DAYS_OR: Final = 1
+FLAG_REBOOT: Final = 2
 _RUN = struct.Struct(">qH")
 
 
@@ -214,6 +236,37 @@ class VersionRequest(Frozen):
         object.__setattr__(self, "client", client)
 
 
+class CreateExRequest(Frozen):
+    """CREATE-EX (extension): a whole task, with the fields the course has no room for."""
+
+    __slots__ = __match_args__ = ("task",)
+    task: Task
+    opcode = OP_CREATE_EX
+
+    def __init__(self, task: Task) -> None:
+        object.__setattr__(self, "task", task)
+
+
+class ListExRequest(Frozen):
+    """LIST-EX (extension): every task, whole."""
+
+    __slots__ = __match_args__ = ()
+    opcode = OP_LIST_EX
+
+
+class ReplaceRequest(Frozen):
+    """REPLACE (extension): remove the tasks `remove` and create `create`, all or none."""
+
+    __slots__ = __match_args__ = ("remove", "create")
+    remove: tuple[int, ...]
+    create: tuple[Task, ...]
+    opcode = OP_REPLACE
+
+    def __init__(self, remove: tuple[int, ...], create: tuple[Task, ...]) -> None:
+        object.__setattr__(self, "remove", tuple(remove))
+        object.__setattr__(self, "create", tuple(create))
+
+
 Request = (
     ListRequest
     | CreateRequest
@@ -223,6 +276,9 @@ Request = (
     | StderrRequest
     | TerminateRequest
     | VersionRequest
+    | CreateExRequest
+    | ListExRequest
+    | ReplaceRequest
 )
 TaskRequest = RemoveRequest | TimesExitcodesRequest | StdoutRequest | StderrRequest
 
@@ -230,17 +286,30 @@ TaskRequest = RemoveRequest | TimesExitcodesRequest | StdoutRequest | StderrRequ
 
 
 class TaskEntry(Frozen):
-    """One task as LIST reports it."""
+    """One task as LIST reports it (LIST-EX: with the extended timing and its extras)."""
 
-    __slots__ = __match_args__ = ("task_id", "timing", "argv")
+    __slots__ = __match_args__ = ("task_id", "timing", "argv", "extras")
     task_id: int
     timing: Timing
     argv: tuple[bytes, ...]
+    extras: Extras
 
-    def __init__(self, task_id: int, timing: Timing, argv: tuple[bytes, ...]) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        timing: Timing,
+        argv: tuple[bytes, ...],
+        extras: Extras = NO_EXTRAS,
+    ) -> None:
         object.__setattr__(self, "task_id", task_id)
         object.__setattr__(self, "timing", timing)
         object.__setattr__(self, "argv", argv)
+        object.__setattr__(self, "extras", extras)
+
+    @property
+    def task(self) -> Task:
+        """The task without its id."""
+        return Task(self.timing, self.argv, self.extras)
 
 
 class Run(Frozen):
@@ -281,6 +350,26 @@ class ListReply(Frozen):
 
     def __init__(self, tasks: tuple[TaskEntry, ...]) -> None:
         object.__setattr__(self, "tasks", tasks)
+
+
+class ListExReply(Frozen):
+    """LIST-EX's `OK`: the tasks by increasing id, whole."""
+
+    __slots__ = __match_args__ = ("tasks",)
+    tasks: tuple[TaskEntry, ...]
+
+    def __init__(self, tasks: tuple[TaskEntry, ...]) -> None:
+        object.__setattr__(self, "tasks", tasks)
+
+
+class ReplaceReply(Frozen):
+    """REPLACE's `OK`: the ids of the created tasks, in the request's order."""
+
+    __slots__ = __match_args__ = ("task_ids",)
+    task_ids: tuple[int, ...]
+
+    def __init__(self, task_ids: tuple[int, ...]) -> None:
+        object.__setattr__(self, "task_ids", tuple(task_ids))
 
 
 class CreateReply(Frozen):
@@ -333,6 +422,8 @@ Reply = (
     | TimesExitcodesReply
     | OutputReply
     | VersionReply
+    | ListExReply
+    | ReplaceReply
 )
 Message = Request | Reply
 
@@ -357,6 +448,55 @@ def encode_commandline(argv: tuple[bytes, ...]) -> bytes:
 def encode_runs(runs: tuple[Run, ...]) -> bytes:
     """NBRUNS then (TIME, EXITCODE) pairs: the TX reply body and `times-exitcodes`."""
     return _U32.pack(len(runs)) + b"".join(_RUN.pack(r.time, r.exitcode) for r in runs)
+
+
+def encode_timing_ex(timing: Timing) -> bytes:
+    """A `timing-ex`: TIMING, then DAYSOFMONTH uint32, MONTHS uint16, FLAGS uint8
+    (1: days OR-ed, 2: @reboot) and ZONE string."""
+    flags = (FLAG_DAYS_OR if timing.days_or else 0) | (FLAG_REBOOT if timing.reboot else 0)
+    return (
+        encode_timing(timing)
+        + _TIMING_EX.pack(timing.daysofmonth, timing.months, flags)
+        + encode_string(timing.zone.encode())
+    )
+
+
+def encode_extras(extras: Extras) -> bytes:
+    """`extras`: NBENV uint32 and (NAME, VALUE) strings, STDIN string, then MAILTO:
+    uint8 0 (not set) or 1 followed by a string."""
+    parts = [_U32.pack(len(extras.env))]
+    for name, value in extras.env:
+        parts.append(encode_string(name))
+        parts.append(encode_string(value))
+    parts.append(encode_string(extras.stdin))
+    if extras.mailto is None:
+        parts.append(b"\0")
+    else:
+        parts.append(b"\1" + encode_string(extras.mailto))
+    return b"".join(parts)
+
+
+def encode_task(task: Task) -> bytes:
+    """A `task`: TIMING-EX, COMMANDLINE, EXTRAS (CREATE-EX, LIST-EX, REPLACE, `cmds`)."""
+    return (
+        encode_timing_ex(task.timing) + encode_commandline(task.argv) + encode_extras(task.extras)
+    )
+
+
+def _list_ex_reply_body(reply: ListExReply) -> bytes:
+    parts = [REPLY_OK, _U32.pack(len(reply.tasks))]
+    for entry in reply.tasks:
+        parts.append(_U64.pack(entry.task_id))
+        parts.append(encode_task(entry.task))
+    return b"".join(parts)
+
+
+def _replace_body(request: ReplaceRequest) -> bytes:
+    parts = [OP_REPLACE, _U32.pack(len(request.remove))]
+    parts.extend(_U64.pack(task_id) for task_id in request.remove)
+    parts.append(_U32.pack(len(request.create)))
+    parts.extend(encode_task(task) for task in request.create)
+    return b"".join(parts)
 
 
 def _list_reply_body(reply: ListReply) -> bytes:
@@ -391,6 +531,13 @@ _ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
         REPLY_OK + encode_string(m.version) + _U32.pack(len(m.opcodes)) + b"".join(m.opcodes)
     ),
     ListReply: _list_reply_body,
+    CreateExRequest: lambda m: OP_CREATE_EX + encode_task(m.task),
+    ListExRequest: lambda m: OP_LIST_EX,
+    ReplaceRequest: _replace_body,
+    ListExReply: _list_ex_reply_body,
+    ReplaceReply: lambda m: (
+        REPLY_OK + _U32.pack(len(m.task_ids)) + b"".join(_U64.pack(i) for i in m.task_ids)
+    ),
     CreateReply: lambda m: REPLY_OK + _U64.pack(m.task_id),
     TimesExitcodesReply: lambda m: REPLY_OK + encode_runs(m.runs),
     OutputReply: lambda m: REPLY_OK + encode_string(m.output),
@@ -454,6 +601,83 @@ def _read_commandline(max_argc: int, max_string: int) -> Generator[int, bytes, t
     return tuple(argv)
 
 
+def _read_timing_ex() -> Generator[int, bytes, Timing]:
+    course = yield from _read_timing()
+    daysofmonth, months, flags = _TIMING_EX.unpack((yield _TIMING_EX.size))
+    if flags & ~(FLAG_DAYS_OR | FLAG_REBOOT):
+        raise ProtocolError(f"unknown timing flags {flags:#x}")
+    zone = yield from _read_string(MAX_ZONE)
+    try:
+        zone_text = zone.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"time zone {zone!r} is not ASCII") from None
+    timing = Timing(
+        course.minutes,
+        course.hours,
+        course.daysofweek,
+        daysofmonth,
+        months,
+        bool(flags & FLAG_DAYS_OR),
+        bool(flags & FLAG_REBOOT),
+        zone_text,
+    )
+    if not timing.is_valid():
+        raise ProtocolError(
+            f"timing has bits outside the fields' ranges "
+            f"(days of month {daysofmonth:#x}, months {months:#x})"
+        )
+    return timing
+
+
+def _read_extras() -> Generator[int, bytes, Extras]:
+    count = yield from _read_u32()
+    if count > MAX_ENV:
+        raise ProtocolError(f"{count} environment variables exceed the limit of {MAX_ENV}")
+    env: list[tuple[bytes, bytes]] = []
+    for _ in range(count):
+        name = yield from _read_string(MAX_STRING)
+        value = yield from _read_string(MAX_STRING)
+        env.append((name, value))
+    stdin = yield from _read_string(MAX_STRING)
+    has_mailto = yield 1
+    if has_mailto not in (b"\0", b"\1"):
+        raise ProtocolError(f"MAILTO flag {has_mailto.hex()} is neither 0 nor 1")
+    mailto = (yield from _read_string(MAX_ERROR_MESSAGE)) if has_mailto == b"\1" else None
+    extras = Extras(tuple(env), stdin, mailto)
+    problem = check_extras(extras)
+    if problem is not None:
+        raise ProtocolError(problem)
+    return extras
+
+
+def read_task() -> Generator[int, bytes, Task]:
+    """The parser of a `task` (TIMING-EX, COMMANDLINE, EXTRAS)."""
+    timing = yield from _read_timing_ex()
+    argv = yield from _read_commandline(MAX_ARGC, MAX_STRING)
+    extras = yield from _read_extras()
+    return Task(timing, argv, extras)
+
+
+def _parse_create_ex() -> Generator[int, bytes, Request]:
+    return CreateExRequest((yield from read_task()))
+
+
+def _parse_replace() -> Generator[int, bytes, Request]:
+    count = yield from _read_u32()
+    if count > MAX_REPLACE:
+        raise ProtocolError(f"{count} removals exceed the limit of {MAX_REPLACE}")
+    remove = []
+    for _ in range(count):
+        remove.append((yield from _read_u64()))
+    count = yield from _read_u32()
+    if count > MAX_REPLACE:
+        raise ProtocolError(f"{count} creations exceed the limit of {MAX_REPLACE}")
+    create = []
+    for _ in range(count):
+        create.append((yield from read_task()))
+    return ReplaceRequest(tuple(remove), tuple(create))
+
+
 def _parse_version() -> Generator[int, bytes, Request]:
     return VersionRequest((yield from _read_string(MAX_ERROR_MESSAGE)))
 
@@ -471,7 +695,9 @@ def _task_id_parser(cls: type[TaskRequest]) -> Callable[[], Generator[int, bytes
     return parse
 
 
-def _no_body(cls: type[ListRequest | TerminateRequest]) -> Callable[[], RequestParser]:
+def _no_body(
+    cls: type[ListRequest | TerminateRequest | ListExRequest],
+) -> Callable[[], RequestParser]:
     def parse() -> Generator[int, bytes, Request]:
         return cls()
         yield 0  # pragma: no cover - makes this function a generator
@@ -488,6 +714,9 @@ _REQUEST_PARSERS: Final[dict[bytes, Callable[[], Generator[int, bytes, Request]]
     OP_STDERR: _task_id_parser(StderrRequest),
     OP_TERMINATE: _no_body(TerminateRequest),
     OP_VERSION: _parse_version,
+    OP_CREATE_EX: _parse_create_ex,
+    OP_LIST_EX: _no_body(ListExRequest),
+    OP_REPLACE: _parse_replace,
 }
 
 
@@ -509,6 +738,26 @@ def _parse_list_reply() -> Generator[int, bytes, Reply]:
         argv = yield from _read_commandline(MAX_ARGC, MAX_STRING)
         tasks.append(TaskEntry(task_id, timing, argv))
     return ListReply(tuple(tasks))
+
+
+def _parse_list_ex_reply() -> Generator[int, bytes, Reply]:
+    count = yield from _read_u32()
+    tasks: list[TaskEntry] = []
+    for _ in range(count):
+        task_id = yield from _read_u64()
+        task = yield from read_task()
+        tasks.append(TaskEntry(task_id, task.timing, task.argv, task.extras))
+    return ListExReply(tuple(tasks))
+
+
+def _parse_replace_reply() -> Generator[int, bytes, Reply]:
+    count = yield from _read_u32()
+    if count > MAX_REPLACE:
+        raise ProtocolError(f"{count} task ids in a REPLACE reply")
+    task_ids = []
+    for _ in range(count):
+        task_ids.append((yield from _read_u64()))
+    return ReplaceReply(tuple(task_ids))
 
 
 def _parse_runs_reply() -> Generator[int, bytes, Reply]:
@@ -554,6 +803,9 @@ _REPLY_LAYOUTS: Final[dict[bytes, tuple[Callable[[], ReplyParser], frozenset[byt
     OP_STDERR: (_parse_output_reply, frozenset({ERR_NOT_FOUND, ERR_NEVER_RAN})),
     OP_TERMINATE: (_parse_ok_reply, frozenset()),
     OP_VERSION: (_parse_version_reply, frozenset()),
+    OP_CREATE_EX: (_parse_create_reply, frozenset()),
+    OP_LIST_EX: (_parse_list_ex_reply, frozenset()),
+    OP_REPLACE: (_parse_replace_reply, frozenset()),
 }
 REPLY_OPCODES: Final = frozenset(_REPLY_LAYOUTS)
 """The requests whose replies `parse_reply` knows."""

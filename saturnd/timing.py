@@ -38,11 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIELDS",
+    "FULL_DAYSOFMONTH",
     "FULL_DAYSOFWEEK",
     "FULL_HOURS",
     "FULL_MINUTES",
+    "FULL_MONTHS",
     "Field",
     "Frozen",
+    "REBOOT",
+    "SPECIALS",
     "Timing",
     "TimingError",
     "format_field",
@@ -123,14 +127,27 @@ class Field(Frozen):
 
     @property
     def full(self) -> int:
-        """The bit set with every value of the field."""
-        return (1 << (self.high + 1)) - 1
+        """The bit set with every value of the field (bits low..high)."""
+        return ((1 << (self.high + 1)) - 1) & ~((1 << self.low) - 1)
 
 
 MINUTES: Final = Field("minutes", 0, 59)
 HOURS: Final = Field("hours", 0, 23)
 DAYSOFWEEK: Final = Field("day-of-week", 0, 6, ("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
-FIELDS: Final = {"minutes": MINUTES, "hours": HOURS, "daysofweek": DAYSOFWEEK}
+DAYSOFMONTH: Final = Field("day-of-month", 1, 31)
+MONTHS: Final = Field(
+    "month",
+    1,
+    12,
+    ("", "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+)
+FIELDS: Final = {
+    "minutes": MINUTES,
+    "hours": HOURS,
+    "daysofweek": DAYSOFWEEK,
+    "daysofmonth": DAYSOFMONTH,
+    "months": MONTHS,
+}
 # The full day names, by value. cron(5) documents only the three-letter ones, but
 # `-d monday` is what people type, and a full name cannot mean anything else.
 _FULL_DAY_NAMES: Final = (
@@ -142,10 +159,38 @@ _FULL_DAY_NAMES: Final = (
     "friday",
     "saturday",
 )
+_FULL_MONTH_NAMES: Final = (
+    "",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+# The `@` names of cron(5) (and cronie/Debian), as the five fields they stand for.
+SPECIALS: Final = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+REBOOT: Final = "@reboot"
 
 FULL_MINUTES: Final = MINUTES.full
 FULL_HOURS: Final = HOURS.full
 FULL_DAYSOFWEEK: Final = DAYSOFWEEK.full
+FULL_DAYSOFMONTH: Final = DAYSOFMONTH.full
+FULL_MONTHS: Final = MONTHS.full
 
 # The characters of the item grammar: a value or a day name is a run of _WORD, a step
 # a run of _DIGITS (ASCII only: str.isdigit() would accept fullwidth and other digits).
@@ -174,11 +219,14 @@ def _value(field: Field, token: str, text: str) -> int:
         if not field.low <= number <= high:
             raise TimingError(field.name, text, f"{token} is out of range {field.low}-{field.high}")
         return number
-    if token in field.names:
+    if token and token in field.names:
         return field.names.index(token)
     if field is DAYSOFWEEK and token in _FULL_DAY_NAMES:
         return _FULL_DAY_NAMES.index(token)
-    kind = "a number or a day name" if field.names else "a number"
+    if field is MONTHS and token and token in _FULL_MONTH_NAMES:
+        return _FULL_MONTH_NAMES.index(token)
+    kind = "a number" if not field.names else f"a number or a {field.name[:5]} name"
+    kind = "a number or a day name" if field is DAYSOFWEEK else kind
     raise TimingError(field.name, text, f"{token!r} is not {kind}")
 
 
@@ -292,32 +340,111 @@ def _weekday(moment: datetime) -> int:
     return moment.isoweekday() % 7  # isoweekday: Monday 1 .. Sunday 7
 
 
-class Timing(Frozen):
-    """When a task runs: bit n of each set is value n (0 = Sunday for days of week)."""
+def _day_rule_or(daysofmonth: str, daysofweek: str) -> bool:
+    """cron's rule: the two day fields are OR-ed when neither text starts with `*`."""
+    return not daysofmonth.startswith("*") and not daysofweek.startswith("*")
 
-    __slots__ = __match_args__ = ("minutes", "hours", "daysofweek")
+
+class Timing(Frozen):
+    """When a task runs: bit n of each set is value n (0 = Sunday for days of week).
+
+    The course's TIMING is the first three sets. Beyond it (socket and store only):
+    `daysofmonth` (bits 1-31), `months` (bits 1-12), `days_or` (cron's rule: when both
+    day fields were written restricted, a day matches if either does), `reboot`
+    (@reboot: once per daemon start, never by the clock) and `zone` (an IANA zone the
+    fields are read in; "" is the daemon's own zone).
+
+    Invariants, so that equal meanings compare equal: `days_or` is set only when both
+    day sets are restricted (an OR with a full set is every day, stored as such); a
+    reboot timing has every set empty and `days_or` False.
+    """
+
+    __slots__ = __match_args__ = (
+        "minutes",
+        "hours",
+        "daysofweek",
+        "daysofmonth",
+        "months",
+        "days_or",
+        "reboot",
+        "zone",
+    )
     minutes: int
     hours: int
     daysofweek: int
+    daysofmonth: int
+    months: int
+    days_or: bool
+    reboot: bool
+    zone: str
 
     def __init__(
         self,
         minutes: int = FULL_MINUTES,
         hours: int = FULL_HOURS,
         daysofweek: int = FULL_DAYSOFWEEK,
+        daysofmonth: int = FULL_DAYSOFMONTH,
+        months: int = FULL_MONTHS,
+        days_or: bool = False,
+        reboot: bool = False,
+        zone: str = "",
     ) -> None:
+        if reboot:
+            minutes = hours = daysofweek = daysofmonth = months = 0
+            days_or = False
+        elif days_or and (daysofmonth == FULL_DAYSOFMONTH or daysofweek == FULL_DAYSOFWEEK):
+            daysofmonth, daysofweek, days_or = FULL_DAYSOFMONTH, FULL_DAYSOFWEEK, False
         object.__setattr__(self, "minutes", minutes)
         object.__setattr__(self, "hours", hours)
         object.__setattr__(self, "daysofweek", daysofweek)
+        object.__setattr__(self, "daysofmonth", daysofmonth)
+        object.__setattr__(self, "months", months)
+        object.__setattr__(self, "days_or", bool(days_or))
+        object.__setattr__(self, "reboot", bool(reboot))
+        object.__setattr__(self, "zone", zone)
 
     @classmethod
-    def parse(cls, minutes: str = "*", hours: str = "*", daysofweek: str = "*") -> Timing:
-        """Build a timing from three crontab fields; raises `TimingError`."""
+    def parse(
+        cls,
+        minutes: str = "*",
+        hours: str = "*",
+        daysofweek: str = "*",
+        daysofmonth: str = "*",
+        months: str = "*",
+        zone: str = "",
+    ) -> Timing:
+        """Build a timing from crontab fields; raises `TimingError`.
+
+        Whether the day fields are OR-ed is read from their text, as cron does: `*/2`
+        counts as a star (`0 0 */2 * 1`: odd days that are Mondays), `1-31` does not.
+        """
         return cls(
             parse_field(MINUTES, minutes),
             parse_field(HOURS, hours),
             parse_field(DAYSOFWEEK, daysofweek),
+            parse_field(DAYSOFMONTH, daysofmonth),
+            parse_field(MONTHS, months),
+            _day_rule_or(daysofmonth, daysofweek),
+            False,
+            zone,
         )
+
+    @classmethod
+    def cron(cls, text: str, zone: str = "") -> Timing:
+        """A timing from a crontab schedule: five fields `M H DOM MON DOW`, or an `@`
+        name (`@daily`, `@reboot`, ...). Raises `TimingError`."""
+        words = text.split()
+        if len(words) == 1 and words[0].startswith("@"):
+            name = words[0].lower()
+            if name == REBOOT:
+                return cls(reboot=True, zone=zone)
+            if name not in SPECIALS:
+                raise TimingError("schedule", text, f"unknown name {words[0]!r}")
+            words = SPECIALS[name].split()
+        if len(words) != 5:
+            raise TimingError("schedule", text, f"{len(words)} fields, expected 5 or an @name")
+        minute, hour, dom, month, dow = words
+        return cls.parse(minute, hour, dow, dom, month, zone)
 
     def is_valid(self) -> bool:
         """True when no bit outside the fields' ranges is set (PROTOCOL.md)."""
@@ -325,6 +452,21 @@ class Timing(Frozen):
             0 <= self.minutes <= FULL_MINUTES
             and 0 <= self.hours <= FULL_HOURS
             and 0 <= self.daysofweek <= FULL_DAYSOFWEEK
+            and 0 <= self.daysofmonth <= FULL_DAYSOFMONTH
+            and not self.daysofmonth & 1
+            and 0 <= self.months <= FULL_MONTHS
+            and not self.months & 1
+        )
+
+    @property
+    def is_course(self) -> bool:
+        """True when the course's TIMING says all of it (a CREATE a C daemon takes)."""
+        return (
+            self.daysofmonth == FULL_DAYSOFMONTH
+            and self.months == FULL_MONTHS
+            and not self.days_or
+            and not self.reboot
+            and not self.zone
         )
 
     def format(self) -> str:
@@ -337,34 +479,72 @@ class Timing(Frozen):
             )
         )
 
+    def format_cron(self) -> str:
+        """The five fields `M H DOM MON DOW` (or `@reboot`) that cron reads as this timing
+        (the zone is not part of it)."""
+        if self.reboot:
+            return REBOOT
+        dom = format_field(DAYSOFMONTH, self.daysofmonth)
+        dow = format_field(DAYSOFWEEK, self.daysofweek)
+        if not self.days_or and dom != "*" and dow != "*":
+            # AND of two restricted sets: cron reads it so only when one is written with
+            # a star, and it can have been entered only as `*/N`.
+            star = _star_step(DAYSOFMONTH, self.daysofmonth)
+            if star is not None:
+                dom = star
+            else:
+                star = _star_step(DAYSOFWEEK, self.daysofweek)
+                if star is None:
+                    raise ValueError(f"no crontab text means {self!r}")
+                dow = star
+        minute = format_field(MINUTES, self.minutes)
+        hour = format_field(HOURS, self.hours)
+        month = format_field(MONTHS, self.months)
+        return f"{minute} {hour} {dom} {month} {dow}"
+
     @property
     def is_wildcard(self) -> bool:
         """A task whose minute or hour set is full (the clock-jump rule of DESIGN.md)."""
         return self.minutes == FULL_MINUTES or self.hours == FULL_HOURS
 
+    def day_matches(self, moment: datetime) -> bool:
+        """True if the day (month, day of month, day of week) of `moment` is one."""
+        if not self.months >> moment.month & 1:
+            return False
+        dow = self.daysofweek >> moment.isoweekday() % 7 & 1
+        dom = self.daysofmonth >> moment.day & 1
+        return bool(dow or dom) if self.days_or else bool(dow and dom)
+
     def matches(self, moment: datetime) -> bool:
-        """True if the wall-clock minute of `moment` is in all three sets."""
-        return bool(
-            self.minutes >> moment.minute & 1
-            and self.hours >> moment.hour & 1
-            and self.daysofweek >> moment.isoweekday() % 7 & 1  # _weekday(), inlined: hot
-        )
+        """True if the wall-clock minute of `moment` is one of the timing's."""
+        if not (self.minutes >> moment.minute & 1 and self.hours >> moment.hour & 1):
+            return False
+        if self.daysofmonth == FULL_DAYSOFMONTH and self.months == FULL_MONTHS:
+            return bool(self.daysofweek >> moment.isoweekday() % 7 & 1)  # the course's: hot
+        return self.day_matches(moment)
 
     def next_after(self, moment: datetime) -> datetime | None:
         """The first matching wall-clock minute strictly after `moment`, or None.
 
         Works on naive wall-clock values (the tzinfo, if any, is kept but ignored):
-        daylight saving is the scheduler's business, not this arithmetic's.
+        daylight saving is the scheduler's business, not this arithmetic's. None when no
+        day ever matches (`0 0 31 2 *`) or a set is empty.
         """
         from datetime import timedelta
 
-        if not (self.minutes and self.hours and self.daysofweek):
+        if self.reboot or not (self.minutes and self.hours):
             return None
         candidate = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
-        # Eight days always reach a matching day; each step moves to a later boundary.
-        limit = candidate + timedelta(days=8)
-        while candidate < limit:
-            if not self.daysofweek >> _weekday(candidate) & 1:
+        # 400 years is the Gregorian cycle: a day that matches at all matches within it.
+        limit_year = candidate.year + 401
+        while candidate.year < limit_year:
+            if not self.months >> candidate.month & 1:
+                year, month = divmod(candidate.month, 12)  # to the 1st of the next month
+                candidate = candidate.replace(
+                    year=candidate.year + year, month=month + 1, day=1, hour=0, minute=0
+                )
+                continue
+            if not self.day_matches(candidate):
                 candidate = candidate.replace(hour=0, minute=0) + timedelta(days=1)
                 continue
             hour = _next_bit(self.hours, candidate.hour)
@@ -378,4 +558,12 @@ class Timing(Frozen):
                 candidate = candidate.replace(minute=0) + timedelta(hours=1)
                 continue
             return candidate.replace(minute=minute)
-        return None  # pragma: no cover - unreachable with non-empty sets
+        return None
+
+
+def _star_step(field: Field, bits: int) -> str | None:
+    """`*/N` when `bits` is exactly what that text means for `field`, else None."""
+    for step in range(2, field.high - field.low + 2):
+        if bits == sum(1 << value for value in range(field.low, field.high + 1, step)):
+            return f"*/{step}"
+    return None

@@ -758,7 +758,12 @@ def test_it_imports_no_daemon_module(args: tuple[str, ...]) -> None:
     for name in modules:
         assert name.split(".")[0] not in DAEMON_ONLY, name
         if name.startswith("saturnd."):
-            assert name in ("saturnd.protocol", "saturnd.decoding", "saturnd.timing"), name
+            assert name in (
+                "saturnd.protocol",
+                "saturnd.decoding",
+                "saturnd.timing",
+                "saturnd.task",
+            ), name
 
 
 def test_it_starts_light_for_h() -> None:
@@ -853,5 +858,6 @@ def test_it_loads_only_struct_for_the_codec() -> None:
         "saturnd.protocol",
         "saturnd.decoding",
         "saturnd.timing",
+        "saturnd.task",
     }
     assert set(modules.split()) - allowed == set()
