@@ -114,8 +114,9 @@ RUNS_HEAD_SIZE: Final = _U32.size
 """Bytes of NBRUNS at the start of `times-exitcodes` (4)."""
 RUN_SIZE: Final = _RUN.size
 """Bytes of one run in `times-exitcodes` (10)."""
-_NO_EXTRAS: Final = encode_task(Task(Timing(), (b"x",)))[-9:]
-"""The EXTRAS of a task that has none: NBENV 0, an empty STDIN, MAILTO not set."""
+_NO_EXTRAS_SIZE: Final = 9
+"""Bytes of the EXTRAS of a task that has none, all zeros: NBENV 0, an empty STDIN,
+MAILTO not set."""
 
 
 class RecordsError(Exception):
@@ -274,11 +275,12 @@ def _parse_body(
     command_end = pos
     extras = NO_EXTRAS
     if version != 1:
-        following = pos + len(_NO_EXTRAS)
-        if following <= end and data[pos:following] == _NO_EXTRAS:
-            pos = following  # the common case, without building anything
-        else:
-            extras, pos = _parse_extras(data, pos, end)
+        rest = end - pos
+        if rest >= _NO_EXTRAS_SIZE and data.count(0, pos, end) == rest:
+            # The common case, in one count: no extras (all zeros), then zero padding.
+            used = pos + _NO_EXTRAS_SIZE - start
+            return timing, used, command - start, command_end - start, extras
+        extras, pos = _parse_extras(data, pos, end)
     # Padding is written as zeros; anything else means the body is not what was written.
     if pos < end and data.count(0, pos, end) != end - pos:
         raise RecordsError(f"non-zero bytes after the task at body offset {pos - start}")
