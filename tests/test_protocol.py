@@ -24,15 +24,20 @@ from saturnd.protocol import (
     MAX_REQUEST,
     MAX_STRING,
     NEED_DATA,
+    CreateExRequest,
     CreateReply,
     CreateRequest,
     ErrorReply,
+    ListExReply,
+    ListExRequest,
     ListReply,
     ListRequest,
     OkReply,
     OutputReply,
     ProtocolError,
     RemoveRequest,
+    ReplaceReply,
+    ReplaceRequest,
     Reply,
     Request,
     Run,
@@ -46,6 +51,7 @@ from saturnd.protocol import (
     VersionRequest,
     encode,
 )
+from saturnd.task import NO_EXTRAS, Extras, Task
 from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
 
 QUICK = settings(max_examples=200, deadline=None)
@@ -64,6 +70,29 @@ DOC_EXAMPLE = Timing(0x00002000000007F0, 0, 0x5C)  # 4-10,45, no hour, 2-4,6
 DOC_EXAMPLE_HEX = "00 00 20 00 00 00 07 f0  00 00 00 00  5c"
 ECHO_TEST_1 = (b"echo", b"test-1")
 ECHO_TEST_1_HEX = "00 00 00 02  00 00 00 04 65 63 68 6f  00 00 00 06 74 65 73 74 2d 31"
+
+# docs/protocol.md's CREATE-EX example: `echo test-1` at 9:00 on the 1st, in UTC, A=1,
+# "in" on its standard input, MAILTO="" (no mail).
+MONTHLY = Task(
+    Timing.cron("0 9 1 * *", zone="UTC"), ECHO_TEST_1, Extras(((b"A", b"1"),), b"in", b"")
+)
+MONTHLY_HEX = (
+    "00 00 00 00 00 00 00 01  00 00 02 00  7f  00 00 00 02  1f fe  00  00 00 00 03 55 54 43"
+    f"  {ECHO_TEST_1_HEX}"
+    "  00 00 00 01  00 00 00 01 41  00 00 00 01 31  00 00 00 02 69 6e  01 00 00 00 00"
+)
+# @reboot (every set empty, flag 2), the daemon's zone, no extras at all.
+AT_REBOOT = Task(Timing.cron("@reboot"), (b"ls",), NO_EXTRAS)
+AT_REBOOT_HEX = (
+    "00 00 00 00 00 00 00 00  00 00 00 00  00  00 00 00 00  00 00  02  00 00 00 00"
+    "  00 00 00 01  00 00 00 02 6c 73  00 00 00 00  00 00 00 00  00"
+)
+# Mondays or the 13th (cron's OR rule, flag 1), in every month but December.
+OR_DAYS = Task(Timing.cron("0 0 13 1-11 1"), (b"x",))
+OR_DAYS_HEX = (
+    "00 00 00 00 00 00 00 01  00 00 00 01  02  00 00 20 00  0f fe  01  00 00 00 00"
+    "  00 00 00 01  00 00 00 01 78  00 00 00 00  00 00 00 00  00"
+)
 
 REQUESTS: list[tuple[Request, str]] = [
     (ListRequest(), "4c 53"),
@@ -88,6 +117,15 @@ REQUESTS: list[tuple[Request, str]] = [
     # Extensions (docs/protocol.md), socket only.
     (VersionRequest(b"cassini 1"), "76 72  00 00 00 09 63 61 73 73 69 6e 69 20 31"),
     (VersionRequest(b""), "76 72  00 00 00 00"),
+    (CreateExRequest(MONTHLY), f"63 78  {MONTHLY_HEX}"),
+    (CreateExRequest(AT_REBOOT), f"63 78  {AT_REBOOT_HEX}"),
+    (ListExRequest(), "6c 78"),
+    (
+        ReplaceRequest((3, 2**64 - 1), (OR_DAYS, AT_REBOOT)),
+        "72 70  00 00 00 02  00 00 00 00 00 00 00 03  ff ff ff ff ff ff ff ff"
+        f"  00 00 00 02  {OR_DAYS_HEX}  {AT_REBOOT_HEX}",
+    ),
+    (ReplaceRequest((), ()), "72 70  00 00 00 00  00 00 00 00"),
 ]
 
 REPLIES: list[tuple[bytes, Reply, str]] = [
@@ -139,6 +177,30 @@ REPLIES: list[tuple[bytes, Reply, str]] = [
     (b"vr", VersionReply(b"", ()), "4f 4b  00 00 00 00  00 00 00 00"),
     (b"CR", ErrorReply(b"EM", "disk full"), "45 52 45 4d  00 00 00 09 64 69 73 6b 20 66 75 6c 6c"),
     (b"LS", ErrorReply(b"EM", "é"), "45 52 45 4d  00 00 00 02 c3 a9"),
+    (b"cx", CreateReply(27), "4f 4b  00 00 00 00 00 00 00 1b"),
+    (b"lx", ListExReply(()), "4f 4b  00 00 00 00"),
+    (
+        b"lx",
+        ListExReply(
+            (
+                TaskEntry(4, MONTHLY.timing, MONTHLY.argv, MONTHLY.extras),
+                TaskEntry(9, AT_REBOOT.timing, AT_REBOOT.argv),
+            )
+        ),
+        f"4f 4b  00 00 00 02  00 00 00 00 00 00 00 04  {MONTHLY_HEX}"
+        f"  00 00 00 00 00 00 00 09  {AT_REBOOT_HEX}",
+    ),
+    (
+        b"rp",
+        ReplaceReply((10, 11)),
+        "4f 4b  00 00 00 02  00 00 00 00 00 00 00 0a  00 00 00 00 00 00 00 0b",
+    ),
+    (b"rp", ReplaceReply(()), "4f 4b  00 00 00 00"),
+    (
+        b"rp",
+        ErrorReply(b"EM", "no task with id 3"),
+        "45 52 45 4d  00 00 00 11" + " 6e 6f 20 74 61 73 6b 20 77 69 74 68 20 69 64 20 33",
+    ),
 ]
 
 
@@ -174,7 +236,7 @@ def test_it_encodes_and_decodes_the_reply_table(opcode: bytes, reply: Reply, hex
 
 def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
     opcodes = {h(hex_)[:2] for _, hex_ in REQUESTS}
-    assert opcodes == {b"LS", b"CR", b"RM", b"TX", b"SO", b"SE", b"TM", b"vr"}
+    assert opcodes == {b"LS", b"CR", b"RM", b"TX", b"SO", b"SE", b"TM", b"vr", b"cx", b"lx", b"rp"}
     kinds = {(opcode, type(reply), getattr(reply, "code", None)) for opcode, reply, _ in REPLIES}
     ok_types = {
         b"LS": ListReply,
@@ -185,9 +247,12 @@ def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
         b"SE": OutputReply,
         b"TM": OkReply,
         b"vr": VersionReply,
+        b"cx": CreateReply,
+        b"lx": ListExReply,
+        b"rp": ReplaceReply,
     }
     errors = [(b"RM", b"NF"), (b"TX", b"NF"), (b"SO", b"NF"), (b"SO", b"NR")]
-    errors += [(b"SE", b"NF"), (b"SE", b"NR"), (b"CR", b"EM"), (b"LS", b"EM")]
+    errors += [(b"SE", b"NF"), (b"SE", b"NR"), (b"CR", b"EM"), (b"LS", b"EM"), (b"rp", b"EM")]
     expected: set[tuple[bytes, type, bytes | None]]
     expected = {(op, kind, None) for op, kind in ok_types.items()}
     expected |= {(op, ErrorReply, code) for op, code in errors}
@@ -209,6 +274,25 @@ argvs = st.builds(
     st.lists(st.binary(max_size=12), max_size=4),
 )
 runs = st.builds(Run, st.integers(-(2**63), 2**63 - 1), st.integers(0, 0xFFFF))
+whole_timings = st.builds(
+    Timing,
+    st.integers(0, FULL_MINUTES),
+    st.integers(0, FULL_HOURS),
+    st.integers(0, FULL_DAYSOFWEEK),
+    st.integers(0, 0xFFFF_FFFF).map(lambda bits: bits & ~1),
+    st.integers(0, 0x1FFF).map(lambda bits: bits & ~1),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["", "UTC", "Asia/Kolkata"]),
+)
+clean = st.binary(max_size=8).map(lambda value: value.replace(b"\0", b""))
+extras = st.builds(
+    Extras,
+    st.lists(st.tuples(clean.map(lambda n: n.replace(b"=", b"") or b"N"), clean), max_size=2),
+    st.binary(max_size=12),
+    st.one_of(st.none(), clean),
+)
+tasks = st.builds(Task, whole_timings, argvs, extras)
 
 requests: st.SearchStrategy[Request] = st.one_of(
     st.just(ListRequest()),
@@ -218,6 +302,13 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(TimesExitcodesRequest, task_ids),
     st.builds(StdoutRequest, task_ids),
     st.builds(StderrRequest, task_ids),
+    st.builds(CreateExRequest, tasks),
+    st.just(ListExRequest()),
+    st.builds(
+        ReplaceRequest,
+        st.lists(task_ids, max_size=3).map(tuple),
+        st.lists(tasks, max_size=2).map(tuple),
+    ),
 )
 
 REPLY_STRATEGIES: dict[bytes, st.SearchStrategy[Reply]] = {
@@ -240,6 +331,15 @@ REPLY_STRATEGIES: dict[bytes, st.SearchStrategy[Reply]] = {
         st.sampled_from([ErrorReply(b"NF"), ErrorReply(b"NR")]),
     ),
     b"TM": st.just(OkReply()),
+    b"cx": st.builds(CreateReply, task_ids),
+    b"lx": st.builds(
+        ListExReply,
+        st.lists(
+            st.builds(lambda i, t: TaskEntry(i, t.timing, t.argv, t.extras), task_ids, tasks),
+            max_size=3,
+        ).map(tuple),
+    ),
+    b"rp": st.builds(ReplaceReply, st.lists(task_ids, max_size=4).map(tuple)),
 }
 OPCODES = tuple(REPLY_STRATEGIES)
 replies = st.sampled_from(OPCODES).flatmap(lambda op: st.tuples(st.just(op), REPLY_STRATEGIES[op]))
@@ -254,6 +354,9 @@ REQUEST_TYPES = (
     StderrRequest,
     TerminateRequest,
     VersionRequest,
+    CreateExRequest,
+    ListExRequest,
+    ReplaceRequest,
 )
 REPLY_TYPES: dict[bytes, tuple[type, ...]] = {
     b"LS": (ListReply,),
@@ -263,6 +366,9 @@ REPLY_TYPES: dict[bytes, tuple[type, ...]] = {
     b"SO": (OutputReply, ErrorReply),
     b"SE": (OutputReply, ErrorReply),
     b"TM": (OkReply,),
+    b"cx": (CreateReply,),
+    b"lx": (ListExReply,),
+    b"rp": (ReplaceReply,),
 }
 ERROR_CODES = {
     b"LS": set(),
@@ -272,6 +378,9 @@ ERROR_CODES = {
     b"SO": {b"NF", b"NR"},
     b"SE": {b"NF", b"NR"},
     b"TM": set(),
+    b"cx": set(),
+    b"lx": set(),
+    b"rp": set(),
 }
 
 
