@@ -25,6 +25,7 @@ import os
 import struct
 from array import array
 from collections.abc import ItemsView, Iterator, Mapping, ValuesView
+from collections.abc import Set as AbstractSet
 from typing import Final
 
 from saturnd.proc import libc
@@ -38,6 +39,9 @@ from saturnd.records import (
     Scan,
     Slot,
     decode_body,
+    encode_header,
+    encode_record,
+    encode_record_head,
     header_version,
     scan_cmds,
 )
@@ -246,6 +250,23 @@ class Index:
             position = body + used
             reply[body:position] = data[start : start + used]
         return bytes(reply)
+
+    def rewritten(
+        self, next_id: int, removing: AbstractSet[int], created: dict[int, bytes]
+    ) -> bytearray:
+        """A whole compact `cmds` announcing `next_id`: the live tasks but `removing`,
+        then the `created` bodies by id (ids above every live one and below `next_id`),
+        with no free slot and no padding."""
+        data = self.data
+        content = bytearray(encode_header(next_id))
+        for task_id, offset, used in zip(self.ids, self.offsets, self.used, strict=True):
+            if task_id not in removing:
+                start = offset + RECORD_HEAD_SIZE
+                content += encode_record_head(task_id, used)
+                content += data[start : start + used]
+        for task_id, body in created.items():
+            content += encode_record(task_id, body, len(body))
+        return content
 
     def append(
         self, task_id: int, offset: int, body: bytes, timing: Timing, command: tuple[int, int]
