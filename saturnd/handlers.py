@@ -50,7 +50,7 @@ from saturnd.protocol import (
     VersionReply,
     VersionRequest,
 )
-from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, encode_nbruns
+from saturnd.runsfile import RUN_SIZE, RUNS_HEAD_SIZE, encode_nbruns
 from saturnd.task import Task
 from saturnd.timing import Timing
 

@@ -1,4 +1,4 @@
-"""The byte layout of the state files `cmds` and `times-exitcodes` (DESIGN.md, "Files").
+"""The byte layout of the state file `cmds` (DESIGN.md, "Files").
 
 This module owns, sans I/O:
 - the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
@@ -10,8 +10,8 @@ This module owns, sans I/O:
   lean (for the daemon's index: each live slot's shared Timing, used length and where
   its COMMANDLINE lies, no argv; the file may be a bytearray, scanned in place) or
   full (argv and extras decoded), handed back as a list or one slot at a time;
-- the `times-exitcodes` layout (NBRUNS, then TIME int64 + EXITCODE uint16 per run) and
-  the consistent TX reply body of a file that may have a half-finished append.
+- nothing of `times-exitcodes`: that layout is `runsfile.py`'s (its names are
+  re-exported here, where they were first).
 
 Rules:
 - Pure code: bytes and values in, bytes and values out. `store.py` does the I/O.
@@ -44,10 +44,18 @@ from saturnd.protocol import (
     MAX_ERROR_MESSAGE,
     MAX_STRING,
     MAX_ZONE,
-    Run,
     encode_commandline,
     encode_task,
     encode_timing,
+)
+from saturnd.runsfile import (
+    RUN_SIZE,
+    RUNS_HEAD_SIZE,
+    complete_runs,
+    decode_runs,
+    encode_nbruns,
+    encode_run,
+    runs_body,
 )
 from saturnd.task import NO_EXTRAS, Extras, Task, check_extras
 from saturnd.timing import Timing
@@ -56,6 +64,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "RECORD_HEAD_SIZE",
+    "RUNS_HEAD_SIZE",
     "RUN_SIZE",
     "TIMING_SIZE",
     "TOMBSTONE",
@@ -64,6 +73,7 @@ __all__ = [
     "Scan",
     "Slot",
     "choose_slot",
+    "complete_runs",
     "decode_body",
     "decode_header",
     "decode_runs",
@@ -74,6 +84,7 @@ __all__ = [
     "header_version",
     "upgrade_v1",
     "encode_header",
+    "encode_nbruns",
     "encode_record",
     "encode_run",
     "runs_body",
@@ -93,7 +104,6 @@ _RECORD_HEAD: Final = struct.Struct(">QI")  # ID, SIZE
 _U32: Final = struct.Struct(">I")
 _TIMING: Final = struct.Struct(">QIB")
 _TIMING_EX: Final = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
-_RUN: Final = struct.Struct(">qH")
 
 HEADER_SIZE: Final = _HEADER.size
 """Bytes of the `cmds` header (16)."""
@@ -110,10 +120,6 @@ NEXT_ID_OFFSET: Final = 8
 """Offset of NEXT_ID in the header: the one header field rewritten in place."""
 MAX_SIZE: Final = 0xFFFF_FFFF
 """Largest SIZE a record head can hold."""
-RUNS_HEAD_SIZE: Final = _U32.size
-"""Bytes of NBRUNS at the start of `times-exitcodes` (4)."""
-RUN_SIZE: Final = _RUN.size
-"""Bytes of one run in `times-exitcodes` (10)."""
 _NO_EXTRAS_SIZE: Final = 9
 """Bytes of the EXTRAS of a task that has none, all zeros: NBENV 0, an empty STDIN,
 MAILTO not set."""
@@ -588,49 +594,3 @@ def upgrade_v1(data: bytes | bytearray) -> tuple[bytearray, Scan]:
         body = encode_body(Task(slot.timing, slot.argv))
         upgraded += encode_record(slot.task_id, body, len(body))
     return upgraded, scan
-
-
-# --- times-exitcodes ------------------------------------------------------------
-
-
-def encode_run(time: int, exitcode: int) -> bytes:
-    """One run of `times-exitcodes`: TIME int64, EXITCODE uint16."""
-    return _RUN.pack(time, exitcode)
-
-
-def encode_nbruns(count: int) -> bytes:
-    """NBRUNS, the 4 bytes at the start of `times-exitcodes`."""
-    return _U32.pack(count)
-
-
-def complete_runs(head: bytes, file_size: int) -> int:
-    """How many runs of a `times-exitcodes` file count: NBRUNS clamped to those present.
-
-    `head` is the start of the file (at least its first 4 bytes if it has them) and
-    `file_size` its length. An append writes the run first and NBRUNS last, so a run
-    beyond NBRUNS is an unfinished append (ignored, and overwritten by the next one),
-    and NBRUNS beyond the runs present can only be damage (clamped, not trusted).
-    """
-    if len(head) < RUNS_HEAD_SIZE or file_size < RUNS_HEAD_SIZE:
-        return 0
-    (count,) = _U32.unpack_from(head)
-    present = (file_size - RUNS_HEAD_SIZE) // RUN_SIZE
-    return min(int(count), present)
-
-
-def runs_body(data: bytes) -> bytes:
-    """The TX reply body (NBRUNS, then the runs) of a whole `times-exitcodes` file."""
-    count = complete_runs(data, len(data))
-    return encode_nbruns(count) + data[RUNS_HEAD_SIZE : RUNS_HEAD_SIZE + count * RUN_SIZE]
-
-
-def decode_runs(body: bytes) -> tuple[Run, ...]:
-    """The runs of a TX reply body (as `runs_body` returns); raises RecordsError."""
-    if len(body) < RUNS_HEAD_SIZE:
-        raise RecordsError(f"runs body of {len(body)} bytes has no NBRUNS")
-    (count,) = _U32.unpack_from(body)
-    if len(body) != RUNS_HEAD_SIZE + count * RUN_SIZE:
-        raise RecordsError(f"runs body of {len(body)} bytes does not hold {count} runs")
-    return tuple(
-        Run(*_RUN.unpack_from(body, RUNS_HEAD_SIZE + index * RUN_SIZE)) for index in range(count)
-    )

@@ -31,15 +31,13 @@ from saturnd import taskdir
 from saturnd.protocol import TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
-    RUNS_HEAD_SIZE,
     VERSION,
     RecordsError,
     Scan,
-    complete_runs,
     header_version,
-    runs_body,
     upgrade_v1,
 )
+from saturnd.runsfile import RUNS_HEAD_SIZE, complete_runs, runs_body
 from saturnd.statefile import OPEN_FILE, Stamp, describe
 from saturnd.taskindex import (
     WORTH_TRIMMING,

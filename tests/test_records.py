@@ -1,4 +1,5 @@
-"""Tests of saturnd.records: the byte layout of `cmds` and `times-exitcodes` (pure)."""
+"""Tests of saturnd.records and saturnd.runsfile: the byte layouts of `cmds` and
+`times-exitcodes` (pure)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from saturnd.records import (
     upgrade_v1,
 )
 from saturnd.records import encode_body as encode_task_body
+from saturnd.runsfile import RunsError
 from saturnd.task import NO_EXTRAS, Extras, Task
 from saturnd.timing import (
     FULL_DAYSOFMONTH,
@@ -423,7 +425,7 @@ def test_it_gives_zero_runs_for_an_empty_file() -> None:
 
 @pytest.mark.parametrize("body", [b"", b"\x00\x00\x00", b"\x00\x00\x00\x01", bytes(15)])
 def test_it_refuses_a_runs_body_of_the_wrong_length(body: bytes) -> None:
-    with pytest.raises(RecordsError):
+    with pytest.raises(RunsError):
         decode_runs(body)
 
 
