@@ -760,6 +760,8 @@ def test_it_imports_no_daemon_module(args: tuple[str, ...]) -> None:
         if name.startswith("saturnd."):
             assert name in (
                 "saturnd.protocol",
+                "saturnd.messages",
+                "saturnd.wiretypes",
                 "saturnd.decoding",
                 "saturnd.timing",
                 "saturnd.task",
@@ -769,7 +771,8 @@ def test_it_imports_no_daemon_module(args: tuple[str, ...]) -> None:
 def test_it_starts_light_for_h() -> None:
     # `cassini -h` must not load the codec and what it pulls in (see bench/).
     baseline = imported_modules("-c", "pass")
-    heavy = {"saturnd.protocol", "saturnd.timing", "dataclasses", "typing", "datetime"}
+    heavy = {"saturnd.protocol", "saturnd.messages", "saturnd.timing", "dataclasses", "typing"}
+    heavy |= {"datetime"}
     loaded = imported_modules("-m", "cassini", "-h") - baseline
     assert "cassini.cli" in loaded
     assert loaded & heavy == set()
@@ -856,6 +859,8 @@ def test_it_loads_only_struct_for_the_codec() -> None:
         "_struct",
         "saturnd",
         "saturnd.protocol",
+        "saturnd.messages",
+        "saturnd.wiretypes",
         "saturnd.decoding",
         "saturnd.timing",
         "saturnd.task",
