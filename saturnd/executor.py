@@ -249,7 +249,7 @@ def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -
     for _minute, task_id in runs:
         entry = tasks.get(task_id)
         if entry is not None:
-            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start)
+            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start, entry.extras)
 
 
 def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:

@@ -31,8 +31,13 @@ Rules:
   deleted one takes no new entries); the recorder opens `times-exitcodes` by path
   without creating the directory, so FileNotFoundError means "removed meanwhile"
   (store first renames the directory away): P5 then unlinks the run's temporaries.
-- The command gets the daemon's environment; PATH and HOME are read when the batch is
-  handed over.
+- What a command sees is taskenv.py's: cron's environment plus the task's variables,
+  umask 022 (set once in P5, whose own files all have explicit modes), its HOME as
+  working directory (P5 changes directory before a spawn when the HOME differs from
+  the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
+- After a run that wrote anything, P5 mails its output (stdout, then stderr, as
+  stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
+  does not wait for sendmail (its exit is reaped with the runs', or by init).
 
 Ordering of the history and the outputs. Two runs of one task can end together; the
 `stdout`/`stderr` left visible must be those of the run recorded last. P5 takes
@@ -60,9 +65,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from saturnd import taskdir
-from saturnd.launch import Launcher, strerror
+from saturnd import mail, taskdir
+from saturnd.launch import Launcher, input_fd, strerror
 from saturnd.proc import decode_status
+from saturnd.task import NO_EXTRAS, Extras
+from saturnd.taskenv import Identity, environment
 
 __all__ = ["Batch", "Recorder", "RunSpec", "Supervisor"]
 
@@ -75,21 +82,23 @@ _DISCARD: Final = 1 << 20
 _POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
 # Descriptors a run holds while its command runs (task directory, two files, two
-# pipes), plus the two write ends held while it is being started.
-_FDS_PER_RUN: Final = 7
+# pipes), plus the two write ends and its input held while it is being started.
+_FDS_PER_RUN: Final = 8
 # Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
 _FD_RESERVE: Final = 32
 # A hard limit this high is as good as none; P5 does not raise its own past it.
 _FD_CEILING: Final = 1 << 20
 
 _DEV_NULL: Final = b"/dev/null"
-_OUTPUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Read back for the mail of the run's output.
+_OUTPUT_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: the task, its directory, its command line and its start time.
+    """What to run: the task, its directory, its command line, its start time and
+    what else it says (environment, input, MAILTO).
 
     `start_time` (epoch seconds) is what the history records; it comes from the
     daemon's clock, which may be a fake clock in tests.
@@ -99,6 +108,7 @@ class RunSpec:
     task_dir: Path
     argv: tuple[bytes, ...]
     start_time: int
+    extras: Extras = NO_EXTRAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +118,9 @@ class Batch:
     specs: Iterable[RunSpec]
     record: Recorder
     logger: logging.Logger | None
-    home: bytes
-    path: bytes | None  # $PATH, None when unset
+    identity: Identity  # the user the tasks run as (taskenv.py)
+    host: bytes  # for the mail's subject
+    sendmails: tuple[bytes, ...]  # where sendmail is looked for before the task's PATH
     keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
@@ -140,6 +151,7 @@ class _Run:
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
     failure: str = ""  # why the command could not start, for the log ("" if it did)
+    env: dict[bytes, bytes] = field(default_factory=dict)  # the command's environment
 
 
 class Supervisor:
@@ -158,7 +170,12 @@ class Supervisor:
         self.pipes: dict[int, tuple[_Run, _Stream]] = {}  # every pipe still open
         self.unstarted: list[_Run] = []  # no command (cannot execute...): to record
         daemon_limit, budget = _raise_fd_limit()
-        self.launcher = Launcher(batch.path, self.null, daemon_limit)
+        self.launcher = Launcher(self.null, daemon_limit)
+        # Shared by every run without variables of its own: most of a big batch.
+        self.plain_env = environment(batch.identity)
+        self.cwd = b""  # where P5 last changed directory to
+        self.sendmail: dict[bytes | None, bytes | None] = {}  # by PATH, None: none
+
         self.budget = budget - _FD_RESERVE
         self.held = 0  # descriptors the runs hold
         self.started = 0  # runs numbered so far
@@ -242,8 +259,11 @@ class Supervisor:
                     logger.error("task %d: cannot create output files: %s", spec.task_id, error)
             return
         self.held += 3
-        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic())
+        extras = spec.extras
+        env = environment(self.batch.identity, extras.env) if extras.env else self.plain_env
+        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), env=env)
         write_ends: list[int] = []
+        stdin = -1
         message = b""
         try:
             for file in (out, err):
@@ -251,17 +271,22 @@ class Supervisor:
                 run.streams.append(_Stream(read_end, file, self.batch.max_output))
                 write_ends.append(write_end)
                 self.held += 1
+            if extras.stdin:
+                stdin = input_fd(extras.stdin)
         except OSError as error:
             run.failure = strerror(error).decode()
             message = b"saturnd: cannot start the command: %s\n" % strerror(error)
         else:
+            self._enter(env[b"HOME"])
             run.pid, run.status, message, run.failure = self.launcher.spawn(
-                argv, write_ends[0], write_ends[1]
+                argv, write_ends[0], write_ends[1], env, stdin
             )
         # Only the command (and what it starts) may hold the write ends: their end of
         # file means "all gone".
         for write_end in write_ends:
             os.close(write_end)
+        if stdin >= 0:
+            os.close(stdin)
         if run.pid > 0:
             self.running[run.pid] = run
             for stream in run.streams:
@@ -276,6 +301,17 @@ class Supervisor:
             run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
         _store(run.streams[1], message)
         self.unstarted.append(run)
+
+    def _enter(self, home: bytes) -> None:
+        """Make `home` the working directory the next command inherits (`/` if it
+        cannot be: cron goes on when its chdir fails)."""
+        if home == self.cwd:
+            return
+        self.cwd = home
+        try:
+            os.chdir(home)
+        except (OSError, ValueError):  # ValueError: a NUL byte
+            os.chdir(b"/")
 
     def _relay(self, fd: int, limit: int) -> int:
         """Move up to `limit` bytes from pipe `fd`; forget the pipe at its end of file.
@@ -330,6 +366,7 @@ class Supervisor:
         holds them, are read and discarded from now on."""
         spec = run.spec
         logger = self.log
+        output = self._output_to_mail(run)
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
@@ -383,6 +420,59 @@ class Supervisor:
                 ended.text,
                 duration,
                 _describe_cuts(run.streams, self.batch.max_output),
+            )
+        if output:
+            self._mail(run, output)
+
+    def _output_to_mail(self, run: _Run) -> bytes:
+        """What the run stored (stdout, then stderr) if it is to be mailed, else b""."""
+        if not mail.recipients(run.spec.extras.mailto, self.batch.identity.user):
+            return b""
+        if self._sendmail(run) is None:
+            return b""  # nothing is logged: cassini warned when the task was created
+        parts = []
+        for stream in run.streams:
+            size = self.batch.max_output - stream.room if stream.room > 0 else -1
+            try:
+                if size < 0:  # cut or failed: the file says how much it holds
+                    size = os.fstat(stream.file).st_size
+                parts.append(os.pread(stream.file, size, 0) if size else b"")
+            except OSError:
+                continue  # what cannot be read back is not mailed
+        return b"".join(parts)
+
+    def _sendmail(self, run: _Run) -> bytes | None:
+        """The sendmail for the run's output (None: none), looked for once per PATH."""
+        path = run.env.get(b"PATH")
+        if path not in self.sendmail:
+            self.sendmail[path] = mail.find_sendmail(self.batch.sendmails, path)
+        return self.sendmail[path]
+
+    def _mail(self, run: _Run, output: bytes) -> None:
+        """Mail `output` as cron does; one log line."""
+        spec = run.spec
+        program = self._sendmail(run)
+        logger = self.log
+        if program is None:
+            return
+        identity = self.batch.identity
+        to = mail.recipients(spec.extras.mailto, identity.user)
+        message = mail.message(
+            identity.user, self.batch.host, spec.extras.mailto, spec.argv, run.env, output
+        )
+        try:
+            pid = mail.send(program, to, message, run.env, self.null)
+        except OSError as error:
+            if logger is not None:
+                logger.error("task %d: cannot mail its output: %s", spec.task_id, error)
+            return
+        if logger is not None:
+            logger.info(
+                "task %d: output mailed to %s (%s pid %d)",
+                spec.task_id,
+                b", ".join(to).decode(errors="replace"),
+                program.decode(errors="replace"),
+                pid,
             )
 
 

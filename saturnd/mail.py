@@ -1,0 +1,141 @@
+"""Mailing a run's output as cron does: to whom, the message, and the sendmail that
+carries it.
+
+This module owns the rules (pure: `recipients`, `message`, `sendmail_argv`,
+`subject_command`) and the two thin I/O steps P5 takes with them (`find_sendmail`,
+`send`); runsupervisor.py decides when (after a run that wrote anything).
+
+Rules, Debian cron's (do_command.c), facts only:
+- MAILTO unset: the user; MAILTO="": no mail; else its addresses (commas or blanks
+  between them). No sendmail program: no mail (cassini warns when a task is created).
+- sendmail is /usr/sbin/sendmail, else /usr/lib/sendmail, else `sendmail` in the task's
+  PATH; it runs as `sendmail -FCronDaemon -i -oem -- ADDRESS...`, in the task's
+  environment, with the message on its standard input, in its own session.
+- Headers: From, To (MAILTO as written), `Subject: Cron <user@host> command` (host up to
+  its first dot; the command as crontab wrote it: `SHELL -c LINE` shows LINE),
+  Content-Type (`text/plain; charset=UTF-8` unless the task sets CONTENT_TYPE, and
+  Content-Transfer-Encoding when it sets CONTENT_TRANSFER_ENCODING), Auto-Submitted,
+  then one `X-Cron-Env: <NAME=value>` per variable of the task's environment. Unlike
+  cron (`From: root`), the sender is the user: saturnd runs as the user, not as root.
+  No header value holds a line break (one would forge headers): each becomes a space.
+- Body: what the run stored, stdout then stderr (cron mails one interleaved stream;
+  saturnd keeps the two apart).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from saturnd.launch import CATCHABLE_SIGNALS, input_fd
+
+__all__ = [
+    "SENDMAILS",
+    "find_sendmail",
+    "message",
+    "recipients",
+    "send",
+    "sendmail_argv",
+    "subject_command",
+]
+
+SENDMAILS: Final = (b"/usr/sbin/sendmail", b"/usr/lib/sendmail")
+"""Where sendmail is looked for before the task's PATH."""
+
+_SEPARATORS: Final = b", \t\r\n"
+_DEFAULT_CONTENT_TYPE: Final = b"text/plain; charset=UTF-8"
+
+
+def recipients(mailto: bytes | None, user: bytes) -> tuple[bytes, ...]:
+    """The addresses a run's output goes to (none: no mail)."""
+    if mailto is None:
+        return (user,)
+    text = mailto
+    for separator in _SEPARATORS[1:]:
+        text = text.replace(bytes([separator]), b",")
+    return tuple(address for address in text.split(b",") if address)
+
+
+def sendmail_argv(program: bytes, to: Sequence[bytes]) -> list[bytes]:
+    """sendmail's command line: sender's full name, a lone `.` is no end, errors
+    mailed back, then the addresses (after `--`: an address is never an option)."""
+    return [program, b"-FCronDaemon", b"-i", b"-oem", b"--", *to]
+
+
+def subject_command(argv: Sequence[bytes]) -> bytes:
+    """The command as the subject shows it: an imported crontab line (`SHELL -c LINE`)
+    as written, any other command line shell-quoted."""
+    if len(argv) == 3 and argv[1] == b"-c":
+        return argv[2]
+    return b" ".join(os.fsencode(shlex.quote(os.fsdecode(arg))) if arg else b"''" for arg in argv)
+
+
+def _one_line(value: bytes) -> bytes:
+    """A header value cannot break its line (a newline would start a forged header)."""
+    return value.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
+
+
+def message(
+    user: bytes,
+    host: bytes,
+    mailto: bytes | None,
+    argv: Sequence[bytes],
+    env: Mapping[bytes, bytes],
+    output: bytes,
+) -> bytes:
+    """The whole message of a run's output: headers, a blank line, the output."""
+    to = user if mailto is None else mailto
+    short_host = host.split(b".", 1)[0]
+    headers = [
+        b"From: %s (Cron Daemon)" % user,
+        b"To: %s" % to,
+        b"Subject: Cron <%s@%s> %s" % (user, short_host, subject_command(argv)),
+        b"Content-Type: %s" % env.get(b"CONTENT_TYPE", _DEFAULT_CONTENT_TYPE),
+    ]
+    encoding = env.get(b"CONTENT_TRANSFER_ENCODING")
+    if encoding is not None:
+        headers.append(b"Content-Transfer-Encoding: %s" % encoding)
+    headers.append(b"Auto-Submitted: auto-generated")
+    headers.extend(b"X-Cron-Env: <%s=%s>" % item for item in env.items())
+    return b"".join(_one_line(header) + b"\n" for header in headers) + b"\n" + output
+
+
+# --- I/O ---------------------------------------------------------------------------
+
+
+def find_sendmail(fixed: Sequence[bytes], path: bytes | None) -> bytes | None:
+    """The first of `fixed`, then of `sendmail` in `path`, that is an executable
+    file; None when there is none."""
+    candidates = list(fixed)
+    if path is not None:
+        candidates.extend(os.path.join(d, b"sendmail") for d in path.split(b":") if d)
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def send(
+    program: bytes, to: Sequence[bytes], text: bytes, env: dict[bytes, bytes], null: int
+) -> int:
+    """Start sendmail with `text` on its standard input (an anonymous file: no pipe
+    to fill), its output to `null`; its pid. Raises OSError when it cannot start."""
+    stdin = input_fd(text)
+    try:
+        return os.posix_spawn(
+            program,
+            sendmail_argv(program, to),
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin, 0),
+                (os.POSIX_SPAWN_DUP2, null, 1),
+                (os.POSIX_SPAWN_DUP2, null, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=CATCHABLE_SIGNALS,
+        )
+    finally:
+        os.close(stdin)
