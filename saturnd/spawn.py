@@ -77,6 +77,7 @@ def spawn_run(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    sendmails: Sequence[bytes] = mail.SENDMAILS,
 ) -> None:
     """Start one run of `spec` (a batch of one, see `spawn_runs`).
 
@@ -84,7 +85,14 @@ def spawn_run(
     """
     if not spec.argv or not spec.argv[0]:
         raise ValueError(f"task {spec.task_id}: empty command line")
-    spawn_runs((spec,), keep_fds=keep_fds, record=record, logger=logger, max_output=max_output)
+    spawn_runs(
+        (spec,),
+        keep_fds=keep_fds,
+        record=record,
+        logger=logger,
+        max_output=max_output,
+        sendmails=sendmails,
+    )
 
 
 def spawn_runs(
