@@ -130,9 +130,7 @@ def mails(records: Path) -> list[tuple[list[bytes], bytes]]:
     return found
 
 
-def test_it_mails_a_run_s_output_to_mailto(
-    task_dir: Path, stand_in: tuple[bytes, Path]
-) -> None:
+def test_it_mails_a_run_s_output_to_mailto(task_dir: Path, stand_in: tuple[bytes, Path]) -> None:
     path, records = stand_in
     extras = Extras(env=((b"PATH", path),), mailto=b"bob@example.org")
     command = ("/bin/sh", "-c", "echo out; echo err >&2; exit 3")

@@ -43,7 +43,13 @@ def test_it_gives_cron_s_five_variables_in_order() -> None:
 
 
 def test_it_adds_the_task_s_variables_in_order_and_a_later_one_wins() -> None:
-    own = ((b"B", b"1"), (b"PATH", b"/opt/bin"), (b"A", b""), (b"B", b"2"), (b"SHELL", b"/bin/bash"))
+    own = (
+        (b"B", b"1"),
+        (b"PATH", b"/opt/bin"),
+        (b"A", b""),
+        (b"B", b"2"),
+        (b"SHELL", b"/bin/bash"),
+    )
     assert environment(ME, own) == {
         b"HOME": b"/home/alice",
         b"LOGNAME": b"alice",
