@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from saturnd.spawn import identity
 from saturnd.task import Extras
 from saturnd.taskenv import Identity, environment
+from tests.conftest import NOW
+from tests.daemon_harness import Daemon, wait_for
 from tests.test_spawn import TASK_ID, run
 
 ME = Identity(b"alice", b"/home/alice")
@@ -148,3 +151,29 @@ def test_it_feeds_a_big_input_that_the_command_never_reads(task_dir: Path) -> No
     big = b"x" * (4 << 20)  # far more than a pipe holds
     assert run(task_dir, "true", extras=Extras(stdin=big)) == (0, b"", b"")
     assert run(task_dir, "wc", "-c", extras=Extras(stdin=big)) == (0, b"4194304\n", b"")
+
+
+def test_it_gives_a_real_daemon_s_task_cron_s_world(
+    make_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shell that starts the daemon has its own junk; the task must see none of it.
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("OLDPWD", "/somewhere")
+    monkeypatch.setenv("_", "/usr/bin/saturnd")
+    daemon = make_daemon()
+    task_id = daemon.create("-m", "1", "-H", "8", "/bin/sh", "-c", "env; umask; pwd -P; touch f")
+    daemon.step_to(NOW + 60)
+    wait_for(lambda: daemon.runs(task_id), what="the run to finish")
+    assert daemon.runs(task_id) == [("2026-11-21 08:01:00", 0)]
+    lines = daemon.cassini("-o", str(task_id)).stdout.splitlines()
+    added = {b"PWD", b"SHLVL", b"_"}
+    env = sorted(line for line in lines[:-2] if line.split(b"=", 1)[0] not in added)
+    home = os.fsencode(daemon.root)
+    me = user()
+    assert env == sorted(
+        [b"HOME=" + home, b"LOGNAME=" + me, b"USER=" + me, b"SHELL=/bin/sh", b"PATH=/usr/bin:/bin"]
+    )
+    assert lines[-2:] == [b"0022", os.fsencode(daemon.root.resolve())]
+    # The daemon's own files stay private; what the task creates follows umask 022.
+    assert (daemon.root / "f").stat().st_mode & 0o777 == 0o644
+    assert (daemon.state / "cmds").stat().st_mode & 0o777 == 0o600
