@@ -7,14 +7,32 @@ its first executor is told it is the first) is checked through `Supervisor.parts
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import psutil
+import pytest
+
+from cassini.transport import exchange
 from saturnd.executor import Executor, reboot_tasks
 from saturnd.proc import StopFlag
-from saturnd.protocol import TaskEntry
+from saturnd.proctitle import role_of
+from saturnd.protocol import (
+    CreateExRequest,
+    CreateReply,
+    TaskEntry,
+    VersionReply,
+    VersionRequest,
+)
+from saturnd.task import Task
 from saturnd.timing import Timing
+from tests.conftest import NOW as START
+from tests.daemon_harness import SATURND, Daemon
 from tests.test_spawn import read_runs, wait_for
 
 LOG = logging.getLogger("test_reboot")
@@ -111,3 +129,76 @@ def test_it_is_told_only_at_the_executor_s_first_start(tmp_path: Path) -> None:
     assert part.starts == 0  # what the first child sees
     part.starts += 1  # what _start counts once the child is forked
     assert part.starts != 0  # every later child is told it is not the first
+
+
+# --- a real daemon: start, a part's restart, a second saturnd, stop and start -------
+
+
+def supports_create_ex(daemon: Daemon) -> bool:
+    """Whether the daemon takes CREATE-EX (the store of format 2 does)."""
+    reply = exchange(str(daemon.pipes), VersionRequest(b"test_reboot"))
+    return isinstance(reply, VersionReply) and b"cx" in reply.opcodes
+
+
+def executor_pid(daemon: Daemon) -> int:
+    """The pid of the daemon's executor, found by its process title."""
+    for pid in daemon.pids()[1:]:
+        try:
+            if role_of(psutil.Process(pid).cmdline()) == "executor":
+                return pid
+        except psutil.NoSuchProcess:
+            continue
+    raise AssertionError("no executor")
+
+
+def test_it_runs_a_reboot_task_once_per_daemon_start(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon()
+    if not supports_create_ex(daemon):
+        pytest.skip("this daemon has no CREATE-EX (store format 2) to hold an @reboot task")
+    marker = tmp_path / "marker"
+    line = f"echo ran >> '{marker}'".encode()
+    reply = exchange(str(daemon.pipes), CreateExRequest(Task(REBOOT, (b"/bin/sh", b"-c", line))))
+    assert isinstance(reply, CreateReply)
+    task_id = reply.task_id
+
+    def runs() -> int:
+        return len(daemon.runs(task_id))
+
+    def settle(moment: int) -> None:
+        """Let the executor handle another minute: a run it owed would have started."""
+        daemon.step_to(moment)
+        time.sleep(0.2)
+
+    settle(START + 60)  # created after the start: nothing until the next start
+    assert runs() == 0 and not marker.exists()
+
+    daemon.stop()  # cassini -q
+    daemon.start()
+    wait_for(lambda: runs() == 1, what="the @reboot run")
+    assert marker.read_text() == "ran\n"
+
+    # The supervisor restarts a killed executor: no second run.
+    victim = executor_pid(daemon)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(daemon.pids()) == 3 and victim not in daemon.pids(),
+        what="the executor to be restarted",
+    )
+    settle(START + 120)
+    # A second saturnd finds this one running: no run either.
+    second = subprocess.run(
+        [SATURND, "-f", "-p", str(daemon.pipes), "-s", str(daemon.state)],
+        capture_output=True,
+        timeout=10,
+        env=daemon.env,
+    )
+    assert second.returncode == 0 and b"already running" in second.stderr
+    settle(START + 180)
+    assert runs() == 1 and marker.read_text() == "ran\n"
+
+    daemon.stop()  # and a new start runs it again
+    daemon.start()
+    wait_for(lambda: runs() == 2, what="the second @reboot run")
+    assert marker.read_text() == "ran\nran\n"
