@@ -2,8 +2,8 @@
 carries it.
 
 This module owns the rules (pure: `recipients`, `message`, `sendmail_argv`,
-`subject_command`) and the two thin I/O steps P5 takes with them (`find_sendmail`,
-`send`); runsupervisor.py decides when (after a run that wrote anything).
+`subject_command`) and the thin I/O steps P5 takes with them (`Mailer`: `find_sendmail`
+once per PATH, `send`); runsupervisor.py calls it after a run that wrote anything.
 
 Rules, Debian cron's (do_command.c), facts only:
 - MAILTO unset: the user; MAILTO="": no mail; else its addresses (commas or blanks
@@ -24,6 +24,7 @@ Rules, Debian cron's (do_command.c), facts only:
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from saturnd.launch import CATCHABLE_SIGNALS, input_fd
 
 __all__ = [
     "SENDMAILS",
+    "Mailer",
     "find_sendmail",
     "message",
     "recipients",
@@ -44,6 +46,7 @@ __all__ = [
 SENDMAILS: Final = (b"/usr/sbin/sendmail", b"/usr/lib/sendmail")
 """Where sendmail is looked for before the task's PATH."""
 
+_DEV_NULL: Final = b"/dev/null"
 _SEPARATORS: Final = b", \t\r\n"
 _DEFAULT_CONTENT_TYPE: Final = b"text/plain; charset=UTF-8"
 
@@ -105,6 +108,64 @@ def message(
 # --- I/O ---------------------------------------------------------------------------
 
 
+class Mailer:
+    """P5's mail of its runs' outputs: sendmail looked for once per PATH, one log line
+    per mail sent or failed (none when there is no sendmail: cassini warned)."""
+
+    def __init__(
+        self,
+        fixed: Sequence[bytes],
+        user: bytes,
+        host: bytes,
+        logger: logging.Logger | None,
+    ) -> None:
+        self.fixed = tuple(fixed)
+        self.user = user
+        self.host = host
+        self.log = logger
+        self.found: dict[bytes | None, bytes | None] = {}  # by PATH; None: none
+
+    def sendmail(self, env: Mapping[bytes, bytes]) -> bytes | None:
+        """The sendmail for a task with environment `env` (None: none)."""
+        path = env.get(b"PATH")
+        if path not in self.found:
+            self.found[path] = find_sendmail(self.fixed, path)
+        return self.found[path]
+
+    def wants(self, mailto: bytes | None, env: Mapping[bytes, bytes]) -> bool:
+        """Whether a run's output would be mailed (someone to mail, a sendmail)."""
+        return bool(recipients(mailto, self.user)) and self.sendmail(env) is not None
+
+    def send(
+        self,
+        task_id: int,
+        argv: Sequence[bytes],
+        mailto: bytes | None,
+        env: dict[bytes, bytes],
+        output: bytes,
+    ) -> None:
+        """Mail a run's `output` as cron does, if `wants` said so; P5 does not wait."""
+        program = self.sendmail(env)
+        to = recipients(mailto, self.user)
+        if program is None or not to:
+            return
+        text = message(self.user, self.host, mailto, argv, env, output)
+        try:
+            pid = send(program, to, text, env)
+        except OSError as error:
+            if self.log is not None:
+                self.log.error("task %d: cannot mail its output: %s", task_id, error)
+            return
+        if self.log is not None:
+            self.log.info(
+                "task %d: output mailed to %s (%s pid %d)",
+                task_id,
+                b", ".join(to).decode(errors="replace"),
+                program.decode(errors="replace"),
+                pid,
+            )
+
+
 def find_sendmail(fixed: Sequence[bytes], path: bytes | None) -> bytes | None:
     """The first of `fixed`, then of `sendmail` in `path`, that is an executable
     file; None when there is none."""
@@ -117,11 +178,9 @@ def find_sendmail(fixed: Sequence[bytes], path: bytes | None) -> bytes | None:
     return None
 
 
-def send(
-    program: bytes, to: Sequence[bytes], text: bytes, env: dict[bytes, bytes], null: int
-) -> int:
+def send(program: bytes, to: Sequence[bytes], text: bytes, env: dict[bytes, bytes]) -> int:
     """Start sendmail with `text` on its standard input (an anonymous file: no pipe
-    to fill), its output to `null`; its pid. Raises OSError when it cannot start."""
+    to fill), its output to /dev/null; its pid. Raises OSError when it cannot start."""
     stdin = input_fd(text)
     try:
         return os.posix_spawn(
@@ -130,8 +189,8 @@ def send(
             env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, stdin, 0),
-                (os.POSIX_SPAWN_DUP2, null, 1),
-                (os.POSIX_SPAWN_DUP2, null, 2),
+                (os.POSIX_SPAWN_OPEN, 1, _DEV_NULL, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
             ],
             setsid=True,
             setsigmask=(),

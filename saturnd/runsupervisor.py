@@ -174,7 +174,7 @@ class Supervisor:
         # Shared by every run without variables of its own: most of a big batch.
         self.plain_env = environment(batch.identity)
         self.cwd = b""  # where P5 last changed directory to
-        self.sendmail: dict[bytes | None, bytes | None] = {}  # by PATH, None: none
+        self.mailer = mail.Mailer(batch.sendmails, batch.identity.user, batch.host, logger=self.log)
 
         self.budget = budget - _FD_RESERVE
         self.held = 0  # descriptors the runs hold
@@ -366,7 +366,9 @@ class Supervisor:
         holds them, are read and discarded from now on."""
         spec = run.spec
         logger = self.log
-        output = self._output_to_mail(run)
+        output = b""
+        if self.mailer.wants(run.spec.extras.mailto, run.env):
+            output = _stored(run.streams, self.batch.max_output)
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
@@ -422,58 +424,20 @@ class Supervisor:
                 _describe_cuts(run.streams, self.batch.max_output),
             )
         if output:
-            self._mail(run, output)
+            self.mailer.send(spec.task_id, spec.argv, spec.extras.mailto, run.env, output)
 
-    def _output_to_mail(self, run: _Run) -> bytes:
-        """What the run stored (stdout, then stderr) if it is to be mailed, else b""."""
-        if not mail.recipients(run.spec.extras.mailto, self.batch.identity.user):
-            return b""
-        if self._sendmail(run) is None:
-            return b""  # nothing is logged: cassini warned when the task was created
-        parts = []
-        for stream in run.streams:
-            size = self.batch.max_output - stream.room if stream.room > 0 else -1
-            try:
-                if size < 0:  # cut or failed: the file says how much it holds
-                    size = os.fstat(stream.file).st_size
-                parts.append(os.pread(stream.file, size, 0) if size else b"")
-            except OSError:
-                continue  # what cannot be read back is not mailed
-        return b"".join(parts)
 
-    def _sendmail(self, run: _Run) -> bytes | None:
-        """The sendmail for the run's output (None: none), looked for once per PATH."""
-        path = run.env.get(b"PATH")
-        if path not in self.sendmail:
-            self.sendmail[path] = mail.find_sendmail(self.batch.sendmails, path)
-        return self.sendmail[path]
-
-    def _mail(self, run: _Run, output: bytes) -> None:
-        """Mail `output` as cron does; one log line."""
-        spec = run.spec
-        program = self._sendmail(run)
-        logger = self.log
-        if program is None:
-            return
-        identity = self.batch.identity
-        to = mail.recipients(spec.extras.mailto, identity.user)
-        message = mail.message(
-            identity.user, self.batch.host, spec.extras.mailto, spec.argv, run.env, output
-        )
+def _stored(streams: list[_Stream], max_output: int) -> bytes:
+    """What a run's files hold, stdout then stderr (what cannot be read is left out)."""
+    parts = []
+    for stream in streams:
         try:
-            pid = mail.send(program, to, message, run.env, self.null)
-        except OSError as error:
-            if logger is not None:
-                logger.error("task %d: cannot mail its output: %s", spec.task_id, error)
-            return
-        if logger is not None:
-            logger.info(
-                "task %d: output mailed to %s (%s pid %d)",
-                spec.task_id,
-                b", ".join(to).decode(errors="replace"),
-                program.decode(errors="replace"),
-                pid,
-            )
+            # The room left says the size, unless the stream was cut or failed.
+            size = max_output - stream.room if stream.room > 0 else os.fstat(stream.file).st_size
+            parts.append(os.pread(stream.file, size, 0) if size else b"")
+        except OSError:
+            continue
+    return b"".join(parts)
 
 
 def _open_null() -> int:
