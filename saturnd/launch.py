@@ -74,6 +74,7 @@ class Launcher:
         self.missing: set[bytes] = set()  # paths found not to exist, in this batch
         # The exec paths of an argv[0] under a PATH (None: unset).
         self.paths: dict[tuple[bytes, bytes | None], tuple[bytes, ...]] = {}
+        self.valid_env: dict[bytes, bytes] | None = None  # the last one checked
 
     def spawn(
         self,
@@ -93,6 +94,11 @@ class Launcher:
         if any(b"\0" in arg for arg in argv):
             reason = b"argument contains a NUL byte"
             return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
+        if env is not self.valid_env and not _valid_env(env):
+            # posix_spawn would raise ValueError; the store refuses such a task anyway.
+            reason = b"invalid environment variable"
+            return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
+        self.valid_env = env
         key = (argv0, env.get(b"PATH"))
         paths = self.paths.get(key)
         if paths is None:
@@ -199,6 +205,14 @@ def _exec_paths(argv0: bytes, path: bytes | None) -> tuple[bytes, ...]:
     # Unset PATH: the default of os.execvp; an empty entry means the current directory.
     dirs = (os.fsencode(os.defpath) if path is None else path).split(b":")
     return tuple(os.path.join(d, argv0) for d in dirs)
+
+
+def _valid_env(env: dict[bytes, bytes]) -> bool:
+    """Whether execve can pass `env`: names without `=` or NUL, values without NUL."""
+    return all(
+        name and b"=" not in name and b"\0" not in name and b"\0" not in value
+        for name, value in env.items()
+    )
 
 
 def _exists(path: bytes) -> bool:

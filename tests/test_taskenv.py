@@ -177,3 +177,17 @@ def test_it_gives_a_real_daemon_s_task_cron_s_world(
     # The daemon's own files stay private; what the task creates follows umask 022.
     assert (daemon.root / "f").stat().st_mode & 0o777 == 0o644
     assert (daemon.state / "cmds").stat().st_mode & 0o777 == 0o600
+
+
+def test_it_refuses_an_environment_execve_cannot_pass_without_losing_the_batch(
+    task_dir: Path,
+) -> None:
+    # The store refuses such a task; P5 must still never die of one (posix_spawn raises
+    # ValueError, not OSError, and the batch's other runs would be lost).
+    for bad in ((b"A=B", b"x"), (b"A", b"x\0y"), (b"", b"x")):
+        assert run(task_dir, "true", extras=Extras(env=(bad,))) == (
+            127,
+            b"",
+            b"saturnd: cannot execute 'true': invalid environment variable\n",
+        )
+    assert run(task_dir, "true", extras=Extras(env=((b"A", b"x"),)))[0] == 0
