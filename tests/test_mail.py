@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from cassini.transport import exchange
 from saturnd.mail import find_sendmail, message, recipients, sendmail_argv, subject_command
+from saturnd.protocol import CreateExRequest, CreateReply
 from saturnd.spawn import identity
-from saturnd.task import Extras
+from saturnd.task import Extras, Task
+from saturnd.timing import Timing
+from tests.conftest import NOW as START
+from tests.daemon_harness import Daemon
 from tests.test_spawn import TASK_ID, run, wait_for
 
 ENV = {b"HOME": b"/home/alice", b"PATH": b"/usr/bin:/bin"}
@@ -183,3 +189,31 @@ def test_it_mails_nothing_without_a_sendmail(task_dir: Path, tmp_path: Path) -> 
     extras = Extras(env=((b"PATH", os.fsencode(f"{empty}:/usr/bin:/bin")),), mailto=b"me")
     # The run is recorded as usual; nothing else happens (nothing to look at but that).
     assert run(task_dir, "echo", "hi", extras=extras, sendmails=()) == (0, b"hi\n", b"")
+
+
+def test_a_real_daemon_runs_a_task_with_its_variables_input_and_mail(
+    make_daemon: Callable[..., Daemon], stand_in: tuple[bytes, Path]
+) -> None:
+    path, records = stand_in
+    daemon = make_daemon()
+    task = Task(
+        Timing.parse("1", "8", "*"),
+        (b"/bin/sh", b"-c", b'echo "$GREETING"; cat; echo oops >&2'),
+        Extras(
+            env=((b"PATH", path), (b"GREETING", b"hello")),
+            stdin=b"line one\nline two\n",
+            mailto=b"bob@example.org",
+        ),
+    )
+    reply = exchange(str(daemon.pipes), CreateExRequest(task))
+    assert isinstance(reply, CreateReply)
+    daemon.step_to(START + 60)
+    wait_for(lambda: mails(records), "the mail")
+    assert daemon.runs(reply.task_id) == [("2026-11-21 08:01:00", 0)]
+    output = b"hello\nline one\nline two\n"
+    assert daemon.cassini("-o", str(reply.task_id)).stdout == output
+    [(argv, text)] = mails(records)
+    assert argv[-1] == b"bob@example.org"
+    headers, body = text.split(b"\n\n", 1)
+    assert b"To: bob@example.org" in headers.split(b"\n")
+    assert body == output + b"oops\n"
