@@ -34,6 +34,8 @@ import resource
 import signal
 from typing import Final
 
+from saturnd.taskenv import TASK_UMASK
+
 __all__ = [
     "CATCHABLE_SIGNALS",
     "EXITCODE_CANNOT_EXECUTE",
@@ -167,16 +169,21 @@ class Launcher:
 def _posix_spawn(
     path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]], env: dict[bytes, bytes]
 ) -> int:
-    """Spawn one command: own session, default signals, empty mask, redirections."""
-    return os.posix_spawn(
-        path,
-        argv,
-        env,
-        file_actions=actions,
-        setsid=True,
-        setsigmask=(),
-        setsigdef=CATCHABLE_SIGNALS,
-    )
+    """Spawn one command: own session, default signals, empty mask, redirections,
+    umask 022 (P5 keeps the daemon's 077 for every file of its own)."""
+    previous = os.umask(TASK_UMASK)
+    try:
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=CATCHABLE_SIGNALS,
+        )
+    finally:
+        os.umask(previous)
 
 
 def input_fd(data: bytes) -> int:

@@ -32,7 +32,7 @@ Rules:
   without creating the directory, so FileNotFoundError means "removed meanwhile"
   (store first renames the directory away): P5 then unlinks the run's temporaries.
 - What a command sees is taskenv.py's: cron's environment plus the task's variables,
-  umask 022 (set once in P5, whose own files all have explicit modes), its HOME as
+  umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
   working directory (P5 changes directory before a spawn when the HOME differs from
   the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
 - After a run that wrote anything, P5 mails its output (stdout, then stderr, as

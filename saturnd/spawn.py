@@ -26,9 +26,10 @@ Rules:
   restart of the daemon or a kill of its process group. Every descriptor P5 opens is
   close-on-exec: the command inherits only 0, 1 and 2.
 - P5 (`_detach`) sets every catchable signal to its default, keeps SIGXFSZ ignored and
-  sets the commands' umask (022); what else a command sees is taskenv.py's, from the
-  user's identity (login name from the password database, HOME from the daemon's
-  $HOME, else the password database's), looked up for each batch.
+  keeps the daemon's umask (077; each command is spawned under 022). What else a
+  command sees is taskenv.py's, from the user's identity (login name from the password
+  database, HOME from the daemon's $HOME, else the password database's), looked up for
+  each batch.
 - Children use plain try/except rather than `contextlib.suppress`: nothing to allocate.
 - P5's own work, once detached, is runsupervisor.py's; starting one command (P6) is
   launch.py's.
@@ -55,7 +56,7 @@ from saturnd import mail, proctitle, taskdir
 from saturnd.launch import CATCHABLE_SIGNALS
 from saturnd.proc import EXITCODE_ABNORMAL, decode_status
 from saturnd.runsupervisor import Batch, Recorder, RunSpec, Supervisor
-from saturnd.taskenv import TASK_UMASK, Identity
+from saturnd.taskenv import Identity
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -282,5 +283,3 @@ def _detach(batch: Batch) -> None:
     # commands get the default: they are spawned with every signal at its default).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    # Every file P5 itself creates has an explicit mode; this is the commands' umask.
-    os.umask(TASK_UMASK)

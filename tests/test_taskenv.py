@@ -119,6 +119,17 @@ def test_it_runs_a_task_in_cron_s_environment_umask_and_home(
     assert lines[-2:] == [b"0022", os.fsencode(home.resolve())]
 
 
+def test_it_keeps_the_daemon_s_umask_for_the_runs_supervisor(task_dir: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        # The command's parent is the runs' supervising process (P5).
+        code, out, err = run(task_dir, "/bin/sh", "-c", "umask; grep Umask /proc/$PPID/status")
+    finally:
+        os.umask(old)
+    assert (code, err) == (0, b"")
+    assert out == b"0022\nUmask:\t0077\n"
+
+
 def test_it_runs_a_task_with_its_own_variables_and_home(task_dir: Path, tmp_path: Path) -> None:
     own_home = tmp_path / "own home"
     own_home.mkdir()
