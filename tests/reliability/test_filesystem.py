@@ -483,6 +483,45 @@ def test_it_survives_a_really_full_file_system(
     )
 
 
+@pytest.mark.scenario("3d. full disk (RLIMIT_FSIZE, small tmpfs)")
+def test_it_records_a_run_that_filled_the_disk_once_space_is_back(
+    tmp_path: Path, small_fs: Path, figures: Figures
+) -> None:
+    daemon = Target(tmp_path, NOW)
+    daemon.state = small_fs / "state"
+    daemon.start()
+    filler = small_fs / "filler"
+    try:
+        # The run itself fills the file system, after the minute was recorded as handled:
+        # its output is cut and its record refused (the history's first page).
+        task = daemon.create(
+            "-m", "1", "-H", "8", "sh", "-c", f"head -c 1M /dev/zero > {filler}; echo tick"
+        )
+        task_dir = daemon.state / f"task_{task}"
+        daemon.step_to(NOW + 60)
+        wait_for(lambda: taskdir.pending_runs(task_dir), what="the run to be kept pending")
+        code, document = saturnd_status(daemon)
+        assert code == 4 and document["runs_not_recorded"] == 1, document
+        filler.unlink()
+        wait_for(lambda: daemon.runs(task) == [("2026-11-21 08:01:00", 0)], what="the record")
+        log = daemon.log_text()
+        assert log.count("kept pending") == 1, log
+        assert (
+            f"recorded 1 run of task {task} that could not be recorded earlier (from 08:01); "
+            "output cut by the full disk: 08:01"
+        ) in log
+        assert saturnd_status(daemon)[1]["runs_not_recorded"] == 0
+        assert not list(task_dir.glob("pending.*")) and not list(task_dir.glob("*.tmp"))
+    finally:
+        daemon.stop()
+        filler.unlink(missing_ok=True)
+    figures.iterations = 1
+    figures.checked = (
+        "a run fills a 512 KiB tmpfs: its record kept pending (status exit 4), recorded by "
+        "its P5 once the space is freed, the log saying its output was cut"
+    )
+
+
 # --- a part that cannot start --------------------------------------------------------
 
 
