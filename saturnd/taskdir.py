@@ -273,6 +273,9 @@ _PENDING: Final = re.compile(
 )
 
 
+_PENDING_PREFIXES: Final = ("pending.", "recording.")
+
+
 @dataclass(frozen=True, order=True)
 class PendingRun:
     """A finished run not recorded yet; ordered by start time (then P5 and number)."""
@@ -343,7 +346,7 @@ def pending_runs(directory: int | str | Path) -> list[PendingRun]:
         names = os.listdir(directory)
     except OSError:
         return []
-    found = (parse_pending(name) for name in names)
+    found = (parse_pending(name) for name in names if name.startswith(_PENDING_PREFIXES))
     return sorted(run for run in found if run is not None)
 
 

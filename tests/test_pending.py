@@ -159,3 +159,42 @@ def test_it_keeps_later_runs_pending_while_earlier_ones_cannot_be_recorded(
     spawn_run(spec, record=refuses_the_first, logger=logger_to(log))
     wait_for(lambda: len(history(task_dir)) == 2, "both runs, on the retry")
     assert history(task_dir) == [(START, 1), (START + 60, 2)]
+
+
+def refuse_renames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """P5 cannot even rename the run's outputs: only its memory holds the run."""
+
+    def pend(*args: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(taskdir, "pend", pend)
+
+
+def test_it_holds_a_run_in_memory_when_its_outputs_cannot_be_kept(
+    task_dir: Path, full: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse_renames(monkeypatch)
+    start(task_dir, full, log, "echo out; exit 4", START)
+    wait_for(lambda: logged(log, "kept pending"), "the run to be kept pending")
+    assert "kept pending in memory (its output is lost)" in lines(log)[0]
+    assert os.listdir(task_dir) == []  # its temporaries are gone
+    full.unlink()
+    wait_for(lambda: history(task_dir) == [(START, 4)], "the run to be recorded")
+    wait_for(lambda: logged(log, "recorded 1 run"), "the recovery's log line")
+    assert lines(log)[1].endswith(
+        f"recorded 1 run of task {TASK_ID} that could not be recorded earlier "
+        f"(from {hhmm(START)}); output lost: {hhmm(START)}"
+    )
+
+
+def test_it_says_a_run_held_in_memory_is_lost_when_it_gives_up(
+    task_dir: Path, full: Path, log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refuse_renames(monkeypatch)
+    monkeypatch.setattr(runsupervisor, "RETRY_FOR", 0.3)
+    start(task_dir, full, log, "exit 4", START)
+    wait_for(lambda: logged(log, "LOST"), "the run to be given up")
+    kept, lost = lines(log)
+    assert "in memory" in kept
+    assert f"task {TASK_ID}: run LOST, not recorded (start {START}, exit code 4, pid " in lost
+    assert history(task_dir) == [] and os.listdir(task_dir) == []
