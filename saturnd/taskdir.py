@@ -397,7 +397,11 @@ def flush_pending(
             if run.on_disk:
                 out, err = run.names()
                 if publish_last and index == len(runs) - 1:
-                    publish(dir_fd, out, err)
+                    os.rename(out, _STDOUT_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    try:
+                        os.rename(err, _STDERR_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        pass  # its stdout is the record: a lost stderr must not stop it
                 else:
                     _unlink_entry(dir_fd, out)
                     _unlink_entry(dir_fd, err)
