@@ -80,6 +80,14 @@ __all__ = ["RETRY_FOR", "Batch", "Recorder", "RunSpec", "Supervisor", "recovered
 Recorder = Callable[[Path, int, int], None]
 """Appends one finished run (task directory, start time, exit code) to the history."""
 
+# Errors after which a record may work later (space freed, a file size limit raised,
+# a transient device error): the run is kept pending. Others lose it at once.
+_RETRIABLE: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+RETRY_FOR = 300.0
+"""Seconds P5 retries its pending runs before leaving them to the task's next run."""
+_RETRY_FIRST: Final = 1.0
+_RETRY_MOST: Final = 60.0
+
 # What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
 _CHUNK: Final = 1 << 16
 _DISCARD: Final = 1 << 20
@@ -92,14 +100,6 @@ _FDS_PER_RUN: Final = 7
 _FD_RESERVE: Final = 32
 # A hard limit this high is as good as none; P5 does not raise its own past it.
 _FD_CEILING: Final = 1 << 20
-
-# Errors after which a record may work later (space freed, a file size limit raised,
-# a transient device error): the run is kept pending. Others lose it at once.
-_RETRIABLE: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-RETRY_FOR = 300.0
-"""Seconds P5 retries its pending runs before leaving them to the task's next run."""
-_RETRY_FIRST: Final = 1.0
-_RETRY_MOST: Final = 60.0
 
 _DEV_NULL: Final = b"/dev/null"
 _OUTPUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -155,11 +155,11 @@ class _Run:
     out_name: bytes
     err_name: bytes
     streams: list[_Stream] = field(default_factory=list)
+    number: int = 0  # in the batch, as in its temporaries' names
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
     failure: str = ""  # why the command could not start, for the log ("" if it did)
-    number: int = 0  # in the batch, as in its temporaries' names
 
 
 @dataclass(slots=True)
@@ -363,78 +363,6 @@ class Supervisor:
                     break
                 budget -= moved
 
-    def _finish(self, run: _Run) -> None:
-        """Record the run, publish its output, log it; its pipes, if something still
-        holds them, are read and discarded from now on."""
-        spec = run.spec
-        logger = self.log
-        for stream in run.streams:
-            os.close(stream.file)
-            stream.room = 0  # nothing more is stored
-        ended = decode_status(run.status)
-        exitcode = ended.exitcode
-        duration = time.monotonic() - run.started
-        dirfd = run.dirfd
-        # Record and rename as one step with respect to other runs of this task: the run
-        # recorded last is the one whose output stays (see the module docstring).
-        recorded = published = kept = False
-        try:
-            taskdir.lock_runs(dirfd)
-            self._record_pending(spec, dirfd)  # earlier runs of the task first
-            self.batch.record(spec.task_dir, spec.start_time, exitcode)
-            recorded = True
-            taskdir.publish(dirfd, run.out_name, run.err_name)
-            published = True
-        except FileNotFoundError:
-            if logger is not None:
-                logger.info(
-                    "task %d: removed during run pid %d, not recorded", spec.task_id, run.pid
-                )
-        except Exception as error:  # one run's failure must not end the others' watch
-            if recorded:
-                if logger is not None:
-                    logger.error(
-                        "task %d: run pid %d recorded, its output lost: %s",
-                        spec.task_id,
-                        run.pid,
-                        error,
-                    )
-            elif isinstance(error, OSError) and error.errno in _RETRIABLE:
-                kept = self._keep(run, exitcode, error)
-            elif logger is not None:
-                # All the history would have held, so a lost record is accounted for.
-                logger.error(
-                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
-                    spec.task_id,
-                    spec.start_time,
-                    exitcode,
-                    run.pid,
-                    error,
-                )
-        finally:
-            if not published and not kept:
-                _unlink(dirfd, run.out_name)
-                _unlink(dirfd, run.err_name)
-            os.close(dirfd)  # also releases the lock
-            self.held -= 3
-        if published and logger is not None and run.pid < 0:
-            logger.info(
-                "task %d: could not start: %s, exit code %d",
-                spec.task_id,
-                run.failure or "unknown reason",
-                exitcode,
-            )
-        elif published and logger is not None:
-            logger.info(
-                "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
-                spec.task_id,
-                run.pid,
-                exitcode,
-                ended.text,
-                duration,
-                _describe_cuts(run.streams, self.batch.max_output),
-            )
-
     # --- runs that could not be recorded --------------------------------------------
 
     def _keep(self, run: _Run, exitcode: int, error: OSError) -> bool:
@@ -573,28 +501,77 @@ class Supervisor:
                     RETRY_FOR,
                 )
 
-
-def _clock(epoch: int) -> str:
-    """A run's start as the log names it: HH:MM, local time."""
-    return time.strftime("%H:%M", time.localtime(epoch))
-
-
-def recovered_text(task_id: int, runs: Sequence[taskdir.PendingRun]) -> str:
-    """The log line that accounts for pending runs recorded at last (oldest first)."""
-    first, last = _clock(runs[0].start), _clock(runs[-1].start)
-    span = first if first == last else f"{first} to {last}"
-    plural = "run" if len(runs) == 1 else "runs"
-    text = (
-        f"recorded {len(runs)} {plural} of task {task_id} that could not be recorded "
-        f"earlier (from {span})"
-    )
-    lost = [_clock(run.start) for run in runs if not run.on_disk]
-    cut = [_clock(run.start) for run in runs if run.on_disk and not run.whole]
-    if lost:
-        text += "; output lost: " + ", ".join(lost)
-    if cut:
-        text += "; output cut by the full disk: " + ", ".join(cut)
-    return text
+    def _finish(self, run: _Run) -> None:
+        """Record the run, publish its output, log it; its pipes, if something still
+        holds them, are read and discarded from now on."""
+        spec = run.spec
+        logger = self.log
+        for stream in run.streams:
+            os.close(stream.file)
+            stream.room = 0  # nothing more is stored
+        ended = decode_status(run.status)
+        exitcode = ended.exitcode
+        duration = time.monotonic() - run.started
+        dirfd = run.dirfd
+        # Record and rename as one step with respect to other runs of this task: the run
+        # recorded last is the one whose output stays (see the module docstring).
+        recorded = published = kept = False
+        try:
+            taskdir.lock_runs(dirfd)
+            self._record_pending(spec, dirfd)  # earlier runs of the task first
+            self.batch.record(spec.task_dir, spec.start_time, exitcode)
+            recorded = True
+            taskdir.publish(dirfd, run.out_name, run.err_name)
+            published = True
+        except FileNotFoundError:
+            if logger is not None:
+                logger.info(
+                    "task %d: removed during run pid %d, not recorded", spec.task_id, run.pid
+                )
+        except Exception as error:  # one run's failure must not end the others' watch
+            if recorded:
+                if logger is not None:
+                    logger.error(
+                        "task %d: run pid %d recorded, its output lost: %s",
+                        spec.task_id,
+                        run.pid,
+                        error,
+                    )
+            elif isinstance(error, OSError) and error.errno in _RETRIABLE:
+                kept = self._keep(run, exitcode, error)
+            elif logger is not None:
+                # All the history would have held, so a lost record is accounted for.
+                logger.error(
+                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
+                    spec.task_id,
+                    spec.start_time,
+                    exitcode,
+                    run.pid,
+                    error,
+                )
+        finally:
+            if not published and not kept:
+                _unlink(dirfd, run.out_name)
+                _unlink(dirfd, run.err_name)
+            os.close(dirfd)  # also releases the lock
+            self.held -= 3
+        if published and logger is not None and run.pid < 0:
+            logger.info(
+                "task %d: could not start: %s, exit code %d",
+                spec.task_id,
+                run.failure or "unknown reason",
+                exitcode,
+            )
+        elif published and logger is not None:
+            logger.info(
+                "task %d: run pid %d finished: exit code %d (%s) after %.3f s%s",
+                spec.task_id,
+                run.pid,
+                exitcode,
+                ended.text,
+                duration,
+                _describe_cuts(run.streams, self.batch.max_output),
+            )
 
 
 def _open_null() -> int:
@@ -723,3 +700,26 @@ def _unlink(dirfd: int, name: bytes) -> None:
         os.unlink(name, dir_fd=dirfd)
     except FileNotFoundError:
         pass
+
+
+def _clock(epoch: int) -> str:
+    """A run's start as the log names it: HH:MM, local time."""
+    return time.strftime("%H:%M", time.localtime(epoch))
+
+
+def recovered_text(task_id: int, runs: Sequence[taskdir.PendingRun]) -> str:
+    """The log line that accounts for pending runs recorded at last (oldest first)."""
+    first, last = _clock(runs[0].start), _clock(runs[-1].start)
+    span = first if first == last else f"{first} to {last}"
+    plural = "run" if len(runs) == 1 else "runs"
+    text = (
+        f"recorded {len(runs)} {plural} of task {task_id} that could not be recorded "
+        f"earlier (from {span})"
+    )
+    lost = [_clock(run.start) for run in runs if not run.on_disk]
+    cut = [_clock(run.start) for run in runs if run.on_disk and not run.whole]
+    if lost:
+        text += "; output lost: " + ", ".join(lost)
+    if cut:
+        text += "; output cut by the full disk: " + ", ".join(cut)
+    return text
