@@ -155,7 +155,6 @@ class _Run:
     out_name: bytes
     err_name: bytes
     streams: list[_Stream] = field(default_factory=list)
-    number: int = 0  # in the batch, as in its temporaries' names
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
@@ -280,7 +279,7 @@ class Supervisor:
                     logger.error("task %d: cannot create output files: %s", spec.task_id, error)
             return
         self.held += 3
-        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), number=self.started)
+        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic())
         write_ends: list[int] = []
         message = b""
         try:
@@ -372,7 +371,7 @@ class Supervisor:
         pending = taskdir.PendingRun(
             spec.start_time,
             self.pid,
-            run.number,
+            taskdir.run_number(run.out_name),
             exitcode,
             whole=all(stream.error is None for stream in run.streams),
         )

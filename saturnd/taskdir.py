@@ -81,6 +81,7 @@ __all__ = [
     "read_file",
     "removed_name",
     "repair_dirs",
+    "run_number",
     "runs_in_progress",
     "task_id_of",
     "temporary_names",
@@ -128,6 +129,11 @@ def removed_name(task_id: int, token: str) -> str:
 def temporary_names(p5_pid: int, number: int) -> tuple[bytes, bytes]:
     """The temporary stdout and stderr of run `number` of the batch of `p5_pid`."""
     return (b"stdout.%d.%d.tmp" % (p5_pid, number), b"stderr.%d.%d.tmp" % (p5_pid, number))
+
+
+def run_number(temporary: bytes) -> int:
+    """The number in its batch of the run a `temporary_names` name is of."""
+    return int(temporary.split(b".")[2])
 
 
 def _temporary_pid(name: str) -> int | None:

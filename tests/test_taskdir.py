@@ -18,6 +18,7 @@ def test_it_names_the_files_as_on_disk_before() -> None:
     assert taskdir.dir_name(26) == "task_26"
     assert taskdir.removed_name(26, "0a1b2c3d") == ".removed-26-0a1b2c3d"
     assert taskdir.temporary_names(4242, 3) == (b"stdout.4242.3.tmp", b"stderr.4242.3.tmp")
+    assert taskdir.run_number(b"stdout.4242.3.tmp") == 3
     assert (taskdir.TIMES_EXITCODES, taskdir.STDOUT, taskdir.STDERR) == (
         "times-exitcodes",
         "stdout",
