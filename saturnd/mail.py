@@ -9,8 +9,9 @@ Rules, Debian cron's (do_command.c), facts only:
 - MAILTO unset: the user; MAILTO="": no mail; else its addresses (commas or blanks
   between them). No sendmail program: no mail (cassini warns when a task is created).
 - sendmail is /usr/sbin/sendmail, else /usr/lib/sendmail, else `sendmail` in the task's
-  PATH; it runs as `sendmail -FCronDaemon -i -oem -- ADDRESS...`, in the task's
-  environment, with the message on its standard input, in its own session.
+  PATH (the daemon's SATURND_SENDMAIL, when set, names the only one; "": none). It runs
+  as `sendmail -FCronDaemon -i -oem -- ADDRESS...`, in the task's environment, with the
+  message on its standard input, in its own session.
 - Headers: From, To (MAILTO as written), `Subject: Cron <user@host> command` (host up to
   its first dot; the command as crontab wrote it: `SHELL -c LINE` shows LINE),
   Content-Type (`text/plain; charset=UTF-8` unless the task sets CONTENT_TYPE, and
@@ -45,10 +46,22 @@ __all__ = [
 
 SENDMAILS: Final = (b"/usr/sbin/sendmail", b"/usr/lib/sendmail")
 """Where sendmail is looked for before the task's PATH."""
+CHOICE: Final = b"SATURND_SENDMAIL"
+"""The daemon's variable naming the one sendmail to use ("": never mail)."""
 
 _DEV_NULL: Final = b"/dev/null"
 _SEPARATORS: Final = b", \t\r\n"
 _DEFAULT_CONTENT_TYPE: Final = b"text/plain; charset=UTF-8"
+
+
+def sendmail_choice(environ: Mapping[bytes, bytes]) -> tuple[tuple[bytes, ...], bool]:
+    """Where to look for sendmail, from the daemon's environment: (fixed candidates,
+    whether the task's PATH is searched after them). SATURND_SENDMAIL, when set, names
+    the only program ("" never mails: the tests set it, so that no test mails anyone)."""
+    chosen = environ.get(CHOICE)
+    if chosen is None:
+        return SENDMAILS, True
+    return ((chosen,) if chosen else ()), False
 
 
 def recipients(mailto: bytes | None, user: bytes) -> tuple[bytes, ...]:
@@ -115,11 +128,13 @@ class Mailer:
     def __init__(
         self,
         fixed: Sequence[bytes],
+        search_path: bool,
         user: bytes,
         host: bytes,
         logger: logging.Logger | None,
     ) -> None:
         self.fixed = tuple(fixed)
+        self.search_path = search_path
         self.user = user
         self.host = host
         self.log = logger
@@ -129,7 +144,7 @@ class Mailer:
         """The sendmail for a task with environment `env` (None: none)."""
         path = env.get(b"PATH")
         if path not in self.found:
-            self.found[path] = find_sendmail(self.fixed, path)
+            self.found[path] = find_sendmail(self.fixed, path if self.search_path else None)
         return self.found[path]
 
     def wants(self, mailto: bytes | None, env: Mapping[bytes, bytes]) -> bool:

@@ -139,7 +139,8 @@ class Batch:
     logger: logging.Logger | None
     identity: Identity  # the user the tasks run as (taskenv.py)
     host: bytes  # for the mail's subject
-    sendmails: tuple[bytes, ...]  # where sendmail is looked for before the task's PATH
+    sendmails: tuple[bytes, ...]  # where sendmail is looked for first
+    mail_path: bool  # then in the task's PATH
     keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
@@ -201,7 +202,9 @@ class Supervisor:
         # Shared by every run without variables of its own: most of a big batch.
         self.plain_env = environment(batch.identity)
         self.cwd = b""  # where P5 last changed directory to
-        self.mailer = mail.Mailer(batch.sendmails, batch.identity.user, batch.host, logger=self.log)
+        self.mailer = mail.Mailer(
+            batch.sendmails, batch.mail_path, batch.identity.user, batch.host, self.log
+        )
 
         self.budget = budget - _FD_RESERVE
         self.held = 0  # descriptors the runs hold

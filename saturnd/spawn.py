@@ -78,7 +78,7 @@ def spawn_run(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
-    sendmails: Sequence[bytes] = mail.SENDMAILS,
+    sendmails: Sequence[bytes] | None = None,
 ) -> None:
     """Start one run of `spec` (a batch of one, see `spawn_runs`).
 
@@ -104,7 +104,7 @@ def spawn_runs(
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
     role: str = "runs",
-    sendmails: Sequence[bytes] = mail.SENDMAILS,
+    sendmails: Sequence[bytes] | None = None,
 ) -> None:
     """Start the runs of `specs`; return once P4 has exited (two forks, a few ms).
 
@@ -119,7 +119,8 @@ def spawn_runs(
     descriptor >= 3 is closed there, and no command inherits any of them. P5 is named
     `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM"). A run's output is
     mailed through the first of `sendmails`, else of `sendmail` in the task's PATH,
-    that exists (mail.py).
+    that exists; `sendmails` None: as the daemon's environment says
+    (`mail.sendmail_choice`).
 
     Raises ValueError for a negative `max_output`, OSError when the first or second
     fork fails (no run was started then).
@@ -129,13 +130,17 @@ def spawn_runs(
     if record is None:
         record = taskdir.append_run
     keep = set(keep_fds) | _logger_fds(logger)
+    fixed, mail_path = (
+        mail.sendmail_choice(os.environb) if sendmails is None else (tuple(sendmails), True)
+    )
     batch = Batch(
         specs=specs,
         record=record,
         logger=logger,
         identity=identity(),
         host=_hostname(),
-        sendmails=tuple(sendmails),
+        sendmails=fixed,
+        mail_path=mail_path,
         keep=tuple(sorted(fd for fd in keep if fd >= 3)),
         p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from cassini.transport import exchange
-from saturnd.mail import find_sendmail, message, recipients, sendmail_argv, subject_command
+from saturnd.mail import (
+    SENDMAILS,
+    find_sendmail,
+    message,
+    recipients,
+    sendmail_argv,
+    sendmail_choice,
+    subject_command,
+)
 from saturnd.protocol import CreateExRequest, CreateReply
 from saturnd.spawn import identity
 from saturnd.task import Extras, Task
@@ -192,9 +200,13 @@ def test_it_mails_nothing_without_a_sendmail(task_dir: Path, tmp_path: Path) -> 
 
 
 def test_a_real_daemon_runs_a_task_with_its_variables_input_and_mail(
-    make_daemon: Callable[..., Daemon], stand_in: tuple[bytes, Path]
+    make_daemon: Callable[..., Daemon],
+    stand_in: tuple[bytes, Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path, records = stand_in
+    # The tests' daemons never mail (conftest); this one uses the stand-in only.
+    monkeypatch.setenv("SATURND_SENDMAIL", os.fsdecode(path.split(b":")[0] + b"/sendmail"))
     daemon = make_daemon()
     task = Task(
         Timing.parse("1", "8", "*"),
@@ -217,3 +229,24 @@ def test_a_real_daemon_runs_a_task_with_its_variables_input_and_mail(
     headers, body = text.split(b"\n\n", 1)
     assert b"To: bob@example.org" in headers.split(b"\n")
     assert body == output + b"oops\n"
+
+
+def test_it_lets_the_daemon_s_environment_choose_the_sendmail() -> None:
+    assert sendmail_choice({}) == (SENDMAILS, True)
+    assert sendmail_choice({b"SATURND_SENDMAIL": b"/opt/msmtp"}) == ((b"/opt/msmtp",), False)
+    assert sendmail_choice({b"SATURND_SENDMAIL": b""}) == ((), False)
+
+
+def test_a_daemon_whose_environment_says_no_sendmail_mails_nothing(
+    task_dir: Path, stand_in: tuple[bytes, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, records = stand_in
+    monkeypatch.setenv("SATURND_SENDMAIL", "")
+    extras = Extras(env=((b"PATH", path),), mailto=b"me")
+    assert run(task_dir, "echo", "hi", extras=extras) == (0, b"hi\n", b"")
+    # With the choice given, the stand-in on the task's PATH is used as before.
+    monkeypatch.setenv("SATURND_SENDMAIL", os.fsdecode(path.split(b":")[0] + b"/sendmail"))
+    assert run(task_dir, "echo", "there", extras=extras)[0] == 0
+    wait_for(lambda: mails(records), "the mail")
+    [(_argv, text)] = mails(records)
+    assert text.endswith(b"\n\nthere\n")
