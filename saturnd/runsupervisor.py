@@ -300,7 +300,11 @@ class Supervisor:
             return
         self.held += 3
         extras = spec.extras
-        env = environment(self.batch.identity, extras.env) if extras.env else self.plain_env
+        env = (
+            environment(self.batch.identity, extras.env, extras.mailto)
+            if extras.env or extras.mailto is not None
+            else self.plain_env
+        )
         run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), env=env)
         write_ends: list[int] = []
         stdin = -1

@@ -4,7 +4,8 @@ working directory (pure: the I/O code passes in who the user is).
 Rules, those of Debian's cron (cron(5), cron(8)), so that the shell or session that
 happened to start the daemon changes nothing a task sees:
 - The environment is exactly HOME, LOGNAME, USER, SHELL=/bin/sh, PATH=/usr/bin:/bin,
-  then the task's own variables in their order (a later one wins). A task may change
+  then the task's own variables in their order (a later one wins), and MAILTO when the
+  task sets one (a crontab variable: cron's commands see it). A task may change
   HOME, SHELL and PATH (and add any other); LOGNAME and USER always name the user the
   task runs as, as cron(5) says of LOGNAME ("may not be changed"); Debian sets USER too.
 - HOME is the home the daemon was started with (login sets $HOME from the password
@@ -47,9 +48,15 @@ class Identity:
     home: bytes
 
 
-def environment(identity: Identity, own: Iterable[tuple[bytes, bytes]] = ()) -> dict[bytes, bytes]:
+def environment(
+    identity: Identity,
+    own: Iterable[tuple[bytes, bytes]] = (),
+    mailto: bytes | None = None,
+) -> dict[bytes, bytes]:
     """The environment of a command: cron's five variables, then the task's `own`
-    variables in order (a later one wins; LOGNAME and USER stay the user's)."""
+    variables in order (a later one wins; LOGNAME and USER stay the user's), then
+    MAILTO when the task sets it and its variables do not (cron's MAILTO is a crontab
+    variable: its commands see it)."""
     env = {
         b"HOME": identity.home,
         b"LOGNAME": identity.user,
@@ -60,4 +67,6 @@ def environment(identity: Identity, own: Iterable[tuple[bytes, bytes]] = ()) -> 
     for name, value in own:
         if name not in FIXED:
             env[name] = value
+    if mailto is not None:
+        env.setdefault(b"MAILTO", mailto)
     return env

@@ -65,6 +65,13 @@ def test_it_adds_the_task_s_variables_in_order_and_a_later_one_wins() -> None:
     assert list(environment(ME, own))[5:] == [b"B", b"A"]
 
 
+def test_it_shows_the_task_s_mailto_as_cron_does() -> None:
+    assert environment(ME, (), b"")[b"MAILTO"] == b""
+    assert environment(ME, (), b"bob")[b"MAILTO"] == b"bob"
+    assert environment(ME, ((b"MAILTO", b"carol"),), b"bob")[b"MAILTO"] == b"carol"
+    assert b"MAILTO" not in environment(ME, (), None)
+
+
 def test_it_keeps_logname_and_user_the_user_s() -> None:
     own = ((b"LOGNAME", b"root"), (b"USER", b"root"), (b"HOME", b"/srv"))
     env = environment(ME, own)
