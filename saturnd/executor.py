@@ -34,13 +34,17 @@ Rules:
   no sync): an idle minute then blocks on nothing. If an OS crash loses such a mark,
   the minutes replayed from the older one had no runs under the same table and clock,
   so they still have none.
+- @reboot tasks (`timing.reboot`) run once per daemon start: the supervisor tells the
+  executor whether this is its first start (`first_start`), and only then does it start
+  them, as one batch before its first minute. An executor restarted after a crash, or
+  one whose first start failed, never runs them; the clock never does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +55,7 @@ from saturnd.clock import Clock
 from saturnd.proc import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
+from saturnd.timing import Timing
 
 STATE_FILE: Final = "last-minute"
 TEMPORARY: Final = f".{STATE_FILE}.tmp"
@@ -130,8 +135,11 @@ class Executor:
         wake_fd: int | None = None,
         keep_fds: Collection[int] = (),
         max_output: int = DEFAULT_MAX_OUTPUT,
+        first_start: bool = False,
     ) -> None:
+        """`first_start`: the daemon's first executor, which runs the @reboot tasks."""
         self.state_dir = state_dir
+        self.first_start = first_start
         self.store = store
         self.clock = clock
         self.log = logger
@@ -150,6 +158,9 @@ class Executor:
     def run(self) -> int:
         """The minute loop; returns 0 when stopped."""
         attempted: int | None = None  # the last minute tick() was called for
+        if self.first_start and not self.stop.stopping:
+            self.first_start = False
+            self.start_reboot_tasks(self.clock.now())
         while not self.stop.stopping:
             now = self.clock.now()
             epoch_minute = int(now // 60)
@@ -227,6 +238,31 @@ class Executor:
                 error.strerror or error,
             )
 
+    def start_reboot_tasks(self, now: float) -> None:
+        """Start every @reboot task once, as one batch recorded at `now`."""
+        task_ids = reboot_tasks(self.store.timings)
+        if not task_ids:
+            return
+        self.log.info("starting %d @reboot tasks", len(task_ids))
+        moment = schedule.local_minute(int(now // 60), None)
+        try:
+            spawn_runs(
+                _run_specs(self.store, ((moment, task_id) for task_id in task_ids), int(now)),
+                keep_fds=self.keep_fds,
+                logger=self.log,
+                max_output=self.max_output,
+                role="runs at start",
+            )
+        except OSError as error:
+            self.log.error(
+                "cannot start the %d @reboot tasks: %s", len(task_ids), error.strerror or error
+            )
+
+
+def reboot_tasks(timings: Mapping[int, Timing]) -> list[int]:
+    """The ids of the tasks that run once per daemon start, in id order."""
+    return [task_id for task_id, timing in timings.items() if timing.reboot]
+
 
 def catch_ups(
     plan: schedule.Plan, current: datetime, late: int, restarted: bool
@@ -249,7 +285,7 @@ def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -
     for _minute, task_id in runs:
         entry = tasks.get(task_id)
         if entry is not None:
-            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start)
+            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start, entry.extras)
 
 
 def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:
