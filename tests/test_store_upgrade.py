@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -16,12 +17,26 @@ from typing import Any
 
 import pytest
 
-from saturnd.protocol import TaskEntry
+from saturnd.decoding import decode_reply
+from saturnd.protocol import (
+    CreateExRequest,
+    CreateReply,
+    ErrorReply,
+    ListExReply,
+    ListExRequest,
+    ReplaceReply,
+    ReplaceRequest,
+    Reply,
+    Request,
+    TaskEntry,
+    encode,
+)
 from saturnd.records import TOMBSTONE, encode_body_v1, encode_header, encode_record
 from saturnd.store import CMDS_TEMP, Store
 from saturnd.task import Extras, Task
 from saturnd.taskdir import append_run
 from saturnd.timing import Timing
+from tests.daemon_harness import Daemon
 
 LOG = logging.getLogger("test.store_upgrade")
 EVERY_MINUTE = Timing()
@@ -232,3 +247,46 @@ def test_a_replace_killed_at_any_step_gives_the_old_tasks_or_the_new(state: Path
         kill_at += 1
     assert outcomes == {15, 17}  # killed before the commit, and after it
     assert loaded(state) == (new, 17)
+
+
+# --- end to end: a daemon started on a version 1 state directory ------------------
+
+
+def ask(daemon: Daemon, request: Request) -> Reply:
+    """One request over the daemon's socket, the reply decoded."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.settimeout(10)
+        connection.connect(str(daemon.pipes / "saturnd.sock"))
+        connection.sendall(encode(request))
+        connection.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    return decode_reply(request.opcode, data)
+
+
+def test_a_daemon_upgrades_at_start_and_serves_whole_tasks(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path, start=1_767_225_600)  # 2026-01-01 00:00 UTC
+    daemon.state.mkdir(mode=0o700)
+    tasks = write_v1(daemon.state)
+    daemon.start()
+    try:
+        assert version_of(daemon.state) == 2
+        listed = daemon.cassini("-l").stdout.decode().splitlines()
+        assert [int(line.split(":")[0]) for line in listed] == list(tasks)
+        assert listed[1] == "5: 0 9 1-5 echo five"
+        assert ask(daemon, ListExRequest()) == ListExReply(tuple(tasks.values()))
+        reply = ask(daemon, ReplaceRequest((1, 10), (WHOLE,)))
+        assert reply == ReplaceReply((15,))
+        refused = ask(daemon, ReplaceRequest((1,), (WHOLE,)))
+        assert refused == ErrorReply(b"EM", "cannot replace: no task with id 1")
+        assert ask(daemon, CreateExRequest(WHOLE)) == CreateReply(16)
+        entries = ask(daemon, ListExRequest())
+        assert isinstance(entries, ListExReply)
+        assert [entry.task_id for entry in entries.tasks] == [5, 11, 12, 15, 16]
+        assert entries.tasks[-1].task == WHOLE
+        # The course's LIST shows a whole task by its first three fields.
+        assert daemon.cassini("-l").stdout.decode().splitlines()[-1] == "16: 0 4 * monthly"
+    finally:
+        daemon.stop()
+    assert loaded(daemon.state)[1] == 17
