@@ -80,23 +80,33 @@ def _weekday(moment: datetime) -> int:
     return (moment.weekday() + 1) % 7
 
 
+def _day_ok(t: Timing, weekday: int, day: int, month: int) -> bool:
+    """`Timing.day_matches` on the parts of a day computed once per minute."""
+    if not t.months >> month & 1:
+        return False
+    if t.days_or:
+        return bool((t.daysofweek >> weekday | t.daysofmonth >> day) & 1)
+    return bool(t.daysofweek >> weekday & t.daysofmonth >> day & 1)
+
+
 def _due_at(minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool) -> list[int]:
     """Ids of the tasks matching one wall minute, sorted; only wildcard ones if asked."""
-    m, h, d = minute.minute, minute.hour, _weekday(minute)
+    m, h, d, day, month = minute.minute, minute.hour, _weekday(minute), minute.day, minute.month
+    # The minute and hour bits rule out nearly every task: the day is tested after them.
     if wildcard_only:
         due = [
             task_id
             for task_id, t in tasks.items()
             if t.minutes >> m & 1
             and t.hours >> h & 1
-            and t.daysofweek >> d & 1
             and (t.minutes == FULL_MINUTES or t.hours == FULL_HOURS)
+            and _day_ok(t, d, day, month)
         ]
     else:
         due = [
             task_id
             for task_id, t in tasks.items()
-            if t.minutes >> m & 1 and t.hours >> h & 1 and t.daysofweek >> d & 1
+            if t.minutes >> m & 1 and t.hours >> h & 1 and _day_ok(t, d, day, month)
         ]
     due.sort()
     return due
@@ -110,29 +120,30 @@ def _due_over(
     With `wildcard_all` every task is considered for every minute (catch-up);
     without it wildcard tasks are considered for `current` only (forward jump).
     The minutes are cut into hours: within one hour the hour and day tests are the
-    same, so a task costs two bit tests per hour plus a mask of its minutes, rather
+    same, so a task costs two tests per hour plus a mask of its minutes, rather
     than one `matches` per minute.
     """
-    # (hour, weekday, mask of the span's minutes in this hour, minute 0 of that hour)
-    hours: list[tuple[int, int, int, datetime]] = []
+    # (hour, (weekday, day, month), mask of the span's minutes in this hour, its minute 0)
+    hours: list[tuple[int, tuple[int, int, int], int, datetime]] = []
     minute = last + _MINUTE
     while minute <= current:
         top = minute.replace(minute=0)
         end = min(current, top + timedelta(minutes=59))
         mask = ((1 << (end.minute + 1)) - 1) ^ ((1 << minute.minute) - 1)
-        hours.append((minute.hour, _weekday(minute), mask, top))
+        hours.append((minute.hour, (_weekday(minute), minute.day, minute.month), mask, top))
         minute = end + _MINUTE
-    now_hour, now_day, now_bit = current.hour, _weekday(current), 1 << current.minute
+    now_hour, now_bit = current.hour, 1 << current.minute
+    now_day = (_weekday(current), current.day, current.month)
 
     found: dict[datetime, list[int]] = {}
     for task_id, t in tasks.items():
-        mins, hrs, days = t.minutes, t.hours, t.daysofweek
+        mins, hrs = t.minutes, t.hours
         if not wildcard_all and (mins == FULL_MINUTES or hrs == FULL_HOURS):
-            if mins & now_bit and hrs >> now_hour & 1 and days >> now_day & 1:
+            if mins & now_bit and hrs >> now_hour & 1 and _day_ok(t, *now_day):
                 found.setdefault(current, []).append(task_id)
             continue
         for hour, day, mask, top in hours:
-            if not (hrs >> hour & 1 and days >> day & 1):
+            if not (hrs >> hour & 1 and mins & mask and _day_ok(t, *day)):
                 continue
             bits = mins & mask
             while bits:
@@ -219,7 +230,7 @@ def next_runs(timing: Timing, after: int, count: int, tz: tzinfo | None) -> list
     is found with `Timing.next_after` on the wall clock and mapped back by the offset;
     the minute an offset changes is handed to `plan` itself, for this task alone.
     """
-    if count <= 0 or not (timing.minutes and timing.hours and timing.daysofweek):
+    if count <= 0 or not (timing.minutes and timing.hours) or timing.never_day():
         return []
     first = after // 60 + 1  # the first real minute starting strictly after `after`
     wildcard = timing.is_wildcard
