@@ -28,14 +28,24 @@ few bit tests per task, never a datetime operation per task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Final
 
-from saturnd.timing import FULL_HOURS, FULL_MINUTES, Timing
+from saturnd.timing import FULL_DAYSOFMONTH, FULL_HOURS, FULL_MINUTES, FULL_MONTHS, Timing
 
-__all__ = ["CATCH_UP_LIMIT", "JUMP_LIMIT", "Plan", "local_minute", "next_runs", "plan"]
+__all__ = [
+    "CATCH_UP_LIMIT",
+    "JUMP_LIMIT",
+    "Plan",
+    "ZoneGroup",
+    "ZonePlan",
+    "local_minute",
+    "next_runs",
+    "plan",
+    "plan_zones",
+]
 
 CATCH_UP_LIMIT: Final = 5
 """A forward step of at most this many minutes runs every skipped minute, for every task."""
@@ -89,8 +99,11 @@ def _day_ok(t: Timing, weekday: int, day: int, month: int) -> bool:
     return bool(t.daysofweek >> weekday & t.daysofmonth >> day & 1)
 
 
-def _due_at(minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool) -> list[int]:
-    """Ids of the tasks matching one wall minute, sorted; only wildcard ones if asked."""
+def _due_at(
+    minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool, zones: Container[str] | None
+) -> list[int]:
+    """Ids of the tasks matching one wall minute, sorted; only wildcard ones if asked;
+    only those of `zones` unless it is None."""
     m, h, d, day, month = minute.minute, minute.hour, _weekday(minute), minute.day, minute.month
     # The minute and hour bits rule out nearly every task: the day is tested after them.
     if wildcard_only:
@@ -101,21 +114,30 @@ def _due_at(minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool) 
             and t.hours >> h & 1
             and (t.minutes == FULL_MINUTES or t.hours == FULL_HOURS)
             and _day_ok(t, d, day, month)
+            and (zones is None or t.zone in zones)
         ]
     else:
         due = [
             task_id
             for task_id, t in tasks.items()
-            if t.minutes >> m & 1 and t.hours >> h & 1 and _day_ok(t, d, day, month)
+            if t.minutes >> m & 1
+            and t.hours >> h & 1
+            and _day_ok(t, d, day, month)
+            and (zones is None or t.zone in zones)
         ]
     due.sort()
     return due
 
 
 def _due_over(
-    last: datetime, current: datetime, tasks: Mapping[int, Timing], wildcard_all: bool
+    last: datetime,
+    current: datetime,
+    tasks: Mapping[int, Timing],
+    wildcard_all: bool,
+    zones: Container[str] | None,
 ) -> tuple[tuple[datetime, int], ...]:
-    """Runs for the minutes of (last, current], in minute then id order.
+    """Runs for the minutes of (last, current], in minute then id order (of the tasks
+    of `zones`, or all when it is None).
 
     With `wildcard_all` every task is considered for every minute (catch-up);
     without it wildcard tasks are considered for `current` only (forward jump).
@@ -137,13 +159,20 @@ def _due_over(
 
     found: dict[datetime, list[int]] = {}
     for task_id, t in tasks.items():
+        if zones is not None and t.zone not in zones:
+            continue
         mins, hrs = t.minutes, t.hours
         if not wildcard_all and (mins == FULL_MINUTES or hrs == FULL_HOURS):
             if mins & now_bit and hrs >> now_hour & 1 and _day_ok(t, *now_day):
                 found.setdefault(current, []).append(task_id)
             continue
         for hour, day, mask, top in hours:
-            if not (hrs >> hour & 1 and mins & mask and _day_ok(t, *day)):
+            if not (hrs >> hour & 1 and mins & mask):
+                continue
+            if t.daysofmonth == FULL_DAYSOFMONTH and t.months == FULL_MONTHS:
+                if not t.daysofweek >> day[0] & 1:  # the course's three fields: hot
+                    continue
+            elif not _day_ok(t, *day):
                 continue
             bits = mins & mask
             while bits:
@@ -153,13 +182,20 @@ def _due_over(
     return tuple((when, task_id) for when in sorted(found) for task_id in sorted(found[when]))
 
 
-def plan(last: datetime | None, current: datetime, tasks: Mapping[int, Timing]) -> Plan:
+def plan(
+    last: datetime | None,
+    current: datetime,
+    tasks: Mapping[int, Timing],
+    zones: Container[str] | None = None,
+) -> Plan:
     """Decide the runs for the real minute whose wall-clock reading is `current`.
 
     `last` is the `Plan.last` of the previous call, or None on the very first start
     (the current minute then counts as handled and nothing runs). Both are wall-clock
     minutes, naive; seconds, tzinfo and fold are ignored. The executor calls this once
-    per real minute, never twice for the same one.
+    per real minute and zone, never twice for the same one. Only the tasks whose
+    `Timing.zone` is in `zones` are planned (all of them when None): the clock read is
+    that of one zone.
     """
     current = _wall(current)
     if last is None:
@@ -169,17 +205,63 @@ def plan(last: datetime | None, current: datetime, tasks: Mapping[int, Timing]) 
     if 1 <= delta <= CATCH_UP_LIMIT:
         if delta == 1:
             return Plan(
-                tuple((current, i) for i in _due_at(current, tasks, False)), current, "normal"
+                tuple((current, i) for i in _due_at(current, tasks, False, zones)),
+                current,
+                "normal",
             )
-        return Plan(_due_over(last, current, tasks, True), current, "catch-up")
+        return Plan(_due_over(last, current, tasks, True, zones), current, "catch-up")
     if CATCH_UP_LIMIT < delta <= JUMP_LIMIT:
-        return Plan(_due_over(last, current, tasks, False), current, "forward-jump")
+        return Plan(_due_over(last, current, tasks, False, zones), current, "forward-jump")
     if -JUMP_LIMIT <= delta <= 0:
         # The wall minutes up to `last` have run already: only wildcard tasks, which
         # run every minute of their hour or every hour, run again.
-        runs = tuple((current, i) for i in _due_at(current, tasks, True))
+        runs = tuple((current, i) for i in _due_at(current, tasks, True, zones))
         return Plan(runs, last, "backward")
-    return Plan(tuple((current, i) for i in _due_at(current, tasks, False)), current, "correction")
+    runs = tuple((current, i) for i in _due_at(current, tasks, False, zones))
+    return Plan(runs, current, "correction")
+
+
+@dataclass(frozen=True)
+class ZoneGroup:
+    """Tasks read in one time zone: `tz` (None: the daemon's, the process's local time),
+    the `tasks` to look at, and the `zones` names whose tasks among them are read in
+    `tz` (None: all of them)."""
+
+    tz: tzinfo | None
+    tasks: Mapping[int, Timing]
+    zones: Container[str] | None = None
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    """One zone's part of a real minute: its wall-clock reading and its `Plan`."""
+
+    current: datetime
+    plan: Plan
+
+
+def plan_zones(
+    previous: int | None,
+    marks: Mapping[str, datetime],
+    epoch_minute: int,
+    groups: Mapping[str, ZoneGroup],
+) -> dict[str, ZonePlan]:
+    """`plan` for each zone group, for one real minute (an epoch minute).
+
+    Each zone keeps its own wall-clock high-water mark in `marks`, so a DST change or a
+    clock jump is judged in the zone that sees it. A zone without a mark (its first
+    task is new) starts from the wall reading, in that zone, of the `previous` real
+    minute handled: its tasks then run from the next minute on, as a new task does in
+    any zone. With no `previous` (the very first start) nothing runs.
+    """
+    plans: dict[str, ZonePlan] = {}
+    for name, group in groups.items():
+        current = local_minute(epoch_minute, group.tz)
+        last = marks.get(name)
+        if last is None and previous is not None:
+            last = local_minute(previous, group.tz)
+        plans[name] = ZonePlan(current, plan(last, current, group.tasks, group.zones))
+    return plans
 
 
 def local_minute(epoch_minute: int, tz: tzinfo | None) -> datetime:
@@ -265,7 +347,7 @@ def next_runs(timing: Timing, after: int, count: int, tz: tzinfo | None) -> list
         # of the change is a clock jump: let the rule decide.
         last = max(last, wall + (change - 1 - handled) * _MINUTE)
         wall = local_minute(change, tz)
-        step = plan(last, wall, {0: timing})
+        step = plan(last, wall, {0: timing})  # the zone of `tz`, whatever its name
         if change >= first:
             found.extend([change * 60] * len(step.runs))
         last = step.last
