@@ -13,6 +13,10 @@ Rules:
   current minute counts as handled. Each run that starts late for this reason (a
   skipped minute's, or the current minute's on a start past its second 0) is logged
   as "catch-up run of task N for HH:MM after a restart" (or "a clock jump").
+- Each time zone with tasks is planned on its own wall clock with its own high-water
+  mark (`schedule.plan_zones`); `last-minute` holds the daemon zone's mark on its first
+  line, as before zones existed, and one `WALL ZONE` line per other zone. A zone name
+  ZoneInfo does not resolve is logged once and its tasks are read in the daemon's zone.
 - A task created or removed during minute M counts from minute M+1: the table is
   reloaded at each minute boundary, before planning.
 - The executor never waits for a run: all the runs of a minute go to spawn as one

@@ -16,7 +16,10 @@ the last minute handled (a high-water mark), and `current`; delta = current - la
 - beyond 180 either way (correction): tasks matching `current` run, and `last` becomes
   `current`, even backwards.
 
-A *wildcard* task has a full minute or hour set (`Timing.is_wildcard`).
+A *wildcard* task has a full minute or hour set (`Timing.is_wildcard`). A task matches a
+minute by all five fields and cron's OR day rule (`Timing.day_matches`); an `@reboot`
+task has empty sets and never matches. Each time zone is planned on its own wall clock
+with its own `last` (`plan_zones`): the rule is applied in the zone that sees the jump.
 
 It also owns the mapping between epoch minutes and wall-clock minutes (`local_minute`)
 and the prediction of the start times of a task under this rule (`next_runs`).
