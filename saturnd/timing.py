@@ -355,8 +355,9 @@ class Timing(Frozen):
     fields are read in; "" is the daemon's own zone).
 
     Invariants, so that equal meanings compare equal: `days_or` is set only when both
-    day sets are restricted (an OR with a full set is every day, stored as such); a
-    reboot timing has every set empty and `days_or` False.
+    day sets are restricted and not empty (an OR with a full set is every day, one with
+    an empty set is the other set alone, stored as such); a reboot timing has every set
+    empty and `days_or` False.
     """
 
     __slots__ = __match_args__ = (
@@ -394,6 +395,10 @@ class Timing(Frozen):
             days_or = False
         elif days_or and (daysofmonth == FULL_DAYSOFMONTH or daysofweek == FULL_DAYSOFWEEK):
             daysofmonth, daysofweek, days_or = FULL_DAYSOFMONTH, FULL_DAYSOFWEEK, False
+        elif days_or and not daysofmonth:  # OR with nothing: the other set alone
+            daysofmonth, days_or = FULL_DAYSOFMONTH, False
+        elif days_or and not daysofweek:
+            daysofweek, days_or = FULL_DAYSOFWEEK, False
         object.__setattr__(self, "minutes", minutes)
         object.__setattr__(self, "hours", hours)
         object.__setattr__(self, "daysofweek", daysofweek)

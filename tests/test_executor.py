@@ -194,3 +194,32 @@ def check_zones(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         {"": schedule.ZoneGroup(None, timings, executor.daemon_zones), **executor.zoned},
     )
     assert sorted(task for z in plans.values() for _, task in z.plan.runs) == [1, 2, 3]
+
+
+def test_it_keeps_a_zones_mark_across_a_restart_in_its_repeated_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New York falls back at 02:00 EDT on 2026-11-01. A task at 01:30 New York time runs
+    at 01:30 EDT, and not again at 01:30 EST, although the daemon restarted at 01:10 EST:
+    the new executor reads New York's high-water mark (01:59) from `last-minute`, where
+    the wall minute of the last minute handled (01:09) would let 01:30 run twice."""
+    started: list[tuple[datetime, int]] = []
+    monkeypatch.setattr("saturnd.executor._run_specs", lambda store, runs, start: [(start, runs)])
+    monkeypatch.setattr(
+        "saturnd.executor.spawn_runs",
+        lambda specs, **kwargs: started.extend(run for _, runs in specs for run in runs),
+    )
+    store = ZonedStore({7: Timing.cron("30 1 * * *", "America/New_York")})
+    midnight = int(datetime(2026, 11, 1, 4, 0, tzinfo=UTC).timestamp()) // 60  # 00:00 EDT
+    restart = midnight + 130  # 01:10 EST, the second time round
+
+    def executor() -> Executor:
+        return Executor(tmp_path, store, FileClock(tmp_path / "clock"), LOG, StopFlag())  # type: ignore[arg-type]
+
+    first = executor()
+    for minute in range(midnight, restart):
+        first.tick(minute, minute * 60)
+    second = executor()
+    for minute in range(restart, midnight + 240):
+        second.tick(minute, minute * 60)
+    assert started == [(datetime(2026, 11, 1, 1, 30), 7)]

@@ -839,3 +839,19 @@ def test_it_tells_a_day_that_never_comes_without_walking_400_years(text: str, ne
     found = timing.next_after(NOW)
     assert (found is None) is never
     assert time.perf_counter() - started < 0.01
+
+
+@pytest.mark.parametrize(
+    ("given", "same_as"),
+    [
+        (Timing(daysofmonth=bits([1]), daysofweek=FULL_DAYSOFWEEK, days_or=True), Timing()),
+        (Timing(daysofmonth=0, daysofweek=bits([5]), days_or=True), Timing(daysofweek=bits([5]))),
+        (Timing(daysofmonth=bits([9]), daysofweek=0, days_or=True), Timing(daysofmonth=bits([9]))),
+        (
+            Timing(minutes=1, daysofweek=bits([5]), reboot=True, days_or=True),
+            Timing.cron("@reboot"),
+        ),
+    ],
+)
+def test_it_stores_equal_day_meanings_as_equal_timings(given: Timing, same_as: Timing) -> None:
+    assert given == same_as and hash(given) == hash(same_as)
