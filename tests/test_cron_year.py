@@ -14,6 +14,10 @@ minute of the year. The Paris tasks' minutes are landing points (their run TIME 
 exact); the New York task's are not (it runs up to 3 hours late, on its own day in New
 York, through the jump path of its zone, across both of New York's DST changes and the
 weeks in March and October when Paris and New York are 5 hours apart instead of 6).
+
+New York's two DST nights are then stepped minute by minute through the same kind of
+daemon (the ordinary path and the DST rule in New York's zone), each run at cronsim's
+exact second.
 """
 
 from __future__ import annotations
@@ -163,3 +167,47 @@ def test_it_lives_through_a_leap_year_of_five_field_tasks_in_two_zones(daemon: D
         f"({', '.join(f'{s}: {len(expected[i])}' for i, (s, _) in zip(ids, TASKS, strict=True))})"
         f", in {elapsed:.1f} s"
     )
+
+
+# New York's two DST nights of 2028, minute by minute, in the same Paris daemon.
+NIGHT_TASKS = [
+    ("30 2 * * *", "America/New_York"),  # fixed, in the spring gap: once, at 03:00 EDT
+    ("30 1 * * *", "America/New_York"),  # fixed, in the repeated hour: once
+    ("*/15 * * * *", "America/New_York"),  # wildcard: every quarter the clock shows
+    ("0 * * * *", ""),  # Paris's ordinary night: every hour
+]
+NIGHTS = [
+    datetime(2028, 3, 12, 0, 0, tzinfo=NEW_YORK),  # 02:00 EST -> 03:00 EDT
+    datetime(2028, 11, 5, 0, 0, tzinfo=NEW_YORK),  # 02:00 EDT -> 01:00 EST
+]
+
+
+@pytest.mark.parametrize("night", NIGHTS, ids=["spring", "fall"])
+def test_it_runs_new_york_tasks_through_new_yorks_dst_night_in_a_paris_daemon(
+    tmp_path: Path, night: datetime
+) -> None:
+    start = int(night.timestamp()) - 10 * 60
+    stop = start + 4 * 3600
+    daemon = Daemon(tmp_path, start, tz="Europe/Paris").start()
+    try:
+        ids = [
+            create_ex(daemon.pipes, Task(Timing.cron(schedule, zone), (b"true",)))
+            for schedule, zone in NIGHT_TASKS
+        ]
+        for _ in daemon.steps(start + 60, (stop - start) // 60 - 1):
+            pass
+        for task_id, (schedule, zone) in zip(ids, NIGHT_TASKS, strict=True):
+            tz = ZoneInfo(zone) if zone else PARIS
+            want: list[int] = []
+            for moment in CronSim(schedule, datetime.fromtimestamp(start, tz)):
+                if moment.timestamp() >= stop:
+                    break
+                want.append(int(moment.timestamp()))
+            count = len(want)
+            wait_for(
+                lambda task_id=task_id, count=count: len(recorded(daemon.state, task_id)) >= count,
+                what=f"the runs of {schedule}",
+            )
+            assert recorded(daemon.state, task_id) == want, f"{schedule} {zone}"
+    finally:
+        daemon.stop()
