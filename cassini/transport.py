@@ -63,6 +63,8 @@ __all__ = [
     "REPLY_PIPE",
     "REPLY_TIMEOUT",
     "REQUEST_PIPE",
+    "NoReplyError",
+    "NoSocketError",
     "TransportError",
     "exchange",
 ]
@@ -85,6 +87,16 @@ _RETRY_MAX = 0.02
 
 class TransportError(Exception):
     """The exchange failed; the message is one line, without the program name."""
+
+
+class NoReplyError(TransportError):
+    """The daemon closed the socket connection without a byte of reply: a saturnd older
+    than the request drops one it does not know that way."""
+
+
+class NoSocketError(TransportError):
+    """The request needs the daemon's socket (an extension, or CASSINI_TRANSPORT=socket),
+    and there is none to use."""
 
 
 class _Notice:
@@ -213,7 +225,7 @@ def _over_socket(client: _socket.socket, request: Request, reply_timeout: float)
                 continue
             if not data:
                 if decoder.buffered == 0:
-                    raise TransportError("the daemon closed the connection without replying")
+                    raise NoReplyError("the daemon closed the connection without replying")
                 raise TransportError(
                     f"truncated reply from daemon: it closed the connection after "
                     f"{decoder.buffered} bytes"
@@ -468,20 +480,27 @@ def exchange(
     *,
     open_timeout: float = OPEN_TIMEOUT,
     reply_timeout: float = REPLY_TIMEOUT,
+    fifo_request: Request | None = None,
 ) -> Reply:
     """Send `request` to the daemon of `pipes_dir` and return its reply.
 
-    Raises `TransportError` for every failure, with a one-line message.
+    `fifo_request` is a course request to send instead when the FIFOs are used (LIST for
+    LIST-EX). Raises `TransportError` for every failure, with a one-line message.
     """
     _check_dir(pipes_dir)
     mode = os.environ.get("CASSINI_TRANSPORT", "")
     client = None if mode == "fifo" else _connect(pipes_dir)
     if client is not None:
         reply = _over_socket(client, request, reply_timeout)
+    elif fifo_request is not None and mode != "socket":
+        reply = _over_fifos(pipes_dir, fifo_request, open_timeout, reply_timeout)
     elif mode == "socket" or request.opcode not in COURSE_OPCODES:
         # Our extensions never go over the FIFOs (docs/protocol.md).
-        raise TransportError(
-            f"no saturnd is listening on {os.path.join(pipes_dir, SOCKET_NAME)} "
+        where = os.path.join(pipes_dir, SOCKET_NAME)
+        if mode == "fifo":
+            raise NoSocketError(f"CASSINI_TRANSPORT=fifo keeps cassini off {where}")
+        raise NoSocketError(
+            f"no saturnd is listening on {where} "
             "(is it running, and is it saturnd rather than a daemon with FIFOs only?)"
         )
     else:

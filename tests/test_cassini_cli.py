@@ -36,6 +36,8 @@ from saturnd.protocol import (
     CreateReply,
     CreateRequest,
     ErrorReply,
+    ListExReply,
+    ListExRequest,
     ListReply,
     ListRequest,
     OkReply,
@@ -59,11 +61,11 @@ ALL = Timing()  # * * *
 
 VALID = [
     # (args, request, pipes_dir)
-    ([], ListRequest(), None),
-    (["-l"], ListRequest(), None),
-    (["-l", "-l"], ListRequest(), None),
-    (["-p", "/x"], ListRequest(), "/x"),
-    (["-l", "-p", "/x"], ListRequest(), "/x"),
+    ([], ListExRequest(), None),
+    (["-l"], ListExRequest(), None),
+    (["-l", "-l"], ListExRequest(), None),
+    (["-p", "/x"], ListExRequest(), "/x"),
+    (["-l", "-p", "/x"], ListExRequest(), "/x"),
     (["-q"], TerminateRequest(), None),
     (["-r", "0"], RemoveRequest(0), None),
     (["-r0"], RemoveRequest(0), None),
@@ -296,7 +298,7 @@ RENDERED = [
             b"1: 0-2,5,10 * * toto.sh\n"
             b"7: 4,10 * 1,3 a\n"
             b"8: 1,3-6,9-15 1,3,5,7 * b c d\n"
-            b"9: 0-1 9 * \xff\x00\n"
+            b"9: 0-1 9 * \xff\\x00\n"
             b"18446744073709551615: 59 23 0 z\n"
         ),
     ),
@@ -366,23 +368,23 @@ def test_it_renders_times_with_the_given_local_time() -> None:
 
 NEWER = [
     # (args, the invocation)
-    (["-v"], Invocation(ListRequest(), mode="verbose")),
-    (["-l", "-v"], Invocation(ListRequest(), mode="verbose")),
-    (["-lv", "-v"], Invocation(ListRequest(), mode="verbose")),
-    (["--json"], Invocation(ListRequest(), json=True)),
-    (["-l", "--json", "-p", "/p"], Invocation(ListRequest(), "/p", json=True)),
-    (["-l", "-v", "--js"], Invocation(ListRequest(), mode="verbose", json=True)),
+    (["-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-l", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-lv", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["--json"], Invocation(ListExRequest(), json=True)),
+    (["-l", "--json", "-p", "/p"], Invocation(ListExRequest(), "/p", json=True)),
+    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="verbose", json=True)),
     (["-x", "3", "--json"], Invocation(TimesExitcodesRequest(3), json=True)),
-    (["-n", "4"], Invocation(ListRequest(), mode="next", task_id=4, count=5)),
-    (["-n4", "-N", "12"], Invocation(ListRequest(), mode="next", task_id=4, count=12)),
-    (["-N", "1000", "-n", "0"], Invocation(ListRequest(), mode="next", task_id=0, count=1000)),
+    (["-n", "4"], Invocation(ListExRequest(), mode="next", task_id=4, count=5)),
+    (["-n4", "-N", "12"], Invocation(ListExRequest(), mode="next", task_id=4, count=12)),
+    (["-N", "1000", "-n", "0"], Invocation(ListExRequest(), mode="next", task_id=0, count=1000)),
     (
         ["-n", "7", "-N", "007", "--json"],
-        Invocation(ListRequest(), mode="next", task_id=7, count=7, json=True),
+        Invocation(ListExRequest(), mode="next", task_id=7, count=7, json=True),
     ),
-    (["--export"], Invocation(ListRequest(), mode="export")),
-    (["--exp", "-p", "d"], Invocation(ListRequest(), "d", mode="export")),
-    (["--e"], Invocation(ListRequest(), mode="export")),  # a prefix of one long option
+    (["--export"], Invocation(ListExRequest(), mode="export")),
+    (["--exp", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
+    (["--ex"], Invocation(ListExRequest(), mode="export")),  # a prefix of one long option
     (["--import", "f.txt"], Import("f.txt")),
     (["--import=-", "-p", "d"], Import("-", "d")),
     (["-p", "d", "--import", "--json"], Import("--json", "d")),
