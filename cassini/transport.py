@@ -95,8 +95,8 @@ class TransportError(Exception):
 
 
 class NoReplyError(TransportError):
-    """The daemon closed the socket connection without a byte of reply: a saturnd older
-    than the request drops one it does not know that way."""
+    """The daemon closed or reset the socket connection without a byte of reply: a
+    saturnd older than the request drops one it does not know that way."""
 
 
 class NoSocketError(TransportError):
@@ -289,6 +289,11 @@ def _over_socket(client: _socket.socket, request: Request, reply_timeout: float)
                     f"{decoder.buffered} bytes"
                 )
             decoder.feed(data)
+    except ConnectionResetError as error:
+        # A daemon that closes with our request unread resets the connection.
+        if decoder.buffered == 0:
+            raise NoReplyError("the daemon reset the connection without replying") from None
+        raise TransportError(f"cannot talk to {path}: {error.strerror or error}") from None
     except OSError as error:
         raise TransportError(f"cannot talk to {path}: {error.strerror or error}") from None
     finally:
