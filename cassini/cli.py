@@ -151,7 +151,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
                   @hourly, @weekly, @monthly, @yearly, @reboot (not with -m -H -d
                   --dom --month)
   --tz ZONE       read the new task's schedule in time zone ZONE (Europe/Paris)
-  --env NAME=VALUE  set a variable for the new task (repeatable)
+  --env NAME=VALUE
+                  a variable of the new task's environment (repeatable)
   -r TASKID       remove a task
   -x TASKID       print a task's run times and exit codes
   -o TASKID       print the standard output of a task's last run
