@@ -10,8 +10,11 @@ Rules:
   two lines: `cassini: <reason>` and where the usage is (`cli.TRY_HELP`).
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
-- A created task whose program cassini cannot find (cassini.program) gets a warning on
-  stderr after its id: the task exists, the exit status stays 0.
+- A created task whose program cassini cannot find (cassini.program, with the task's
+  PATH) gets a warning on stderr after its id: the task exists, the exit status stays 0.
+- Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
+  (it drops the request) is asked again with LIST. A whole task that cannot be created
+  for want of the socket is one line saying what of it needs the socket.
 - `--import` reads the whole crontab and has every line checked (cassini.crontab)
   before the first CREATE: a refused line creates nothing. The ids are printed as the
   tasks are created, so when the daemon fails half-way what was created is on stdout,

@@ -4,7 +4,11 @@ This module owns `exchange`: send one request, read until the decoder has the wh
 reply. The socket `saturnd.sock` is used when it is there and ours (the kernel gives
 each client its own connection: replies cannot cross); otherwise, or with
 CASSINI_TRANSPORT=fifo, the FIFOs of PROTOCOL.md, which a C daemon serves too.
-CASSINI_TRANSPORT=socket refuses the FIFOs.
+CASSINI_TRANSPORT=socket refuses the FIFOs. An extension goes over the socket only; a
+caller may name a course request to send in its place over the FIFOs (`fifo_request`:
+LIST for LIST-EX). `NoSocketError` says an extension had no socket to go over,
+`NoReplyError` that the daemon ended the connection without a byte of reply (how an
+older saturnd drops a request it does not know).
 
 Rules on the FIFOs (docs/protocol.md):
 - An exclusive `flock` on `cassini.lock` is held for the whole exchange, so concurrent
