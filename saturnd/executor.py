@@ -301,7 +301,6 @@ class Executor:
                 "cannot start the %d @reboot tasks: %s", len(task_ids), error.strerror or error
             )
 
-
     def _group(
         self, timings: Mapping[int, Timing]
     ) -> tuple[frozenset[str] | None, dict[str, schedule.ZoneGroup]]:
