@@ -4,8 +4,7 @@ This module owns, sans I/O:
 - the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
   BODY is a whole task exactly as on the wire (`protocol.encode_task`: TIMING-EX,
   COMMANDLINE, EXTRAS), then zero padding; VERSION 1 files (BODY = the course's TIMING
-  and COMMANDLINE) are read too, and `upgrade_v1` turns one into the same tasks at
-  VERSION 2;
+  and COMMANDLINE) are read too (`cmdsupgrade.py` turns one into VERSION 2);
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
   lean (for the daemon's index: each live slot's shared Timing, used length and where
   its COMMANDLINE lies, no argv; the file may be a bytearray, scanned in place) or
@@ -44,9 +43,7 @@ from saturnd.protocol import (
     MAX_ERROR_MESSAGE,
     MAX_STRING,
     MAX_ZONE,
-    encode_commandline,
     encode_task,
-    encode_timing,
 )
 from saturnd.runsfile import (
     RUN_SIZE,
@@ -78,11 +75,9 @@ __all__ = [
     "decode_header",
     "decode_runs",
     "encode_body",
-    "encode_body_v1",
     "command_span",
     "encode_record_head",
     "header_version",
-    "upgrade_v1",
     "encode_header",
     "encode_nbruns",
     "encode_record",
@@ -187,11 +182,6 @@ def command_span(body: bytes | bytearray) -> tuple[int, int]:
     """Where the COMMANDLINE of a BODY starts and ends (offsets in it); RecordsError."""
     _, _, command, command_end, _ = _parse_body(body, 0, len(body), VERSION, None, None)
     return command, command_end
-
-
-def encode_body_v1(timing: Timing, argv: tuple[bytes, ...]) -> bytes:
-    """A VERSION 1 BODY: the course's TIMING then COMMANDLINE (to build an old file)."""
-    return encode_timing(timing) + encode_commandline(argv)
 
 
 def decode_body(body: bytes, version: int = VERSION) -> Task:
@@ -575,24 +565,3 @@ def _scan_body(
     decoded = tuple(argv)
     argv.clear()
     return Slot(offset, size, task_id, timing, decoded, extras=extras)
-
-
-def upgrade_v1(data: bytes | bytearray) -> tuple[bytearray, Scan]:
-    """The VERSION 2 `cmds` holding exactly the tasks of the VERSION 1 file `data`.
-
-    Same ids, timings, command lines and NEXT_ID; only live records, by increasing
-    id, each as large as its body (free slots are dropped). Also the old file's scan:
-    its problems are what the upgrade repaired, as a load would have. Raises
-    RecordsError when `data` is not a VERSION 1 file.
-    """
-    scan = scan_cmds(data)
-    if scan.version != 1 or len(data) < HEADER_SIZE:
-        raise RecordsError(f"not a version 1 cmds file (version {scan.version})")
-    upgraded = bytearray(encode_header(scan.next_id))
-    live = [slot for slot in scan.slots if slot.task_id is not None]
-    live.sort(key=lambda slot: slot.task_id or 0)
-    for slot in live:
-        assert slot.task_id is not None and slot.timing is not None and slot.argv is not None
-        body = encode_body(Task(slot.timing, slot.argv))
-        upgraded += encode_record(slot.task_id, body, len(body))
-    return upgraded, scan

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Final
 
 from saturnd import taskdir
+from saturnd.cmdsupgrade import upgrade_v1
 from saturnd.records import (
     HEADER_SIZE,
     ID_SIZE,
@@ -63,7 +64,6 @@ from saturnd.records import (
     encode_id,
     encode_record,
     header_version,
-    upgrade_v1,
 )
 from saturnd.statefile import (
     OPEN_FILE,

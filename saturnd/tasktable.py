@@ -28,6 +28,7 @@ from time import time_ns
 from typing import Final
 
 from saturnd import taskdir
+from saturnd.cmdsupgrade import upgrade_v1
 from saturnd.protocol import TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
@@ -35,7 +36,6 @@ from saturnd.records import (
     RecordsError,
     Scan,
     header_version,
-    upgrade_v1,
 )
 from saturnd.runsfile import RUNS_HEAD_SIZE, complete_runs, runs_body
 from saturnd.statefile import OPEN_FILE, Stamp, describe

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from saturnd.cmdsupgrade import encode_body_v1, upgrade_v1
 from saturnd.protocol import (
     MAX_ARGC,
     MAX_ENV,
@@ -32,14 +33,12 @@ from saturnd.records import (
     decode_body,
     decode_header,
     decode_runs,
-    encode_body_v1,
     encode_header,
     encode_record,
     encode_run,
     header_version,
     runs_body,
     scan_cmds,
-    upgrade_v1,
 )
 from saturnd.records import encode_body as encode_task_body
 from saturnd.runsfile import RunsError
@@ -725,9 +724,15 @@ def test_it_upgrades_a_version_1_file_to_exactly_its_tasks() -> None:
         (4, WEDNESDAY_9_14, ECHO, NO_EXTRAS),
         (6, Timing(minutes=3), (b"x",), NO_EXTRAS),
     ]
-    # No free slot, no padding: each record is as large as its body.
-    lean = scan_cmds(upgraded, lean=True)
-    assert [s.size for s in lean.slots] == [s.used for s in lean.slots]
+    # No free slot, no padding: each record is exactly what encode_body gives.
+    assert bytes(upgraded) == cmds(
+        9,
+        *(
+            encode_record(s.task_id or 0, body := encode_body(s.timing, s.argv or ()), len(body))
+            for s in scan.slots
+            if s.timing is not None
+        ),
+    )
 
 
 def test_it_upgrades_an_empty_version_1_file() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from saturnd.cmdsupgrade import encode_body_v1
 from saturnd.decoding import decode_reply
 from saturnd.protocol import (
     CreateExRequest,
@@ -31,7 +32,7 @@ from saturnd.protocol import (
     TaskEntry,
     encode,
 )
-from saturnd.records import TOMBSTONE, encode_body_v1, encode_header, encode_record
+from saturnd.records import TOMBSTONE, encode_header, encode_record
 from saturnd.store import CMDS_TEMP, Store
 from saturnd.task import Extras, Task
 from saturnd.taskdir import append_run
