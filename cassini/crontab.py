@@ -46,6 +46,7 @@ rules before it is written; a task that would not come back equal is left out li
 
 from __future__ import annotations
 
+import itertools
 import shlex
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
@@ -70,100 +71,25 @@ _OPERATORS = frozenset(";&|<>()")
 _GLOBS = frozenset("*?[")
 # Words sh reads as syntax when they come first, unquoted (POSIX reserved words, and
 # bash's, since /bin/sh is bash on some systems).
-_KEYWORDS = frozenset(
-    [
-        "!",
-        "{",
-        "}",
-        "[[",
-        "]]",
-        "case",
-        "do",
-        "done",
-        "elif",
-        "else",
-        "esac",
-        "fi",
-        "for",
-        "function",
-        "if",
-        "in",
-        "select",
-        "then",
-        "time",
-        "until",
-        "while",
-        "coproc",
-    ]
-)
-BUILTINS = frozenset(
+# fmt: off
+_KEYWORDS = frozenset((
+    "!", "{", "}", "[[", "]]", "case", "coproc", "do", "done", "elif", "else", "esac",
+    "fi", "for", "function", "if", "in", "select", "then", "time", "until", "while",
+))
+BUILTINS = frozenset((
     # POSIX special builtins, then the regular builtins of dash and bash. Those that are
     # also programs (echo, printf, test, [, kill, pwd, true, false) behave otherwise in
     # details (`echo -e`, `pwd -P`, `true --help`), so they count as builtins too.
-    [
-        ".",
-        ":",
-        "break",
-        "continue",
-        "eval",
-        "exec",
-        "exit",
-        "export",
-        "readonly",
-        "return",
-        "set",
-        "shift",
-        "times",
-        "trap",
-        "unset",
-        "alias",
-        "bg",
-        "bind",
-        "builtin",
-        "caller",
-        "cd",
-        "chdir",
-        "command",
-        "compgen",
-        "complete",
-        "compopt",
-        "declare",
-        "dirs",
-        "disown",
-        "echo",
-        "enable",
-        "false",
-        "fc",
-        "fg",
-        "getopts",
-        "hash",
-        "help",
-        "history",
-        "jobs",
-        "kill",
-        "let",
-        "local",
-        "logout",
-        "mapfile",
-        "popd",
-        "printf",
-        "pushd",
-        "pwd",
-        "read",
-        "readarray",
-        "suspend",
-        "test",
-        "true",
-        "type",
-        "typeset",
-        "ulimit",
-        "umask",
-        "unalias",
-        "wait",
-        "source",
-        "[",
-    ]
-)
+    ".", ":", "break", "continue", "eval", "exec", "exit", "export", "readonly",
+    "return", "set", "shift", "times", "trap", "unset",
+    "[", "alias", "bg", "bind", "builtin", "caller", "cd", "chdir", "command", "compgen",
+    "complete", "compopt", "declare", "dirs", "disown", "echo", "enable", "false", "fc",
+    "fg", "getopts", "hash", "help", "history", "jobs", "kill", "let", "local",
+    "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray",
+    "source", "suspend", "test", "true", "type", "typeset", "ulimit", "umask",
+    "unalias", "wait",
+))
+# fmt: on
 """Command names that sh (dash or bash) runs itself rather than as a program."""
 
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -724,7 +650,7 @@ def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
     new = _State()
     new.env, new.mailto, new.zone = env, mailto, zone
     try:
-        schedule = task.timing.format_cron()
+        schedule = _compact(task.timing.format_cron())
     except ValueError:
         return "no crontab schedule means its timing"
     for text in _command_texts(task.task, new.shell):
@@ -736,6 +662,47 @@ def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
             state.env, state.mailto, state.zone = env, mailto, zone
             return [*lines, line]
     return "no crontab line makes cron run it the same way"
+
+
+def _compact(schedule: str) -> str:
+    """`format_cron`'s fields with steps where shorter: `*/15` for `0,15,30,45`.
+
+    A day field keeps whether it starts with `*` (cron's OR rule reads that), so it
+    only gets a star step if it had a star, and a `*` only stays `*`.
+    """
+    from saturnd.timing import FIELDS, parse_field
+
+    if schedule.startswith("@"):
+        return schedule
+    fields = schedule.split(" ")
+    names = ("minutes", "hours", "daysofmonth", "months", "daysofweek")
+    for index, (name, text) in enumerate(zip(names, fields, strict=True)):
+        if text == "*":
+            continue
+        field = FIELDS[name]
+        bits = parse_field(field, text)
+        values = [v for v in range(field.low, field.high + 1) if bits >> v & 1]
+        star_ok = index in (0, 1, 3) or text.startswith("*")
+        for candidate in _steps(values, field.low, field.high, star_ok):
+            if len(candidate) < len(text) and parse_field(field, candidate) == bits:
+                text = candidate
+        fields[index] = text
+    return " ".join(fields)
+
+
+def _steps(values: list[int], low: int, high: int, star_ok: bool) -> list[str]:
+    """Step forms that may mean exactly `values`: `*/N`, `A/N`, `A-B/N`."""
+    if len(values) < 3:
+        return []
+    step = values[1] - values[0]
+    if any(b - a != step for a, b in itertools.pairwise(values)):
+        return []
+    first, last = values[0], values[-1]
+    # Not `A/N`: cronie reads it as `A-max/N`, Debian's cron refuses it.
+    forms = [f"{first}-{last}/{step}"]
+    if first == low and last + step > high and star_ok:
+        forms.insert(0, f"*/{step}")
+    return forms
 
 
 def _setting_lines(state: _State) -> list[str]:
