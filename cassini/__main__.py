@@ -12,10 +12,8 @@ Rules:
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
 - A created task whose program cassini cannot find (cassini.program) gets a warning on
   stderr after its id: the task exists, the exit status stays 0.
-- `--import` reads the whole crontab and has every line checked (cassini.crontab)
-  before the first CREATE: a refused line creates nothing. The ids are printed as the
-  tasks are created, so when the daemon fails half-way what was created is on stdout,
-  and stderr names the lines created and the line that failed.
+- `--import` reads the whole crontab; cassini.importing checks every line and applies
+  them (a refused line creates nothing); `--edit` is cassini.edit's.
 """
 
 from __future__ import annotations
@@ -100,19 +98,6 @@ def _write_stdout(data: bytes) -> int:
     return 0
 
 
-def _line_ranges(lines: Sequence[int]) -> str:
-    """Increasing line numbers as ranges: `1-3, 5`."""
-    ranges: list[str] = []
-    start = previous = -2
-    for line in [*lines, -2]:
-        if line != previous + 1:
-            if start >= 0:
-                ranges.append(str(start) if start == previous else f"{start}-{previous}")
-            start = line
-        previous = line
-    return ", ".join(ranges)
-
-
 def _read_crontab(path: str) -> bytes:
     """The bytes of FILE, or of standard input for `-`; raises OSError."""
     if path != "-":
@@ -124,9 +109,8 @@ def _read_crontab(path: str) -> bytes:
 
 
 def _import(parsed: Import) -> int:
-    """`--import FILE`: check every line, then one CREATE per task line, in order."""
-    from cassini import crontab, transport
-    from saturnd.protocol import CreateReply
+    """`--import FILE`: read it whole, then cassini.importing checks and applies it."""
+    from cassini import importing
 
     name = "<stdin>" if parsed.path == "-" else parsed.path
     try:
@@ -134,39 +118,8 @@ def _import(parsed: Import) -> int:
     except OSError as error:
         _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
         return 1
-    entries, problems = crontab.parse(data)
-    if problems:
-        for problem in problems:
-            _error(f"cassini: {name}:{problem.line}: {problem.reason}\n")
-        lines = "line was" if len(problems) == 1 else "lines were"
-        _error(f"cassini: nothing imported: {len(problems)} {lines} refused\n")
-        return 1
-
     pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
-    created: list[int] = []
-    status = 0
-    for entry in entries:
-        try:
-            reply = transport.exchange(pipes_dir, entry.request)
-        except transport.TransportError as error:
-            failure = str(error)
-        except OSError as error:  # not foreseen by transport; still one line
-            failure = str(error)
-        else:
-            if isinstance(reply, CreateReply):
-                created.append(entry.line)
-                # Keep creating even if nobody reads the ids any more: the file asked
-                # for these tasks. The exit status still says something went wrong.
-                status = _write_stdout(b"%d\n" % reply.task_id) or status
-                continue
-            failure = "the daemon did not answer with a task id"
-        if created:
-            done = f"the tasks of lines {_line_ranges(created)} were created"
-        else:
-            done = "no task was created"
-        _error(f"cassini: {name}:{entry.line}: task not created: {failure}; {done}\n")
-        return 1
-    return status
+    return importing.run_import(parsed, pipes_dir, data, _write_stdout, _error)
 
 
 def _run(args: Sequence[str]) -> int:
@@ -182,6 +135,11 @@ def _run(args: Sequence[str]) -> int:
         return _write_stdout(cli.USAGE.encode())
     if isinstance(parsed, cli.Import):
         return _import(parsed)
+    if isinstance(parsed, cli.Edit):
+        from cassini import edit
+
+        pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
+        return edit.run(pipes_dir, _write_stdout, _error)
 
     import time
 

@@ -56,7 +56,9 @@ if TYPE_CHECKING:
     from saturnd.protocol import TaskEntry
     from saturnd.task import Task
 
-__all__ = ["BUILTINS", "HEADER", "Context", "Entry", "Problem", "export", "parse"]
+__all__ = [
+    "BUILTINS", "HEADER", "Context", "Entry", "Problem", "export", "export_tasks", "parse",
+]  # fmt: skip
 
 HEADER = b"# saturnd tasks, written by cassini --export (cassini --import reads them back)\n"
 """The first line of an export: a comment, so any crontab reader skips it."""
@@ -604,8 +606,14 @@ def export(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[str]]:
     A task that cannot be written is left as a comment naming it, so the file still
     says something is missing.
     """
+    text, skipped = export_tasks(tasks)
+    return text, [f"task {task.task_id} is not exported: {reason}" for task, reason in skipped]
+
+
+def export_tasks(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[tuple[TaskEntry, str]]]:
+    """`export`, with the tasks it could not write and why."""
     lines = [HEADER]
-    problems: list[str] = []
+    skipped: list[tuple[TaskEntry, str]] = []
     state = _State()
     for task in sorted(tasks, key=_order):
         reason = _unexportable(task)
@@ -618,10 +626,10 @@ def export(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[str]]:
                 written = found
         if reason is not None:
             lines.append(f"# task {task.task_id} is not exported: {reason}\n".encode())
-            problems.append(f"task {task.task_id} is not exported: {reason}")
+            skipped.append((task, reason))
             continue
         lines.extend(_encode(line + "\n") for line in written)
-    return b"".join(lines), problems
+    return b"".join(lines), skipped
 
 
 def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:

@@ -45,7 +45,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from cassini.cli import Invocation, LocalTime
-    from saturnd.protocol import ListReply, Reply, TaskEntry, TimesExitcodesReply, VersionReply
+    from saturnd.protocol import (
+        ListExReply,
+        ListReply,
+        Reply,
+        TaskEntry,
+        TimesExitcodesReply,
+        VersionReply,
+    )
     from saturnd.timing import Timing
 
 __all__ = [
@@ -301,7 +308,7 @@ def _render_next(context: _Context, reply: ListReply) -> Outcome:
     return Outcome("".join(f"{local_text(context.localtime, s)}\n" for s in starts).encode())
 
 
-def _render_export(context: _Context, reply: ListReply) -> Outcome:
+def _render_export(context: _Context, reply: ListReply | ListExReply) -> Outcome:
     from cassini import crontab
 
     text, problems = crontab.export(reply.tasks)
@@ -342,7 +349,7 @@ def render(
     A reply of another type than the
     mode expects (an error) is shown as PROTOCOL.md says.
     """
-    from saturnd.protocol import ListReply, TimesExitcodesReply, VersionReply
+    from saturnd.protocol import ListExReply, ListReply, TimesExitcodesReply, VersionReply
 
     # (mode, reply type) -> renderer; "plain" comes here only with --json.
     renderers: dict[tuple[str, type], Callable[[_Context, Any], Outcome]] = {
@@ -351,6 +358,7 @@ def render(
         ("verbose", ListReply): _render_verbose,
         ("next", ListReply): _render_next,
         ("export", ListReply): _render_export,
+        ("export", ListExReply): _render_export,
         ("version", VersionReply): _render_version,
     }
     renderer = renderers.get((invocation.mode, type(reply)))
