@@ -69,6 +69,7 @@ DEFAULT_SHELL = "/bin/sh"
 # What shlex.split takes for blanks (sh itself splits on spaces and tabs only).
 _SPLIT_BLANKS = " \t\r\n"
 _BLANKS = " \t"
+_CSPACE = " \t\n\v\f\r"  # C's isspace(), which cron's reading of settings uses
 _OPERATORS = frozenset(";&|<>()")
 _GLOBS = frozenset("*?[")
 # Words sh reads as syntax when they come first, unquoted (POSIX reserved words, and
@@ -176,26 +177,26 @@ def setting(line: str) -> tuple[str, str] | None:
 
     `line` has no line end; leading blanks are skipped, as cron skips them.
     """
-    text = line.lstrip(_BLANKS)
+    text = line.lstrip(_CSPACE)
     index = 0
     name, index = _word(text, index, name=True)
     if name is None:
         return None
-    while index < len(text) and text[index] in _BLANKS:
+    while index < len(text) and text[index] in _CSPACE:
         index += 1
     if index >= len(text) or text[index] != "=":
         return None
     index += 1
-    while index < len(text) and text[index] in _BLANKS:
+    while index < len(text) and text[index] in _CSPACE:
         index += 1
     if index >= len(text):
         return None  # `NAME=`: for cron, a task line (a broken one)
     if text[index] in "'\"":
         value, index = _word(text, index, name=False)
-        if value is None or text[index:].strip(_BLANKS):
+        if value is None or text[index:].strip(_CSPACE):
             return None  # unclosed quote, or something after the closing one
         return name, value
-    return name, text[index:].rstrip(_BLANKS)
+    return name, text[index:].rstrip(_CSPACE)
 
 
 def _word(text: str, index: int, *, name: bool) -> tuple[str | None, int]:
@@ -208,7 +209,7 @@ def _word(text: str, index: int, *, name: bool) -> tuple[str | None, int]:
             return None, index
         return text[index + 1 : end], end + 1
     end = index
-    while end < len(text) and text[end] not in _BLANKS and text[end] != "=":
+    while end < len(text) and text[end] not in _CSPACE and text[end] != "=":
         end += 1
     return text[index:end], end
 
@@ -541,15 +542,17 @@ def _command_texts(task: Task, shell: str) -> list[str]:
     return texts
 
 
-def _stdin_suffix(stdin: bytes) -> str:
-    """`%` and the text cron turns into `stdin` ("" for no input)."""
+def _stdin_suffix(stdin: bytes) -> str | None:
+    """`%` and the text cron turns into `stdin` ("" for no input), or None if none does."""
     if not stdin:
         return ""
     text = _decode(stdin)
-    body = text[:-1]
-    if not (text.endswith("\n") and body and body[-1] not in "\n\\"):
-        body = text  # cron adds no newline after a newline (or a final backslash)
-    return "%" + body.replace("%", "\\%").replace("\n", "%")
+    # Without its final newline first (cron adds it back): how people write it.
+    for body in (text[:-1], text) if text.endswith("\n") else (text,):
+        written = body.replace("%", "\\%").replace("\n", "%")
+        if body and _stdin_text(written) == text:
+            return "%" + written
+    return None
 
 
 def _env_lines(current: dict[str, str], wanted: dict[str, str]) -> list[str] | str:
@@ -567,7 +570,7 @@ def _setting_line(name: str, value: str) -> str:
         shown = name
     else:
         shown = f'"{name}"' if '"' not in name else f"'{name}'"
-    if value == value.strip(_BLANKS) and value and value[0] not in "'\"":
+    if value == value.strip(_CSPACE) and value and value[0] not in "'\"":
         return f"{shown}={value}"
     return f'{shown}="{value}"' if '"' not in value else f"{shown}='{value}'"
 
@@ -593,11 +596,17 @@ def _unexportable(task: TaskEntry) -> str | None:
     return None
 
 
-def _order(task: TaskEntry) -> tuple[object, ...]:
-    """Tasks with fewer variables first: cron can add a variable, never remove one."""
-    extras = task.extras
-    names = tuple(name for name, _ in extras.env)
-    return (names, extras.mailto is not None, task.task_id)
+def _names(task: TaskEntry) -> tuple[bytes, ...]:
+    return tuple(name for name, _ in task.extras.env)
+
+
+# Two orders of the tasks: cron can add a variable and set MAILTO, never remove either,
+# so tasks with fewer names go first, and those without MAILTO first; which of the two
+# comes first decides what is lost when the tasks cannot all follow one another.
+_ORDERS: tuple[Callable[[TaskEntry], tuple[object, ...]], ...] = (
+    lambda task: (_names(task), task.extras.mailto is not None, task.task_id),
+    lambda task: (task.extras.mailto is not None, _names(task), task.task_id),
+)
 
 
 def export(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[str]]:
@@ -611,11 +620,17 @@ def export(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[str]]:
 
 
 def export_tasks(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[tuple[TaskEntry, str]]]:
-    """`export`, with the tasks it could not write and why."""
+    """`export`, with the tasks it could not write and why (the fewest of two orders)."""
+    tasks = list(tasks)
+    results = [_export(sorted(tasks, key=order)) for order in _ORDERS]
+    return min(results, key=lambda result: len(result[1]))
+
+
+def _export(tasks: list[TaskEntry]) -> tuple[bytes, list[tuple[TaskEntry, str]]]:
     lines = [HEADER]
     skipped: list[tuple[TaskEntry, str]] = []
     state = _State()
-    for task in sorted(tasks, key=_order):
+    for task in tasks:
         reason = _unexportable(task)
         written: list[str] = []
         if reason is None:
@@ -661,8 +676,11 @@ def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
         schedule = _compact(task.timing.format_cron())
     except ValueError:
         return "no crontab schedule means its timing"
+    stdin = _stdin_suffix(extras.stdin)
+    if stdin is None:
+        return "no text after a % gives its standard input"
     for text in _command_texts(task.task, new.shell):
-        line = f"{schedule} {text}{_stdin_suffix(extras.stdin)}"
+        line = f"{schedule} {text}{stdin}"
         # Read the line back as `parse` will: only what comes back equal is written.
         data = _encode("\n".join([*_setting_lines(new), line]) + "\n")
         back, problems, _ = parse(data)
