@@ -51,6 +51,7 @@ else:
     _CHILD_PYTHONPATH = None
 
 from saturnd import decoding, protocol, records  # noqa: E402
+from saturnd.task import Task  # noqa: E402
 from saturnd.timing import Timing  # noqa: E402
 
 REQUEST_PIPE: Final = "saturnd-request-pipe"
@@ -172,7 +173,7 @@ def populate(state_dir: Path, tasks: Sequence[tuple[Timing, tuple[bytes, ...]]])
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     parts = [records.encode_header(len(tasks))]
     for task_id, (timing, argv) in enumerate(tasks):
-        body = records.encode_body(timing, argv)
+        body = records.encode_body(Task(timing, argv))
         parts.append(records.encode_record(task_id, body, len(body)))
     path = state_dir / "cmds"
     path.write_bytes(b"".join(parts))

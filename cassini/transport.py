@@ -54,7 +54,12 @@ from saturnd.protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from saturnd.protocol import Reply, Request
+
+    _T = TypeVar("_T")
 
 __all__ = [
     "LOCK_NAME",
@@ -108,11 +113,24 @@ class _Notice:
             pass
 
 
-def _pause(attempt: int, deadline: float) -> None:
-    """Sleep before retry number `attempt`, never past `deadline` (exponential back-off:
-    a daemon about to open its FIFO is caught within a millisecond or two)."""
-    delay = min(_RETRY_FIRST * (1 << min(attempt, 16)), _RETRY_MAX)
-    time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+def _retry(attempt: Callable[[], _T | None], timeout: float, what: str) -> _T | None:
+    """Call `attempt` until it returns something, for up to `timeout` seconds; None when
+    time is up. Exponential back-off (a daemon about to open its FIFO is caught within a
+    millisecond or two); after WAIT_NOTICE, a client on a terminal says it waits for `what`.
+    """
+    deadline = time.monotonic() + timeout
+    notice = _Notice(what)
+    tries = 0
+    while True:
+        result = attempt()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            return None
+        notice.check()
+        delay = min(_RETRY_FIRST * (1 << min(tries, 16)), _RETRY_MAX)
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        tries += 1
 
 
 def _check_dir(pipes_dir: str) -> None:
@@ -147,11 +165,51 @@ def _ours(path: str, kind: int, what: str) -> bool:
 # --- the socket -----------------------------------------------------------------------
 
 
+def _daemon_alive(pipes_dir: str) -> bool:
+    """Whether a daemon holds `saturnd.lock` (ours hold it from start to finish, also
+    while the supervisor restarts a listener; other daemons have none)."""
+    try:
+        fd = os.open(
+            os.path.join(pipes_dir, PIPES_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def _connect(pipes_dir: str) -> _socket.socket | None:
-    """A connection to the daemon's socket; None when there is no daemon behind one."""
+    """A connection to the daemon's socket; None when there is no daemon behind one.
+
+    A refused connection while a daemon holds its lock is a listener being restarted:
+    wait for the new one (up to OPEN_TIMEOUT) rather than fall back to the FIFOs, where
+    a reply meant for another client could be read in that window.
+    """
     path = os.path.join(pipes_dir, SOCKET_NAME)
     if not _ours(path, stat.S_IFSOCK, "socket"):
         return None
+
+    def attempt() -> _socket.socket | bool | None:
+        client = _connect_once(pipes_dir, path)
+        if client is not None:
+            return client
+        return None if _daemon_alive(pipes_dir) else False  # False: no daemon, stop trying
+
+    result = _retry(attempt, OPEN_TIMEOUT, "the daemon's listener to restart")
+    return result if isinstance(result, _socket.socket) else None
+
+
+def _connect_once(pipes_dir: str, path: str) -> _socket.socket | None:
+    """One attempt at connecting; None when nobody accepts on the socket."""
     address, dir_fd = path, -1
     if len(os.fsencode(path)) > 107:  # beyond sun_path: through the directory's descriptor
         dir_fd = os.open(pipes_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -162,7 +220,7 @@ def _connect(pipes_dir: str) -> _socket.socket | None:
         client.connect(address)
     except (ConnectionRefusedError, FileNotFoundError):
         client.close()
-        return None  # left behind by a daemon that is gone
+        return None  # left behind by a daemon that is gone, or not yet bound again
     except OSError as error:
         client.close()
         raise TransportError(f"cannot connect to {path}: {error.strerror or error}") from None
@@ -317,19 +375,20 @@ def _open_fifo(path: str, flags: int) -> int:
 
 def _open_request(path: str, timeout: float) -> int:
     """Open the request FIFO for writing, waiting up to `timeout` for a reader."""
-    deadline = time.monotonic() + timeout
-    attempt = 0
-    while True:
+
+    def attempt() -> int | None:
         try:
             return _open_fifo(path, os.O_WRONLY)
         except OSError as error:
             # ENXIO: nobody has the FIFO open for reading (yet).
             if error.errno != errno.ENXIO:
                 raise TransportError(f"cannot open {path}: {error.strerror}") from None
-        if time.monotonic() >= deadline:
-            raise TransportError(f"no daemon is reading {path} (is saturnd running?)")
-        _pause(attempt, deadline)
-        attempt += 1
+            return None
+
+    fd = _retry(attempt, timeout, f"a daemon to read {path}")
+    if fd is None:
+        raise TransportError(f"no daemon is reading {path} (is saturnd running?)")
+    return fd
 
 
 def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
@@ -438,26 +497,22 @@ def _wait_for_stop(pipes_dir: str) -> None:
     except OSError:
         return
     try:
-        deadline = time.monotonic() + STOP_TIMEOUT
-        notice = _Notice("the daemon to stop")
-        attempt = 0
-        while True:
+
+        def attempt() -> bool | None:
             try:
                 # A shared lock is taken only once the daemon's exclusive one is gone;
                 # it is let go at once (a starting daemon retries for a second).
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
             except BlockingIOError:
-                pass
-            if time.monotonic() >= deadline:
-                raise TransportError(
-                    f"the daemon acknowledged TERMINATE but still holds {pipes_dir} "
-                    f"after {STOP_TIMEOUT:g} s"
-                )
-            notice.check()
-            _pause(attempt, deadline)
-            attempt += 1
+                return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+
+        if _retry(attempt, STOP_TIMEOUT, "the daemon to stop") is None:
+            raise TransportError(
+                f"the daemon acknowledged TERMINATE but still holds {pipes_dir} "
+                f"after {STOP_TIMEOUT:g} s"
+            )
     finally:
         os.close(fd)
 

@@ -13,12 +13,15 @@ Rules:
 - A store failure is raised (StoreError or OSError) and never answered `OK`: the
   listener turns it into `ER EM` with the reason on the socket, and into no reply at
   all on the FIFOs (the course has no error for it).
+- Extensions that take whole tasks (CREATE-EX, LIST-EX, REPLACE) come only from the
+  socket (the framing drops them on the FIFOs), so their refusals can be `ER EM`:
+  REPLACE naming a task that does not exist is refused whole, with nothing changed.
 - Adding a request: its messages in `protocol`, one entry in HANDLERS, cassini's side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, Union
 
@@ -27,13 +30,17 @@ from saturnd.protocol import (
     ERR_MESSAGE,
     ERR_NEVER_RAN,
     ERR_NOT_FOUND,
+    CreateExRequest,
     CreateReply,
     CreateRequest,
     ErrorReply,
+    ListExRequest,
     ListRequest,
     OkReply,
     OutputReply,
     RemoveRequest,
+    ReplaceReply,
+    ReplaceRequest,
     Request,
     StderrRequest,
     StdoutRequest,
@@ -44,6 +51,7 @@ from saturnd.protocol import (
     VersionRequest,
 )
 from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, encode_nbruns
+from saturnd.task import Task
 from saturnd.timing import Timing
 
 
@@ -55,7 +63,13 @@ class TaskStore(Protocol):
 
     def list_reply(self) -> bytes: ...
 
+    def list_ex_reply(self) -> bytes: ...
+
     def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int: ...
+
+    def create_task(self, task: Task) -> int: ...
+
+    def replace(self, remove_ids: Iterable[int], tasks: Sequence[Task]) -> list[int]: ...
 
     def remove(self, task_id: int) -> bool: ...
 
@@ -128,6 +142,29 @@ def _create(request: CreateRequest, store: TaskStore) -> Outcome:
     return reply_created(store.create(request.timing, request.argv))
 
 
+def _create_ex(request: CreateExRequest, store: TaskStore) -> Outcome:
+    try:
+        return reply_created(store.create_task(request.task))
+    except ValueError as error:  # a task the store cannot keep: say why
+        return error_message(f"cannot store the task: {error}")
+
+
+def _list_ex(request: ListExRequest, store: TaskStore) -> Outcome:
+    return store.list_ex_reply()
+
+
+def _replace(request: ReplaceRequest, store: TaskStore) -> Outcome:
+    tasks = store.tasks
+    for task_id in request.remove:
+        if task_id not in tasks:
+            return error_message(f"cannot replace: no task with id {task_id}")
+    try:
+        created = store.replace(request.remove, request.create)
+    except ValueError as error:
+        return error_message(f"cannot store the tasks: {error}")
+    return protocol.encode(ReplaceReply(tuple(created)))
+
+
 def _remove(request: RemoveRequest, store: TaskStore) -> Outcome:
     return OK if store.remove(request.task_id) else NOT_FOUND
 
@@ -165,6 +202,9 @@ HANDLERS: Final[dict[type[Request], Callable[[Any, TaskStore], Outcome]]] = {
     StderrRequest: _output("stderr"),
     TerminateRequest: _terminate,
     VersionRequest: _version,
+    CreateExRequest: _create_ex,
+    ListExRequest: _list_ex,
+    ReplaceRequest: _replace,
 }
 """Each handler gets a request of the type it is keyed by."""
 

@@ -2,11 +2,14 @@
 
 This module owns, sans I/O:
 - the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
-  BODY is a task's TIMING then COMMANDLINE exactly as on the wire, then zero padding;
+  BODY is a whole task exactly as on the wire (`protocol.encode_task`: TIMING-EX,
+  COMMANDLINE, EXTRAS), then zero padding; VERSION 1 files (BODY = the course's TIMING
+  and COMMANDLINE) are read too, and `upgrade_v1` turns one into the same tasks at
+  VERSION 2;
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
-  lean (for the daemon's index: each live slot's shared Timing and used length, no
-  argv; the file may be a bytearray, scanned in place) or full (argv decoded), handed
-  back as a list or one slot at a time;
+  lean (for the daemon's index: each live slot's shared Timing, used length and where
+  its COMMANDLINE lies, no argv; the file may be a bytearray, scanned in place) or
+  full (argv and extras decoded), handed back as a list or one slot at a time;
 - the `times-exitcodes` layout (NBRUNS, then TIME int64 + EXITCODE uint16 per run) and
   the consistent TX reply body of a file that may have a half-finished append.
 
@@ -33,7 +36,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from saturnd.protocol import MAX_ARGC, MAX_STRING, Run, encode_commandline, encode_timing
+from saturnd.protocol import (
+    FLAG_DAYS_OR,
+    FLAG_REBOOT,
+    MAX_ARGC,
+    MAX_ENV,
+    MAX_ERROR_MESSAGE,
+    MAX_STRING,
+    MAX_ZONE,
+    Run,
+    encode_commandline,
+    encode_task,
+    encode_timing,
+)
+from saturnd.task import NO_EXTRAS, Extras, Task, check_extras
 from saturnd.timing import Timing
 
 __all__ = [
@@ -52,6 +68,11 @@ __all__ = [
     "decode_header",
     "decode_runs",
     "encode_body",
+    "encode_body_v1",
+    "command_span",
+    "encode_record_head",
+    "header_version",
+    "upgrade_v1",
     "encode_header",
     "encode_record",
     "encode_run",
@@ -61,8 +82,9 @@ __all__ = [
 
 MAGIC: Final = b"SATD"
 """First four bytes of every `cmds` file."""
-VERSION: Final = 1
-"""The only `cmds` layout this code reads and writes."""
+VERSION: Final = 2
+"""The `cmds` layout this code writes (BODY = a whole task); it also reads VERSION 1
+(BODY = the course's TIMING and COMMANDLINE), to upgrade it."""
 TOMBSTONE: Final = 0xFFFF_FFFF_FFFF_FFFF
 """The ID of a free slot (never a task id)."""
 
@@ -70,6 +92,7 @@ _HEADER: Final = struct.Struct(">4sIQ")  # MAGIC, VERSION, NEXT_ID
 _RECORD_HEAD: Final = struct.Struct(">QI")  # ID, SIZE
 _U32: Final = struct.Struct(">I")
 _TIMING: Final = struct.Struct(">QIB")
+_TIMING_EX: Final = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
 _RUN: Final = struct.Struct(">qH")
 
 HEADER_SIZE: Final = _HEADER.size
@@ -77,7 +100,10 @@ HEADER_SIZE: Final = _HEADER.size
 RECORD_HEAD_SIZE: Final = _RECORD_HEAD.size
 """Bytes of a record's ID and SIZE (12)."""
 TIMING_SIZE: Final = _TIMING.size
-"""Bytes of the TIMING that starts every BODY (13): the key of `Scan.timings`."""
+"""Bytes of the course's TIMING that starts every BODY (13): what LIST reports."""
+TIMING_EX_HEAD_SIZE: Final = TIMING_SIZE + _TIMING_EX.size + 4
+"""Bytes of a TIMING-EX before its ZONE's bytes (24); the whole TIMING-EX, of
+variable length, is the key of `Scan.timings`."""
 ID_SIZE: Final = 8
 """Bytes of a record's ID: the one field rewritten in place to commit or remove a task."""
 NEXT_ID_OFFSET: Final = 8
@@ -88,6 +114,8 @@ RUNS_HEAD_SIZE: Final = _U32.size
 """Bytes of NBRUNS at the start of `times-exitcodes` (4)."""
 RUN_SIZE: Final = _RUN.size
 """Bytes of one run in `times-exitcodes` (10)."""
+_NO_EXTRAS: Final = encode_task(Task(Timing(), (b"x",)))[-9:]
+"""The EXTRAS of a task that has none: NBENV 0, an empty STDIN, MAILTO not set."""
 
 
 class RecordsError(Exception):
@@ -97,92 +125,127 @@ class RecordsError(Exception):
 # --- header ---------------------------------------------------------------------
 
 
-def encode_header(next_id: int) -> bytes:
-    """The 16-byte `cmds` header announcing `next_id` as the next task id."""
-    return _HEADER.pack(MAGIC, VERSION, next_id)
+def encode_header(next_id: int, version: int = VERSION) -> bytes:
+    """The 16-byte `cmds` header announcing `next_id` as the next task id.
+
+    `version` is VERSION but for building an old file (the upgrade's tests).
+    """
+    return _HEADER.pack(MAGIC, version, next_id)
+
+
+def header_version(data: bytes | bytearray) -> int:
+    """The VERSION of a `cmds` file: 1 (to upgrade) or VERSION; raises RecordsError.
+
+    A file shorter than a header is a fresh (or torn-at-birth) one: VERSION.
+    """
+    if len(data) < HEADER_SIZE:
+        return VERSION
+    magic, version, _ = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise RecordsError(f"not a saturnd cmds file (magic {magic.hex(' ')})")
+    if version not in (1, VERSION):
+        raise RecordsError(f"unsupported cmds version {version}")
+    value: int = version
+    return value
 
 
 def decode_header(data: bytes | bytearray) -> int:
     """NEXT_ID of a `cmds` header (the first 16 bytes of `data`); raises RecordsError."""
     if len(data) < HEADER_SIZE:
         raise RecordsError(f"cmds header is {len(data)} bytes, expected {HEADER_SIZE}")
-    magic, version, next_id = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise RecordsError(f"not a saturnd cmds file (magic {magic.hex(' ')})")
-    if version != VERSION:
-        raise RecordsError(f"unsupported cmds version {version}")
-    value: int = next_id
-    return value
+    header_version(data)
+    next_id: int = _HEADER.unpack_from(data)[2]
+    return next_id
 
 
 # --- record bodies --------------------------------------------------------------
 
 
-def _check_task(timing: Timing, argv: tuple[bytes, ...]) -> None:
-    """Refuse what decode_body would refuse: a record must always read back."""
-    if not timing.is_valid():
-        raise ValueError(f"timing has bits outside the fields' ranges: {timing}")
-    if not argv or not argv[0]:
-        raise ValueError("a command line needs a non-empty ARGV[0]")
-    if len(argv) > MAX_ARGC:
-        raise ValueError(f"ARGC {len(argv)} exceeds the limit of {MAX_ARGC}")
-    for arg in argv:
-        if len(arg) > MAX_STRING:
-            raise ValueError(f"argument of {len(arg)} bytes exceeds the limit of {MAX_STRING}")
-
-
-def encode_body(timing: Timing, argv: tuple[bytes, ...]) -> bytes:
-    """A record's BODY without padding: TIMING then COMMANDLINE, as on the wire.
+def encode_body(task: Task) -> bytes:
+    """A record's BODY without padding: the task as on the wire (`encode_task`).
 
     Raises ValueError for a task the protocol could not have carried (invalid timing
-    bits, empty ARGV[0], limits): such a body would not decode on the next load.
+    bits, empty ARGV[0], a limit, a NUL in its environment): checked by decoding it,
+    so that a record always reads back.
     """
-    _check_task(timing, argv)
+    body = encode_task(task)
+    try:
+        _parse_body(body, 0, len(body), VERSION, None, None)
+    except RecordsError as error:
+        raise ValueError(str(error)) from None
+    return body
+
+
+def command_span(body: bytes | bytearray) -> tuple[int, int]:
+    """Where the COMMANDLINE of a BODY starts and ends (offsets in it); RecordsError."""
+    _, _, command, command_end, _ = _parse_body(body, 0, len(body), VERSION, None, None)
+    return command, command_end
+
+
+def encode_body_v1(timing: Timing, argv: tuple[bytes, ...]) -> bytes:
+    """A VERSION 1 BODY: the course's TIMING then COMMANDLINE (to build an old file)."""
     return encode_timing(timing) + encode_commandline(argv)
 
 
-def decode_body(body: bytes) -> tuple[Timing, tuple[bytes, ...]]:
-    """The (timing, argv) of a record BODY; trailing zero padding is allowed.
+def decode_body(body: bytes, version: int = VERSION) -> Task:
+    """The task of a record BODY of `version`; trailing zero padding is allowed.
 
-    Raises RecordsError when the bytes are not exactly one TIMING and one COMMANDLINE
-    within the protocol's limits followed only by zeros.
+    Raises RecordsError when the bytes are not exactly one task (VERSION 1: one TIMING
+    and one COMMANDLINE) within the protocol's limits followed only by zeros.
     """
     data = body if type(body) is bytes else bytes(body)
     argv: list[bytes] = []
-    timing, _ = _parse_body(data, 0, len(data), argv, None)
-    return timing, tuple(argv)
+    timing, _, _, _, extras = _parse_body(data, 0, len(data), version, argv, None)
+    return Task(timing, tuple(argv), extras)
+
+
+# What `_parse_body` finds: the timing, the body's used length, where its COMMANDLINE
+# starts and ends (offsets in the body), and its extras.
+_Parsed = tuple[Timing, int, int, int, Extras]
 
 
 def _parse_body(
     data: bytes | bytearray,
     start: int,
     end: int,
+    version: int,
     argv: list[bytes] | None,
     timings: dict[bytes, Timing] | None,
-) -> tuple[Timing, int]:
-    """Check the BODY `data[start:end]` in place; (its timing, its used length).
+) -> _Parsed:
+    """Check the BODY `data[start:end]` of a `version` record in place.
 
-    The one decoder of bodies: `decode_body` and both scans go through it, so they
-    accept the same bodies and word their refusals alike. The arguments are appended
-    to `argv` when one is given (the lean scan passes None and builds nothing).
-    `timings` interns: it maps the TIMING_SIZE bytes of a timing already decoded
-    (and valid) to its Timing, so tasks with equal timings share one object and a
-    known timing is neither unpacked nor checked again: its keys are bytes even when
-    `data` is a bytearray (which only the lean scan passes). Raises RecordsError.
+    The one decoder of bodies: `decode_body`, `encode_body` and both scans go through
+    it, so they accept the same bodies and word their refusals alike. The arguments
+    are appended to `argv` when one is given (the lean scan passes None and builds
+    nothing). `timings` interns: it maps the bytes of a timing already decoded (and
+    valid: TIMING-EX, or TIMING in VERSION 1) to its Timing, so tasks with equal
+    timings share one object and a known timing is neither unpacked nor checked
+    again: its keys are bytes even when `data` is a bytearray. Raises RecordsError.
     """
-    if end - start < TIMING_SIZE + _U32.size:
+    if version == 1:
+        pos = start + TIMING_SIZE
+        decode = _decode_timing
+    else:
+        pos = start + TIMING_EX_HEAD_SIZE
+        if pos <= end:
+            (zone_length,) = _U32.unpack_from(data, pos - _U32.size)
+            if zone_length > MAX_ZONE:
+                raise RecordsError(f"time zone of {zone_length} bytes exceeds {MAX_ZONE}")
+            pos += zone_length
+        decode = _decode_timing_ex
+    if end - pos < _U32.size:
         raise RecordsError(f"body of {end - start} bytes is too short")
-    pos = start + TIMING_SIZE
     if timings is None:
-        timing = _decode_timing(data, start)
+        timing = decode(data, start, pos)
     else:
         key = data[start:pos]
         if type(key) is not bytes:
             key = bytes(key)  # a bytearray's slice: not hashable
         found = timings.get(key)
         if found is None:
-            found = timings[key] = _decode_timing(data, start)
+            found = timings[key] = decode(data, start, pos)
         timing = found
+    command = pos
     (argc,) = _U32.unpack_from(data, pos)
     pos += _U32.size
     if argc == 0:
@@ -208,13 +271,21 @@ def _parse_body(
     # refused for the same one (the log lines of a repair do not change).
     if program_length == 0:
         raise RecordsError("empty program name (ARGV[0])")
+    command_end = pos
+    extras = NO_EXTRAS
+    if version != 1:
+        following = pos + len(_NO_EXTRAS)
+        if following <= end and data[pos:following] == _NO_EXTRAS:
+            pos = following  # the common case, without building anything
+        else:
+            extras, pos = _parse_extras(data, pos, end)
     # Padding is written as zeros; anything else means the body is not what was written.
     if pos < end and data.count(0, pos, end) != end - pos:
-        raise RecordsError(f"non-zero bytes after the command line at body offset {pos - start}")
-    return timing, pos - start
+        raise RecordsError(f"non-zero bytes after the task at body offset {pos - start}")
+    return timing, pos - start, command - start, command_end - start, extras
 
 
-def _decode_timing(data: bytes | bytearray, offset: int) -> Timing:
+def _decode_timing(data: bytes | bytearray, offset: int, end: int) -> Timing:
     """The TIMING at `offset`, refused if it has bits outside the fields' ranges."""
     minutes, hours, days = _TIMING.unpack_from(data, offset)
     timing = Timing(minutes, hours, days)
@@ -223,11 +294,78 @@ def _decode_timing(data: bytes | bytearray, offset: int) -> Timing:
     return timing
 
 
+def _decode_timing_ex(data: bytes | bytearray, offset: int, end: int) -> Timing:
+    """The TIMING-EX in `data[offset:end]`, refused as the protocol refuses it."""
+    minutes, hours, days = _TIMING.unpack_from(data, offset)
+    daysofmonth, months, flags = _TIMING_EX.unpack_from(data, offset + TIMING_SIZE)
+    if flags & ~(FLAG_DAYS_OR | FLAG_REBOOT):
+        raise RecordsError(f"unknown timing flags {flags:#x}")
+    try:
+        zone = bytes(data[offset + TIMING_EX_HEAD_SIZE : end]).decode("ascii")
+    except UnicodeDecodeError:
+        raise RecordsError("time zone is not ASCII") from None
+    days_or, reboot = bool(flags & FLAG_DAYS_OR), bool(flags & FLAG_REBOOT)
+    timing = Timing(minutes, hours, days, daysofmonth, months, days_or, reboot, zone)
+    if not timing.is_valid():
+        raise RecordsError("timing has bits outside the fields' ranges")
+    return timing
+
+
+def _parse_extras(data: bytes | bytearray, pos: int, end: int) -> tuple[Extras, int]:
+    """The EXTRAS at `pos` (environment, standard input, MAILTO) and where they end."""
+    count, pos = _u32_at(data, pos, end, "the environment")
+    if count > MAX_ENV:
+        raise RecordsError(f"{count} environment variables exceed the limit of {MAX_ENV}")
+    env: list[tuple[bytes, bytes]] = []
+    for _ in range(count):
+        name, pos = _string_at(data, pos, end, MAX_STRING, "an environment name")
+        value, pos = _string_at(data, pos, end, MAX_STRING, "an environment value")
+        env.append((name, value))
+    stdin, pos = _string_at(data, pos, end, MAX_STRING, "the standard input")
+    if pos >= end:
+        raise RecordsError("body ends before MAILTO")
+    flag = data[pos]
+    pos += 1
+    mailto: bytes | None = None
+    if flag == 1:
+        mailto, pos = _string_at(data, pos, end, MAX_ERROR_MESSAGE, "MAILTO")
+    elif flag != 0:
+        raise RecordsError(f"MAILTO flag {flag} is neither 0 nor 1")
+    extras = Extras(tuple(env), stdin, mailto)
+    problem = check_extras(extras)
+    if problem is not None:
+        raise RecordsError(problem)
+    return extras, pos
+
+
+def _u32_at(data: bytes | bytearray, pos: int, end: int, what: str) -> tuple[int, int]:
+    if pos + _U32.size > end:
+        raise RecordsError(f"body ends inside {what}")
+    value: int = _U32.unpack_from(data, pos)[0]
+    return value, pos + _U32.size
+
+
+def _string_at(
+    data: bytes | bytearray, pos: int, end: int, limit: int, what: str
+) -> tuple[bytes, int]:
+    length, pos = _u32_at(data, pos, end, what)
+    if length > limit:
+        raise RecordsError(f"{what} of {length} bytes exceeds the limit of {limit}")
+    if pos + length > end:
+        raise RecordsError(f"body ends inside {what}")
+    return bytes(data[pos : pos + length]), pos + length
+
+
 def encode_record(task_id: int, body: bytes, size: int) -> bytes:
     """A whole record: ID, SIZE, then `body` zero-padded to `size` bytes."""
     if not len(body) <= size <= MAX_SIZE:
         raise ValueError(f"record SIZE {size} cannot hold a body of {len(body)} bytes")
     return _RECORD_HEAD.pack(task_id, size) + body + bytes(size - len(body))
+
+
+def encode_record_head(task_id: int, size: int) -> bytes:
+    """A record's ID and SIZE (its BODY follows), for copying a body as it is."""
+    return _RECORD_HEAD.pack(task_id, size)
 
 
 def choose_slot(free: Sequence[tuple[int, int]], length: int) -> int | None:
@@ -256,10 +394,12 @@ class Slot:
     """One record of `cmds`: where it is, its BODY capacity, and its task if live.
 
     `offset` is where the record head starts; the record spans
-    RECORD_HEAD_SIZE + size bytes. `task_id`, `timing`, `argv` and `used` are unset
-    (None, 0) for a free slot (a tombstone, or a record whose body did not decode).
-    A full scan sets `argv`; a lean one sets `used` instead, the body's bytes before
-    its padding: the LIST entry is then the ID and those bytes, copied from the file.
+    RECORD_HEAD_SIZE + size bytes. The other fields are unset (None, 0) for a free
+    slot (a tombstone, or a record whose body did not decode). A full scan sets `argv`
+    and `extras`; a lean one sets instead `used`, the body's bytes before its padding
+    (the LIST-EX entry is the ID and those bytes), and `command` and `command_end`,
+    where its COMMANDLINE lies in the body (the course's LIST entry is the ID, the
+    body's first TIMING_SIZE bytes and those), all copied from the file.
     """
 
     offset: int
@@ -268,6 +408,9 @@ class Slot:
     timing: Timing | None = None
     argv: tuple[bytes, ...] | None = None
     used: int = 0
+    command: int = 0
+    command_end: int = 0
+    extras: Extras | None = None
 
     @property
     def end(self) -> int:
@@ -281,11 +424,13 @@ class Scan:
 
     `valid_length` is where the readable records end: bytes after it are a torn tail
     that the writer truncates away. `problems` are one-line descriptions of what was
-    repaired or ignored, for the log. `timings` maps the 13-byte encoding of each
-    distinct valid timing met to the one Timing the live slots share.
+    repaired or ignored, for the log. `timings` maps the encoding of each distinct
+    valid timing met (its TIMING-EX; its TIMING in VERSION 1) to the one Timing the
+    live slots share. `version` is the file's VERSION.
     """
 
     next_id: int
+    version: int = VERSION
     slots: list[Slot] = field(default_factory=list)
     valid_length: int = 0
     problems: list[str] = field(default_factory=list)
@@ -319,7 +464,7 @@ def scan_cmds(
     if type(data) is not bytes and not (lean and type(data) is bytearray):
         data = bytes(data)  # a full scan's argv are slices of it: they must be bytes
     header_next_id = decode_header(data)
-    scan = Scan(next_id=header_next_id, valid_length=HEADER_SIZE)
+    scan = Scan(next_id=header_next_id, valid_length=HEADER_SIZE, version=header_version(data))
     keep = scan.slots.append if sink is None else sink
     argv: list[bytes] | None = None if lean else []
     seen = _SeenIds()
@@ -404,7 +549,9 @@ def _scan_body(
     """
     start = offset + RECORD_HEAD_SIZE
     try:
-        timing, used = _parse_body(data, start, start + size, argv, scan.timings)
+        timing, used, command, command_end, extras = _parse_body(
+            data, start, start + size, scan.version, argv, scan.timings
+        )
     except RecordsError as error:
         scan.problems.append(
             f"freed the record of task id {task_id} at offset {offset}: its body does "
@@ -414,10 +561,31 @@ def _scan_body(
             argv.clear()
         return Slot(offset, size, None)
     if argv is None:
-        return Slot(offset, size, task_id, timing, None, used)
+        return Slot(offset, size, task_id, timing, None, used, command, command_end)
     decoded = tuple(argv)
     argv.clear()
-    return Slot(offset, size, task_id, timing, decoded)
+    return Slot(offset, size, task_id, timing, decoded, extras=extras)
+
+
+def upgrade_v1(data: bytes | bytearray) -> tuple[bytearray, Scan]:
+    """The VERSION 2 `cmds` holding exactly the tasks of the VERSION 1 file `data`.
+
+    Same ids, timings, command lines and NEXT_ID; only live records, by increasing
+    id, each as large as its body (free slots are dropped). Also the old file's scan:
+    its problems are what the upgrade repaired, as a load would have. Raises
+    RecordsError when `data` is not a VERSION 1 file.
+    """
+    scan = scan_cmds(data)
+    if scan.version != 1 or len(data) < HEADER_SIZE:
+        raise RecordsError(f"not a version 1 cmds file (version {scan.version})")
+    upgraded = bytearray(encode_header(scan.next_id))
+    live = [slot for slot in scan.slots if slot.task_id is not None]
+    live.sort(key=lambda slot: slot.task_id or 0)
+    for slot in live:
+        assert slot.task_id is not None and slot.timing is not None and slot.argv is not None
+        body = encode_body(Task(slot.timing, slot.argv))
+        upgraded += encode_record(slot.task_id, body, len(body))
+    return upgraded, scan
 
 
 # --- times-exitcodes ------------------------------------------------------------

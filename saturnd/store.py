@@ -38,7 +38,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import time_ns
@@ -53,17 +53,23 @@ from saturnd.records import (
     RECORD_HEAD_SIZE,
     RUNS_HEAD_SIZE,
     TOMBSTONE,
+    VERSION,
     RecordsError,
     Scan,
     choose_slot,
+    command_span,
     complete_runs,
     decode_header,
     encode_body,
     encode_header,
     encode_id,
     encode_record,
+    encode_record_head,
+    header_version,
     runs_body,
+    upgrade_v1,
 )
+from saturnd.task import Task
 from saturnd.taskindex import (
     WORTH_TRIMMING,
     Index,
@@ -76,10 +82,13 @@ from saturnd.taskindex import (
 )
 from saturnd.timing import Timing
 
-__all__ = ["CMDS", "Store", "StoreError"]
+__all__ = ["CMDS", "CMDS_TEMP", "Store", "StoreError"]
 
 CMDS: Final = "cmds"
 """The task table's file name in the state directory."""
+CMDS_TEMP: Final = "cmds.new"
+"""Where a whole new `cmds` is written before it is renamed over the old one (an
+upgrade, a REPLACE); one left by a crash is deleted at the next load."""
 
 # A file's mtime is a coarse clock on many kernels: two writes within one tick can
 # leave (inode, size, mtime) unchanged. A load this close to the mtime is "racy" (as
@@ -111,7 +120,7 @@ def _describe(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     """Write all of `data` at `offset`: a short write (file size limit, disk full)
     is continued, so the error behind it is raised instead of being ignored."""
     view = memoryview(data)
@@ -142,6 +151,7 @@ class Store:
         self._end = HEADER_SIZE
         self._next_id = 0
         self._list_cache: bytes | None = None
+        self._list_ex_cache: bytes | None = None
         self._stamp: _Stamp | None = None
         self._racy = False
         # Read-only: the bytes of the last load, None when there was no file. The index
@@ -217,6 +227,7 @@ class Store:
         if not stat.S_ISREG(status.st_mode):
             raise StoreError(f"{self._path} is not a regular file")
         try:
+            self._delete_temp()
             if stat.S_IMODE(status.st_mode) & 0o077:
                 os.fchmod(self._fd, 0o600)
                 self._log.warning(
@@ -224,6 +235,8 @@ class Store:
                 )
             # Read into the bytearray that the index keeps as its copy of the file.
             data = read_into_bytearray(self._fd, status.st_size)
+            if self._version_of(data) != VERSION:
+                data = self._upgrade(data)
             # Indexed before the repairs below: if one fails, open() drops the store.
             scan = self._index_tasks(data)
             torn = scan.valid_length < len(data)
@@ -254,6 +267,67 @@ class Store:
         self._log.info(
             "loaded %s: %d tasks, next id %d", self._path, len(self._index), self._next_id
         )
+
+    def _version_of(self, data: bytes | bytearray) -> int:
+        try:
+            return header_version(data)
+        except RecordsError as error:
+            raise StoreError(f"{self._path}: {error}") from error
+
+    def _delete_temp(self) -> None:
+        """Delete the `cmds.new` of a rewrite a crash interrupted (it was never `cmds`)."""
+        try:
+            os.unlink(self._dir / CMDS_TEMP)
+        except FileNotFoundError:
+            return
+        self._log.warning("deleted %s, left by an interrupted rewrite", self._dir / CMDS_TEMP)
+
+    def _upgrade(self, data: bytearray) -> bytearray:
+        """Rewrite a VERSION 1 `cmds` (read into `data`) as VERSION 2, crash-safely; the
+        new file's bytes. Its tasks, ids and NEXT_ID are the old file's (`upgrade_v1`)."""
+        try:
+            upgraded, old = upgrade_v1(data)
+        except RecordsError as error:
+            raise StoreError(f"{self._path}: {error}") from error
+        for problem in old.problems:
+            self._log.warning("repairing %s: %s", self._path, problem)
+        try:
+            self._rewrite(upgraded)
+        except OSError as error:
+            raise StoreError(
+                f"cannot upgrade {self._path} to version {VERSION}: {_describe(error)}"
+            ) from error
+        self._log.info("upgraded %s from version 1 to version %d", self._path, VERSION)
+        return upgraded
+
+    def _rewrite(self, content: bytearray) -> None:
+        """Make `content` the whole of `cmds` in one step that a crash cannot split.
+
+        It is written to `cmds.new`, flushed, renamed over `cmds`, and the directory
+        flushed: a crash leaves the old file or the new one (and maybe a `cmds.new`
+        that the next load deletes). The new file's descriptor becomes the store's.
+        Raises OSError, with `cmds` unchanged, when the rename did not happen.
+        """
+        temp = self._dir / CMDS_TEMP
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _OPEN_FILE, 0o600)
+        try:
+            _pwrite_all(fd, content, 0)
+            os.fsync(fd)
+            os.rename(temp, self._path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._tail_dirty = False
+        try:
+            self._sync_dir()
+        except OSError as error:
+            # The rename is done and cannot be taken back: the new file is the store's.
+            self._log.error("cannot flush %s after renaming cmds: %s", self._dir, error)
 
     def _load_read_only(self) -> bool:
         """Read `cmds` as it is now, without changing anything on disk.
@@ -304,6 +378,9 @@ class Store:
         was.
         """
         try:
+            if self._read_only and header_version(data) != VERSION:
+                # The listener upgrades it at its start: until then, read it as it will be.
+                data = upgrade_v1(data)[0]
             index, free, scan = index_cmds(data, writer=not self._read_only)
         except RecordsError as error:
             raise StoreError(f"{self._path}: {error}") from error
@@ -316,7 +393,7 @@ class Store:
         self._index, self._free = index, free
         self._end = max(scan.valid_length, HEADER_SIZE)
         self._next_id = scan.next_id
-        self._list_cache = None
+        self._list_cache = self._list_ex_cache = None
 
     def _stamp_fd(self) -> None:
         # The writer's own changes must not look like someone else's to refresh().
@@ -373,6 +450,15 @@ class Store:
                 # The buffer it was built in is freed: give it back, or the process
                 # keeps a second copy of the reply in its RSS (8 MB at 100,000 tasks).
                 release_freed_memory()
+        return reply
+
+    def list_ex_reply(self) -> bytes:
+        """The whole encoded LIST-EX reply: `OK`, NBTASKS, then the whole tasks by id."""
+        reply = self._list_ex_cache
+        if reply is None:
+            reply = self._list_ex_cache = self._index.listing_ex()
+            if len(reply) >= WORTH_TRIMMING:
+                release_freed_memory()  # as in list_reply
         return reply
 
     def times_exitcodes_body(self, task_id: int) -> bytes:
@@ -454,6 +540,10 @@ class Store:
     # --- writing ----------------------------------------------------------------
 
     def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int:
+        """The course's CREATE: `create_task` of a task with no extras."""
+        return self.create_task(Task(timing, argv))
+
+    def create_task(self, task: Task) -> int:
         """Store a new task durably and return its id; raises StoreError.
 
         Order: NEXT_ID+1 in the header and the record under the tombstone ID (in the
@@ -464,7 +554,8 @@ class Store:
         cannot carry.
         """
         self._check_writable()
-        body = encode_body(timing, argv)
+        body = encode_body(task)
+        command = command_span(body)
         task_id = self._next_id
         choice = choose_slot(self._free, len(body))
         if choice is None:
@@ -501,8 +592,8 @@ class Store:
         assert not appended or offset == len(data), "the copy ends where the file does"
         data[NEXT_ID_OFFSET:HEADER_SIZE] = encode_id(task_id + 1)
         data[offset : offset + RECORD_HEAD_SIZE + size] = encode_record(task_id, body, size)
-        self._index.append(task_id, offset, body, timing)
-        self._list_cache = None
+        self._index.append(task_id, offset, body, task.timing, command)
+        self._list_cache = self._list_ex_cache = None
         self._stamp_fd_quietly()
         self._log.info(
             "task created id=%d (%s slot at offset %d)",
@@ -551,11 +642,67 @@ class Store:
         index.delete(position)
         self._mirror()[offset : offset + ID_SIZE] = encode_id(TOMBSTONE)
         bisect.insort(self._free, (offset, size))
-        self._list_cache = None
+        self._list_cache = self._list_ex_cache = None
         self._stamp_fd_quietly()
         self._log.info("task removed id=%d", task_id)
         taskdir.delete_dir(self._dir, task_id, self._log)
         return True
+
+    def replace(self, remove_ids: Iterable[int], tasks: Sequence[Task]) -> list[int]:
+        """Remove the tasks `remove_ids` and create `tasks`, all or nothing; the new ids
+        (in the order of `tasks`). Raises StoreError, and ValueError for a task the
+        protocol cannot carry, with nothing changed.
+
+        Every other task keeps its id and its directory. Crash-safe: the new tasks'
+        directories are made first (a crash leaves them stale: the next load deletes
+        them), then the whole new `cmds` replaces the old one in one rename (the
+        commit), and only then are the removed tasks' directories deleted (a crash
+        leaves them stale too). The file comes out compacted: no free slot.
+        """
+        self._check_writable()
+        index = self._index
+        removing: set[int] = set()
+        for task_id in remove_ids:
+            if index.find(task_id) < 0:
+                raise StoreError(f"cannot replace: no task with id {task_id}")
+            removing.add(task_id)
+        bodies = [encode_body(task) for task in tasks]
+        first = self._next_id
+        new_ids = list(range(first, first + len(bodies)))
+        content = bytearray(encode_header(first + len(bodies)))
+        data = index.data
+        for task_id, offset, used in zip(index.ids, index.offsets, index.used, strict=True):
+            if task_id not in removing:
+                start = offset + RECORD_HEAD_SIZE
+                content += encode_record_head(task_id, used)
+                content += data[start : start + used]
+        for task_id, body in zip(new_ids, bodies, strict=True):
+            content += encode_record(task_id, body, len(body))
+        made: list[int] = []
+        try:
+            for task_id in new_ids:
+                os.mkdir(self.task_dir(task_id), 0o700)
+                made.append(task_id)
+            self._rewrite(content)
+        except OSError as error:
+            for task_id in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.task_dir(task_id))
+            raise StoreError(
+                f"cannot replace the tasks in {self._dir}: {_describe(error)}"
+            ) from error
+        self._index_tasks(content)
+        self._stamp_fd_quietly()
+        self._log.info(
+            "tasks replaced: %d removed, %d created (ids %s)",
+            len(removing),
+            len(new_ids),
+            f"{new_ids[0]}-{new_ids[-1]}" if new_ids else "none",
+        )
+        for task_id in sorted(removing):
+            taskdir.delete_dir(self._dir, task_id, self._log)
+        release_freed_memory()
+        return new_ids
 
     def _mirror(self) -> bytearray:
         """The writer's copy of `cmds` (the index's bytes): what was loaded and written."""

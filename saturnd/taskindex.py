@@ -6,10 +6,12 @@ built over them by one scan (`index_cmds`); and the `Mapping` views handed to ca
 
 Invariants:
 - Lean, because a daemon process must stay small with 100,000 tasks (BENCHMARKS.md,
-  3): per task, four numbers in arrays (id, record offset, BODY length before the
-  padding, kind of its shared Timing), about 24 bytes besides the file's own bytes.
-- Tasks are kept by increasing id; LIST entries and command lines are read from the
-  bytes only when asked for, so loading decodes no command line.
+  3): per task, six numbers in arrays (id, record offset, BODY length before the
+  padding, kind of its shared Timing, where its COMMANDLINE starts and ends in the
+  BODY), about 30 bytes besides the file's own bytes.
+- Only VERSION 2 bytes are indexed (the store upgrades a VERSION 1 file first).
+- Tasks are kept by increasing id; LIST and LIST-EX entries, command lines and extras
+  are read from the bytes only when asked for, so loading decodes no command line.
 - Views hold an index, not a copy: they follow the writer's create and remove, and a
   reload (which builds a new index) leaves an old view showing the old table.
 - After a load or once a large buffer is freed, freed memory is given back to the
@@ -31,9 +33,12 @@ from saturnd.records import (
     ID_SIZE,
     RECORD_HEAD_SIZE,
     TIMING_SIZE,
+    VERSION,
+    RecordsError,
     Scan,
     Slot,
     decode_body,
+    header_version,
     scan_cmds,
 )
 from saturnd.timing import Timing
@@ -119,11 +124,12 @@ _UNSHARED: Final = 0xFFFF_FFFF
 class Index:
     """The live tasks by increasing id, over a copy of the bytes of `cmds`.
 
-    Per task, four numbers at the same position of four arrays: its id, the offset of
-    its record in `data`, the length of its BODY before the padding, and its kind (the
-    position of its Timing in `shared`): about 24 bytes a task besides the file's own
-    bytes, where dictionaries of objects took some 300. The LIST entry and the command
-    line are read from `data` when asked for.
+    Per task, six numbers at the same position of six arrays: its id, the offset of
+    its record in `data`, the length of its BODY before the padding, its kind (the
+    position of its Timing in `shared`), and where its COMMANDLINE starts and ends in
+    the BODY: about 30 bytes a task besides the file's own bytes, where dictionaries
+    of objects took some 300. The LIST entries and the task itself are read from
+    `data` when asked for.
 
     `data` is the file as it was read: bytes for a read-only store (a reload builds a
     new index), a bytearray for the writer, which writes into it what it writes into
@@ -131,7 +137,18 @@ class Index:
     end), so the two stay equal. Not thread-safe, like the store.
     """
 
-    __slots__ = ("data", "extra", "ids", "kinds", "known", "offsets", "shared", "used")
+    __slots__ = (
+        "command_ends",
+        "commands",
+        "data",
+        "extra",
+        "ids",
+        "kinds",
+        "known",
+        "offsets",
+        "shared",
+        "used",
+    )
 
     def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
@@ -139,9 +156,11 @@ class Index:
         self.offsets: array[int] = array("Q")
         self.used: array[int] = array("I")
         self.kinds: array[int] = array("I")
+        self.commands: array[int] = array("H")  # a TIMING-EX is at most 280 bytes
+        self.command_ends: array[int] = array("I")
         # The distinct timings of the loaded tasks: tasks with equal timings share one.
         self.shared: list[Timing] = []
-        # TIMING bytes -> kind of that timing, for created tasks to share it too (the
+        # TIMING-EX bytes -> kind of that timing, for created tasks to share it too (the
         # writer's only). Filled by loads only, so a client cannot grow it by creating
         # and removing tasks.
         self.known: dict[bytes, int] = {}
@@ -184,12 +203,37 @@ class Index:
         return size
 
     def listing(self) -> bytes:
-        """The LIST reply: `OK`, NBTASKS, then each task's ID and BODY by increasing id.
+        """The course's LIST reply: `OK`, NBTASKS, then by increasing id each task's
+        ID, TIMING (the first bytes of its BODY) and COMMANDLINE.
 
-        A record is ID, SIZE, BODY, padding: the entry is its first 8 bytes and its
-        BODY, copied from `data` into a buffer of the reply's exact size (a growing
-        one would be copied as it grows: a peak of twice the reply).
+        A record is ID, SIZE, BODY, padding: the entry is copied from `data` into a
+        buffer of the reply's exact size (a growing one would be copied as it grows:
+        a peak of twice the reply).
         """
+        data = self.data
+        count = len(self.ids)
+        head = ID_SIZE + TIMING_SIZE
+        size = head * count + sum(self.command_ends) - sum(self.commands)
+        reply = bytearray(len(REPLY_OK) + _U32.size + size)
+        position = len(REPLY_OK) + _U32.size
+        reply[:position] = REPLY_OK + _U32.pack(count)
+        for offset, command, end in zip(
+            self.offsets, self.commands, self.command_ends, strict=True
+        ):
+            body = offset + RECORD_HEAD_SIZE
+            # ID, then (past SIZE) TIMING: two pieces of the record, one slice each.
+            reply[position : position + ID_SIZE] = data[offset : offset + ID_SIZE]
+            position += ID_SIZE
+            reply[position : position + TIMING_SIZE] = data[body : body + TIMING_SIZE]
+            position += TIMING_SIZE
+            following = position + end - command
+            reply[position:following] = data[body + command : body + end]
+            position = following
+        return bytes(reply)
+
+    def listing_ex(self) -> bytes:
+        """The LIST-EX reply: `OK`, NBTASKS, then each task's ID and BODY (the task as
+        on the wire) by increasing id, built like `listing`."""
         data = self.data
         count = len(self.ids)
         reply = bytearray(len(REPLY_OK) + _U32.size + ID_SIZE * count + sum(self.used))
@@ -203,15 +247,20 @@ class Index:
             reply[body:position] = data[start : start + used]
         return bytes(reply)
 
-    def append(self, task_id: int, offset: int, body: bytes, timing: Timing) -> None:
-        """Add a task whose id is above every live one (a created task)."""
-        kind = self.known.get(body[:TIMING_SIZE], _UNSHARED)
+    def append(
+        self, task_id: int, offset: int, body: bytes, timing: Timing, command: tuple[int, int]
+    ) -> None:
+        """Add a task whose id is above every live one (a created task); `command` is
+        where its COMMANDLINE starts and ends in `body`."""
+        kind = self.known.get(body[: command[0]], _UNSHARED)
         if kind == _UNSHARED:
             self.extra[task_id] = timing
         self.ids.append(task_id)
         self.offsets.append(offset)
         self.used.append(len(body))
         self.kinds.append(kind)
+        self.commands.append(command[0])
+        self.command_ends.append(command[1])
 
     def delete(self, position: int) -> None:
         """Drop the task at `position` (its bytes in `data` are the caller's)."""
@@ -221,6 +270,8 @@ class Index:
         del self.offsets[position]
         del self.used[position]
         del self.kinds[position]
+        del self.commands[position]
+        del self.command_ends[position]
 
     def sort(self) -> None:
         """Put the tasks in increasing id order (a load meets them in file order, which
@@ -230,6 +281,8 @@ class Index:
         self.offsets = array("Q", map(self.offsets.__getitem__, order))
         self.used = array("I", map(self.used.__getitem__, order))
         self.kinds = array("I", map(self.kinds.__getitem__, order))
+        self.commands = array("H", map(self.commands.__getitem__, order))
+        self.command_ends = array("I", map(self.command_ends.__getitem__, order))
 
 
 class TaskView(Mapping[int, TaskEntry]):
@@ -249,8 +302,8 @@ class TaskView(Mapping[int, TaskEntry]):
         position = index.find(task_id)
         if position < 0:
             raise KeyError(task_id)
-        _, argv = decode_body(index.body(position))
-        return TaskEntry(task_id, index.timing(position), argv)
+        task = decode_body(index.body(position))
+        return TaskEntry(task_id, index.timing(position), task.argv, task.extras)
 
     def __contains__(self, task_id: object) -> bool:
         return self._index.find(task_id) >= 0  # without decoding, unlike Mapping's
@@ -332,10 +385,14 @@ def index_cmds(
     The index keeps `data` and is built as the scan goes, one slot at a time: a
     list of every slot besides it would take 15 MB more at 100,000 tasks, in small
     objects between the index's own, which the allocator could not give back.
-    Raises RecordsError for a file this code may not read.
+    Raises RecordsError for a file this code may not read, or must upgrade first.
     """
+    version = header_version(data)
+    if version != VERSION:
+        raise RecordsError(f"a version {version} cmds must be upgraded before it is indexed")
     index = Index(data)
     ids, offsets, used, kinds = index.ids, index.offsets, index.used, index.kinds
+    commands, command_ends = index.commands, index.command_ends
     shared = index.shared
     kind_of: dict[int, int] = {}  # id() of a shared Timing -> its kind
     free: list[tuple[int, int]] = []
@@ -361,6 +418,8 @@ def index_cmds(
         offsets.append(slot.offset)
         used.append(slot.used)
         kinds.append(kind)
+        commands.append(slot.command)
+        command_ends.append(slot.command_end)
 
     scan = scan_cmds(data, lean=True, sink=keep)
     if not ordered:

@@ -15,13 +15,18 @@ from saturnd.framing import (
     StreamFraming,
 )
 from saturnd.protocol import (
+    CreateExRequest,
     CreateRequest,
+    ListExRequest,
     ListRequest,
     RemoveRequest,
+    ReplaceRequest,
+    Request,
     TerminateRequest,
     VersionRequest,
     encode,
 )
+from saturnd.task import Task
 from saturnd.timing import Timing
 
 T0 = 1000.0
@@ -120,6 +125,25 @@ def test_it_frames_the_fifo(
     for data, at in reads:
         framer.feed(data, at)
     assert steps(framer, now) == expected
+
+
+WHOLE_TASK = Task(Timing.cron("@daily"), (b"echo",))
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [CreateExRequest(WHOLE_TASK), ListExRequest(), ReplaceRequest((5,), (WHOLE_TASK,))],
+    ids=["cx", "lx", "rp"],
+)
+def test_it_drops_the_whole_task_extensions_on_the_fifo(request_: Request) -> None:
+    framer = FifoFraming()
+    framer.feed(encode(request_) + LIST, T0)
+    opcode = request_.opcode.decode()
+    assert steps(framer, T0) == [
+        Drop(len(encode(request_)), f"{opcode} is served on the socket only"),
+        Serve(ListRequest(), 2),
+        NeedMore(None),
+    ]
 
 
 def test_it_serves_a_request_fed_one_byte_at_a_time() -> None:

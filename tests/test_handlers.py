@@ -6,7 +6,7 @@ Replies are checked as raw bytes written here from PROTOCOL.md and docs/protocol
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,12 @@ from saturnd import __version__, handlers
 from saturnd.handlers import FileReply, Stop
 from saturnd.protocol import (
     COURSE_OPCODES,
+    CreateExRequest,
     CreateRequest,
+    ListExRequest,
     ListRequest,
     RemoveRequest,
+    ReplaceRequest,
     Request,
     StderrRequest,
     StdoutRequest,
@@ -27,6 +30,7 @@ from saturnd.protocol import (
     VersionRequest,
 )
 from saturnd.store import StoreError
+from saturnd.task import Extras, Task
 from saturnd.timing import Timing
 
 TIMING = Timing.parse("0", "9", "3")
@@ -56,13 +60,32 @@ class DictStore:
         self.calls.append("list")
         return b"OK<list>"
 
+    def list_ex_reply(self) -> bytes:
+        self.calls.append("list_ex")
+        return b"OK<list-ex>"
+
     def create(self, timing: Timing, argv: tuple[bytes, ...]) -> int:
         self.calls.append("create")
+        return self._create(Task(timing, argv))
+
+    def create_task(self, task: Task) -> int:
+        self.calls.append("create_task")
+        return self._create(task)
+
+    def _create(self, task: Task) -> int:
         if self.fail:
             raise StoreError(self.fail)
+        if task.argv[0] == b"refused":
+            raise ValueError("ARGV[0] says so")
         task_id, self.next_id = self.next_id, self.next_id + 1
-        self._tasks[task_id] = TaskEntry(task_id, timing, argv)
+        self._tasks[task_id] = TaskEntry(task_id, task.timing, task.argv, task.extras)
         return task_id
+
+    def replace(self, remove_ids: Iterable[int], tasks: Sequence[Task]) -> list[int]:
+        self.calls.append("replace")
+        for task_id in remove_ids:
+            del self._tasks[task_id]
+        return [self._create(task) for task in tasks]
 
     def remove(self, task_id: int) -> bool:
         self.calls.append("remove")
@@ -101,6 +124,24 @@ ANSWERS: list[tuple[Request, bytes, list[str]]] = [
     (StderrRequest(0), h("4f4b 00000000"), ["stderr"]),
     (StdoutRequest(3), h("4552 4e52"), ["stdout"]),
     (StderrRequest(5), h("4552 4e46"), []),
+    (CreateExRequest(Task(TIMING, (b"echo",))), h("4f4b 0000000000000008"), ["create_task"]),
+    (ListExRequest(), b"OK<list-ex>", ["list_ex"]),
+    (
+        ReplaceRequest((0, 3), (Task(TIMING, (b"a",)), Task(TIMING, (b"b",)))),
+        h("4f4b 00000002 0000000000000008 0000000000000009"),
+        ["replace"],
+    ),
+    (ReplaceRequest((), ()), h("4f4b 00000000"), ["replace"]),
+    (
+        ReplaceRequest((0, 4), (Task(TIMING, (b"a",)),)),
+        h("4552 454d 00000021") + b"cannot replace: no task with id 4",
+        [],
+    ),
+    (
+        CreateExRequest(Task(TIMING, (b"refused",))),
+        h("4552 454d 00000026") + b"cannot store the task: ARGV[0] says so",
+        ["create_task"],
+    ),
 ]
 
 
@@ -147,7 +188,7 @@ def test_it_tells_its_version_and_every_request_it_serves(store: DictStore) -> N
     opcodes = reply[10 + len(version) :]
     assert len(opcodes) == 2 * count
     served = {opcodes[i : i + 2] for i in range(0, len(opcodes), 2)}
-    assert served == COURSE_OPCODES | {b"vr"}
+    assert served == COURSE_OPCODES | {b"vr", b"cx", b"lx", b"rp"}
 
 
 def test_it_has_one_handler_per_request_type() -> None:
@@ -160,7 +201,23 @@ def test_it_has_one_handler_per_request_type() -> None:
         StderrRequest,
         TerminateRequest,
         VersionRequest,
+        CreateExRequest,
+        ListExRequest,
+        ReplaceRequest,
     }
+
+
+def test_a_refused_replace_changes_nothing(store: DictStore) -> None:
+    before = dict(store.tasks)
+    reply = handlers.handle(ReplaceRequest((7, 12), (Task(TIMING, (b"a",)),)), store)
+    assert reply == handlers.error_message("cannot replace: no task with id 12")
+    assert dict(store.tasks) == before
+
+
+def test_it_creates_a_whole_task(store: DictStore) -> None:
+    task = Task(Timing.cron("@reboot"), (b"x",), Extras(((b"A", b"1"),), b"in", b""))
+    assert handlers.handle(CreateExRequest(task), store) == h("4f4b 0000000000000008")
+    assert store.tasks[8].task == task
 
 
 def test_it_describes_requests_for_the_log() -> None:

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from saturnd.protocol import MAX_ARGC, MAX_STRING, Run, encode_runs
+from saturnd.protocol import (
+    MAX_ARGC,
+    MAX_ENV,
+    MAX_ERROR_MESSAGE,
+    MAX_STRING,
+    MAX_ZONE,
+    Run,
+    encode_runs,
+)
 from saturnd.records import (
     HEADER_SIZE,
     MAGIC,
@@ -19,33 +27,62 @@ from saturnd.records import (
     RecordsError,
     Slot,
     choose_slot,
+    command_span,
     decode_body,
     decode_header,
     decode_runs,
-    encode_body,
+    encode_body_v1,
     encode_header,
     encode_record,
     encode_run,
+    header_version,
     runs_body,
     scan_cmds,
+    upgrade_v1,
 )
-from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
+from saturnd.records import encode_body as encode_task_body
+from saturnd.task import NO_EXTRAS, Extras, Task
+from saturnd.timing import (
+    FULL_DAYSOFMONTH,
+    FULL_DAYSOFWEEK,
+    FULL_HOURS,
+    FULL_MINUTES,
+    FULL_MONTHS,
+    Timing,
+)
 
 ECHO = (b"echo", b"test-1")
 WEDNESDAY_9_14 = Timing(minutes=1, hours=(1 << 9) | (1 << 14), daysofweek=1 << 3)
-# TIMING then COMMANDLINE of PROTOCOL.md's worked example.
+# The task of PROTOCOL.md's worked example as a VERSION 2 BODY: TIMING-EX (TIMING, every
+# day of the month, every month, no flag, no zone), COMMANDLINE, then no extras.
 ECHO_BODY = bytes.fromhex(
-    "0000000000000001 00004200 08 00000002 00000004 6563686f 00000006 746573742d31"
+    "0000000000000001 00004200 08  fffffffe 1ffe 00 00000000"
+    "00000002 00000004 6563686f 00000006 746573742d31"
+    "00000000 00000000 00"
 )
+ECHO_TASK = Task(WEDNESDAY_9_14, ECHO)
+ECHO_COMMAND = (24, 24 + 22)  # where the COMMANDLINE lies in ECHO_BODY
 
 
-def cmds(next_id: int, *records: bytes) -> bytes:
-    return encode_header(next_id) + b"".join(records)
+def encode_body(timing: Timing, argv: tuple[bytes, ...], extras: Extras = NO_EXTRAS) -> bytes:
+    return encode_task_body(Task(timing, argv, extras))
+
+
+def cmds(next_id: int, *records: bytes, version: int = VERSION) -> bytes:
+    return encode_header(next_id, version) + b"".join(records)
 
 
 def live(task_id: int, argv: tuple[bytes, ...] = ECHO, pad: int = 0) -> bytes:
     body = encode_body(Timing(), argv)
     return encode_record(task_id, body, len(body) + pad)
+
+
+EVERY_MINUTE = Timing()
+
+
+def live_v1(task_id: int, argv: tuple[bytes, ...] = ECHO, timing: Timing = EVERY_MINUTE) -> bytes:
+    body = encode_body_v1(timing, argv)
+    return encode_record(task_id, body, len(body))
 
 
 # --- header ---------------------------------------------------------------------
@@ -56,7 +93,7 @@ def test_it_round_trips_the_header(next_id: int) -> None:
     data = encode_header(next_id)
     assert len(data) == HEADER_SIZE == 16
     assert data[:4] == MAGIC == b"SATD"
-    assert data[4:8] == struct.pack(">I", VERSION) == b"\x00\x00\x00\x01"
+    assert data[4:8] == struct.pack(">I", VERSION) == b"\x00\x00\x00\x02"
     assert data[8:] == struct.pack(">Q", next_id)
     assert decode_header(data) == next_id
 
@@ -69,7 +106,7 @@ def test_it_refuses_a_bad_magic() -> None:
         scan_cmds(data + live(0))
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFF_FFFF])
+@pytest.mark.parametrize("version", [0, 3, 0xFFFF_FFFF])
 def test_it_refuses_an_unknown_version(version: int) -> None:
     data = MAGIC + struct.pack(">IQ", version, 3)
     with pytest.raises(RecordsError, match=f"^unsupported cmds version {version}$"):
@@ -88,12 +125,42 @@ def test_it_refuses_a_short_header_in_decode_header() -> None:
 
 def test_it_encodes_a_body_exactly_as_on_the_wire() -> None:
     assert encode_body(WEDNESDAY_9_14, ECHO) == ECHO_BODY
-    assert decode_body(ECHO_BODY) == (WEDNESDAY_9_14, ECHO)
+    assert decode_body(ECHO_BODY) == ECHO_TASK
+    assert command_span(ECHO_BODY) == ECHO_COMMAND
 
 
 @pytest.mark.parametrize("pad", [1, 7, 1000])
 def test_it_ignores_zero_padding_after_a_body(pad: int) -> None:
-    assert decode_body(ECHO_BODY + bytes(pad)) == (WEDNESDAY_9_14, ECHO)
+    assert decode_body(ECHO_BODY + bytes(pad)) == ECHO_TASK
+
+
+def test_it_decodes_a_version_1_body_as_a_task_without_extras() -> None:
+    v1 = ECHO_BODY[:13] + ECHO_BODY[ECHO_COMMAND[0] : ECHO_COMMAND[1]]
+    assert encode_body_v1(WEDNESDAY_9_14, ECHO) == v1
+    assert decode_body(v1 + bytes(3), version=1) == ECHO_TASK
+    with pytest.raises(RecordsError):
+        decode_body(v1)  # not a VERSION 2 body
+
+
+EXTRAS = Extras(((b"PATH", b"/bin"), (b"EMPTY", b"")), b"line 1\nline 2\n", b"me@example.org")
+WHOLE_TIMING = Timing.cron("30 4 1,15 */2 5", zone="Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task(WHOLE_TIMING, ECHO, EXTRAS),
+        Task(Timing(reboot=True), (b"x",), Extras(mailto=b"")),
+        Task(Timing(), (b"x",), Extras(stdin=b"\0in")),
+        Task(Timing(zone="x" * MAX_ZONE), (b"x",), Extras(mailto=b"m" * MAX_ERROR_MESSAGE)),
+    ],
+)
+def test_it_keeps_a_whole_task_in_a_body(task: Task) -> None:
+    body = encode_task_body(task)
+    assert decode_body(body + bytes(5)) == task
+    command, end = command_span(body)
+    assert body[command:end] == ECHO_BODY[ECHO_COMMAND[0] : ECHO_COMMAND[1]] or task.argv != ECHO
+    assert body[end:] != bytes(9) or task.extras.is_empty
 
 
 def u32(value: int) -> bytes:
@@ -101,21 +168,49 @@ def u32(value: int) -> bytes:
 
 
 TIMING_BYTES = ECHO_BODY[:13]
+TEX = ECHO_BODY[:24]  # the TIMING-EX of ECHO_BODY
+COMMAND = ECHO_BODY[ECHO_COMMAND[0] : ECHO_COMMAND[1]]
+NONE = bytes(9)  # no extras
+X = u32(1) + u32(1) + b"x"  # the command line "x"
+
+
+def tex(days: int = 1, dom: int = FULL_DAYSOFMONTH, months: int = FULL_MONTHS, flags: int = 0,
+        zone: bytes = b"") -> bytes:  # fmt: skip
+    return struct.pack(">QIBIHB", 1, 1, days, dom, months, flags) + u32(len(zone)) + zone
+
 
 BAD_BODIES = {
     "empty": b"",
     "short timing": TIMING_BYTES[:12],
-    "no argc": TIMING_BYTES,
-    "minute 60": struct.pack(">QIB", 1 << 60, 1, 1) + u32(1) + u32(1) + b"x",
-    "hour 24": struct.pack(">QIB", 1, 1 << 24, 1) + u32(1) + u32(1) + b"x",
-    "day bit 7": struct.pack(">QIB", 1, 1, 0x80) + u32(1) + u32(1) + b"x",
-    "argc 0": TIMING_BYTES + u32(0),
-    "argc too large": TIMING_BYTES + u32(MAX_ARGC + 1) + u32(1) + b"x",
-    "missing argument": TIMING_BYTES + u32(2) + u32(1) + b"x",
-    "truncated length": TIMING_BYTES + u32(1) + b"\x00\x00",
-    "truncated argument": TIMING_BYTES + u32(1) + u32(4) + b"ech",
-    "string too long": TIMING_BYTES + u32(1) + u32(MAX_STRING + 1) + b"x",
-    "empty argv0": TIMING_BYTES + u32(1) + u32(0),
+    "no argc": TEX,
+    "minute 60": struct.pack(">QIB", 1 << 60, 1, 1) + TEX[13:] + X + NONE,
+    "hour 24": struct.pack(">QIB", 1, 1 << 24, 1) + TEX[13:] + X + NONE,
+    "day bit 7": tex(days=0x80) + X + NONE,
+    "day of month 0": tex(dom=1) + X + NONE,
+    "month 0": tex(months=1) + X + NONE,
+    "month 13": tex(months=1 << 13) + X + NONE,
+    "unknown flag": tex(flags=4) + X + NONE,
+    "zone too long": tex(zone=b"z" * (MAX_ZONE + 1)) + X + NONE,
+    "zone not ASCII": tex(zone="é".encode()) + X + NONE,
+    "zone past the end": TEX[:20] + u32(3) + b"UT",
+    "argc 0": TEX + u32(0) + NONE,
+    "argc too large": TEX + u32(MAX_ARGC + 1) + u32(1) + b"x" + NONE,
+    "missing argument": TEX + u32(2) + u32(1) + b"x" + NONE,
+    "truncated length": TEX + u32(1) + b"\x00\x00",
+    "truncated argument": TEX + u32(1) + u32(4) + b"ech",
+    "string too long": TEX + u32(1) + u32(MAX_STRING + 1) + b"x",
+    "empty argv0": TEX + u32(1) + u32(0) + NONE,
+    "no extras": TEX + COMMAND,
+    "truncated extras": TEX + COMMAND + bytes(8),
+    "too many variables": TEX + COMMAND + u32(MAX_ENV + 1) + bytes(9),
+    "variable past the end": TEX + COMMAND + u32(1) + u32(1) + b"A",
+    "empty variable name": TEX + COMMAND + u32(1) + u32(0) + u32(0) + bytes(5),
+    "= in a name": TEX + COMMAND + u32(1) + u32(3) + b"A=B" + u32(0) + bytes(5),
+    "NUL in a value": TEX + COMMAND + u32(1) + u32(1) + b"A" + u32(1) + b"\0" + bytes(5),
+    "stdin too long": TEX + COMMAND + u32(0) + u32(MAX_STRING + 1) + b"x",
+    "MAILTO flag 2": TEX + COMMAND + bytes(8) + b"\x02" + u32(0),
+    "MAILTO too long": TEX + COMMAND + bytes(8) + b"\x01" + u32(MAX_ERROR_MESSAGE + 1),
+    "NUL in MAILTO": TEX + COMMAND + bytes(8) + b"\x01" + u32(1) + b"\0",
     "garbage after": ECHO_BODY + b"\x00\x01",
     "garbage after padding": ECHO_BODY + bytes(5) + b"\xff",
 }
@@ -135,6 +230,9 @@ def test_it_refuses_a_body_that_does_not_decode(body: bytes) -> None:
         (Timing(), (b"",)),
         (Timing(), (b"", *ECHO)),
         (Timing(), (b"x" * (MAX_STRING + 1),)),
+        (Timing(zone="é"), ECHO),
+        (Timing(zone="z" * (MAX_ZONE + 1)), ECHO),
+        (Timing(daysofmonth=1), ECHO),
     ],
 )
 def test_it_refuses_to_encode_a_body_that_would_not_decode(
@@ -142,6 +240,22 @@ def test_it_refuses_to_encode_a_body_that_would_not_decode(
 ) -> None:
     with pytest.raises(ValueError):
         encode_body(timing, argv)
+
+
+@pytest.mark.parametrize(
+    "extras",
+    [
+        Extras(((b"A=B", b""),)),
+        Extras(((b"", b"x"),)),
+        Extras(((b"A", b"\0"),)),
+        Extras(mailto=b"\0"),
+        Extras(mailto=b"m" * (MAX_ERROR_MESSAGE + 1)),
+        Extras(((b"A", b""),) * (MAX_ENV + 1)),
+    ],
+)
+def test_it_refuses_to_encode_extras_that_would_not_decode(extras: Extras) -> None:
+    with pytest.raises(ValueError):
+        encode_body(Timing(), ECHO, extras)
 
 
 # --- records and slots ----------------------------------------------------------
@@ -186,16 +300,17 @@ def test_it_scans_records_and_tombstones_with_their_sizes() -> None:
     body = encode_body(WEDNESDAY_9_14, ECHO)
     first = encode_record(0, body, len(body))
     hole = encode_record(TOMBSTONE, body, len(body) + 3)
-    third = encode_record(2, encode_body(Timing(), (b"ls",)), 40)
+    third = encode_record(2, encode_body(Timing(), (b"ls",), EXTRAS), 140)
     scan = scan_cmds(cmds(3, first, hole, third))
     at_hole = HEADER_SIZE + len(first)
     at_third = at_hole + len(hole)
+    assert scan.version == VERSION
     assert scan.slots == [
-        Slot(HEADER_SIZE, len(body), 0, WEDNESDAY_9_14, ECHO),
+        Slot(HEADER_SIZE, len(body), 0, WEDNESDAY_9_14, ECHO, extras=NO_EXTRAS),
         Slot(at_hole, len(body) + 3, None),
-        Slot(at_third, 40, 2, Timing(), (b"ls",)),
+        Slot(at_third, 140, 2, Timing(), (b"ls",), extras=EXTRAS),
     ]
-    assert scan.slots[2].end == at_third + RECORD_HEAD_SIZE + 40
+    assert scan.slots[2].end == at_third + RECORD_HEAD_SIZE + 140
     assert scan.next_id == 3
     assert scan.valid_length == at_third + len(third)
     assert scan.problems == []
@@ -210,7 +325,7 @@ def test_it_scans_a_zero_sized_tombstone() -> None:
 
 def test_it_drops_a_torn_tail_at_every_byte_of_the_last_record() -> None:
     last = live(7, (b"sh", b"-c", b"echo hello"), pad=3)
-    whole = cmds(8, live(0), encode_record(TOMBSTONE, ECHO_BODY, 40), last)
+    whole = cmds(8, live(0), encode_record(TOMBSTONE, ECHO_BODY, 60), last)
     start = len(whole) - len(last)
     expected = scan_cmds(whole).slots[:2]
     for cut in range(start + 1, len(whole)):
@@ -234,11 +349,11 @@ def test_it_drops_a_tail_whose_size_runs_past_the_end() -> None:
 
 
 def test_it_frees_a_live_record_whose_body_does_not_decode() -> None:
-    bad = struct.pack(">QI", 1, 20) + bytes(20)
+    bad = struct.pack(">QI", 1, 30) + bytes(30)
     scan = scan_cmds(cmds(3, live(0), bad, live(2)))
     offset = HEADER_SIZE + len(live(0))
     assert [slot.task_id for slot in scan.slots] == [0, None, 2]
-    assert scan.slots[1] == Slot(offset, 20, None)
+    assert scan.slots[1] == Slot(offset, 30, None)
     assert scan.valid_length == HEADER_SIZE + len(live(0)) + len(bad) + len(live(2))
     assert len(scan.problems) == 1
     assert scan.problems[0].startswith(f"freed the record of task id 1 at offset {offset}")
@@ -319,6 +434,19 @@ timings = st.builds(
     st.integers(0, FULL_MINUTES),
     st.integers(0, FULL_HOURS),
     st.integers(0, FULL_DAYSOFWEEK),
+    st.integers(0, FULL_DAYSOFMONTH).map(lambda bits: bits & ~1),
+    st.integers(0, FULL_MONTHS).map(lambda bits: bits & ~1),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["", "UTC", "Europe/Paris", "America/Argentina/Buenos_Aires"]),
+)
+names = st.binary(min_size=1, max_size=8).filter(lambda name: b"=" not in name)
+no_nul = st.binary(max_size=10).map(lambda value: value.replace(b"\0", b""))
+extras_ = st.builds(
+    Extras,
+    st.lists(st.tuples(names.map(lambda n: n.replace(b"\0", b"") or b"N"), no_nul), max_size=3),
+    st.binary(max_size=20),
+    st.one_of(st.none(), no_nul),
 )
 argvs = st.tuples(st.binary(min_size=1, max_size=20)).flatmap(
     lambda head: st.lists(st.binary(max_size=20), max_size=4).map(lambda rest: head + tuple(rest))
@@ -330,11 +458,14 @@ records = st.one_of(
 )
 
 
-@given(timings, argvs, st.integers(0, 64))
+@given(timings, argvs, extras_, st.integers(0, 64))
 def test_it_decodes_every_body_it_encodes(
-    timing: Timing, argv: tuple[bytes, ...], pad: int
+    timing: Timing, argv: tuple[bytes, ...], extras: Extras, pad: int
 ) -> None:
-    assert decode_body(encode_body(timing, argv) + bytes(pad)) == (timing, argv)
+    body = encode_body(timing, argv, extras)
+    assert decode_body(body + bytes(pad)) == Task(timing, argv, extras)
+    command, end = command_span(body)
+    assert body[:command].startswith(body[:13]) and body[command:end].startswith(u32(len(argv)))
 
 
 @given(st.lists(records, max_size=12), st.integers(0, 5))
@@ -353,7 +484,7 @@ def test_it_scans_back_any_list_of_records(
             timing, argv, pad = spec
             body = encode_body(timing, argv)
             record = encode_record(task_id, body, len(body) + pad)
-            expected.append(Slot(offset, len(body) + pad, task_id, timing, argv))
+            expected.append(Slot(offset, len(body) + pad, task_id, timing, argv, extras=NO_EXTRAS))
             task_id += 1
         data += record
         offset += len(record)
@@ -387,8 +518,8 @@ def test_it_scans_lean_with_used_lengths_and_shared_timings() -> None:
         3,
         encode_record(0, ECHO_BODY, len(ECHO_BODY) + 4),
         encode_record(TOMBSTONE, ls_body, len(ls_body)),
-        encode_record(1, ls_body, 40),
-        encode_record(2, x_body := encode_body(WEDNESDAY_9_14, (b"x",)), 30),
+        encode_record(1, ls_body, 60),
+        encode_record(2, x_body := encode_body(WEDNESDAY_9_14, (b"x",), EXTRAS), 110),
     )
     full = scan_cmds(data)
     lean = scan_cmds(data, lean=True)
@@ -397,11 +528,16 @@ def test_it_scans_lean_with_used_lengths_and_shared_timings() -> None:
     ]
     assert [s.argv for s in lean.slots] == [None] * 4
     assert [s.used for s in lean.slots] == [len(ECHO_BODY), 0, len(ls_body), len(x_body)]
+    # Where the COMMANDLINE lies in each body: what the course's LIST entry is made of.
+    spans = [command_span(body) for body in (ECHO_BODY, ls_body, x_body)]
+    assert spans[0] == ECHO_COMMAND
+    assert [(s.command, s.command_end) for s in lean.slots] == [spans[0], (0, 0), *spans[1:]]
+    assert [s.extras for s in lean.slots] == [None] * 4
     # Tasks 0 and 2 have equal timings, met at different offsets: one object.
     assert lean.slots[0].timing is lean.slots[3].timing
     assert lean.timings == {
-        ECHO_BODY[:13]: WEDNESDAY_9_14,
-        ls_body[:13]: Timing(),
+        ECHO_BODY[:24]: WEDNESDAY_9_14,
+        ls_body[:24]: Timing(),
     }
     assert (lean.next_id, lean.valid_length, lean.problems) == (3, len(data), [])
 
@@ -419,7 +555,7 @@ def test_the_lean_scan_frees_a_bad_body_with_the_same_problem(body: bytes) -> No
 
 
 def test_it_hands_each_slot_to_a_sink_in_file_order() -> None:
-    data = cmds(3, live(2), encode_record(TOMBSTONE, ECHO_BODY, 40), live(0), live(2))
+    data = cmds(3, live(2), encode_record(TOMBSTONE, ECHO_BODY, 60), live(0), live(2))
     handed: list[Slot] = []
     scan = scan_cmds(data, lean=True, sink=handed.append)
     assert scan.slots == []
@@ -430,7 +566,7 @@ def test_it_hands_each_slot_to_a_sink_in_file_order() -> None:
 
 def test_it_decodes_a_body_from_any_bytes_like_object() -> None:
     for body in (bytearray(ECHO_BODY), memoryview(ECHO_BODY + bytes(3))):
-        assert decode_body(body) == (WEDNESDAY_9_14, ECHO)  # type: ignore[arg-type]
+        assert decode_body(body) == ECHO_TASK  # type: ignore[arg-type]
     assert scan_cmds(bytearray(cmds(1, live(0)))).slots[0].argv == ECHO
 
 
@@ -460,19 +596,23 @@ def test_it_frees_every_later_record_of_an_id_met_in_or_out_of_order() -> None:
 damaged_bodies = st.one_of(
     st.sampled_from(list(BAD_BODIES.values())),
     st.binary(max_size=40),
-    st.tuples(timings, argvs, st.integers(0, 60), st.integers(0, 255)).map(
-        lambda t: _damage(encode_body(t[0], t[1]), t[2], t[3])
+    st.tuples(timings, argvs, extras_, st.integers(0, 90), st.integers(0, 255)).map(
+        lambda t: _damage(encode_body(t[0], t[1], t[2]), t[3], t[4])
     ),
 )
 file_records = st.one_of(
-    st.tuples(st.integers(0, 6), timings, argvs, st.integers(0, 8)).map(
-        lambda t: encode_record(t[0], encode_body(t[1], t[2]), len(encode_body(t[1], t[2])) + t[3])
+    st.tuples(st.integers(0, 6), timings, argvs, extras_, st.integers(0, 8)).map(
+        lambda t: _record(t[0], encode_body(t[1], t[2], t[3]), t[4])
     ),
     st.integers(0, 40).map(lambda size: encode_record(TOMBSTONE, bytes(size), size)),
     st.tuples(st.integers(0, 6), damaged_bodies).map(
         lambda t: encode_record(t[0], t[1], len(t[1]))
     ),
 )
+
+
+def _record(task_id: int, body: bytes, pad: int) -> bytes:
+    return encode_record(task_id, body, len(body) + pad)
 
 
 def _damage(body: bytes, at: int, value: int) -> bytes:
@@ -515,11 +655,85 @@ def test_the_lean_scan_agrees_with_the_full_scan(
             assert (lean_slot.used, lean_slot.timing, lean_slot.argv) == (0, None, None)
         else:
             assert full_slot.timing is not None and full_slot.argv is not None
-            assert lean_slot.used == len(encode_body(full_slot.timing, full_slot.argv))
+            assert full_slot.extras is not None
+            task = Task(full_slot.timing, full_slot.argv, full_slot.extras)
+            body = encode_task_body(task)
+            assert lean_slot.used == len(body)
+            assert (lean_slot.command, lean_slot.command_end) == command_span(body)
             start = lean_slot.offset + RECORD_HEAD_SIZE
-            assert decode_body(damaged[start : start + lean_slot.used]) == (
-                full_slot.timing,
-                full_slot.argv,
-            )
+            assert decode_body(damaged[start : start + lean_slot.used]) == task
     assert lean.problems == full.problems
     assert (lean.next_id, lean.valid_length) == (full.next_id, full.valid_length)
+
+
+# --- version 1 and the upgrade --------------------------------------------------
+
+
+def test_it_reads_the_version_of_a_header() -> None:
+    assert header_version(encode_header(3, version=1)) == 1
+    assert header_version(encode_header(3)) == VERSION == 2
+    assert header_version(b"SAT") == VERSION  # a torn-at-birth file is a fresh one
+    assert decode_header(encode_header(7, version=1)) == 7
+
+
+def v1_file() -> bytes:
+    """A VERSION 1 file with a reused slot (ids out of order), a tombstone, a record
+    that does not decode, a duplicate id and a torn tail."""
+    return (
+        cmds(
+            9,
+            live_v1(4, ECHO, WEDNESDAY_9_14),
+            live_v1(1, (b"ls", b"-l")),
+            encode_record(TOMBSTONE, bytes(30), 30),
+            encode_record(5, bytes(20), 20),
+            live_v1(6, (b"x",), Timing(minutes=3)),
+            live_v1(4, (b"again",)),
+            version=1,
+        )
+        + b"\x00\x00\x00"
+    )
+
+
+def test_it_scans_a_version_1_file() -> None:
+    data = v1_file()
+    scan = scan_cmds(data)
+    assert scan.version == 1
+    assert [(s.task_id, s.argv) for s in scan.slots] == [
+        (4, ECHO),
+        (1, (b"ls", b"-l")),
+        (None, None),
+        (None, None),
+        (6, (b"x",)),
+        (None, None),
+    ]
+    assert scan.slots[0].timing == WEDNESDAY_9_14
+    assert scan.slots[0].extras == NO_EXTRAS
+    assert len(scan.problems) == 3  # the bad body, the duplicate, the torn tail
+
+
+def test_it_upgrades_a_version_1_file_to_exactly_its_tasks() -> None:
+    old = v1_file()
+    upgraded, old_scan = upgrade_v1(bytearray(old))
+    assert old_scan.problems == scan_cmds(old).problems
+    scan = scan_cmds(bytes(upgraded))
+    assert (scan.version, scan.next_id, scan.problems) == (VERSION, 9, [])
+    assert scan.valid_length == len(upgraded)
+    assert [(s.task_id, s.timing, s.argv, s.extras) for s in scan.slots] == [
+        (1, Timing(), (b"ls", b"-l"), NO_EXTRAS),
+        (4, WEDNESDAY_9_14, ECHO, NO_EXTRAS),
+        (6, Timing(minutes=3), (b"x",), NO_EXTRAS),
+    ]
+    # No free slot, no padding: each record is as large as its body.
+    lean = scan_cmds(upgraded, lean=True)
+    assert [s.size for s in lean.slots] == [s.used for s in lean.slots]
+
+
+def test_it_upgrades_an_empty_version_1_file() -> None:
+    upgraded, _ = upgrade_v1(encode_header(0, version=1))
+    assert bytes(upgraded) == encode_header(0)
+
+
+@pytest.mark.parametrize("data", [encode_header(3), b"", b"SATD"])
+def test_it_upgrades_only_a_version_1_file(data: bytes) -> None:
+    with pytest.raises(RecordsError, match="not a version 1 cmds file"):
+        upgrade_v1(data)

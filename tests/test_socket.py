@@ -509,3 +509,117 @@ def test_it_falls_back_to_the_fifos_past_a_stale_socket(tmp_path: Path) -> None:
     assert forced.returncode == 1 and forced.stdout == b""
     line = forced.stderr.decode()
     assert line.count("\n") == 1 and line.startswith("cassini: ") and SOCKET in line
+
+
+def test_it_waits_for_a_restarting_listener_instead_of_falling_back_to_the_fifos(
+    tmp_path: Path,
+) -> None:
+    # A killed listener leaves a stale socket while the supervisor (holding saturnd.lock)
+    # starts a new one. The FIFOs are there too, but a reply read from them in that
+    # window could be another client's: cassini must wait for the socket.
+    pipes = make_pipes(tmp_path / "pipes")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(pipes / SOCKET))
+    stale.close()
+    lock = os.open(pipes / "saturnd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the supervisor's lock: a daemon is alive
+    served: list[bytes] = []
+
+    def restart_listener() -> None:
+        time.sleep(0.4)
+        (pipes / SOCKET).unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(pipes / SOCKET))
+        server.listen(1)
+        connection, _ = server.accept()
+        served.append(connection.recv(64))
+        connection.sendall(b"OK\0\0\0\0")
+        connection.close()
+        server.close()
+
+    listener = threading.Thread(target=restart_listener, daemon=True)
+    listener.start()
+    try:
+        with FakeDaemon(pipes, [Exchange(b"OK\0\0\0\0")]) as fake:
+            started = time.monotonic()
+            done = cassini(pipes, "-l", transport="")
+            waited = time.monotonic() - started
+    finally:
+        os.close(lock)
+        listener.join(timeout=5)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert served == [b"LS"] and fake.requests == []
+    assert 0.3 < waited < LIMIT + 1
+
+
+def test_it_falls_back_to_the_fifos_at_once_when_no_daemon_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    pipes = make_pipes(tmp_path / "pipes")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(pipes / SOCKET))
+    stale.close()
+    (pipes / "saturnd.lock").touch(mode=0o600)  # left by a daemon that is gone: not held
+    with FakeDaemon(pipes, [Exchange(b"OK\0\0\0\0")]) as fake:
+        started = time.monotonic()
+        done = cassini(pipes, "-l", transport="")
+        waited = time.monotonic() - started
+    assert done.returncode == 0 and fake.requests == [b"LS"]
+    assert waited < 1.0
+
+
+def slow_socket_server(pipes: Path, delay: float) -> threading.Thread:
+    """A socket that answers LIST with no tasks `delay` seconds after the request."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(pipes / SOCKET))
+    server.listen(1)
+
+    def serve() -> None:
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(64)
+                time.sleep(delay)
+                connection.sendall(b"OK\0\0\0\0")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("on_terminal", [True, False])
+def test_it_says_what_it_waits_for_after_two_seconds_only_on_a_terminal(
+    tmp_path: Path, on_terminal: bool
+) -> None:
+    pipes = make_pipes(tmp_path / "pipes")
+    server = slow_socket_server(pipes, 2.6)
+    main, other = os.openpty() if on_terminal else os.pipe()
+    try:
+        done = subprocess.run(
+            [CASSINI, "-p", str(pipes), "-l"],
+            env={**os.environ, "CASSINI_TRANSPORT": "socket"},
+            stdout=subprocess.PIPE,
+            stderr=other,
+            timeout=30,
+        )
+        os.close(other)
+        other = -1
+        said = b""
+        while select.select([main], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(main)
+        if other >= 0:
+            os.close(other)
+        server.join(timeout=5)
+    assert done.returncode == 0 and done.stdout == b""
+    if on_terminal:
+        assert said.replace(b"\r\n", b"\n") == b"cassini: waiting for the daemon's reply...\n"
+    else:
+        assert said == b""

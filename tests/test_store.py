@@ -16,18 +16,19 @@ from typing import Any
 
 import pytest
 
-from saturnd.protocol import ListReply, Run, TaskEntry, encode
+from saturnd.protocol import ListExReply, ListReply, Run, TaskEntry, encode
 from saturnd.records import (
     HEADER_SIZE,
     RECORD_HEAD_SIZE,
     TOMBSTONE,
     decode_body,
     decode_runs,
-    encode_body,
     encode_record,
     scan_cmds,
 )
+from saturnd.records import encode_body as encode_task_body
 from saturnd.store import Store, StoreError
+from saturnd.task import Extras, Task
 from saturnd.taskdir import append_run
 from saturnd.taskindex import read_into_bytearray
 from saturnd.timing import Timing
@@ -52,6 +53,10 @@ def store(state: Path) -> Iterator[Store]:
     opened.close()
 
 
+def encode_body(timing: Timing, argv: tuple[bytes, ...]) -> bytes:
+    return encode_task_body(Task(timing, argv))
+
+
 def reopen(state: Path) -> Store:
     opened = Store.open(state, LOG)
     opened.close()
@@ -74,7 +79,7 @@ def test_it_creates_a_fresh_store(state: Path, store: Store) -> None:
     assert dict(store.tasks) == {}
     assert store.next_id == 0
     cmds = state / "cmds"
-    assert cmds.read_bytes() == b"SATD\x00\x00\x00\x01" + bytes(8)
+    assert cmds.read_bytes() == b"SATD\x00\x00\x00\x02" + bytes(8)
     assert stat.S_IMODE(cmds.stat().st_mode) == 0o600
 
 
@@ -158,7 +163,7 @@ def test_it_drops_a_torn_tail_on_open(
     store.create(EVERY_MINUTE, (b"echo", b"kept"))
     store.close()
     good = cmds_bytes(state)
-    torn = encode_record(TOMBSTONE, encode_body(EVERY_MINUTE, (b"lost",)), 30)[:17]
+    torn = encode_record(TOMBSTONE, encode_body(EVERY_MINUTE, (b"lost",)), 60)[:17]
     (state / "cmds").write_bytes(good + torn)
     with caplog.at_level(logging.WARNING):
         again = reopen(state)
@@ -170,7 +175,7 @@ def test_it_drops_a_torn_tail_on_open(
 def test_it_starts_over_from_a_torn_header(state: Path) -> None:
     (state / "cmds").write_bytes(b"SAT")
     assert reopen(state).next_id == 0
-    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x01" + bytes(8)
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x02" + bytes(8)
 
 
 def test_it_finishes_an_interrupted_removal(state: Path, store: Store) -> None:
@@ -219,7 +224,7 @@ def test_it_replaces_a_task_directory_that_is_a_symlink(state: Path, store: Stor
 def test_it_frees_a_live_record_that_does_not_decode(state: Path, store: Store) -> None:
     store.create(EVERY_MINUTE, (b"a",))
     store.close()
-    data = cmds_bytes(state) + encode_record(5, bytes(30), 30)
+    data = cmds_bytes(state) + encode_record(5, bytes(60), 60)
     (state / "cmds").write_bytes(data)
     again = Store.open(state, LOG)
     assert list(again.tasks) == [0]
@@ -231,10 +236,10 @@ def test_it_frees_a_live_record_that_does_not_decode(state: Path, store: Store) 
 
 
 def test_it_refuses_an_unknown_version(state: Path) -> None:
-    (state / "cmds").write_bytes(b"SATD\x00\x00\x00\x02" + bytes(8))
-    with pytest.raises(StoreError, match="unsupported cmds version 2"):
+    (state / "cmds").write_bytes(b"SATD\x00\x00\x00\x03" + bytes(8))
+    with pytest.raises(StoreError, match="unsupported cmds version 3"):
         Store.open(state, LOG)
-    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x02" + bytes(8)
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x03" + bytes(8)
 
 
 def test_it_refuses_a_cmds_that_is_a_symlink(state: Path) -> None:
@@ -466,12 +471,18 @@ def test_it_loses_no_run_when_two_processes_append_at_once(store: Store) -> None
 class Injected:
     """Makes the n-th call (counting from 1) of some os functions fail once."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int, error: int) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        fail_at: int,
+        error: int,
+        names: tuple[str, ...] = ("pwrite", "fdatasync", "mkdir", "ftruncate"),
+    ) -> None:
         self.calls = 0
         self.fail_at = fail_at
         self.error = error
         self.failed = False
-        for name in ("pwrite", "fdatasync", "mkdir", "ftruncate"):
+        for name in names:
             monkeypatch.setattr(os, name, self._wrap(getattr(os, name)))
 
     def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -756,6 +767,7 @@ def assert_like_a_fresh_load(state: Path, store: Store) -> None:
     assert copy_of_cmds(store) == cmds_bytes(state)
     reader = Store.open(state, LOG, read_only=True)
     assert reader.list_reply() == store.list_reply()
+    assert reader.list_ex_reply() == store.list_ex_reply()
     assert dict(reader.tasks) == dict(store.tasks)
     assert dict(reader.timings) == dict(store.timings)
     assert reader.next_id == store.next_id
@@ -794,10 +806,10 @@ def test_a_failed_create_leaves_the_copy_of_cmds_as_the_file(state: Path, store:
 def test_the_copy_of_cmds_gets_the_repairs_of_the_file(state: Path) -> None:
     body = encode_body(AT_NINE, (b"kept",))
     # NEXT_ID 0 is behind the live id 3, and a torn record follows.
-    data = b"SATD" + struct.pack(">IQ", 1, 0) + encode_record(3, body, len(body) + 5)
-    (state / "cmds").write_bytes(data + encode_record(TOMBSTONE, body, 30)[:20])
+    data = b"SATD" + struct.pack(">IQ", 2, 0) + encode_record(3, body, len(body) + 5)
+    (state / "cmds").write_bytes(data + encode_record(TOMBSTONE, body, 60)[:20])
     store = Store.open(state, LOG)
-    assert cmds_bytes(state) == b"SATD" + struct.pack(">IQ", 1, 4) + data[HEADER_SIZE:]
+    assert cmds_bytes(state) == b"SATD" + struct.pack(">IQ", 2, 4) + data[HEADER_SIZE:]
     assert_like_a_fresh_load(state, store)
     assert store.create(EVERY_MINUTE, (b"new",)) == 4  # appended where the file ends
     assert_like_a_fresh_load(state, store)
@@ -951,7 +963,7 @@ def test_it_checks_a_fresh_directory(state: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"SAT", b"SATD\x00\x00\x00\x01" + bytes(8) + b"a torn tail"],
+    [b"SAT", b"SATD\x00\x00\x00\x02" + bytes(8) + b"a torn tail"],
     ids=["torn-header", "torn-tail"],
 )
 def test_it_passes_what_open_repairs(state: Path, content: bytes) -> None:
@@ -965,7 +977,7 @@ def test_it_passes_what_open_repairs(state: Path, content: bytes) -> None:
     ("content", "message"),
     [
         (b"SATX\x00\x00\x00\x01" + bytes(8), "not a saturnd cmds file"),
-        (b"SATD\x00\x00\x00\x02" + bytes(8), "unsupported cmds version 2"),
+        (b"SATD\x00\x00\x00\x03" + bytes(8), "unsupported cmds version 3"),
     ],
     ids=["magic", "version"],
 )
@@ -997,3 +1009,156 @@ def test_it_refuses_in_check_a_cmds_that_is_no_file(tmp_path: Path, state: Path,
         Store.open(state, LOG)
     assert open_fds() == before
     assert target.read_bytes() == b""
+
+
+# --- whole tasks (CREATE-EX, LIST-EX) and REPLACE ----------------------------------
+
+WHOLE = Task(
+    Timing.cron("30 4 1,15 */2 5", zone="Europe/Paris"),
+    (b"backup", b"--all"),
+    Extras(((b"PATH", b"/opt/bin"),), b"yes\n", b""),
+)
+REBOOT = Task(Timing.cron("@reboot"), (b"sh", b"-c", b"echo up"), Extras(mailto=b"me"))
+
+
+def course_entry(task_id: int, task: Task) -> TaskEntry:
+    """What the course's LIST says of a task: the first three sets, the command line."""
+    timing = task.timing
+    return TaskEntry(task_id, Timing(timing.minutes, timing.hours, timing.daysofweek), task.argv)
+
+
+def test_it_stores_a_whole_task(state: Path, store: Store) -> None:
+    assert store.create_task(WHOLE) == 0
+    assert store.create(AT_NINE, (b"ls",)) == 1
+    assert store.create_task(REBOOT) == 2
+    expected = {
+        0: TaskEntry(0, WHOLE.timing, WHOLE.argv, WHOLE.extras),
+        1: TaskEntry(1, AT_NINE, (b"ls",)),
+        2: TaskEntry(2, REBOOT.timing, REBOOT.argv, REBOOT.extras),
+    }
+    assert dict(store.tasks) == expected
+    assert dict(store.timings) == {key: entry.timing for key, entry in expected.items()}
+    assert dict(reopen(state).tasks) == expected
+    assert_like_a_fresh_load(state, store)
+
+
+def test_it_answers_list_in_the_course_layout_and_list_ex_whole(store: Store) -> None:
+    assert store.list_ex_reply() == encode(ListExReply(())) == b"OK\x00\x00\x00\x00"
+    store.create_task(WHOLE)
+    store.create(AT_NINE, (b"ls",))
+    store.create_task(REBOOT)
+    store.remove(1)
+    assert store.list_reply() == encode(
+        ListReply((course_entry(0, WHOLE), course_entry(2, REBOOT)))
+    )
+    reply = store.list_ex_reply()
+    assert reply == encode(ListExReply(tuple(store.tasks.values())))
+    assert store.list_ex_reply() is reply  # cached until the next change
+    store.create_task(WHOLE)
+    assert store.list_ex_reply() != reply
+
+
+def test_it_refuses_a_whole_task_it_could_not_read_back(state: Path, store: Store) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        store.create_task(Task(EVERY_MINUTE, (b"x",), Extras(((b"A", b"\0"),))))
+    assert store.next_id == 0
+    assert dict(reopen(state).tasks) == {}
+
+
+def history(state: Path, task_id: int) -> bytes:
+    return (state / f"task_{task_id}" / "times-exitcodes").read_bytes()
+
+
+def test_it_replaces_tasks_all_at_once(state: Path, store: Store) -> None:
+    for name in (b"zero", b"one", b"two", b"three"):
+        store.create(EVERY_MINUTE, (name,))
+    store.remove(3)
+    append_run(store.task_dir(1), 1_700_000_000, 0)
+    kept = history(state, 1)
+    assert store.replace([0, 2], [WHOLE, REBOOT]) == [4, 5]
+    assert dict(store.tasks) == {
+        1: TaskEntry(1, EVERY_MINUTE, (b"one",)),
+        4: TaskEntry(4, WHOLE.timing, WHOLE.argv, WHOLE.extras),
+        5: TaskEntry(5, REBOOT.timing, REBOOT.argv, REBOOT.extras),
+    }
+    assert store.next_id == 6
+    assert sorted(p.name for p in state.iterdir()) == ["cmds", "task_1", "task_4", "task_5"]
+    assert history(state, 1) == kept
+    assert_like_a_fresh_load(state, store)
+    # The store goes on writing the new file.
+    assert store.create(AT_NINE, (b"after",)) == 6
+    assert store.remove(4)
+    assert_like_a_fresh_load(state, store)
+    assert list(reopen(state).tasks) == [1, 5, 6]
+
+
+def test_a_replace_that_removes_or_creates_nothing(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    assert store.replace([], []) == []
+    assert store.replace([0, 0], []) == []  # an id named twice is removed once
+    assert store.replace([], [WHOLE]) == [1]
+    assert list(store.tasks) == [1]
+    assert_like_a_fresh_load(state, store)
+
+
+def test_a_replace_naming_an_unknown_task_changes_nothing(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.create(EVERY_MINUTE, (b"b",))
+    store.remove(1)
+    before = (cmds_bytes(state), sorted(state.iterdir()), dict(store.tasks))
+    for missing in (1, 9):
+        with pytest.raises(StoreError, match=f"^cannot replace: no task with id {missing}$"):
+            store.replace([0, missing], [WHOLE])
+    with pytest.raises(ValueError):
+        store.replace([0], [WHOLE, Task(EVERY_MINUTE, (b"",))])
+    assert (cmds_bytes(state), sorted(state.iterdir()), dict(store.tasks)) == before
+    assert store.next_id == 2
+
+
+def test_a_reader_follows_a_replace(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    age(state)
+    reader = Store.open(state, LOG, read_only=True)
+    store.replace([0], [WHOLE])
+    assert reader.refresh() is True
+    assert (
+        dict(reader.tasks)
+        == dict(store.tasks)
+        == {1: TaskEntry(1, WHOLE.timing, WHOLE.argv, WHOLE.extras)}
+    )
+
+
+def test_a_replace_acknowledges_nothing_when_a_step_fails(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Store.open(state, LOG)
+    for name in (b"zero", b"one", b"two"):
+        base.create(EVERY_MINUTE, (name,))
+    base.close()
+    pristine = cmds_bytes(state)
+    steps = ("mkdir", "open", "pwrite", "fsync", "rename")
+    fail_at = 1
+    while True:
+        (state / "cmds").write_bytes(pristine)
+        opened = Store.open(state, LOG)
+        with monkeypatch.context() as patch:
+            injected = Injected(patch, fail_at, errno.ENOSPC, steps)
+            try:
+                ids = opened.replace([1], [WHOLE, REBOOT])
+            except StoreError as error:
+                assert "No space left on device" in str(error)
+                assert list(opened.tasks) == [0, 1, 2]
+                assert cmds_bytes(state) == pristine
+                names = sorted(p.name for p in state.iterdir())
+                assert names == ["cmds", "task_0", "task_1", "task_2"], fail_at
+                assert opened.next_id == 3
+            else:
+                # Only the flush of the directory, after the rename, may fail unseen.
+                assert ids == [3, 4]
+                if not injected.failed:
+                    break
+        opened.close()
+        fail_at += 1
+    assert fail_at > 6  # 2 mkdirs, open, pwrite, fsync, rename, then the directory's flush
+    opened.close()
+    assert list(reopen(state).tasks) == [0, 2, 3, 4]
