@@ -34,7 +34,9 @@ What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
   found on PATH, builtins skipped: it is how `export` writes a task `echo hi`.
 - A user name before the command (/etc/crontab's format) is refused, or dropped when it
   is the importing user's own name.
-- Lines may end with CRLF. All or nothing: when any line is refused, no entry is given.
+- The command runs to the end of the line, trailing blanks included (they matter after
+  a `%`), as cron reads it. Lines may end with CRLF (the CR is dropped). All or
+  nothing: when any line is refused, no entry is given.
 
 Export writes, for each task, the settings that change since the previous line (and
 `CRON_TZ`), then `FIELDS COMMAND[%STDIN]`. cron cannot unset a variable, so tasks are
@@ -502,7 +504,7 @@ def parse(
                 raise _Refused(
                     f'cron does not read {name}= as a setting: write {name}="" for an empty value'
                 )
-            entries.append(Entry(number, _task_line(stripped, state, context)))
+            entries.append(Entry(number, _task_line(text.lstrip(_BLANKS), state, context)))
         except _Refused as refused:
             problems.append(Problem(number, str(refused)))
     return ([] if problems else entries), problems, warnings

@@ -370,7 +370,7 @@ def test_it_imports_from_standard_input(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     result = daemon.cassini("--import", "-", input=b"@hourly date\n0 9 * * 3 echo test-1\n")
     assert (result.stdout, result.stderr) == (b"0\n1\n", b"")
-    assert daemon.cassini("-l").stdout == b"0: 0 * * date\n1: 0 9 3 echo test-1\n"
+    assert daemon.cassini("-l").stdout == b"0: 0 * * date\n1: 0 9 3 /bin/sh -c echo test-1\n"
 
 
 def test_it_creates_nothing_when_a_line_is_refused(make_daemon: MakeDaemon, tmp_path: Path) -> None:
