@@ -181,6 +181,9 @@ def _warn_unreachable(request: object) -> None:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Run cassini with `args` (default: the process's arguments); return the exit status."""
+    from cassini import restore_ctrl_c
+
+    restore_ctrl_c()  # Ctrl-C is KeyboardInterrupt from here (quiet while loading)
     try:
         return _run(sys.argv[1:] if args is None else args)
     except KeyboardInterrupt:
