@@ -9,7 +9,7 @@
 # valid with it), the task ids after -r -x -o -e -n in numeric order (asked of the daemon
 # with `cassini -l`, through the pipes directory of a -p already on the line, else of
 # $SATURND_PIPES_DIR, else the default), day names after -d, directories after -p,
-# files after --import, and after -c the command and its arguments.
+# files after --import (then --replace and --check), and after -c the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
@@ -32,7 +32,8 @@ declare -gA _cassini_options_after=(
     [e]='-h --help -p'
     [q]='-h --help -p'
     [export]='-h --help -p'
-    [import]='-h --help -p'
+    [import]='-h --help -p --replace --check'
+    [edit]='-h --help -p'
     [version]='-h --help -p'
 )
 
@@ -60,8 +61,10 @@ _cassini()
         elif [[ ${#word} -gt 2 && --import == "$word"* ]]; then
             pending=import # --import or a prefix of it, as getopt takes it
             operation=import
-        elif [[ ${#word} -gt 2 && --export == "$word"* ]]; then
-            operation=export
+        elif [[ ${#word} -gt 3 && --export == "$word"* ]]; then
+            operation=export # --e alone is --export or --edit: neither
+        elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
+            operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
             operation=version
         elif [[ $word == --* ]]; then
@@ -142,7 +145,8 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help --version'
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help --version
+        --replace --check --edit'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
     # cassini refuses a second -m -H -d -N or -p, even with the same value.
     for word in -m -H -d -N -p; do

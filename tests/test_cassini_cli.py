@@ -36,6 +36,7 @@ from saturnd.protocol import (
     CreateReply,
     CreateRequest,
     ErrorReply,
+    ListExRequest,
     ListReply,
     ListRequest,
     OkReply,
@@ -380,9 +381,9 @@ NEWER = [
         ["-n", "7", "-N", "007", "--json"],
         Invocation(ListRequest(), mode="next", task_id=7, count=7, json=True),
     ),
-    (["--export"], Invocation(ListRequest(), mode="export")),
-    (["--exp", "-p", "d"], Invocation(ListRequest(), "d", mode="export")),
-    (["--e"], Invocation(ListRequest(), mode="export")),  # a prefix of one long option
+    (["--export"], Invocation(ListExRequest(), mode="export")),
+    (["--exp", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
+    (["--ex"], Invocation(ListExRequest(), mode="export")),  # a prefix of one long option
     (["--import", "f.txt"], Import("f.txt")),
     (["--import=-", "-p", "d"], Import("-", "d")),
     (["-p", "d", "--import", "--json"], Import("--json", "d")),
