@@ -604,7 +604,7 @@ def test_it_reads_environment_lines_as_cron_does() -> None:
     )
 
 
-def test_a_setting_applies_to_the_lines_after_it_only() -> None:
+def test_it_applies_a_setting_to_the_lines_after_it_only() -> None:
     data = b"@daily a\nX=1\n@daily b\nX=2\nY=3\n@daily c\n"
     assert [task.extras.env for task in tasks_of(data)] == [
         (),
@@ -613,7 +613,7 @@ def test_a_setting_applies_to_the_lines_after_it_only() -> None:
     ]
 
 
-def test_shell_chooses_the_shell_of_the_following_lines() -> None:
+def test_it_runs_the_following_lines_with_the_shell_of_shell() -> None:
     data = (
         b"@daily ls -l\nSHELL=/bin/bash\n@daily ls -l\n@daily echo $HOME\n"
         b"SHELL=/bin/sh\n@daily ls\n"
@@ -626,7 +626,7 @@ def test_shell_chooses_the_shell_of_the_following_lines() -> None:
     ]
 
 
-def test_cron_tz_sets_the_zone_of_the_following_schedules() -> None:
+def test_it_reads_the_following_schedules_in_the_zone_of_cron_tz() -> None:
     data = b'@daily a\nCRON_TZ=America/New_York\n0 9 * * * b\nCRON_TZ=""\n@daily c\n'
     tasks = tasks_of(data)
     assert [task.timing.zone for task in tasks] == ["", "America/New_York", ""]
@@ -640,12 +640,12 @@ def test_it_refuses_an_unknown_zone() -> None:
     assert problems == [Problem(2, "CRON_TZ=Mars/Olympus: unknown time zone")]
 
 
-def test_tz_is_a_variable_of_the_task_not_its_zone() -> None:
+def test_it_takes_tz_for_a_variable_of_the_task_not_its_zone() -> None:
     (task,) = tasks_of(b"TZ=Asia/Tokyo\n@daily a\n")
     assert task.timing.zone == "" and task.extras.env == ((b"TZ", b"Asia/Tokyo"),)
 
 
-def test_mailto_is_the_tasks_mailto_with_one_warning_without_sendmail() -> None:
+def test_it_keeps_mailto_with_one_warning_without_sendmail() -> None:
     data = b'@daily a\nMAILTO=me@example.org\n@daily b\nMAILTO=""\n@daily c\nMAILTO=you\n'
     entries, problems, warnings = crontab.parse(data, crontab.Context(has_sendmail=False))
     assert problems == []
@@ -678,7 +678,7 @@ def test_it_applies_crons_percent_rule(
     assert (task.argv, task.extras.stdin) == (argv, stdin)
 
 
-def test_exec_of_a_builtins_name_runs_that_program() -> None:
+def test_it_runs_the_program_named_after_exec_when_a_builtin_has_its_name() -> None:
     # How --export writes a task whose program is named like a builtin.
     tasks = tasks_of(b"@daily exec echo hi\n@daily exec '[' -f x ]\n@daily exec wallswitch\n")
     assert [task.argv for task in tasks] == [
@@ -700,7 +700,7 @@ def test_it_refuses_a_system_crontab_line_or_drops_the_own_user_name() -> None:
     assert [entry.task.argv for entry in entries] == [(b"backup",)]
 
 
-def test_the_local_context_knows_users_that_are_not_programs() -> None:
+def test_it_knows_local_users_that_are_not_programs() -> None:
     from cassini.importing import local_context
 
     context = local_context()

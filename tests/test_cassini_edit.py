@@ -36,7 +36,7 @@ def _edit(daemon: Daemon, editor: str, **env: str) -> subprocess.CompletedProces
     )
 
 
-def test_reasons_go_on_top_numbered_as_the_lines_stand_below_them() -> None:
+def test_it_puts_the_reasons_on_top_numbered_as_the_lines_below_them() -> None:
     data = b"@daily a\n61 * * * * b\n"
     shown = edit.with_reasons(data, [Problem(2, "invalid minutes")])
     assert shown == (
@@ -47,7 +47,7 @@ def test_reasons_go_on_top_numbered_as_the_lines_stand_below_them() -> None:
     assert edit.without_reasons(shown) == data
 
 
-def test_an_edit_keeps_the_ids_and_histories_of_unchanged_lines(
+def test_it_keeps_the_ids_and_histories_of_unchanged_lines(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -67,14 +67,14 @@ def test_an_edit_keeps_the_ids_and_histories_of_unchanged_lines(
     assert b'MAILTO=""\n@reboot exec x\n' in daemon.cassini("--export").stdout
 
 
-def test_an_unchanged_file_changes_nothing(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_it_changes_nothing_for_an_unchanged_file(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     daemon = make_daemon(root=tmp_path)
     daemon.create("echo", "a")
     done = _edit(daemon, "true")
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"cassini: no changes\n")
 
 
-def test_the_file_is_private(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_it_edits_a_private_file_and_removes_it(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     daemon = make_daemon(root=tmp_path)
     record = tmp_path / "modes"
     editor = _script(tmp_path / "ed", f'stat -c "%a %n" "$1" "$(dirname "$1")" > {record}\n')
@@ -86,7 +86,7 @@ def test_the_file_is_private(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     assert not Path(directory).exists()  # removed on the way out
 
 
-def test_refused_lines_send_the_user_back_with_the_reasons(
+def test_it_sends_the_user_back_with_the_reasons_of_refused_lines(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -110,7 +110,7 @@ def test_refused_lines_send_the_user_back_with_the_reasons(
     assert daemon.cassini("-l").stdout == b"0: 0 * * /bin/true a\n1: 1 * * /bin/true b\n"
 
 
-def test_refused_lines_left_as_they_were_abandon_the_edit(
+def test_it_abandons_the_edit_when_refused_lines_stay(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -126,7 +126,7 @@ def test_refused_lines_left_as_they_were_abandon_the_edit(
     assert daemon.cassini("-l").stdout == b"0: 0 * * /bin/true a\n"
 
 
-def test_a_failing_editor_changes_nothing(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_it_changes_nothing_when_the_editor_fails(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     daemon = make_daemon(root=tmp_path)
     daemon.create("-m", "0", "/bin/true", "a")
     editor = _script(tmp_path / "ed", 'echo "@daily more" >> "$1"; exit 3\n')
@@ -136,7 +136,7 @@ def test_a_failing_editor_changes_nothing(make_daemon: MakeDaemon, tmp_path: Pat
     assert daemon.cassini("-l").stdout == b"0: 0 * * /bin/true a\n"
 
 
-def test_the_editor_may_be_a_command_with_words(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_it_runs_an_editor_command_with_words(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     daemon = make_daemon(root=tmp_path)
     done = _edit(daemon, "", VISUAL="sed -i '$a @hourly /bin/true v'")
     assert done.returncode == 0, done.stderr

@@ -51,7 +51,7 @@ def test_it_parses_the_import_and_edit_options() -> None:
         cli.parse_args(["--edit", "--import", "f"])
 
 
-def test_a_plan_keeps_equal_tasks_as_a_multiset_lowest_id_first() -> None:
+def test_it_plans_to_keep_equal_tasks_as_a_multiset_lowest_id_first() -> None:
     current = [
         listed(3, (b"a",)),
         listed(1, (b"a",)),
@@ -66,12 +66,12 @@ def test_a_plan_keeps_equal_tasks_as_a_multiset_lowest_id_first() -> None:
     assert plan.summary() == "2 created, 2 kept, 2 removed"
 
 
-def test_a_plain_import_creates_every_line() -> None:
+def test_it_creates_every_line_in_a_plain_import() -> None:
     plan = importing.plan([listed(0, (b"a",))], [entry(1, (b"a",))], replace=False)
     assert (plan.keep, [e.line for e in plan.create], plan.remove) == ([], [1], [])
 
 
-def test_a_plan_without_changes_says_so() -> None:
+def test_it_plans_no_change_when_the_tasks_are_the_files() -> None:
     plan = importing.plan([listed(7, (b"a",))], [entry(4, (b"a",))], replace=True)
     assert not plan.changes
 
@@ -126,7 +126,7 @@ def test_it_imports_a_whole_crontab_and_exports_it_back(
     assert tasks[0].extras == Extras(((b"PATH", b"/usr/bin:/bin"),), b"", b"")
 
 
-def test_export_then_import_replace_changes_nothing(
+def test_it_changes_nothing_on_export_then_import_replace(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -143,7 +143,7 @@ def test_export_then_import_replace_changes_nothing(
     assert daemon.cassini("--export").stdout == exported
 
 
-def test_replace_keeps_unchanged_lines_and_their_histories(
+def test_it_keeps_unchanged_lines_and_their_histories_on_replace(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -159,7 +159,7 @@ def test_replace_keeps_unchanged_lines_and_their_histories(
     assert len(daemon.runs(0)) == len(daemon.runs(1)) == 1
 
 
-def test_check_says_what_it_would_do_and_does_nothing(
+def test_it_says_what_it_would_do_on_check_and_does_nothing(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
@@ -178,7 +178,7 @@ def test_check_says_what_it_would_do_and_does_nothing(
     assert plain.stdout.endswith(b"would have: 2 to create, 0 kept, 0 removed\n")
 
 
-def test_check_refuses_what_cron_refuses(tmp_path: Path) -> None:
+def test_it_refuses_on_check_what_cron_refuses(tmp_path: Path) -> None:
     path = tmp_path / "crontab"
     path.write_bytes(b"@daily fine\n61 * * * * x\n")
     done = subprocess.run(
@@ -192,7 +192,7 @@ def test_check_refuses_what_cron_refuses(tmp_path: Path) -> None:
     ]
 
 
-def test_a_failed_replace_changes_nothing(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+def test_it_changes_nothing_when_the_replace_fails(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     daemon = make_daemon(root=tmp_path)
     _import(daemon, tmp_path, b"@daily a\n")
     # Too many variables for the daemon's limit: refused whole.
@@ -210,7 +210,7 @@ def _crontab(tag: str, count: int = 300) -> bytes:
     )
 
 
-def test_ctrl_c_during_a_300_line_import_leaves_the_old_list_or_the_new(
+def test_it_leaves_the_old_list_or_the_new_on_ctrl_c_in_a_300_line_import(
     make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     daemon = make_daemon(root=tmp_path)
