@@ -114,12 +114,30 @@ def _import(parsed: Import) -> int:
 
     name = "<stdin>" if parsed.path == "-" else parsed.path
     try:
-        data = _read_crontab(parsed.path)
-    except OSError as error:
-        _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
-        return 1
-    pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
-    return importing.run_import(parsed, pipes_dir, data, _write_stdout, _error)
+        try:
+            data = _read_crontab(parsed.path)
+        except OSError as error:
+            _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
+            return 1
+        pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
+        return importing.run_import(parsed, pipes_dir, data, _write_stdout, _error)
+    except KeyboardInterrupt:
+        # run_import lets none out once something may have changed (it says what).
+        _error("cassini: interrupted: nothing changed\n")
+        return 130
+
+
+def _edit(pipes_dir: str | None) -> int:
+    """`--edit`: cassini.edit's loop."""
+    from cassini import edit
+
+    try:
+        directory = default_pipes_dir() if pipes_dir is None else pipes_dir
+        return edit.run(directory, _write_stdout, _error)
+    except KeyboardInterrupt:
+        # edit.run lets none out once something may have changed.
+        _error("cassini: interrupted: nothing changed\n")
+        return 130
 
 
 def _run(args: Sequence[str]) -> int:
@@ -136,10 +154,7 @@ def _run(args: Sequence[str]) -> int:
     if isinstance(parsed, cli.Import):
         return _import(parsed)
     if isinstance(parsed, cli.Edit):
-        from cassini import edit
-
-        pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
-        return edit.run(pipes_dir, _write_stdout, _error)
+        return _edit(parsed.pipes_dir)
 
     import time
 

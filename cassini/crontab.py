@@ -435,19 +435,21 @@ def _task_line(text: str, state: _State, context: Context) -> Task:
 
 
 def _without_user(command: str, context: Context) -> str:
-    """The command without /etc/crontab's user field; refused when it names another."""
-    word = command.split(None, 1)[0] if command.split() else ""
-    if not word or not context.is_user(word):
+    """The command without /etc/crontab's user field; refused when it names another.
+
+    A user name alone is a command (nothing follows it to run as that user).
+    """
+    words = command.split(None, 1)
+    if len(words) < 2 or not context.is_user(words[0]):
         return command
+    word = words[0]
     if word != context.user:
         raise _Refused(
             f"{word!r} before the command is a user name: this is a system crontab line "
-            "(/etc/crontab, /etc/cron.d), which a personal crontab cannot hold"
+            "(/etc/crontab, /etc/cron.d), which a personal crontab cannot hold "
+            f"(if {word!r} is the program, write its path)"
         )
-    rest = command[len(word) :].lstrip(_BLANKS)
-    if not rest:
-        raise _Refused("the command is only a user name")
-    return rest
+    return command[len(word) :].lstrip(_BLANKS)
 
 
 def _apply_setting(name: str, value: str, state: _State, context: Context) -> None:
@@ -552,7 +554,8 @@ def _stdin_suffix(stdin: bytes) -> str | None:
     # Without its final newline first (cron adds it back): how people write it.
     for body in (text[:-1], text) if text.endswith("\n") else (text,):
         written = body.replace("%", "\\%").replace("\n", "%")
-        if body and _stdin_text(written) == text:
+        # (Not ending in a CR, which the reader would take for a CRLF line end.)
+        if body and not written.endswith("\r") and _stdin_text(written) == text:
             return "%" + written
     return None
 

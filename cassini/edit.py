@@ -119,22 +119,23 @@ def run(pipes_dir: str, out: Out, err: Err) -> int:
                     return 1
                 data = without_reasons(edited)
                 entries, problems, warnings = crontab.parse(data, context)
+                for warning in warnings:
+                    err(f"cassini: warning: {warning}\n")
+                if not problems:
+                    result = importing.plan(current, entries, replace=True)
+                    importing.hold_ctrl_c()
+                    break
+                lines = "line was" if len(problems) == 1 else "lines were"
+                err(f"cassini: {len(problems)} {lines} refused: back to the editor\n")
+                shown = with_reasons(data, problems)
+                with open(path, "wb") as file:
+                    file.write(shown)
             except OSError as error:
-                err(f"cassini: cannot read the edited file: {error.strerror}: nothing changed\n")
+                err(f"cassini: cannot use the edited file: {error.strerror}: nothing changed\n")
                 return 1
             except KeyboardInterrupt:
                 err("cassini: interrupted: nothing changed\n")
                 return importing.INTERRUPTED
-            for warning in warnings:
-                err(f"cassini: warning: {warning}\n")
-            if not problems:
-                break
-            lines = "line was" if len(problems) == 1 else "lines were"
-            err(f"cassini: {len(problems)} {lines} refused: back to the editor\n")
-            shown = with_reasons(data, problems)
-            with open(path, "wb") as file:
-                file.write(shown)
-        result = importing.plan(current, entries, replace=True)
         return importing.apply(pipes_dir, result, out, err)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

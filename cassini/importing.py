@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     Out = Callable[[bytes], int]
     Err = Callable[[str], None]
 
-__all__ = ["Plan", "apply", "describe", "fetch", "local_context", "plan", "run_import"]
+__all__ = [
+    "Plan", "apply", "describe", "fetch", "hold_ctrl_c", "local_context", "plan", "run_import",
+]  # fmt: skip
 
 SENDMAILS = ("/usr/sbin/sendmail", "/usr/lib/sendmail")
 """Where cron looks for sendmail."""
@@ -128,7 +130,8 @@ def local_context() -> Context:
             pwd.getpwnam(word)
         except (KeyError, ValueError):
             return False
-        return shutil.which(word, path="/usr/local/bin:/usr/bin:/bin") is None
+        path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/bin:/usr/bin:/bin"])
+        return shutil.which(word, path=path) is None
 
     def zone_exists(name: str) -> bool:
         import zoneinfo
@@ -159,11 +162,43 @@ def fetch(pipes_dir: str) -> list[TaskEntry] | str:
     return "the daemon did not list its tasks (is it an older saturnd?)"
 
 
-def apply(pipes_dir: str, result: Plan, out: Out, err: Err, *, quiet: bool = False) -> int:
-    """Send `result` as one REPLACE; print the created ids, and (unless `quiet`, as for
-    a plain import, which prints only the ids) what was done."""
+def hold_ctrl_c() -> None:
+    """Make Ctrl-C wait (SIGINT blocked) until `apply` has said what it did.
+
+    Called as the last step of the part where Ctrl-C means "nothing changed", so that
+    no KeyboardInterrupt can come between that part and the REPLACE.
+    """
     import signal
 
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def apply(pipes_dir: str, result: Plan, out: Out, err: Err, *, quiet: bool = False) -> int:
+    """Send `result` as one REPLACE; print the created ids, and (unless `quiet`, as for
+    a plain import, which prints only the ids) what was done.
+
+    SIGINT must be held (`hold_ctrl_c`); a Ctrl-C that came meanwhile is reported, not
+    raised, and any later one ignored: this is the last thing cassini does.
+    """
+    import signal
+
+    try:
+        status = _apply(pipes_dir, result, out, err, quiet)
+    finally:
+        interrupted = signal.SIGINT in signal.sigpending()
+        # All is said and cassini only has to exit: from here a Ctrl-C is dropped (a
+        # pending one too, when unblocked while ignored), lest it kill the process
+        # on its way out and make the status lie.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if interrupted:
+        if status == 0:
+            err("cassini: interrupted after the change was made whole\n")
+        return INTERRUPTED
+    return status
+
+
+def _apply(pipes_dir: str, result: Plan, out: Out, err: Err, quiet: bool) -> int:
     from cassini import transport
     from saturnd.protocol import ErrorReply, ReplaceReply, ReplaceRequest
 
@@ -175,67 +210,82 @@ def apply(pipes_dir: str, result: Plan, out: Out, err: Err, *, quiet: bool = Fal
         tuple(task.task_id for task in result.remove),
         tuple(entry.task for entry in result.create),
     )
-    # From here to the reply, Ctrl-C waits: the daemon does all of it or none of it,
-    # and cassini must be there to say which.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        try:
-            reply = transport.exchange(pipes_dir, request)
-        except (transport.TransportError, OSError) as error:
-            err(
-                f"cassini: {error}; whether the daemon made the change is unknown "
-                "(all of it or none of it): see cassini -l\n"
-            )
-            return 1
-        interrupted = signal.SIGINT in signal.sigpending()
-        if interrupted:  # drop the pending Ctrl-C: it is reported below instead
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if interrupted:
-        signal.signal(signal.SIGINT, previous)
+        reply = transport.exchange(pipes_dir, request)
+    except (transport.TransportError, OSError) as error:
+        err(
+            f"cassini: {error}; whether the daemon made the change is unknown "
+            "(all of it or none of it): see cassini -l\n"
+        )
+        return 1
     if isinstance(reply, ReplaceReply):
         status = out(b"".join(b"%d\n" % task_id for task_id in reply.task_ids))
-        if interrupted:
-            err(f"cassini: interrupted after the change was made whole: {result.summary()}\n")
-            return INTERRUPTED
         if not quiet:
             err(f"cassini: {result.summary()}\n")
         return status
     reason = reply.message if isinstance(reply, ErrorReply) and reply.message else None
     err(f"cassini: nothing changed: {reason or 'the daemon refused the change'}\n")
-    return INTERRUPTED if interrupted else 1
+    return 1
 
 
 def _create_each(pipes_dir: str, name: str, entries: Sequence[Entry], out: Out, err: Err) -> int:
-    """One CREATE per line (a daemon without REPLACE); stops at the first failure."""
+    """One CREATE per line (a daemon without REPLACE); stops at the first failure.
+
+    This cannot be all or nothing: on a failure or a Ctrl-C it says which lines were
+    created. SIGINT is held over each exchange and its bookkeeping, so the count is
+    right.
+    """
+    import signal
+
+    created: list[int] = []
+    status = 0
+    try:
+        for entry in entries:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                failure = _create_one(pipes_dir, entry, out, created)
+            finally:
+                interrupted = signal.SIGINT in signal.sigpending()
+                if interrupted:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # dropped: said below
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            if interrupted:
+                raise KeyboardInterrupt
+            if isinstance(failure, str):
+                reason = f"task not created: {failure}; {_created(created)}"
+                err(f"cassini: {name}:{entry.line}: {reason}\n")
+                return 1
+            status = failure or status
+    except KeyboardInterrupt:
+        err(f"cassini: interrupted: {_created(created)}\n")
+        return INTERRUPTED
+    return status
+
+
+def _create_one(pipes_dir: str, entry: Entry, out: Out, created: list[int]) -> int | str:
+    """CREATE the task of one line: the status of printing its id, or why it failed."""
     from cassini import transport
     from cassini.cli import UsageError, make_create_request
     from saturnd.protocol import CreateReply
 
-    created: list[int] = []
-    status = 0
-    for entry in entries:
-        try:
-            request = make_create_request(entry.task.timing, entry.task.argv)
-            reply = transport.exchange(pipes_dir, request)
-        except (transport.TransportError, OSError, UsageError) as error:
-            failure = str(error)
-        else:
-            if isinstance(reply, CreateReply):
-                created.append(entry.line)
-                # Keep creating even if nobody reads the ids any more: the file asked
-                # for these tasks. The exit status still says something went wrong.
-                status = out(b"%d\n" % reply.task_id) or status
-                continue
-            failure = "the daemon did not answer with a task id"
-        if created:
-            done = f"the tasks of lines {_line_ranges(created)} were created"
-        else:
-            done = "no task was created"
-        err(f"cassini: {name}:{entry.line}: task not created: {failure}; {done}\n")
-        return 1
-    return status
+    try:
+        request = make_create_request(entry.task.timing, entry.task.argv)
+        reply = transport.exchange(pipes_dir, request)
+    except (transport.TransportError, OSError, UsageError) as error:
+        return str(error)
+    if not isinstance(reply, CreateReply):
+        return "the daemon did not answer with a task id"
+    created.append(entry.line)
+    # Keep creating even if nobody reads the ids any more: the file asked for these
+    # tasks. The exit status still says something went wrong.
+    return out(b"%d\n" % reply.task_id)
+
+
+def _created(lines: list[int]) -> str:
+    """Which lines' tasks were created, for a message."""
+    if not lines:
+        return "no task was created"
+    return f"the tasks of lines {_line_ranges(lines)} were created"
 
 
 def _line_ranges(lines: Sequence[int]) -> str:
@@ -287,6 +337,7 @@ def run_import(parsed: Import, pipes_dir: str, data: bytes, out: Out, err: Err) 
         course = all(entry.task.is_course for entry in entries)
         if not parsed.replace and course and not _has_socket(pipes_dir):
             return _create_each(pipes_dir, name, entries, out, err)
+        hold_ctrl_c()
     except KeyboardInterrupt:
         err("cassini: interrupted: nothing changed\n")
         return INTERRUPTED
