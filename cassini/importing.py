@@ -105,7 +105,8 @@ def describe(result: Plan, lines: Sequence[bytes]) -> bytes:
     for entry in result.create:
         out.append(b"create: line %d: %s\n" % (entry.line, lines[entry.line - 1].strip()))
     out.extend(b"remove " + task_line(task) for task in result.remove)
-    out.append(f"would have: {result.summary()}\n".replace("created", "to create", 1).encode())
+    counts = (len(result.create), len(result.keep), len(result.remove))
+    out.append(b"%d to create, %d to keep, %d to remove\n" % counts)
     return b"".join(out)
 
 

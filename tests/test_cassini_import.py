@@ -171,11 +171,11 @@ def test_it_says_what_it_would_do_on_check_and_does_nothing(
         b"keep 1: line 2\n"
         b"create: line 4: @daily b\n"
         b"remove 0: 0 0 * a\n"
-        b"would have: 1 to create, 1 kept, 1 removed\n"
+        b"1 to create, 1 to keep, 1 to remove\n"
     )
     assert _listing(daemon) == b"0: 0 0 * a\n1: 0 0 * b\n"
     plain = _import(daemon, tmp_path, data, "--check")
-    assert plain.stdout.endswith(b"would have: 2 to create, 0 kept, 0 removed\n")
+    assert plain.stdout.endswith(b"2 to create, 0 to keep, 0 to remove\n")
 
 
 def test_it_refuses_on_check_what_cron_refuses(tmp_path: Path) -> None:
