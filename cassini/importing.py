@@ -335,9 +335,15 @@ def run_import(parsed: Import, pipes_dir: str, data: bytes, out: Out, err: Err) 
         result = plan(current, entries, parsed.replace)
         if parsed.check:
             return out(describe(result, data.split(b"\n")))
-        course = all(entry.task.is_course for entry in entries)
-        if not parsed.replace and course and not _has_socket(pipes_dir):
-            return _create_each(pipes_dir, name, entries, out, err)
+        if not parsed.replace and not _has_socket(pipes_dir):
+            if all(entry.task.is_course for entry in entries):
+                return _create_each(pipes_dir, name, entries, out, err)
+            err(
+                f"cassini: {name}: a task says more than the named pipes carry (a day of "
+                "month, a month, @reboot, a zone, a setting or input): it needs saturnd's "
+                "socket, and there is none; nothing changed\n"
+            )
+            return 1
         hold_ctrl_c()
     except KeyboardInterrupt:
         err("cassini: interrupted: nothing changed\n")

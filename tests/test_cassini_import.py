@@ -285,3 +285,20 @@ def test_it_imports_only_once_per_replace_in_the_store(
     done = _import(daemon, tmp_path, _crontab("x", 50), "--replace")
     assert done.stdout == b"".join(b"%d\n" % i for i in range(50))
     assert os.path.exists(daemon.pipes / "saturnd.sock")
+
+
+def test_it_says_a_daemon_without_the_socket_cannot_take_whole_tasks(tmp_path: Path) -> None:
+    from tests.fake_daemon import make_pipes
+
+    pipes = make_pipes(tmp_path / "pipes")
+    path = tmp_path / "crontab"
+    path.write_bytes(b"@daily a\n0 3 1 * * certbot renew\n")
+    done = subprocess.run(
+        [CASSINI, "-p", str(pipes), "--import", str(path)], capture_output=True, timeout=30
+    )
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr.decode() == (
+        f"cassini: {path}: a task says more than the named pipes carry (a day of month, a "
+        "month, @reboot, a zone, a setting or input): it needs saturnd's socket, and there "
+        "is none; nothing changed\n"
+    )
