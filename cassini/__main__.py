@@ -10,8 +10,11 @@ Rules:
   two lines: `cassini: <reason>` and where the usage is (`cli.TRY_HELP`).
 - Output bytes go to `sys.stdout.buffer` unchanged (task output may hold any byte).
 - Imports are deferred until needed so that `cassini -h` starts fast (see cli.py).
-- A created task whose program cassini cannot find (cassini.program) gets a warning on
-  stderr after its id: the task exists, the exit status stays 0.
+- A created task whose program cassini cannot find (cassini.program, with the task's
+  PATH) gets a warning on stderr after its id: the task exists, the exit status stays 0.
+- Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
+  (it drops the request) is asked again with LIST. A whole task that cannot be created
+  for want of the socket is one line saying what of it needs the socket.
 - `--import` reads the whole crontab; cassini.importing checks every line and applies
   them (a refused line creates nothing); `--edit` is cassini.edit's.
 """
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from cassini.cli import Import
+    from saturnd.protocol import Reply, Request
 
 __all__ = ["PIPES_DIR_VARIABLE", "default_pipes_dir", "main"]
 
@@ -162,7 +166,10 @@ def _run(args: Sequence[str]) -> int:
 
     pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
     try:
-        reply = transport.exchange(pipes_dir, parsed.request)
+        reply = _exchange(pipes_dir, parsed.request)
+    except transport.NoSocketError as error:
+        _error(f"cassini: {_needs_socket(parsed.request)}{error}\n")
+        return 1
     except transport.TransportError as error:
         if parsed.mode == "version":  # ours, at least
             from saturnd import __version__
@@ -182,16 +189,55 @@ def _run(args: Sequence[str]) -> int:
     return outcome.status or status
 
 
+def _exchange(pipes_dir: str, request: Request) -> Reply:
+    """One exchange; a listing falls back to the course's LIST where LIST-EX is unknown.
+
+    Over the FIFOs the transport sends LIST itself. A saturnd older than LIST-EX (still
+    running after an upgrade) drops it on the socket, closing the connection without a
+    reply or after an `ER EM`: it is asked again with LIST.
+    """
+    from cassini import cli, transport
+    from saturnd.protocol import ERR_MESSAGE, ErrorReply, ListExRequest, ListRequest
+
+    fallback = cli.fifo_request(request)
+    if not isinstance(request, ListExRequest):
+        return transport.exchange(pipes_dir, request, fifo_request=fallback)
+    try:
+        reply = transport.exchange(pipes_dir, request, fifo_request=fallback)
+    except transport.NoReplyError:
+        return transport.exchange(pipes_dir, ListRequest())
+    if isinstance(reply, ErrorReply) and reply.code == ERR_MESSAGE:
+        return transport.exchange(pipes_dir, ListRequest())
+    return reply
+
+
+def _needs_socket(request: Request) -> str:
+    """Why a request that cannot travel over the FIFOs was made: `this task has ...: `."""
+    from cassini import cli
+    from saturnd.protocol import CreateExRequest
+
+    if not isinstance(request, CreateExRequest):
+        return ""
+    what = cli.beyond_course(request.task)
+    return f"this task has {', '.join(what)}: only saturnd's socket can carry it, and "
+
+
 def _warn_unreachable(request: object) -> None:
-    """After a CREATE: a warning on stderr when the task's program will not be found."""
-    from saturnd.protocol import CreateRequest
+    """After a creation: a warning on stderr when the task's program will not be found."""
+    from saturnd.protocol import CreateExRequest, CreateRequest
 
+    env: tuple[tuple[bytes, bytes], ...] = ()
     if isinstance(request, CreateRequest):
-        from cassini import program
+        argv = request.argv
+    elif isinstance(request, CreateExRequest):
+        argv, env = request.task.argv, request.task.extras.env
+    else:
+        return
+    from cassini import program
 
-        problem = program.check(request.argv)
-        if problem is not None:
-            _error(f"cassini: warning: {problem}\n")
+    problem = program.check(argv, env)
+    if problem is not None:
+        _error(f"cassini: warning: {problem}\n")
 
 
 def main(args: Sequence[str] | None = None) -> int:

@@ -7,7 +7,9 @@ This module owns:
 - `render`: a request and its reply -> an `Outcome` (stdout bytes, stderr text, exit
   status), for the outputs of PROTOCOL.md; `respond` does the same for an `Invocation`,
   handing the newer outputs (`-n`, `-l -v`, `--json`, `--export`) to `cassini.output`;
-- `make_create_request`: a timing and argv -> CREATE, within the daemon's limits;
+- `make_create_request`: a timing, argv and extras -> CREATE (the course's, when it
+  says the whole task) or CREATE-EX, within the daemon's limits;
+- `task_line`: a task as `-l` lists it (PROTOCOL.md's line, plus what it cannot say);
 - `USAGE`, the help text.
 
 Rules:
@@ -15,11 +17,17 @@ Rules:
   epoch seconds into local time, is a function the caller passes in.
 - Options are parsed like `getopt.getopt` (by `cassini.options`, which behaves the same
   without importing `re`) with PROTOCOL.md's option string plus the newer
-  options (`-n: -N: -v` and the long `--export --import= --json`), so parsing stops at the
+  options (`-n: -N: -v` and the long `--export --import= --json`, and for -c `--dom=
+  --month= --cron= --tz= --env=`), so parsing stops at the
   first non-option argument: it and everything after it are the command of `-c`. An
   argument list the original option string accepts parses exactly as before (the new
   letters were errors there; long options were errors there).
-- Nothing is sent for invalid arguments: every check happens here, before any I/O.
+- Nothing is sent for invalid arguments: every check happens here, before any I/O
+  (`--tz` reads the zone database: the one look at the file system, and `zoneinfo`
+  is imported only then).
+- The listings ask for LIST-EX, whose tasks are whole; over the FIFOs (a C daemon) the
+  course's LIST is sent instead (`fifo_request`). A `-l` line is PROTOCOL.md's for a
+  task the course can say; otherwise `timing_text`'s words follow the day of week.
 - Start-up speed: `cassini -h` must cost little more than starting Python, so this module
   imports only `os` and `cassini.options` when it loads. `saturnd.protocol` and
   `saturnd.timing` are imported by the functions that need them, and this module's own
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from saturnd.protocol import (
         CreateReply,
         ErrorReply,
+        ListExReply,
         ListReply,
         OkReply,
         OutputReply,
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
         TaskEntry,
         TimesExitcodesReply,
     )
+    from saturnd.task import Extras, Task
     from saturnd.timing import Timing
 
     LocalTime = Callable[[int], time.struct_time]
@@ -77,9 +87,16 @@ __all__ = [
     "parse_args",
     "parse_count",
     "parse_task_id",
+    "TASK_PATH",
+    "beyond_course",
+    "check_zone",
+    "escape",
+    "fifo_request",
+    "parse_env",
     "render",
     "respond",
     "task_line",
+    "timing_text",
 ]
 
 PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
@@ -87,10 +104,25 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
 LONG_OPTIONS = (
-    "export", "help", "import=", "json", "version", "replace", "check", "edit",
-)  # fmt: skip
-"""The long options, for getopt: --export, --help (the same as -h), --import FILE, --json,
---version; --replace and --check (with --import), --edit."""
+    "check",
+    "cron=",
+    "dom=",
+    "edit",
+    "env=",
+    "export",
+    "help",
+    "import=",
+    "json",
+    "month=",
+    "replace",
+    "tz=",
+    "version",
+)
+"""The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
+NAME=VALUE, --export, --help (the same as -h), --import FILE, --json, --month MONTHS,
+--replace, --tz ZONE, --version (--check and --replace go with --import)."""
+TASK_PATH = b"/usr/bin:/bin"
+"""The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
 DEFAULT_COUNT = 5
 """How many start times `-n` prints without `-N`."""
@@ -99,7 +131,10 @@ MAX_COUNT = 1000
 
 USAGE = """\
 usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
-       cassini [-p PIPES_DIR] -c [-m MINUTES] [-H HOURS] [-d DAYSOFWEEK] COMMAND [ARG...]
+       cassini [-p PIPES_DIR] -c [-m MINUTES] [-H HOURS] [-d DAYSOFWEEK] [--dom DAYS]
+                  [--month MONTHS] [--tz ZONE] [--env NAME=VALUE]... COMMAND [ARG...]
+       cassini [-p PIPES_DIR] -c --cron SCHEDULE [--tz ZONE] [--env NAME=VALUE]...
+                  COMMAND [ARG...]
        cassini [-p PIPES_DIR] -r|-o|-e TASKID
        cassini [-p PIPES_DIR] -x TASKID [--json]
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
@@ -116,6 +151,14 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   -m MINUTES      minutes of the new task, crontab syntax such as 0-2,5 (default *)
   -H HOURS        hours of the new task (default *)
   -d DAYSOFWEEK   days of week of the new task, 0 = Sunday (default *)
+  --dom DAYS      days of month of the new task, 1-31 (default *)
+  --month MONTHS  months of the new task, 1-12 or jan-dec (default *)
+  --cron SCHEDULE all five crontab fields at once, 'M H DOM MON DOW', or @daily,
+                  @hourly, @weekly, @monthly, @yearly, @reboot (not with -m -H -d
+                  --dom --month)
+  --tz ZONE       read the new task's schedule in time zone ZONE (Europe/Paris)
+  --env NAME=VALUE
+                  a variable of the new task's environment (repeatable)
   -r TASKID       remove a task
   -x TASKID       print a task's run times and exit codes
   -o TASKID       print the standard output of a task's last run
@@ -144,15 +187,22 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # Options that choose what to do; at most one of them (repeating the same one with the
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
-    {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--version"}
-    | {"--edit"}
+    {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
+    | {"--version"}
 )
-# Options that only make sense with -c.
-_TIMING_OPTIONS = {"-m": "minutes", "-H": "hours", "-d": "daysofweek"}
+# Options that only make sense with -c: the fields they set, and the others.
+_TIMING_OPTIONS = {
+    "-m": "minutes",
+    "-H": "hours",
+    "-d": "daysofweek",
+    "--dom": "daysofmonth",
+    "--month": "months",
+}
+_TASK_OPTIONS = (*_TIMING_OPTIONS, "--cron", "--tz", "--env")
 # Every option that only makes sense with some operations: the operations, and how the
 # usage error names them.
 _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
-    **{option: (frozenset({"-c"}), "-c") for option in _TIMING_OPTIONS},
+    **{option: (frozenset({"-c"}), "-c") for option in _TASK_OPTIONS},
     "-N": (frozenset({"-n"}), "-n"),
     "-v": (frozenset({"-l"}), "-l"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
@@ -352,12 +402,24 @@ def parse_count(text: str) -> int:
     raise UsageError(f"invalid count {text!r}: expected a number from 1 to {MAX_COUNT}")
 
 
-def make_create_request(timing: Timing, argv: tuple[bytes, ...]) -> Request:
-    """CREATE `argv` at `timing`, or `UsageError` when the daemon could not take it.
+def make_create_request(
+    timing: Timing, argv: tuple[bytes, ...], extras: Extras | None = None
+) -> Request:
+    """The request creating a task, or `UsageError` when the daemon could not take it.
 
-    The daemon drops a request beyond its limits without replying; say why here instead.
+    The course's CREATE when it says the whole task (any daemon takes it, over the FIFOs
+    too), else CREATE-EX (saturnd's socket only). The daemon drops a request beyond its
+    limits without replying; say why here instead.
     """
-    from saturnd.protocol import MAX_ARGC, MAX_REQUEST, MAX_STRING, CreateRequest, encode
+    from saturnd.protocol import (
+        MAX_ARGC,
+        MAX_REQUEST,
+        MAX_STRING,
+        CreateExRequest,
+        CreateRequest,
+        encode,
+    )
+    from saturnd.task import NO_EXTRAS, Task, check_extras
 
     if not argv:
         raise UsageError("the command is empty")
@@ -365,29 +427,94 @@ def make_create_request(timing: Timing, argv: tuple[bytes, ...]) -> Request:
         raise UsageError("the command's name is empty")
     if len(argv) > MAX_ARGC:
         raise UsageError(f"too many arguments ({len(argv)}; at most {MAX_ARGC})")
-    for arg in argv:
-        if len(arg) > MAX_STRING:
-            raise UsageError(f"an argument of {len(arg)} bytes is longer than {MAX_STRING}")
-    request = CreateRequest(timing, argv)
+    task = Task(timing, argv, NO_EXTRAS if extras is None else extras)
+    problem = check_extras(task.extras)
+    if problem is not None:
+        raise UsageError(problem)
+    strings = [*argv, *(b for pair in task.extras.env for b in pair), task.extras.stdin]
+    for data in strings:
+        if len(data) > MAX_STRING:
+            raise UsageError(f"an argument of {len(data)} bytes is longer than {MAX_STRING}")
+    request: Request = CreateRequest(timing, argv) if task.is_course else CreateExRequest(task)
     if len(encode(request)) > MAX_REQUEST:
         raise UsageError(f"the command line is longer than {MAX_REQUEST} bytes")
     return request
 
 
-def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
+def beyond_course(task: Task) -> list[str]:
+    """What of `task` the course's CREATE cannot carry, in words (empty: nothing)."""
+    from saturnd.timing import FULL_DAYSOFMONTH, FULL_MONTHS
+
+    timing, extras = task.timing, task.extras
+    clock = not timing.reboot  # an @reboot timing's sets are all empty
+    named = [
+        (timing.reboot, "@reboot"),
+        (clock and timing.daysofmonth != FULL_DAYSOFMONTH, "a day of month"),
+        (clock and timing.months != FULL_MONTHS, "a month"),
+        (bool(timing.zone), "a time zone"),
+        (bool(extras.env), "environment variables"),
+        (bool(extras.stdin), "standard input"),
+        (extras.mailto is not None, "MAILTO"),
+    ]
+    return [words for present, words in named if present]
+
+
+def check_zone(zone: str) -> None:
+    """Raise `UsageError` unless `zone` is a time zone this machine knows (`Europe/Paris`).
+
+    `zoneinfo` is imported here, only for `--tz`: cassini's other calls never pay for it.
+    """
+    import zoneinfo
+
+    if not zone:
+        raise UsageError("--tz needs a time zone name, such as Europe/Paris")
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (ValueError, LookupError, OSError):
+        # LookupError: ZoneInfoNotFoundError; ValueError: `../x`, an absolute path;
+        # OSError: a directory of the database (`America`).
+        raise UsageError(f"unknown time zone {zone!r}") from None
+
+
+def parse_env(text: str) -> tuple[bytes, bytes]:
+    """A `--env NAME=VALUE` argument -> (name, value); raises `UsageError`."""
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise UsageError(f"invalid --env {text!r}: expected NAME=VALUE")
+    return os.fsencode(name), os.fsencode(value)
+
+
+def _create_timing(options: list[tuple[str, str]]) -> Timing:
     from saturnd.timing import Timing, TimingError
+
+    zone = _single(options, "--tz")
+    if zone is not None:
+        check_zone(zone)
+    schedule = _single(options, "--cron")
+    try:
+        if schedule is not None:
+            for option, _ in options:
+                if option in _TIMING_OPTIONS:
+                    raise UsageError(f"option --cron cannot be combined with {option}")
+            return Timing.cron(schedule, zone or "")
+        fields = {}
+        for option, field in _TIMING_OPTIONS.items():
+            value = _single(options, option)
+            fields[field] = "*" if value is None else value
+        return Timing.parse(**fields, zone=zone or "")
+    except TimingError as error:
+        raise UsageError(str(error)) from None
+
+
+def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
+    from saturnd.task import Extras
 
     if not command:
         raise UsageError("-c needs a command to run")
-    fields = {}
-    for option, field in _TIMING_OPTIONS.items():
-        value = _single(options, option)
-        fields[field] = "*" if value is None else value
-    try:
-        timing = Timing.parse(**fields)
-    except TimingError as error:
-        raise UsageError(str(error)) from None
-    return make_create_request(timing, tuple(os.fsencode(arg) for arg in command))
+    timing = _create_timing(options)
+    env = tuple(parse_env(value) for option, value in options if option == "--env")
+    argv = tuple(os.fsencode(arg) for arg in command)
+    return make_create_request(timing, argv, Extras(env))
 
 
 def _task_request(option: str, text: str) -> Request:
@@ -406,9 +533,18 @@ def _task_request(option: str, text: str) -> Request:
 
 
 def _plain_request(option: str) -> Request:
-    from saturnd.protocol import ListRequest, TerminateRequest
+    from saturnd.protocol import ListExRequest, TerminateRequest
 
-    return ListRequest() if option == "-l" else TerminateRequest()
+    # LIST-EX: the whole tasks; `fifo_request` gives the course's LIST for the FIFOs.
+    return ListExRequest() if option == "-l" else TerminateRequest()
+
+
+def fifo_request(request: Request) -> Request | None:
+    """What to send in place of `request` over the FIFOs, when it is an extension with a
+    course equivalent (LIST-EX -> LIST); None when there is none."""
+    from saturnd.protocol import ListExRequest, ListRequest
+
+    return ListRequest() if isinstance(request, ListExRequest) else None
 
 
 def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
@@ -455,10 +591,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         mode = "verbose" if verbose else "plain"
         return Invocation(_plain_request(operation), pipes_dir, mode=mode, json=json)
     if operation == "--export":
-        from saturnd.protocol import ListExRequest
-
-        # LIST-EX: the whole tasks (environment, input, zone), which LIST does not carry.
-        return Invocation(ListExRequest(), pipes_dir, mode="export")
+        return Invocation(_plain_request("-l"), pipes_dir, mode="export")
     if operation == "--version":
         from saturnd import __version__
         from saturnd.protocol import VersionRequest
@@ -499,12 +632,60 @@ def _render_error(request: Request, reply: ErrorReply, localtime: LocalTime) -> 
     return Outcome(stderr=f"cassini: {message}\n", status=1)
 
 
+# Control bytes (C0 and DEL) as `-l` shows them: a newline in an argument must not start
+# what looks like another task line, nor an escape sequence reach the terminal.
+_CONTROLS = bytes([*range(0x20), 0x7F])
+_ESCAPES = {0x09: b"\\t", 0x0A: b"\\n", 0x0D: b"\\r"}
+
+
+def escape(data: bytes) -> bytes:
+    """`data` with each control byte written `\\n`, `\\t`, `\\r` or `\\xHH`.
+
+    Other bytes, backslashes included, are unchanged, so a listing of ordinary commands
+    stays PROTOCOL.md's byte for byte; `--json` is the exact form.
+    """
+    if len(data.translate(None, _CONTROLS)) == len(data):  # the common case, at C speed
+        return data
+    return b"".join(
+        _ESCAPES.get(byte, b"\\x%02x" % byte) if byte in _CONTROLS else bytes((byte,))
+        for byte in data
+    )
+
+
+def timing_text(timing: Timing) -> str:
+    """The fields of a task's line: `MIN HOUR DOW`, then only what they cannot say.
+
+    `dom=DAYS` (days of month; the day must be in both sets), `or-dom=DAYS` (cron's rule
+    when both day fields are restricted: in either set), `mon=MONTHS`, `tz=ZONE`; an
+    @reboot task is `- - - @reboot`. Sets are canonical numbers, like the first three.
+    """
+    from saturnd.timing import FULL_DAYSOFMONTH, FULL_MONTHS, format_field
+
+    if timing.reboot:
+        words = ["- - - @reboot"]
+    else:
+        words = [timing.format()]
+        if timing.daysofmonth != FULL_DAYSOFMONTH:
+            key = "or-dom" if timing.days_or else "dom"
+            words.append(f"{key}={format_field('daysofmonth', timing.daysofmonth)}")
+        if timing.months != FULL_MONTHS:
+            words.append(f"mon={format_field('months', timing.months)}")
+    if timing.zone:
+        words.append(f"tz={timing.zone}")
+    return " ".join(words)
+
+
 def task_line(task: TaskEntry) -> bytes:
-    """A task as `-l` lists it: `ID: MIN HOUR DOW ARGV0 ARGV1 ...`, newline included."""
-    return f"{task.task_id}: {task.timing.format()} ".encode() + b" ".join(task.argv) + b"\n"
+    """A task as `-l` lists it: `ID: MIN HOUR DOW [EXTRA...] ARGV0 ARGV1 ...` and a newline.
+
+    EXTRA are `timing_text`'s words beyond the course's three fields; control bytes in
+    the arguments are escaped (`escape`).
+    """
+    head = f"{task.task_id}: {timing_text(task.timing)} ".encode()
+    return escape(head) + b" ".join(escape(arg) for arg in task.argv) + b"\n"
 
 
-def _render_list(request: Request, reply: ListReply, localtime: LocalTime) -> Outcome:
+def _render_list(request: Request, reply: ListReply | ListExReply, localtime: LocalTime) -> Outcome:
     return Outcome(stdout=b"".join(task_line(task) for task in reply.tasks))
 
 
@@ -558,6 +739,7 @@ def render(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
         protocol.OkReply: _render_ok,
         protocol.ErrorReply: _render_error,
         protocol.ListReply: _render_list,
+        protocol.ListExReply: _render_list,
         protocol.CreateReply: _render_create,
         protocol.TimesExitcodesReply: _render_runs,
         protocol.OutputReply: _render_output,

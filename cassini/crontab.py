@@ -48,7 +48,6 @@ rules before it is written; a task that would not come back equal is left out li
 
 from __future__ import annotations
 
-import itertools
 import shlex
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
@@ -678,7 +677,7 @@ def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
     new = _State()
     new.env, new.mailto, new.zone = env, mailto, zone
     try:
-        schedule = _compact(task.timing.format_cron())
+        schedule = task.timing.format_cron()  # compact: `*/15`, `1-59/2`
     except ValueError:
         return "no crontab schedule means its timing"
     stdin = _stdin_suffix(extras.stdin)
@@ -693,47 +692,6 @@ def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
             state.env, state.mailto, state.zone = env, mailto, zone
             return [*lines, line]
     return "no crontab line makes cron run it the same way"
-
-
-def _compact(schedule: str) -> str:
-    """`format_cron`'s fields with steps where shorter: `*/15` for `0,15,30,45`.
-
-    A day field keeps whether it starts with `*` (cron's OR rule reads that), so it
-    only gets a star step if it had a star, and a `*` only stays `*`.
-    """
-    from saturnd.timing import FIELDS, parse_field
-
-    if schedule.startswith("@"):
-        return schedule
-    fields = schedule.split(" ")
-    names = ("minutes", "hours", "daysofmonth", "months", "daysofweek")
-    for index, (name, text) in enumerate(zip(names, fields, strict=True)):
-        if text == "*":
-            continue
-        field = FIELDS[name]
-        bits = parse_field(field, text)
-        values = [v for v in range(field.low, field.high + 1) if bits >> v & 1]
-        star_ok = index in (0, 1, 3) or text.startswith("*")
-        for candidate in _steps(values, field.low, field.high, star_ok):
-            if len(candidate) < len(text) and parse_field(field, candidate) == bits:
-                text = candidate
-        fields[index] = text
-    return " ".join(fields)
-
-
-def _steps(values: list[int], low: int, high: int, star_ok: bool) -> list[str]:
-    """Step forms that may mean exactly `values`: `*/N`, `A/N`, `A-B/N`."""
-    if len(values) < 3:
-        return []
-    step = values[1] - values[0]
-    if any(b - a != step for a, b in itertools.pairwise(values)):
-        return []
-    first, last = values[0], values[-1]
-    # Not `A/N`: cronie reads it as `A-max/N`, Debian's cron refuses it.
-    forms = [f"{first}-{last}/{step}"]
-    if first == low and last + step > high and star_ok:
-        forms.insert(0, f"*/{step}")
-    return forms
 
 
 def _setting_lines(state: _State) -> list[str]:

@@ -9,15 +9,19 @@ This module owns:
 
 Rules:
 - Pure: no file descriptor and no clock. `now` and the local-time function come in as
-  arguments. The time zone
-  of `next_starts` is the process's (`tz` None), the one `localtime` shows times in:
-  the daemon's, when both run with the same `TZ`.
+  arguments. A task's fields are read in its own zone (`--tz`, `task_zone`), else in the
+  process's (`tz` None), the one `localtime` shows times in: the daemon's, when both
+  run with the same `TZ`. Start times are always shown in the process's local time, like
+  `-x`. An @reboot task has no start time to show: `-n` says so on stderr.
 - Start times come from `saturnd.schedule.next_runs`, the daemon's own rule, so `-n`
   says what the daemon will do: a wall-clock minute skipped by a spring-forward change
   runs at the first minute after the gap (the same second may then appear more than
   once); in a repeated fall-back hour a fixed-time task starts once, a wildcard one at
   every matching minute of both passes.
-- JSON: one document per call, on one line, ASCII only (`ensure_ascii`), so it is valid
+- JSON: a task carries the course's fields (`minutes`, `hours`, `daysofweek`, `argv`),
+  then `daysofmonth`, `months` (canonical text), `days_or`, `reboot`, `zone` (null: the
+  daemon's), `env` (a list of {name, value}, in order), `stdin` and `mailto` (null:
+  not set). One document per call, on one line, ASCII only (`ensure_ascii`), so it is valid
   UTF-8 whatever bytes the commands hold. An argument is decoded as UTF-8; a byte that
   is not part of valid UTF-8 becomes the lone surrogate U+DC80 + byte (Python's
   `surrogateescape`, written `\\udcXX`), so the exact bytes can be recovered. Errors
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 
-from cassini.cli import Outcome, local_text, out_of_range, task_line
+from cassini.cli import Outcome, escape, local_text, out_of_range, task_line
 from cassini.cli import render as render_plain
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
         TimesExitcodesReply,
         VersionReply,
     )
+    from saturnd.task import Extras
     from saturnd.timing import Timing
 
 __all__ = [
@@ -60,9 +65,26 @@ __all__ = [
     "next_starts",
     "plain_description",
     "render",
+    "task_starts",
+    "task_zone",
 ]
 
 _DAY_NAMES = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+_MONTH_NAMES = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_REBOOT_TEXT = "At each start of the daemon (@reboot)"
 # At most this many "HH:MM" times are listed one by one in a plain description.
 _MAX_LISTED_TIMES = 6
 
@@ -81,6 +103,33 @@ def next_starts(timing: Timing, now: float, count: int, tz: tzinfo | None = None
     return next_runs(timing, int(now // 1), count, tz)
 
 
+def task_zone(timing: Timing, default: tzinfo | None) -> tzinfo | None:
+    """The zone a task's fields are read in: its own (`--tz`), else `default`.
+
+    A zone this machine does not know (the daemon's database may differ) raises
+    `LookupError`; `zoneinfo` is imported only for a zoned task.
+    """
+    if not timing.zone:
+        return default
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(timing.zone)
+    except (ValueError, LookupError, OSError):
+        raise LookupError(f"unknown time zone {timing.zone!r}") from None
+
+
+def task_starts(timing: Timing, now: float, count: int, tz: tzinfo | None) -> list[int] | str:
+    """`next_starts` in the task's own zone, or why there are none to show (a string)."""
+    if timing.reboot:
+        return "at each start of the daemon (@reboot)"
+    try:
+        zone = task_zone(timing, tz)
+    except LookupError as error:
+        return str(error)
+    return next_starts(timing, now, count, zone)
+
+
 # --- descriptions -------------------------------------------------------------------
 
 
@@ -95,28 +144,59 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _day_runs(bits: int) -> list[str]:
-    """Days of week as maximal runs: `Monday to Friday`, `Sunday`."""
+def _day_runs(bits: int, names: tuple[str, ...] = _DAY_NAMES, low: int = 0) -> list[str]:
+    """Values named by `names[value - low]`, as maximal runs: `Monday to Friday`, `Sunday`."""
     runs: list[str] = []
-    day = 0
-    while day <= 6:
+    high = low + len(names) - 1
+    day = low
+    while day <= high:
         if bits >> day & 1:
             start = day
-            while day < 6 and bits >> (day + 1) & 1:
+            while day < high and bits >> (day + 1) & 1:
                 day += 1
-            name = _DAY_NAMES[start]
+            name = names[start - low]
             if day == start:
                 runs.append(name)
             elif day == start + 1:
-                runs.extend((name, _DAY_NAMES[day]))
+                runs.extend((name, names[day - low]))
             else:
-                runs.append(f"{name} to {_DAY_NAMES[day]}")
+                runs.append(f"{name} to {names[day - low]}")
         day += 1
     return runs
 
 
+def _calendar_text(timing: Timing) -> str:
+    """The day-of-month and month part of a plain description (empty when both are *)."""
+    from saturnd.timing import FULL_DAYSOFMONTH, FULL_DAYSOFWEEK, FULL_MONTHS, format_field
+
+    text = ""
+    if timing.daysofmonth != FULL_DAYSOFMONTH:
+        days = format_field("daysofmonth", timing.daysofmonth)
+        plural = "s" if len(_values(timing.daysofmonth, 31)) > 1 else ""
+        if timing.days_or:
+            text += f" or on day{plural} {days} of the month"
+        elif timing.daysofweek & FULL_DAYSOFWEEK != FULL_DAYSOFWEEK:
+            text += f", if it is day{plural} {days} of the month"
+        else:
+            text += f", on day{plural} {days} of the month"
+    if timing.months != FULL_MONTHS:
+        text += ", in " + _join(_day_runs(timing.months, _MONTH_NAMES, 1))
+    return text
+
+
 def plain_description(timing: Timing) -> str:
     """A timing in plain English, without cron-descriptor: `At 09:00, on Wednesday`."""
+    if timing.reboot:
+        return _REBOOT_TEXT
+    return _plain_clock(timing) + _calendar_text(timing) + _zone_text(timing)
+
+
+def _zone_text(timing: Timing) -> str:
+    return f" ({timing.zone} time)" if timing.zone else ""
+
+
+def _plain_clock(timing: Timing) -> str:
+    """The minutes, hours and days of week of a plain description."""
     from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, format_field
 
     minutes, hours = _values(timing.minutes, 59), _values(timing.hours, 23)
@@ -202,9 +282,15 @@ class _Describer:
         return cached
 
     def _compute(self, timing: Timing) -> str:
-        days = timing.format().split(" ")[2]
+        if timing.reboot:
+            return _REBOOT_TEXT
+        try:
+            # The day and month fields as cron reads them (the OR rule included).
+            _, _, dom, month, days = timing.format_cron().split(" ")
+        except ValueError:  # no crontab text says it: our own words do
+            return plain_description(timing)
         minutes, hours = _step_text(timing.minutes, 59), _step_text(timing.hours, 23)
-        if not (minutes and hours and days):
+        if not (minutes and hours and days and dom and month):
             return plain_description(timing)  # a field with no value: it never runs
         if not self._loaded:
             self._loaded = True
@@ -216,11 +302,12 @@ class _Describer:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                description = self._describe(f"{minutes} {hours} * * {days}")
+                description = self._describe(f"{minutes} {hours} {dom} {month} {days}")
         except Exception:  # a third-party library: any failure costs only the wording
             return plain_description(timing)
         # One line, whatever the catalogue holds.
-        return " ".join(description.split()) or plain_description(timing)
+        description = " ".join(description.split())
+        return description + _zone_text(timing) if description else plain_description(timing)
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -237,14 +324,25 @@ def _text(arg: bytes) -> str:
 
 
 def _task_fields(task: TaskEntry) -> dict[str, object]:
+    """A task as JSON: the course's fields, then the whole task's (LIST-EX's; over the
+    FIFOs, LIST says none, and these are the defaults)."""
     from saturnd.timing import format_field
 
+    timing, extras = task.timing, task.extras
     return {
         "id": task.task_id,
-        "minutes": format_field("minutes", task.timing.minutes),
-        "hours": format_field("hours", task.timing.hours),
-        "daysofweek": format_field("daysofweek", task.timing.daysofweek),
+        "minutes": format_field("minutes", timing.minutes),
+        "hours": format_field("hours", timing.hours),
+        "daysofweek": format_field("daysofweek", timing.daysofweek),
         "argv": [_text(arg) for arg in task.argv],
+        "daysofmonth": format_field("daysofmonth", timing.daysofmonth),
+        "months": format_field("months", timing.months),
+        "days_or": timing.days_or,
+        "reboot": timing.reboot,
+        "zone": timing.zone or None,
+        "env": [{"name": _text(name), "value": _text(value)} for name, value in extras.env],
+        "stdin": _text(extras.stdin),
+        "mailto": None if extras.mailto is None else _text(extras.mailto),
     }
 
 
@@ -266,20 +364,30 @@ class _Context:
         return {"time": seconds, "local": local_text(self.localtime, seconds)}
 
 
-def _render_list(context: _Context, reply: ListReply) -> Outcome:
+def _render_list(context: _Context, reply: ListReply | ListExReply) -> Outcome:
     return Outcome(_json([_task_fields(task) for task in reply.tasks]))
 
 
-def _render_verbose(context: _Context, reply: ListReply) -> Outcome:
+def _extras_lines(extras: Extras) -> bytes:
+    """`-l -v`'s lines for a task's environment, standard input and MAILTO, escaped."""
+    lines = [b"    env: " + escape(name + b"=" + value) + b"\n" for name, value in extras.env]
+    if extras.stdin:
+        lines.append(b"    stdin: " + escape(extras.stdin) + b"\n")
+    if extras.mailto is not None:
+        lines.append(b"    mailto: " + escape(extras.mailto) + b"\n")
+    return b"".join(lines)
+
+
+def _render_verbose(context: _Context, reply: ListReply | ListExReply) -> Outcome:
     describer = _Describer()
-    nexts: dict[Timing, int | None] = {}
+    nexts: dict[Timing, list[int] | str] = {}
     documents: list[dict[str, object]] = []
     lines: list[bytes] = []
     for task in reply.tasks:
         if task.timing not in nexts:
-            starts = next_starts(task.timing, context.now, 1, context.tz)
-            nexts[task.timing] = starts[0] if starts else None
-        start = nexts[task.timing]
+            nexts[task.timing] = task_starts(task.timing, context.now, 1, context.tz)
+        starts = nexts[task.timing]
+        start = starts[0] if starts and not isinstance(starts, str) else None
         description = describer(task.timing)
         if context.invocation.json:
             document = _task_fields(task)
@@ -287,22 +395,32 @@ def _render_verbose(context: _Context, reply: ListReply) -> Outcome:
             document["description"] = description
             documents.append(document)
         else:
-            shown = "never" if start is None else local_text(context.localtime, start)
+            if start is not None:
+                shown = local_text(context.localtime, start)
+            else:
+                shown = starts if isinstance(starts, str) else "never"
             lines.append(task_line(task))
             lines.append(f"    next run: {shown}\n    description: {description}\n".encode())
+            lines.append(_extras_lines(task.extras))
     if context.invocation.json:
         return Outcome(_json(documents))
     return Outcome(b"".join(lines))
 
 
-def _render_next(context: _Context, reply: ListReply) -> Outcome:
+def _render_next(context: _Context, reply: ListReply | ListExReply) -> Outcome:
     invocation = context.invocation
     for task in reply.tasks:
         if task.task_id == invocation.task_id:
             break
     else:
         return Outcome(stderr=f"cassini: no task with id {invocation.task_id}\n", status=1)
-    starts = next_starts(task.timing, context.now, invocation.count, context.tz)
+    starts = task_starts(task.timing, context.now, invocation.count, context.tz)
+    if isinstance(starts, str):
+        # No start time to print: say why on stderr (@reboot: status 0; a zone unknown
+        # here: 1), and keep stdout what a script can read (nothing, or `[]`).
+        status = 0 if task.timing.reboot else 1
+        stdout = _json([]) if invocation.json else b""
+        return Outcome(stdout, f"cassini: task {task.task_id} runs {starts}\n", status)
     if invocation.json:
         return Outcome(_json([context.start(start) for start in starts]))
     return Outcome("".join(f"{local_text(context.localtime, s)}\n" for s in starts).encode())
@@ -354,9 +472,12 @@ def render(
     # (mode, reply type) -> renderer; "plain" comes here only with --json.
     renderers: dict[tuple[str, type], Callable[[_Context, Any], Outcome]] = {
         ("plain", ListReply): _render_list,
+        ("plain", ListExReply): _render_list,
         ("plain", TimesExitcodesReply): _render_runs,
         ("verbose", ListReply): _render_verbose,
+        ("verbose", ListExReply): _render_verbose,
         ("next", ListReply): _render_next,
+        ("next", ListExReply): _render_next,
         ("export", ListReply): _render_export,
         ("export", ListExReply): _render_export,
         ("version", VersionReply): _render_version,

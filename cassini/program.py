@@ -4,16 +4,18 @@ This module owns:
 - `warning`: a command line, the HOME and PATH the task will see and a probe of the file
   system -> one line saying why the task will fail to start, or None. Pure: the probe
   is passed in;
-- `check`: the same with cassini's own HOME and PATH and the real file system.
+- `check`: the same with the PATH the task will have, cassini's HOME and the real file
+  system.
 
 Rules:
 - The daemon starts a task like `execvp` from the task's working directory, $HOME: an
   ARGV0 holding a `/` is a path from there (or absolute); a bare name is looked up in
   each PATH entry, an empty or relative entry also being relative to $HOME; an unset
   PATH is `os.defpath`. The task must find an executable regular file.
-- Tasks get the daemon's environment, which cassini cannot see: its own HOME and PATH
-  are the best estimate. Hence a warning, never a refusal: the task is created, stdout
-  and the exit status are unchanged.
+- A task's PATH is cron's `/usr/bin:/bin` (DESIGN.md, "What a task sees") unless its
+  own environment (`--env PATH=...`, the last one) sets one; its HOME is the user's,
+  which cassini's own HOME estimates. A warning, never a refusal: the task is created,
+  stdout and the exit status are unchanged.
 - An ARGV0 with a space or tab that is not found was most likely meant for a shell: the
   warning then suggests `sh -c '...'`, quoted for the user's shell.
 - Cheap: one `stat` and one `access` per PATH entry, no imports; `--import` never calls
@@ -81,8 +83,9 @@ def warning(argv: Sequence[bytes], home: bytes, path: bytes | None, look: Probe)
         entries = (os.fsencode(os.defpath) if path is None else path).split(b":")
         if any(look(os.path.join(home, entry, argv0)) for entry in entries):
             return None
-        # The daemon's PATH may differ: say which PATH was searched.
-        problem = f"no program {_shown(argv0)} in cassini's PATH"
+        # Say which PATH was searched: it is not the user's shell's.
+        searched = os.fsdecode(os.defpath if path is None else path)
+        problem = f"no program {_shown(argv0)} in the task's PATH ({searched})"
     hint = ""
     if b" " in argv0 or b"\t" in argv0:
         # The other arguments stay arguments: the shell gets them as "$@".
@@ -94,8 +97,11 @@ def warning(argv: Sequence[bytes], home: bytes, path: bytes | None, look: Probe)
     return f"{problem}: {_FAILS}{hint}"
 
 
-def check(argv: Sequence[bytes]) -> str | None:
-    """`warning` for `argv` with cassini's HOME and PATH and the real file system."""
+def check(argv: Sequence[bytes], env: Sequence[tuple[bytes, bytes]] = ()) -> str | None:
+    """`warning` for a task running `argv` with its own variables `env`: the PATH the
+    task will have, cassini's HOME and the real file system."""
+    from cassini.cli import TASK_PATH
+
     # As the daemon does: a missing HOME means "/".
     home = os.environb.get(b"HOME") or b"/"
-    return warning(argv, home, os.environb.get(b"PATH"), probe)
+    return warning(argv, home, dict(env).get(b"PATH", TASK_PATH), probe)

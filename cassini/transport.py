@@ -4,7 +4,11 @@ This module owns `exchange`: send one request, read until the decoder has the wh
 reply. The socket `saturnd.sock` is used when it is there and ours (the kernel gives
 each client its own connection: replies cannot cross); otherwise, or with
 CASSINI_TRANSPORT=fifo, the FIFOs of PROTOCOL.md, which a C daemon serves too.
-CASSINI_TRANSPORT=socket refuses the FIFOs.
+CASSINI_TRANSPORT=socket refuses the FIFOs. An extension goes over the socket only; a
+caller may name a course request to send in its place over the FIFOs (`fifo_request`:
+LIST for LIST-EX). `NoSocketError` says an extension had no socket to go over,
+`NoReplyError` that the daemon ended the connection without a byte of reply (how an
+older saturnd drops a request it does not know).
 
 Rules on the FIFOs (docs/protocol.md):
 - An exclusive `flock` on `cassini.lock` is held for the whole exchange, so concurrent
@@ -68,6 +72,8 @@ __all__ = [
     "REPLY_PIPE",
     "REPLY_TIMEOUT",
     "REQUEST_PIPE",
+    "NoReplyError",
+    "NoSocketError",
     "TransportError",
     "exchange",
 ]
@@ -90,6 +96,16 @@ _RETRY_MAX = 0.02
 
 class TransportError(Exception):
     """The exchange failed; the message is one line, without the program name."""
+
+
+class NoReplyError(TransportError):
+    """The daemon closed or reset the socket connection without a byte of reply: a
+    saturnd older than the request drops one it does not know that way."""
+
+
+class NoSocketError(TransportError):
+    """The request needs the daemon's socket (an extension, or CASSINI_TRANSPORT=socket),
+    and there is none to use."""
 
 
 class _Notice:
@@ -271,12 +287,17 @@ def _over_socket(client: _socket.socket, request: Request, reply_timeout: float)
                 continue
             if not data:
                 if decoder.buffered == 0:
-                    raise TransportError("the daemon closed the connection without replying")
+                    raise NoReplyError("the daemon closed the connection without replying")
                 raise TransportError(
                     f"truncated reply from daemon: it closed the connection after "
                     f"{decoder.buffered} bytes"
                 )
             decoder.feed(data)
+    except ConnectionResetError as error:
+        # A daemon that closes with our request unread resets the connection.
+        if decoder.buffered == 0:
+            raise NoReplyError("the daemon reset the connection without replying") from None
+        raise TransportError(f"cannot talk to {path}: {error.strerror or error}") from None
     except OSError as error:
         raise TransportError(f"cannot talk to {path}: {error.strerror or error}") from None
     finally:
@@ -523,20 +544,27 @@ def exchange(
     *,
     open_timeout: float = OPEN_TIMEOUT,
     reply_timeout: float = REPLY_TIMEOUT,
+    fifo_request: Request | None = None,
 ) -> Reply:
     """Send `request` to the daemon of `pipes_dir` and return its reply.
 
-    Raises `TransportError` for every failure, with a one-line message.
+    `fifo_request` is a course request to send instead when the FIFOs are used (LIST for
+    LIST-EX). Raises `TransportError` for every failure, with a one-line message.
     """
     _check_dir(pipes_dir)
     mode = os.environ.get("CASSINI_TRANSPORT", "")
     client = None if mode == "fifo" else _connect(pipes_dir)
     if client is not None:
         reply = _over_socket(client, request, reply_timeout)
+    elif fifo_request is not None and mode != "socket":
+        reply = _over_fifos(pipes_dir, fifo_request, open_timeout, reply_timeout)
     elif mode == "socket" or request.opcode not in COURSE_OPCODES:
         # Our extensions never go over the FIFOs (docs/protocol.md).
-        raise TransportError(
-            f"no saturnd is listening on {os.path.join(pipes_dir, SOCKET_NAME)} "
+        where = os.path.join(pipes_dir, SOCKET_NAME)
+        if mode == "fifo":
+            raise NoSocketError(f"CASSINI_TRANSPORT=fifo keeps cassini off {where}")
+        raise NoSocketError(
+            f"no saturnd is listening on {where} "
             "(is it running, and is it saturnd rather than a daemon with FIFOs only?)"
         )
     else:

@@ -8,8 +8,10 @@
 # Completes the options (once an operation such as -l or -r is on the line, only those
 # valid with it), the task ids after -r -x -o -e -n in numeric order (asked of the daemon
 # with `cassini -l`, through the pipes directory of a -p already on the line, else of
-# $SATURND_PIPES_DIR, else the default), day names after -d, directories after -p,
-# files after --import (then --replace and --check), and after -c the command and its arguments.
+# $SATURND_PIPES_DIR, else the default), day names after -d, month names after --month,
+# the @ names after --cron, time zones after --tz, variable names after --env,
+# directories after -p, files after --import (then --replace and --check), and after -c
+# the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
@@ -24,7 +26,7 @@ _cassini_task_ids()
 # are refused there. No operation yet: any option.
 declare -gA _cassini_options_after=(
     [l]='-h --help -p -l -v --json'
-    [c]='-h --help -p -c -m -H -d'
+    [c]='-h --help -p -c -m -H -d --dom --month --cron --tz --env'
     [x]='-h --help -p --json'
     [n]='-h --help -p -N --json'
     [r]='-h --help -p'
@@ -49,7 +51,7 @@ _cassini()
         if [[ -n $pending ]]; then
             # The argument of the previous option. `--import=FILE` reaches us as
             # three words: --import, =, FILE.
-            if [[ $pending == import && $word == = ]]; then
+            if [[ $pending == @(import|dom|month|cron|tz|env) && $word == = ]]; then
                 ((i++))
                 continue
             fi
@@ -61,8 +63,18 @@ _cassini()
         elif [[ ${#word} -gt 2 && --import == "$word"* ]]; then
             pending=import # --import or a prefix of it, as getopt takes it
             operation=import
+        elif [[ ${word%%=*} == --@(d|do|dom|m|mo|mon|mont|month|cr|cro|cron|t|tz|en|env) ]]; then
+            # The options of -c that take a value (getopt takes any unique prefix: --c
+            # is --check or --cron, --e --edit, --env or --export); with
+            # `=VALUE` in the same word, nothing is pending.
+            local long
+            case ${word:2:1} in
+                d) long=dom ;; m) long=month ;; c) long=cron ;; t) long=tz ;; e) long=env ;;
+            esac
+            given+="--$long "
+            [[ $word == *=* ]] || pending=$long
         elif [[ ${#word} -gt 3 && --export == "$word"* ]]; then
-            operation=export # --e alone is --export or --edit: neither
+            operation=export
         elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
             operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
@@ -130,6 +142,35 @@ _cassini()
             compopt -o nosort 2>/dev/null
             return
             ;;
+        month)
+            local done_part=${cur%"${cur##*[,-]}"}
+            mapfile -t COMPREPLY < <(compgen -P "$done_part" -W 'jan feb mar apr may jun jul
+                aug sep oct nov dec january february march april june july august
+                september october november december' -- "${cur##*[,-]}")
+            return
+            ;;
+        cron)
+            [[ $cur == = ]] && cur=''
+            mapfile -t COMPREPLY < <(compgen -W '@reboot @hourly @daily @midnight @weekly
+                @monthly @yearly @annually' -- "$cur")
+            return
+            ;;
+        tz)
+            # The zones of the system's database: its files whose names start with a
+            # capital (posix/ and right/ are copies, the lower-case files are not zones).
+            [[ $cur == = ]] && cur=''
+            local zones=${TZDIR:-/usr/share/zoneinfo}
+            mapfile -t COMPREPLY < <(cd "$zones" 2>/dev/null &&
+                compgen -W "$(command find [A-Z]* \( -type f -o -type l \) 2>/dev/null)" -- "$cur")
+            return
+            ;;
+        env)
+            [[ $cur == = ]] && cur=''
+            [[ $cur == *=* ]] && return # the value: anything
+            compopt -o nospace 2>/dev/null
+            mapfile -t COMPREPLY < <(compgen -e -S = -- "$cur")
+            return
+            ;;
         d)
             # Day names, short and full, after the last , or - of a list or range.
             local done_part=${cur%"${cur##*[,-]}"}
@@ -145,12 +186,20 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json --help --version
-        --replace --check --edit'
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json
+        --help --version --dom --month --cron --tz --env --replace --check --edit'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
-    # cassini refuses a second -m -H -d -N or -p, even with the same value.
-    for word in -m -H -d -N -p; do
-        [[ $given == *" $word "* ]] && offered=" $offered " && offered=${offered/ $word / }
+    # --cron says all five fields: none of theirs with it.
+    if [[ $given == *" --cron "* ]]; then
+        given+='-m -H -d --dom --month '
+    elif [[ $given == *" -"[mHd]" "* || $given == *" --"@(dom|month)" "* ]]; then
+        given+='--cron '
+    fi
+    # cassini refuses a second -m -H -d -N -p --dom --month --cron --tz, even with the same
+    # value (--env may be repeated).
+    offered=" ${offered//$'\n'/ } "
+    for word in -m -H -d -N -p --dom --month --cron --tz; do
+        [[ $given == *" $word "* ]] && offered=${offered/ $word / }
     done
     mapfile -t COMPREPLY < <(compgen -W "$offered" -- "$cur")
 }

@@ -13,6 +13,10 @@ Rules:
   current minute counts as handled. Each run that starts late for this reason (a
   skipped minute's, or the current minute's on a start past its second 0) is logged
   as "catch-up run of task N for HH:MM after a restart" (or "a clock jump").
+- Each time zone with tasks is planned on its own wall clock with its own high-water
+  mark (`schedule.plan_zones`); `last-minute` holds the daemon zone's mark on its first
+  line, as before zones existed, and one `WALL ZONE` line per other zone. A zone name
+  ZoneInfo does not resolve is logged once and its tasks are read in the daemon's zone.
 - A task created or removed during minute M counts from minute M+1: the table is
   reloaded at each minute boundary, before planning.
 - The executor never waits for a run: all the runs of a minute go to spawn as one
@@ -34,35 +38,44 @@ Rules:
   no sync): an idle minute then blocks on nothing. If an OS crash loses such a mark,
   the minutes replayed from the older one had no runs under the same table and clock,
   so they still have none.
+- @reboot tasks (`timing.reboot`) run once per daemon start: the supervisor tells the
+  executor whether this is its first start (`first_start`), and only then does it start
+  them, as one batch before its first minute. An executor restarted after a crash, or
+  one whose first start failed, never runs them; the clock never does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from saturnd import proctitle, schedule
 from saturnd.clock import Clock
 from saturnd.proc import StopFlag
 from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
+from saturnd.timing import Timing
 
 STATE_FILE: Final = "last-minute"
+_STEADY: Final = ("normal", "none")  # plan kinds that are no clock move
 TEMPORARY: Final = f".{STATE_FILE}.tmp"
 _WALL_FORMAT: Final = "%Y-%m-%dT%H:%M"
 
 
 @dataclass(frozen=True)
 class Handled:
-    """The last real minute handled and the wall-clock high-water mark."""
+    """The last real minute handled and the wall-clock high-water mark of the daemon's
+    zone (`wall`) and of each other zone that has tasks (`zones`, by IANA name)."""
 
     epoch_minute: int
     wall: datetime
+    zones: Mapping[str, datetime] = field(default_factory=dict)
 
 
 def load_handled(state_dir: Path, logger: logging.Logger) -> Handled | None:
@@ -75,9 +88,18 @@ def load_handled(state_dir: Path, logger: logging.Logger) -> Handled | None:
     except (OSError, UnicodeDecodeError) as error:
         logger.warning("cannot read %s (%s); treating this as a first start", path, error)
         return None
+    # The first line is the whole file of versions without zones: "EPOCH WALL" of the
+    # daemon's zone. Each further line is "WALL ZONE" (a zone name has no space).
     try:
-        epoch_text, wall_text = text.split()
-        return Handled(int(epoch_text), datetime.strptime(wall_text, _WALL_FORMAT))
+        first, *others = text.splitlines()
+        epoch_text, wall_text = first.split()
+        zones: dict[str, datetime] = {}
+        for line in others:
+            zone_wall, zone = line.split(" ", 1)
+            if not zone or zone in zones:
+                raise ValueError(f"bad zone line {line!r}")
+            zones[zone] = datetime.strptime(zone_wall, _WALL_FORMAT)
+        return Handled(int(epoch_text), datetime.strptime(wall_text, _WALL_FORMAT), zones)
     except ValueError:
         logger.warning("%s is malformed (%r); treating this as a first start", path, text)
         return None
@@ -88,7 +110,9 @@ def save_handled(state_dir: Path, handled: Handled, *, durable: bool = True) -> 
     full disk or a read-only directory this fails, and the minute stays owed). Not
     durably: one `pwrite` into the existing file, which blocks on nothing (falling
     back to the durable way if there is no file to write into)."""
-    data = f"{handled.epoch_minute} {handled.wall.strftime(_WALL_FORMAT)}\n".encode("ascii")
+    lines = [f"{handled.epoch_minute} {handled.wall.strftime(_WALL_FORMAT)}\n"]
+    lines += [f"{wall.strftime(_WALL_FORMAT)} {zone}\n" for zone, wall in handled.zones.items()]
+    data = "".join(lines).encode("ascii")
     path = state_dir / STATE_FILE
     if not durable:
         try:
@@ -130,8 +154,11 @@ class Executor:
         wake_fd: int | None = None,
         keep_fds: Collection[int] = (),
         max_output: int = DEFAULT_MAX_OUTPUT,
+        first_start: bool = False,
     ) -> None:
+        """`first_start`: the daemon's first executor, which runs the @reboot tasks."""
         self.state_dir = state_dir
+        self.first_start = first_start
         self.store = store
         self.clock = clock
         self.log = logger
@@ -145,11 +172,20 @@ class Executor:
         self.restarted = self.handled is not None
         # The task table changed since the last mark written durably.
         self.changed = True
+        # The tasks of other zones than the daemon's, by zone, and the zone names read
+        # in the daemon's zone (None: every task is); rebuilt when the table changes.
+        self.zoned: dict[str, schedule.ZoneGroup] = {}
+        self.daemon_zones: frozenset[str] | None = None
+        self.grouped_count = -1
+        self.unknown_zones: set[str] = set()  # logged once each
         _remove_stale_temporary(state_dir, logger)
 
     def run(self) -> int:
         """The minute loop; returns 0 when stopped."""
         attempted: int | None = None  # the last minute tick() was called for
+        if self.first_start and not self.stop.stopping:
+            self.first_start = False
+            self.start_reboot_tasks(self.clock.now())
         while not self.stop.stopping:
             now = self.clock.now()
             epoch_minute = int(now // 60)
@@ -169,16 +205,28 @@ class Executor:
             self.changed = self.store.refresh() or self.changed
         except (OSError, StoreError) as error:  # keep the last table rather than stop
             self.log.error("cannot reload the task table: %s", error)
-        current = schedule.local_minute(epoch_minute, None)
-        plan = schedule.plan(
-            None if self.handled is None else self.handled.wall,
-            current,
-            self.store.timings,  # not tasks: that view decodes every command line
+        timings = self.store.timings  # not tasks: that view decodes every command line
+        if self.changed or len(timings) != self.grouped_count:
+            self.daemon_zones, self.zoned = self._group(timings)
+            self.grouped_count = len(timings)
+        groups = {"": schedule.ZoneGroup(None, timings, self.daemon_zones), **self.zoned}
+        previous = None if self.handled is None else self.handled.epoch_minute
+        marks: dict[str, datetime] = {}
+        if self.handled is not None:
+            marks.update(self.handled.zones)
+            marks[""] = self.handled.wall
+        plans = schedule.plan_zones(previous, marks, epoch_minute, groups)
+        current = plans[""].current
+        runs = [run for zone in plans.values() for run in zone.plan.runs]
+        moved = [(name, zone) for name, zone in plans.items() if zone.plan.kind not in _STEADY]
+        handled = Handled(
+            epoch_minute,
+            plans[""].plan.last,
+            {name: zone.plan.last for name, zone in plans.items() if name},
         )
-        handled = Handled(epoch_minute, plan.last)
         # The mark must be on disk before a run starts (at most once per minute across
         # restarts); an idle minute's need not be (see the module docstring).
-        durable = bool(plan.runs) or self.changed or plan.kind not in ("normal", "none")
+        durable = bool(runs) or self.changed or bool(moved)
         try:
             save_handled(self.state_dir, handled, durable=durable)
         except OSError as error:
@@ -195,25 +243,31 @@ class Executor:
         self.changed = self.changed and not durable
         restarted, self.restarted = self.restarted, False
         cause = "a restart" if restarted else "a clock jump"
-        for minute, task_id in catch_ups(plan, current, int(now) - epoch_minute * 60, restarted):
+        late = int(now) - epoch_minute * 60
+        for zone in plans.values():
+            for minute, task_id in catch_ups(zone.plan, zone.current, late, restarted):
+                self.log.info(
+                    "catch-up run of task %d for %s after %s",
+                    task_id,
+                    minute.strftime("%H:%M"),
+                    cause,
+                )
+        for name, zone in moved:
             self.log.info(
-                "catch-up run of task %d for %s after %s", task_id, minute.strftime("%H:%M"), cause
+                "clock moved from the last handled minute: %s at %s%s (%d runs)",
+                zone.plan.kind,
+                zone.current.strftime(_WALL_FORMAT),
+                f" in {name}" if name else "",
+                len(zone.plan.runs),
             )
-        if plan.kind not in ("normal", "none"):
-            self.log.info(
-                "clock moved from the last handled minute: %s at %s (%d runs)",
-                plan.kind,
-                current.strftime(_WALL_FORMAT),
-                len(plan.runs),
-            )
-        if not plan.runs:
+        if not runs:
             return
         # Every run of this tick is recorded with the second the tick read from the
         # clock: they start within milliseconds of it, and a fake clock that moves on
         # while we fork must not change what a run is recorded as.
         try:
             spawn_runs(
-                _run_specs(self.store, plan.runs, int(now)),
+                _run_specs(self.store, runs, int(now)),
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
@@ -222,10 +276,73 @@ class Executor:
         except OSError as error:
             self.log.error(
                 "cannot start the %d runs of %s: %s",
-                len(plan.runs),
+                len(runs),
                 current.strftime(_WALL_FORMAT),
                 error.strerror or error,
             )
+
+    def start_reboot_tasks(self, now: float) -> None:
+        """Start every @reboot task once, as one batch recorded at `now`."""
+        task_ids = reboot_tasks(self.store.timings)
+        if not task_ids:
+            return
+        self.log.info("starting %d @reboot tasks", len(task_ids))
+        moment = schedule.local_minute(int(now // 60), None)
+        try:
+            spawn_runs(
+                _run_specs(self.store, ((moment, task_id) for task_id in task_ids), int(now)),
+                keep_fds=self.keep_fds,
+                logger=self.log,
+                max_output=self.max_output,
+                role="runs at start",
+            )
+        except OSError as error:
+            self.log.error(
+                "cannot start the %d @reboot tasks: %s", len(task_ids), error.strerror or error
+            )
+
+    def _group(
+        self, timings: Mapping[int, Timing]
+    ) -> tuple[frozenset[str] | None, dict[str, schedule.ZoneGroup]]:
+        """The zone names the daemon's zone reads (None: all, no task has a zone), and
+        one group per other zone over its own tasks. A zone this machine does not know
+        is logged once and read in the daemon's zone: its tasks keep running, by the
+        daemon's wall clock, rather than never."""
+        named: dict[str, dict[int, Timing]] = {}
+        for task_id, timing in timings.items():
+            if timing.zone:
+                named.setdefault(timing.zone, {})[task_id] = timing
+        if not named:
+            return None, {}
+        daemon_zones = {""}
+        groups: dict[str, schedule.ZoneGroup] = {}
+        for name, tasks in sorted(named.items()):
+            tz = self._zone(name)
+            if tz is None:
+                daemon_zones.add(name)
+            else:
+                groups[name] = schedule.ZoneGroup(tz, tasks)
+        return frozenset(daemon_zones), groups
+
+    def _zone(self, name: str) -> tzinfo | None:
+        """The time zone of an IANA name, or None (logged once) when there is none."""
+        try:
+            if name.isprintable() and " " not in name:
+                return ZoneInfo(name)
+            reason = "not a zone name"
+        except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+            reason = str(error.args[0]) if error.args else type(error).__name__
+        if name not in self.unknown_zones:
+            self.unknown_zones.add(name)
+            self.log.warning(
+                "unknown time zone %r (%s): its tasks run in the daemon's time zone", name, reason
+            )
+        return None
+
+
+def reboot_tasks(timings: Mapping[int, Timing]) -> list[int]:
+    """The ids of the tasks that run once per daemon start, in id order."""
+    return [task_id for task_id, timing in timings.items() if timing.reboot]
 
 
 def catch_ups(
@@ -249,7 +366,7 @@ def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -
     for _minute, task_id in runs:
         entry = tasks.get(task_id)
         if entry is not None:
-            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start)
+            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start, entry.extras)
 
 
 def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:

@@ -10,18 +10,20 @@ Rules:
   so without this `yes | head -1` would end with "Broken pipe" on stderr. glibc's
   posix_spawn leaves its two internal signals (32 and 33) ignored, which no program can
   use through glibc anyway.
-- P6: its own session (setsid), stdin from /dev/null, stdout and stderr to two pipes,
-  cwd $HOME (else /; P5 changes directory once, P6 inherits it), then the PATH search of
-  `execvp`, including its fallback of running a file the kernel cannot execute with
-  /bin/sh. P5 skips PATH entries where the file does not exist (a `stat`, remembered for
-  the batch) instead of paying a failed spawn for each. When nothing can be executed,
-  the run's stderr gets `saturnd: cannot execute '<argv0>': <reason>` and it is
-  recorded as a POSIX shell reports it: exit code 127 when no file was found (or an
-  argument holds a NUL byte), 126 when one was found but cannot be executed (no
-  permission, a bad binary); the log says "could not start". A spawn that fails for lack of
-  processes or memory (EAGAIN, ENOMEM) is recorded as 0xFFFF with
+- P6: its own session (setsid), stdin from /dev/null or from the task's input (an
+  anonymous memory file, `input_fd`: a pipe would block P5 on a big input that the
+  command never reads), stdout and stderr to two pipes, the task's environment
+  (taskenv.py) and the working directory P5 changed to, then the PATH search of
+  `execvp` in the task's own PATH, including its fallback of running a file the kernel
+  cannot execute with /bin/sh. P5 skips PATH entries where the file does not exist (a
+  `stat`, remembered for the batch) instead of paying a failed spawn for each. When
+  nothing can be executed, the run's stderr gets `saturnd: cannot execute '<argv0>':
+  <reason>` and it is recorded as a POSIX shell reports it: exit code 127 when no file
+  was found (or an argument holds a NUL byte), 126 when one was found but cannot be
+  executed (no permission, a bad binary); the log says "could not start". A spawn that
+  fails for lack of processes or memory (EAGAIN, ENOMEM) is recorded as 0xFFFF with
   `saturnd: cannot start the command: <reason>`, like a failed fork.
-- The command gets the daemon's environment and its descriptor limit.
+- The command gets the daemon's descriptor limit, never the daemon's environment.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ import resource
 import signal
 from typing import Final
 
+from saturnd.taskenv import TASK_UMASK
+
 __all__ = [
     "CATCHABLE_SIGNALS",
     "EXITCODE_CANNOT_EXECUTE",
     "EXITCODE_NOT_FOUND",
     "Launcher",
+    "input_fd",
     "strerror",
 ]
 
@@ -63,34 +68,45 @@ _SH: Final = b"/bin/sh"
 
 class Launcher:
     """Starts the commands of one batch; remembers, for the batch, which paths do not
-    exist and where each argv[0] is looked for."""
+    exist and where each argv[0] is looked for in each PATH."""
 
-    def __init__(self, path: bytes | None, null: int, daemon_limit: int | None) -> None:
-        self.path = path  # $PATH, None when unset
-        self.null = null  # /dev/null, the commands' stdin
+    def __init__(self, null: int, daemon_limit: int | None) -> None:
+        self.null = null  # /dev/null, the commands' stdin when they have no input
         self.daemon_limit = daemon_limit  # the limit to spawn under, None if P5's own
         self.missing: set[bytes] = set()  # paths found not to exist, in this batch
-        self.paths: dict[bytes, tuple[bytes, ...]] = {}  # the exec paths of an argv[0]
-        # The daemon's environment, as a plain dict: os.environ would be converted
-        # through its mapping methods at every spawn (8 % of the start loop).
-        self.env = dict(os.environb)
+        # The exec paths of an argv[0] under a PATH (None: unset).
+        self.paths: dict[tuple[bytes, bytes | None], tuple[bytes, ...]] = {}
+        self.valid_env: dict[bytes, bytes] | None = None  # the last one checked
 
     def spawn(
-        self, argv: tuple[bytes, ...], out: int, err: int
+        self,
+        argv: tuple[bytes, ...],
+        out: int,
+        err: int,
+        env: dict[bytes, bytes],
+        stdin: int = -1,
     ) -> tuple[int, int | None, bytes, str]:
-        """Spawn the command like `execvp`: (pid, -1 if none; the wait status to record
-        when there is no command, None for "did not run at all"; the message for its
-        stderr and the reason for the log when there is no command)."""
+        """Spawn the command like `execvp`, with environment `env` (whose PATH is
+        searched) and standard input `stdin` (-1: /dev/null): (pid, -1 if none; the
+        wait status to record when there is no command, None for "did not run at all";
+        the message for its stderr and the reason for the log when there is no
+        command)."""
         argv0 = argv[0]
         prefix = b"saturnd: cannot execute '" + argv0 + b"': "
         if any(b"\0" in arg for arg in argv):
             reason = b"argument contains a NUL byte"
             return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
-        paths = self.paths.get(argv0)
+        if env is not self.valid_env and not _valid_env(env):
+            # posix_spawn would raise ValueError; the store refuses such a task anyway.
+            reason = b"invalid environment variable"
+            return -1, EXITCODE_NOT_FOUND << 8, prefix + reason + b"\n", reason.decode()
+        self.valid_env = env
+        key = (argv0, env.get(b"PATH"))
+        paths = self.paths.get(key)
         if paths is None:
-            paths = self.paths[argv0] = _exec_paths(argv0, self.path)
+            paths = self.paths[key] = _exec_paths(*key)
         actions = [
-            (os.POSIX_SPAWN_DUP2, self.null, 0),
+            (os.POSIX_SPAWN_DUP2, self.null if stdin < 0 else stdin, 0),
             (os.POSIX_SPAWN_DUP2, out, 1),
             (os.POSIX_SPAWN_DUP2, err, 2),
         ]
@@ -102,14 +118,19 @@ class Launcher:
                 last = last or FileNotFoundError(errno.ENOENT, "not found")
                 continue
             try:
-                return self._posix_spawn(path, list(argv), actions), None, b"", ""
+                return self._posix_spawn(path, list(argv), actions, env), None, b"", ""
             except OSError as error:
                 failure = error
             if failure.errno == errno.ENOEXEC:
                 # A file the kernel cannot execute (a script without "#!"): execvp hands
                 # it to the shell, and so do we.
                 try:
-                    return self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions), None, b"", ""
+                    return (
+                        self._posix_spawn(_SH, [_SH, path, *argv[1:]], actions, env),
+                        None,
+                        b"",
+                        "",
+                    )
                 except OSError as error:
                     failure = error
             if failure.errno in _NO_PROCESS:
@@ -126,15 +147,19 @@ class Launcher:
         return -1, code << 8, prefix + reason + b"\n", reason.decode()
 
     def _posix_spawn(
-        self, path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]]
+        self,
+        path: bytes,
+        argv: list[bytes],
+        actions: list[tuple[int, int, int]],
+        env: dict[bytes, bytes],
     ) -> int:
         """One spawn, under the daemon's own descriptor limit (the command inherits it)."""
         if self.daemon_limit is None:
-            return _posix_spawn(path, argv, actions, self.env)
+            return _posix_spawn(path, argv, actions, env)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.daemon_limit, hard))
         try:
-            return _posix_spawn(path, argv, actions, self.env)
+            return _posix_spawn(path, argv, actions, env)
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -144,16 +169,40 @@ class Launcher:
 def _posix_spawn(
     path: bytes, argv: list[bytes], actions: list[tuple[int, int, int]], env: dict[bytes, bytes]
 ) -> int:
-    """Spawn one command: own session, default signals, empty mask, redirections."""
-    return os.posix_spawn(
-        path,
-        argv,
-        env,
-        file_actions=actions,
-        setsid=True,
-        setsigmask=(),
-        setsigdef=CATCHABLE_SIGNALS,
-    )
+    """Spawn one command: own session, default signals, empty mask, redirections,
+    umask 022 (P5 keeps the daemon's 077 for every file of its own)."""
+    previous = os.umask(TASK_UMASK)
+    try:
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=actions,
+            setsid=True,
+            setsigmask=(),
+            setsigdef=CATCHABLE_SIGNALS,
+        )
+    finally:
+        os.umask(previous)
+
+
+def input_fd(data: bytes) -> int:
+    """A close-on-exec descriptor, at offset 0, of an anonymous file holding `data`: a
+    command's standard input that never blocks its writer (raises OSError)."""
+    try:
+        fd = os.memfd_create("saturnd-input", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        # No memfd (an old kernel): an unlinked file in /tmp does the same.
+        fd = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _exec_paths(argv0: bytes, path: bytes | None) -> tuple[bytes, ...]:
@@ -163,6 +212,14 @@ def _exec_paths(argv0: bytes, path: bytes | None) -> tuple[bytes, ...]:
     # Unset PATH: the default of os.execvp; an empty entry means the current directory.
     dirs = (os.fsencode(os.defpath) if path is None else path).split(b":")
     return tuple(os.path.join(d, argv0) for d in dirs)
+
+
+def _valid_env(env: dict[bytes, bytes]) -> bool:
+    """Whether execve can pass `env`: names without `=` or NUL, values without NUL."""
+    return all(
+        name and b"=" not in name and b"\0" not in name and b"\0" not in value
+        for name, value in env.items()
+    )
 
 
 def _exists(path: bytes) -> bool:

@@ -25,14 +25,29 @@ Rules:
   happened and the run is still recorded. P5 keeps SIGXFSZ ignored for itself (as Python
   has it) so a file size limit gives it an error, not death; the command gets the
   default.
+- A run the disk refuses to record (ENOSPC, EDQUOT, EFBIG, EIO) is not lost: it is
+  kept pending (taskdir.py: its record in the names of its outputs, or in P5's memory
+  when even that rename fails) and P5 retries, backing off from 1 s to 60 s, for up
+  to `RETRY_FOR` seconds after its first pending run. Past that it exits; what is on
+  disk waits for the next record in the directory (the task's next run records pending
+  runs first, in order of start), and `saturnd status` shows it meanwhile. Each pending
+  run is logged when it is kept and again in the line that records it ("recorded N runs
+  of task T that could not be recorded earlier (from HH:MM)"), or as LOST.
+  Why not a file of pending records: on a full disk it could not be written, and a
+  lingering P5 per minute costs memory, so P5 lingers only for the next minutes.
 - An exit status is decoded in exactly one place, `proc.decode_status`.
 - A removed task leaves nothing behind: P5 creates, renames and unlinks through a
   descriptor of the task directory, so it never recreates a removed directory (a
   deleted one takes no new entries); the recorder opens `times-exitcodes` by path
   without creating the directory, so FileNotFoundError means "removed meanwhile"
   (store first renames the directory away): P5 then unlinks the run's temporaries.
-- The command gets the daemon's environment; PATH and HOME are read when the batch is
-  handed over.
+- What a command sees is taskenv.py's: cron's environment plus the task's variables,
+  umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
+  working directory (P5 changes directory before a spawn when the HOME differs from
+  the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
+- After a run that wrote anything, P5 mails its output (stdout, then stderr, as
+  stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
+  does not wait for sendmail (its exit is reaped with the runs', or by init).
 
 Ordering of the history and the outputs. Two runs of one task can end together; the
 `stdout`/`stderr` left visible must be those of the run recorded last. P5 takes
@@ -48,6 +63,7 @@ entry to `task_<ID>/`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -55,19 +71,29 @@ import resource
 import select
 import signal
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from saturnd import taskdir
-from saturnd.launch import Launcher, strerror
+from saturnd import mail, taskdir
+from saturnd.launch import Launcher, input_fd, strerror
 from saturnd.proc import decode_status
+from saturnd.task import NO_EXTRAS, Extras
+from saturnd.taskenv import Identity, environment
 
-__all__ = ["Batch", "Recorder", "RunSpec", "Supervisor"]
+__all__ = ["RETRY_FOR", "Batch", "Recorder", "RunSpec", "Supervisor", "recovered_text"]
 
 Recorder = Callable[[Path, int, int], None]
 """Appends one finished run (task directory, start time, exit code) to the history."""
+
+# Errors after which a record may work later (space freed, a file size limit raised,
+# a transient device error): the run is kept pending. Others lose it at once.
+_RETRIABLE: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+RETRY_FOR = 300.0
+"""Seconds P5 retries its pending runs before leaving them to the task's next run."""
+_RETRY_FIRST: Final = 1.0
+_RETRY_MOST: Final = 60.0
 
 # What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
 _CHUNK: Final = 1 << 16
@@ -75,21 +101,23 @@ _DISCARD: Final = 1 << 20
 _POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
 # Descriptors a run holds while its command runs (task directory, two files, two
-# pipes), plus the two write ends held while it is being started.
-_FDS_PER_RUN: Final = 7
+# pipes), plus the two write ends and its input held while it is being started.
+_FDS_PER_RUN: Final = 8
 # Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
 _FD_RESERVE: Final = 32
 # A hard limit this high is as good as none; P5 does not raise its own past it.
 _FD_CEILING: Final = 1 << 20
 
 _DEV_NULL: Final = b"/dev/null"
-_OUTPUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Read back for the mail of the run's output.
+_OUTPUT_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run: the task, its directory, its command line and its start time.
+    """What to run: the task, its directory, its command line, its start time and
+    what else it says (environment, input, MAILTO).
 
     `start_time` (epoch seconds) is what the history records; it comes from the
     daemon's clock, which may be a fake clock in tests.
@@ -99,6 +127,7 @@ class RunSpec:
     task_dir: Path
     argv: tuple[bytes, ...]
     start_time: int
+    extras: Extras = NO_EXTRAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +137,10 @@ class Batch:
     specs: Iterable[RunSpec]
     record: Recorder
     logger: logging.Logger | None
-    home: bytes
-    path: bytes | None  # $PATH, None when unset
+    identity: Identity  # the user the tasks run as (taskenv.py)
+    host: bytes  # for the mail's subject
+    sendmails: tuple[bytes, ...]  # where sendmail is looked for first
+    mail_path: bool  # then in the task's PATH
     keep: tuple[int, ...]
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
@@ -140,6 +171,15 @@ class _Run:
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
     failure: str = ""  # why the command could not start, for the log ("" if it did)
+    env: dict[bytes, bytes] = field(default_factory=dict)  # the command's environment
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A task directory where this P5 left runs it could not record."""
+
+    task_id: int
+    memory: list[taskdir.PendingRun]  # those only P5's memory holds (outputs lost)
 
 
 class Supervisor:
@@ -158,10 +198,21 @@ class Supervisor:
         self.pipes: dict[int, tuple[_Run, _Stream]] = {}  # every pipe still open
         self.unstarted: list[_Run] = []  # no command (cannot execute...): to record
         daemon_limit, budget = _raise_fd_limit()
-        self.launcher = Launcher(batch.path, self.null, daemon_limit)
+        self.launcher = Launcher(self.null, daemon_limit)
+        # Shared by every run without variables of its own: most of a big batch.
+        self.plain_env = environment(batch.identity)
+        self.cwd = b""  # where P5 last changed directory to
+        self.mailer = mail.Mailer(
+            batch.sendmails, batch.mail_path, batch.identity.user, batch.host, self.log
+        )
+
         self.budget = budget - _FD_RESERVE
         self.held = 0  # descriptors the runs hold
         self.started = 0  # runs numbered so far
+        self.pending: dict[Path, _Pending] = {}  # directories with runs to record
+        self.retry_at = 0.0  # monotonic
+        self.retry_delay = _RETRY_FIRST
+        self.retry_until = 0.0  # monotonic
 
     def run(self) -> None:
         """Start every run (as descriptors allow), then relay and record until the
@@ -188,8 +239,12 @@ class Supervisor:
             while self.unstarted:
                 self._finish(self.unstarted.pop())
             if not more and not self.running and not self.pipes:
+                self._linger()
                 return
             timeout = 200 if self.running and self.waker < 0 else None
+            if self.pending:
+                wait = max(0, int((self.retry_at - time.monotonic()) * 1000) + 1)
+                timeout = wait if timeout is None else min(timeout, wait)
             events = self.poller.poll(timeout)
             woken = not events
             for fd, _ in events:
@@ -200,6 +255,8 @@ class Supervisor:
                     self._relay(fd, _CHUNK)
             if woken:
                 self._reap()
+            if self.pending and time.monotonic() >= self.retry_at:
+                self._retry()
 
     def _room_for_a_run(self) -> bool:
         # When nothing is left to wait for, a run is started anyway: if descriptors
@@ -242,8 +299,15 @@ class Supervisor:
                     logger.error("task %d: cannot create output files: %s", spec.task_id, error)
             return
         self.held += 3
-        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic())
+        extras = spec.extras
+        env = (
+            environment(self.batch.identity, extras.env, extras.mailto)
+            if extras.env or extras.mailto is not None
+            else self.plain_env
+        )
+        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), env=env)
         write_ends: list[int] = []
+        stdin = -1
         message = b""
         try:
             for file in (out, err):
@@ -251,17 +315,22 @@ class Supervisor:
                 run.streams.append(_Stream(read_end, file, self.batch.max_output))
                 write_ends.append(write_end)
                 self.held += 1
+            if extras.stdin:
+                stdin = input_fd(extras.stdin)
         except OSError as error:
             run.failure = strerror(error).decode()
             message = b"saturnd: cannot start the command: %s\n" % strerror(error)
         else:
+            self._enter(env[b"HOME"])
             run.pid, run.status, message, run.failure = self.launcher.spawn(
-                argv, write_ends[0], write_ends[1]
+                argv, write_ends[0], write_ends[1], env, stdin
             )
         # Only the command (and what it starts) may hold the write ends: their end of
         # file means "all gone".
         for write_end in write_ends:
             os.close(write_end)
+        if stdin >= 0:
+            os.close(stdin)
         if run.pid > 0:
             self.running[run.pid] = run
             for stream in run.streams:
@@ -276,6 +345,17 @@ class Supervisor:
             run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
         _store(run.streams[1], message)
         self.unstarted.append(run)
+
+    def _enter(self, home: bytes) -> None:
+        """Make `home` the working directory the next command inherits (`/` if it
+        cannot be: cron goes on when its chdir fails)."""
+        if home == self.cwd:
+            return
+        self.cwd = home
+        try:
+            os.chdir(home)
+        except (OSError, ValueError):  # ValueError: a NUL byte
+            os.chdir(b"/")
 
     def _relay(self, fd: int, limit: int) -> int:
         """Move up to `limit` bytes from pipe `fd`; forget the pipe at its end of file.
@@ -325,11 +405,152 @@ class Supervisor:
                     break
                 budget -= moved
 
+    # --- runs that could not be recorded --------------------------------------------
+
+    def _keep(self, run: _Run, exitcode: int, error: OSError) -> bool:
+        """Keep a run the disk refused to record, to retry; whether its outputs stay
+        on disk (holding it in their names) rather than in memory alone."""
+        spec = run.spec
+        pending = taskdir.PendingRun(
+            spec.start_time,
+            self.pid,
+            taskdir.run_number(run.out_name),
+            exitcode,
+            whole=all(stream.error is None for stream in run.streams),
+        )
+        entry = self.pending.get(spec.task_dir)
+        if entry is None:
+            if not self.pending:
+                self._schedule(first=True)
+            entry = self.pending[spec.task_dir] = _Pending(spec.task_id, [])
+        try:
+            taskdir.pend(run.dirfd, run.out_name, run.err_name, pending)
+            on_disk = True
+        except OSError:
+            entry.memory.append(replace(pending, on_disk=False, whole=False))
+            on_disk = False
+        if self.log is not None:
+            self.log.warning(
+                "task %d: cannot record the run of %s (start %d, exit code %d, pid %d): %s; "
+                "kept pending%s, retried for up to %d s",
+                spec.task_id,
+                _clock(spec.start_time),
+                spec.start_time,
+                exitcode,
+                run.pid,
+                strerror(error).decode(),
+                "" if on_disk else " in memory (its output is lost)",
+                RETRY_FOR,
+            )
+        return on_disk
+
+    def _schedule(self, first: bool = False) -> None:
+        """When to retry next: 1 s after the first pending run, then twice as long each
+        time, at most a minute; never past `RETRY_FOR` after the first."""
+        now = time.monotonic()
+        if first:
+            self.retry_delay = _RETRY_FIRST
+            self.retry_until = now + RETRY_FOR
+        else:
+            self.retry_delay = min(self.retry_delay * 2, _RETRY_MOST)
+        self.retry_at = min(now + self.retry_delay, self.retry_until)
+
+    def _record_pending(self, spec: RunSpec, dirfd: int) -> None:
+        """Under the run lock, record the directory's pending runs before a later one;
+        raises the error that stopped them (the later run is then kept pending too)."""
+        entry = self.pending.get(spec.task_dir)
+        flushed = taskdir.flush_pending(
+            dirfd, spec.task_dir, self.batch.record, entry.memory if entry else ()
+        )
+        self._account(spec.task_id, entry, flushed)
+        if flushed.error is not None:
+            raise flushed.error
+
+    def _account(self, task_id: int, entry: _Pending | None, flushed: taskdir.Flushed) -> None:
+        """Log what a flush recorded and forget those held in memory."""
+        if not flushed.recorded:
+            return
+        if entry is not None:
+            entry.memory = [run for run in entry.memory if run not in flushed.recorded]
+        if self.log is not None:
+            self.log.warning("%s", recovered_text(task_id, flushed.recorded))
+
+    def _retry(self) -> None:
+        """Try again to record the pending runs of every directory this P5 left some in;
+        forget a directory once none of its own are left there."""
+        for task_dir, entry in list(self.pending.items()):
+            try:
+                dirfd = os.open(task_dir, _DIR_FLAGS)
+            except OSError as error:
+                if isinstance(error, FileNotFoundError | NotADirectoryError):
+                    self._removed(task_dir, entry)
+                continue
+            try:
+                taskdir.lock_runs(dirfd)
+                flushed = taskdir.flush_pending(
+                    dirfd, task_dir, self.batch.record, entry.memory, publish_last=True
+                )
+                ours = any(run.pid == self.pid for run in taskdir.pending_runs(dirfd))
+            finally:
+                os.close(dirfd)
+            self._account(entry.task_id, entry, flushed)
+            if isinstance(flushed.error, FileNotFoundError):
+                self._removed(task_dir, entry)
+            elif flushed.error is None or not (ours or entry.memory):
+                del self.pending[task_dir]  # nothing of ours left there
+        self._schedule()
+
+    def _removed(self, task_dir: Path, entry: _Pending) -> None:
+        del self.pending[task_dir]
+        if self.log is not None:
+            self.log.info("task %d: removed, its pending runs are not recorded", entry.task_id)
+
+    def _linger(self) -> None:
+        """Once every run has ended: retry what is pending until it is recorded or
+        `RETRY_FOR` has passed, then leave what is on disk to the task's next run."""
+        while self.pending:
+            pause = self.retry_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            self._retry()
+            if self.pending and time.monotonic() >= self.retry_until:
+                self._give_up()
+                return
+
+    def _give_up(self) -> None:
+        logger = self.log
+        if logger is None:
+            return
+        for task_dir, entry in self.pending.items():
+            for lost in entry.memory:
+                logger.error(
+                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): "
+                    "the disk refused it for %d s",
+                    entry.task_id,
+                    lost.start,
+                    lost.exitcode,
+                    self.pid,
+                    RETRY_FOR,
+                )
+            left = [run for run in taskdir.pending_runs(task_dir) if run.pid == self.pid]
+            if left:
+                logger.warning(
+                    "task %d: %d runs still not recorded (from %s) after %d s; kept in "
+                    "its directory, the task's next run records them first",
+                    entry.task_id,
+                    len(left),
+                    _clock(left[0].start),
+                    RETRY_FOR,
+                )
+
     def _finish(self, run: _Run) -> None:
         """Record the run, publish its output, log it; its pipes, if something still
         holds them, are read and discarded from now on."""
         spec = run.spec
         logger = self.log
+        output = b""
+        if self.mailer.wants(run.spec.extras.mailto, run.env):
+            output = _stored(run.streams, self.batch.max_output)
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
@@ -339,10 +560,12 @@ class Supervisor:
         dirfd = run.dirfd
         # Record and rename as one step with respect to other runs of this task: the run
         # recorded last is the one whose output stays (see the module docstring).
-        published = False
+        recorded = published = kept = False
         try:
             taskdir.lock_runs(dirfd)
+            self._record_pending(spec, dirfd)  # earlier runs of the task first
             self.batch.record(spec.task_dir, spec.start_time, exitcode)
+            recorded = True
             taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
@@ -351,7 +574,17 @@ class Supervisor:
                     "task %d: removed during run pid %d, not recorded", spec.task_id, run.pid
                 )
         except Exception as error:  # one run's failure must not end the others' watch
-            if logger is not None:
+            if recorded:
+                if logger is not None:
+                    logger.error(
+                        "task %d: run pid %d recorded, its output lost: %s",
+                        spec.task_id,
+                        run.pid,
+                        error,
+                    )
+            elif isinstance(error, OSError) and error.errno in _RETRIABLE:
+                kept = self._keep(run, exitcode, error)
+            elif logger is not None:
                 # All the history would have held, so a lost record is accounted for.
                 logger.error(
                     "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
@@ -362,7 +595,7 @@ class Supervisor:
                     error,
                 )
         finally:
-            if not published:
+            if not published and not kept:
                 _unlink(dirfd, run.out_name)
                 _unlink(dirfd, run.err_name)
             os.close(dirfd)  # also releases the lock
@@ -384,6 +617,21 @@ class Supervisor:
                 duration,
                 _describe_cuts(run.streams, self.batch.max_output),
             )
+        if output:
+            self.mailer.send(spec.task_id, spec.argv, spec.extras.mailto, run.env, output)
+
+
+def _stored(streams: list[_Stream], max_output: int) -> bytes:
+    """What a run's files hold, stdout then stderr (what cannot be read is left out)."""
+    parts = []
+    for stream in streams:
+        try:
+            # The room left says the size, unless the stream was cut or failed.
+            size = max_output - stream.room if stream.room > 0 else os.fstat(stream.file).st_size
+            parts.append(os.pread(stream.file, size, 0) if size else b"")
+        except OSError:
+            continue
+    return b"".join(parts)
 
 
 def _open_null() -> int:
@@ -512,3 +760,26 @@ def _unlink(dirfd: int, name: bytes) -> None:
         os.unlink(name, dir_fd=dirfd)
     except FileNotFoundError:
         pass
+
+
+def _clock(epoch: int) -> str:
+    """A run's start as the log names it: HH:MM, local time."""
+    return time.strftime("%H:%M", time.localtime(epoch))
+
+
+def recovered_text(task_id: int, runs: Sequence[taskdir.PendingRun]) -> str:
+    """The log line that accounts for pending runs recorded at last (oldest first)."""
+    first, last = _clock(runs[0].start), _clock(runs[-1].start)
+    span = first if first == last else f"{first} to {last}"
+    plural = "run" if len(runs) == 1 else "runs"
+    text = (
+        f"recorded {len(runs)} {plural} of task {task_id} that could not be recorded "
+        f"earlier (from {span})"
+    )
+    lost = [_clock(run.start) for run in runs if not run.on_disk]
+    cut = [_clock(run.start) for run in runs if run.on_disk and not run.whole]
+    if lost:
+        text += "; output lost: " + ", ".join(lost)
+    if cut:
+        text += "; output cut by the full disk: " + ", ".join(cut)
+    return text

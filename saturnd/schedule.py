@@ -16,7 +16,10 @@ the last minute handled (a high-water mark), and `current`; delta = current - la
 - beyond 180 either way (correction): tasks matching `current` run, and `last` becomes
   `current`, even backwards.
 
-A *wildcard* task has a full minute or hour set (`Timing.is_wildcard`).
+A *wildcard* task has a full minute or hour set (`Timing.is_wildcard`). A task matches a
+minute by all five fields and cron's OR day rule (`Timing.day_matches`); an `@reboot`
+task has empty sets and never matches. Each time zone is planned on its own wall clock
+with its own `last` (`plan_zones`): the rule is applied in the zone that sees the jump.
 
 It also owns the mapping between epoch minutes and wall-clock minutes (`local_minute`)
 and the prediction of the start times of a task under this rule (`next_runs`).
@@ -28,14 +31,24 @@ few bit tests per task, never a datetime operation per task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Final
 
-from saturnd.timing import FULL_HOURS, FULL_MINUTES, Timing
+from saturnd.timing import FULL_DAYSOFMONTH, FULL_HOURS, FULL_MINUTES, FULL_MONTHS, Timing
 
-__all__ = ["CATCH_UP_LIMIT", "JUMP_LIMIT", "Plan", "local_minute", "next_runs", "plan"]
+__all__ = [
+    "CATCH_UP_LIMIT",
+    "JUMP_LIMIT",
+    "Plan",
+    "ZoneGroup",
+    "ZonePlan",
+    "local_minute",
+    "next_runs",
+    "plan",
+    "plan_zones",
+]
 
 CATCH_UP_LIMIT: Final = 5
 """A forward step of at most this many minutes runs every skipped minute, for every task."""
@@ -80,59 +93,89 @@ def _weekday(moment: datetime) -> int:
     return (moment.weekday() + 1) % 7
 
 
-def _due_at(minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool) -> list[int]:
-    """Ids of the tasks matching one wall minute, sorted; only wildcard ones if asked."""
-    m, h, d = minute.minute, minute.hour, _weekday(minute)
+def _day_ok(t: Timing, weekday: int, day: int, month: int) -> bool:
+    """`Timing.day_matches` on the parts of a day computed once per minute."""
+    if not t.months >> month & 1:
+        return False
+    if t.days_or:
+        return bool((t.daysofweek >> weekday | t.daysofmonth >> day) & 1)
+    return bool(t.daysofweek >> weekday & t.daysofmonth >> day & 1)
+
+
+def _due_at(
+    minute: datetime, tasks: Mapping[int, Timing], wildcard_only: bool, zones: Container[str] | None
+) -> list[int]:
+    """Ids of the tasks matching one wall minute, sorted; only wildcard ones if asked;
+    only those of `zones` unless it is None."""
+    m, h, d, day, month = minute.minute, minute.hour, _weekday(minute), minute.day, minute.month
+    # The minute and hour bits rule out nearly every task: the day is tested after them.
     if wildcard_only:
         due = [
             task_id
             for task_id, t in tasks.items()
             if t.minutes >> m & 1
             and t.hours >> h & 1
-            and t.daysofweek >> d & 1
             and (t.minutes == FULL_MINUTES or t.hours == FULL_HOURS)
+            and _day_ok(t, d, day, month)
+            and (zones is None or t.zone in zones)
         ]
     else:
         due = [
             task_id
             for task_id, t in tasks.items()
-            if t.minutes >> m & 1 and t.hours >> h & 1 and t.daysofweek >> d & 1
+            if t.minutes >> m & 1
+            and t.hours >> h & 1
+            and _day_ok(t, d, day, month)
+            and (zones is None or t.zone in zones)
         ]
     due.sort()
     return due
 
 
 def _due_over(
-    last: datetime, current: datetime, tasks: Mapping[int, Timing], wildcard_all: bool
+    last: datetime,
+    current: datetime,
+    tasks: Mapping[int, Timing],
+    wildcard_all: bool,
+    zones: Container[str] | None,
 ) -> tuple[tuple[datetime, int], ...]:
-    """Runs for the minutes of (last, current], in minute then id order.
+    """Runs for the minutes of (last, current], in minute then id order (of the tasks
+    of `zones`, or all when it is None).
 
     With `wildcard_all` every task is considered for every minute (catch-up);
     without it wildcard tasks are considered for `current` only (forward jump).
     The minutes are cut into hours: within one hour the hour and day tests are the
-    same, so a task costs two bit tests per hour plus a mask of its minutes, rather
+    same, so a task costs two tests per hour plus a mask of its minutes, rather
     than one `matches` per minute.
     """
-    # (hour, weekday, mask of the span's minutes in this hour, minute 0 of that hour)
-    hours: list[tuple[int, int, int, datetime]] = []
+    # (hour, (weekday, day, month), mask of the span's minutes in this hour, its minute 0)
+    hours: list[tuple[int, tuple[int, int, int], int, datetime]] = []
     minute = last + _MINUTE
     while minute <= current:
         top = minute.replace(minute=0)
         end = min(current, top + timedelta(minutes=59))
         mask = ((1 << (end.minute + 1)) - 1) ^ ((1 << minute.minute) - 1)
-        hours.append((minute.hour, _weekday(minute), mask, top))
+        hours.append((minute.hour, (_weekday(minute), minute.day, minute.month), mask, top))
         minute = end + _MINUTE
-    now_hour, now_day, now_bit = current.hour, _weekday(current), 1 << current.minute
+    now_hour, now_bit = current.hour, 1 << current.minute
+    now_day = (_weekday(current), current.day, current.month)
 
     found: dict[datetime, list[int]] = {}
     for task_id, t in tasks.items():
-        mins, hrs, days = t.minutes, t.hours, t.daysofweek
+        if zones is not None and t.zone not in zones:
+            continue
+        mins, hrs = t.minutes, t.hours
         if not wildcard_all and (mins == FULL_MINUTES or hrs == FULL_HOURS):
-            if mins & now_bit and hrs >> now_hour & 1 and days >> now_day & 1:
+            if mins & now_bit and hrs >> now_hour & 1 and _day_ok(t, *now_day):
                 found.setdefault(current, []).append(task_id)
             continue
         for hour, day, mask, top in hours:
-            if not (hrs >> hour & 1 and days >> day & 1):
+            if not (hrs >> hour & 1 and mins & mask):
+                continue
+            if t.daysofmonth == FULL_DAYSOFMONTH and t.months == FULL_MONTHS:
+                if not t.daysofweek >> day[0] & 1:  # the course's three fields: hot
+                    continue
+            elif not _day_ok(t, *day):
                 continue
             bits = mins & mask
             while bits:
@@ -142,13 +185,20 @@ def _due_over(
     return tuple((when, task_id) for when in sorted(found) for task_id in sorted(found[when]))
 
 
-def plan(last: datetime | None, current: datetime, tasks: Mapping[int, Timing]) -> Plan:
+def plan(
+    last: datetime | None,
+    current: datetime,
+    tasks: Mapping[int, Timing],
+    zones: Container[str] | None = None,
+) -> Plan:
     """Decide the runs for the real minute whose wall-clock reading is `current`.
 
     `last` is the `Plan.last` of the previous call, or None on the very first start
     (the current minute then counts as handled and nothing runs). Both are wall-clock
     minutes, naive; seconds, tzinfo and fold are ignored. The executor calls this once
-    per real minute, never twice for the same one.
+    per real minute and zone, never twice for the same one. Only the tasks whose
+    `Timing.zone` is in `zones` are planned (all of them when None): the clock read is
+    that of one zone.
     """
     current = _wall(current)
     if last is None:
@@ -158,17 +208,63 @@ def plan(last: datetime | None, current: datetime, tasks: Mapping[int, Timing]) 
     if 1 <= delta <= CATCH_UP_LIMIT:
         if delta == 1:
             return Plan(
-                tuple((current, i) for i in _due_at(current, tasks, False)), current, "normal"
+                tuple((current, i) for i in _due_at(current, tasks, False, zones)),
+                current,
+                "normal",
             )
-        return Plan(_due_over(last, current, tasks, True), current, "catch-up")
+        return Plan(_due_over(last, current, tasks, True, zones), current, "catch-up")
     if CATCH_UP_LIMIT < delta <= JUMP_LIMIT:
-        return Plan(_due_over(last, current, tasks, False), current, "forward-jump")
+        return Plan(_due_over(last, current, tasks, False, zones), current, "forward-jump")
     if -JUMP_LIMIT <= delta <= 0:
         # The wall minutes up to `last` have run already: only wildcard tasks, which
         # run every minute of their hour or every hour, run again.
-        runs = tuple((current, i) for i in _due_at(current, tasks, True))
+        runs = tuple((current, i) for i in _due_at(current, tasks, True, zones))
         return Plan(runs, last, "backward")
-    return Plan(tuple((current, i) for i in _due_at(current, tasks, False)), current, "correction")
+    runs = tuple((current, i) for i in _due_at(current, tasks, False, zones))
+    return Plan(runs, current, "correction")
+
+
+@dataclass(frozen=True)
+class ZoneGroup:
+    """Tasks read in one time zone: `tz` (None: the daemon's, the process's local time),
+    the `tasks` to look at, and the `zones` names whose tasks among them are read in
+    `tz` (None: all of them)."""
+
+    tz: tzinfo | None
+    tasks: Mapping[int, Timing]
+    zones: Container[str] | None = None
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    """One zone's part of a real minute: its wall-clock reading and its `Plan`."""
+
+    current: datetime
+    plan: Plan
+
+
+def plan_zones(
+    previous: int | None,
+    marks: Mapping[str, datetime],
+    epoch_minute: int,
+    groups: Mapping[str, ZoneGroup],
+) -> dict[str, ZonePlan]:
+    """`plan` for each zone group, for one real minute (an epoch minute).
+
+    Each zone keeps its own wall-clock high-water mark in `marks`, so a DST change or a
+    clock jump is judged in the zone that sees it. A zone without a mark (its first
+    task is new) starts from the wall reading, in that zone, of the `previous` real
+    minute handled: its tasks then run from the next minute on, as a new task does in
+    any zone. With no `previous` (the very first start) nothing runs.
+    """
+    plans: dict[str, ZonePlan] = {}
+    for name, group in groups.items():
+        current = local_minute(epoch_minute, group.tz)
+        last = marks.get(name)
+        if last is None and previous is not None:
+            last = local_minute(previous, group.tz)
+        plans[name] = ZonePlan(current, plan(last, current, group.tasks, group.zones))
+    return plans
 
 
 def local_minute(epoch_minute: int, tz: tzinfo | None) -> datetime:
@@ -219,7 +315,7 @@ def next_runs(timing: Timing, after: int, count: int, tz: tzinfo | None) -> list
     is found with `Timing.next_after` on the wall clock and mapped back by the offset;
     the minute an offset changes is handed to `plan` itself, for this task alone.
     """
-    if count <= 0 or not (timing.minutes and timing.hours and timing.daysofweek):
+    if count <= 0 or not (timing.minutes and timing.hours) or timing.never_day():
         return []
     first = after // 60 + 1  # the first real minute starting strictly after `after`
     wildcard = timing.is_wildcard
@@ -254,7 +350,7 @@ def next_runs(timing: Timing, after: int, count: int, tz: tzinfo | None) -> list
         # of the change is a clock jump: let the rule decide.
         last = max(last, wall + (change - 1 - handled) * _MINUTE)
         wall = local_minute(change, tz)
-        step = plan(last, wall, {0: timing})
+        step = plan(last, wall, {0: timing})  # the zone of `tz`, whatever its name
         if change >= first:
             found.extend([change * 60] * len(step.runs))
         last = step.last

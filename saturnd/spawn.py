@@ -26,8 +26,10 @@ Rules:
   restart of the daemon or a kill of its process group. Every descriptor P5 opens is
   close-on-exec: the command inherits only 0, 1 and 2.
 - P5 (`_detach`) sets every catchable signal to its default, keeps SIGXFSZ ignored and
-  changes directory to $HOME (else /) once; the command gets the daemon's environment:
-  PATH and HOME are read when the batch is handed over.
+  keeps the daemon's umask (077; each command is spawned under 022). What else a
+  command sees is taskenv.py's, from the user's identity (login name from the password
+  database, HOME from the daemon's $HOME, else the password database's), looked up for
+  each batch.
 - Children use plain try/except rather than `contextlib.suppress`: nothing to allocate.
 - P5's own work, once detached, is runsupervisor.py's; starting one command (P6) is
   launch.py's.
@@ -44,14 +46,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
-from collections.abc import Collection, Iterable
+import socket
+from collections.abc import Collection, Iterable, Sequence
 from typing import Final, NoReturn
 
-from saturnd import proctitle, taskdir
+from saturnd import mail, proctitle, taskdir
 from saturnd.launch import CATCHABLE_SIGNALS
 from saturnd.proc import EXITCODE_ABNORMAL, decode_status
 from saturnd.runsupervisor import Batch, Recorder, RunSpec, Supervisor
+from saturnd.taskenv import Identity
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
@@ -73,6 +78,7 @@ def spawn_run(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    sendmails: Sequence[bytes] | None = None,
 ) -> None:
     """Start one run of `spec` (a batch of one, see `spawn_runs`).
 
@@ -80,7 +86,14 @@ def spawn_run(
     """
     if not spec.argv or not spec.argv[0]:
         raise ValueError(f"task {spec.task_id}: empty command line")
-    spawn_runs((spec,), keep_fds=keep_fds, record=record, logger=logger, max_output=max_output)
+    spawn_runs(
+        (spec,),
+        keep_fds=keep_fds,
+        record=record,
+        logger=logger,
+        max_output=max_output,
+        sendmails=sendmails,
+    )
 
 
 def spawn_runs(
@@ -91,6 +104,7 @@ def spawn_runs(
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
     role: str = "runs",
+    sendmails: Sequence[bytes] | None = None,
 ) -> None:
     """Start the runs of `specs`; return once P4 has exited (two forks, a few ms).
 
@@ -103,7 +117,10 @@ def spawn_runs(
     any more. A spec with an empty command line is logged and skipped.
     `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
     descriptor >= 3 is closed there, and no command inherits any of them. P5 is named
-    `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM").
+    `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM"). A run's output is
+    mailed through the first of `sendmails`, else of `sendmail` in the task's PATH,
+    that exists; `sendmails` None: as the daemon's environment says
+    (`mail.sendmail_choice`).
 
     Raises ValueError for a negative `max_output`, OSError when the first or second
     fork fails (no run was started then).
@@ -113,12 +130,17 @@ def spawn_runs(
     if record is None:
         record = taskdir.append_run
     keep = set(keep_fds) | _logger_fds(logger)
+    fixed, mail_path = (
+        mail.sendmail_choice(os.environb) if sendmails is None else (tuple(sendmails), True)
+    )
     batch = Batch(
         specs=specs,
         record=record,
         logger=logger,
-        home=os.environb.get(b"HOME") or b"/",
-        path=os.environb.get(b"PATH"),
+        identity=identity(),
+        host=_hostname(),
+        sendmails=fixed,
+        mail_path=mail_path,
         keep=tuple(sorted(fd for fd in keep if fd >= 3)),
         p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,
@@ -137,6 +159,28 @@ def spawn_runs(
     if code != 0:
         # P4 exits with the errno of its failed fork (see _p4).
         raise OSError(code, f"cannot start runs: {os.strerror(code)}")
+
+
+def identity() -> Identity:
+    """The user the tasks run as (see the module docstring), looked up for each batch
+    (one minute's runs): a few microseconds."""
+    try:
+        entry: pwd.struct_passwd | None = pwd.getpwuid(os.getuid())
+    except KeyError:
+        entry = None  # no password entry (a container's arbitrary uid)
+    user = os.fsencode(entry.pw_name) if entry else b"%d" % os.getuid()
+    home = os.environb.get(b"HOME", b"")
+    if not home.startswith(b"/"):
+        home = os.fsencode(entry.pw_dir) if entry and entry.pw_dir else b"/"
+    return Identity(user, home)
+
+
+def _hostname() -> bytes:
+    """This machine's name, for the mail's subject."""
+    try:
+        return os.fsencode(socket.gethostname())
+    except OSError:
+        return b"localhost"
 
 
 def _fd_limit() -> int:
@@ -244,7 +288,3 @@ def _detach(batch: Batch) -> None:
     # commands get the default: they are spawned with every signal at its default).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    try:
-        os.chdir(batch.home)
-    except OSError:
-        os.chdir(b"/")  # as cron does when $HOME is missing

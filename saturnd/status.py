@@ -20,9 +20,12 @@ Rules:
   recorded) whose P5 is alive, ours, and older than the file. The last two checks
   reject a pid reused since a run's supervisor was killed and left its temporaries.
 - Formatting is pure: `Status` and `now` in, text or a JSON-ready dict out.
+- Runs not recorded yet (the disk refused their record: taskdir.py's pending runs)
+  are one problem line, with their number and the start of the oldest; it goes away
+  once they are recorded, since it is read from the task directories each time.
 - Exit status, the LSB convention for `status`: 0 running, 3 not running, 4 running
-  on a full state directory (runs are not recorded: `disk_full`); a failure to find
-  out is a `StatusError` (one line, exit 1 at the program's edge).
+  on a full state directory or with runs not recorded yet (`disk_full`, `pending`); a
+  failure to find out is a `StatusError` (one line, exit 1 at the program's edge).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +56,8 @@ __all__ = [
     "StatusError",
     "exit_status",
     "gather",
+    "pending_runs",
+    "pending_text",
     "to_json",
     "to_text",
 ]
@@ -126,6 +132,8 @@ class Status:
     problems: tuple[str, ...] = ()
     full: bool = False
     """The state directory's file system is (nearly) full: runs are not recorded."""
+    pending: int = 0
+    """Finished runs whose record the disk refused, not recorded yet."""
 
     @property
     def running(self) -> bool:
@@ -151,10 +159,11 @@ class Status:
 
 
 def exit_status(status: Status) -> int:
-    """0 when a daemon runs, 3 when none does, 4 when it runs on a full disk."""
+    """0 when a daemon runs, 3 when none does, 4 when it runs on a full disk or has
+    runs it could not record yet."""
     if not status.running:
         return EXIT_NOT_RUNNING
-    return EXIT_CANNOT_RECORD if status.full else EXIT_RUNNING
+    return EXIT_CANNOT_RECORD if status.full or status.pending else EXIT_RUNNING
 
 
 # --- formatting (pure) -------------------------------------------------------------
@@ -245,6 +254,7 @@ def to_json(status: Status, now: float) -> str:
         "state_dir": str(status.state_dir),
         "log_file": str(status.log_file),
         "problems": list(status.problems),
+        "runs_not_recorded": status.pending,
     }
     return json.dumps(document, sort_keys=True) + "\n"
 
@@ -420,6 +430,36 @@ def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
     return tuple(sorted(runs, key=lambda run: (run.task_id, run.pid)))
 
 
+def pending_text(count: int, oldest: int, tasks: Iterable[int]) -> str:
+    """The problem line for runs the disk refused to record (pure)."""
+    ids = sorted(set(tasks))
+    plural = "run" if count == 1 else "runs"
+    which = ("task " if len(ids) == 1 else "tasks ") + ", ".join(map(str, ids))
+    return (
+        f"{count} {plural} of {which} not recorded yet, the oldest from {_local(oldest)}: "
+        "the disk refused them; they are recorded when it has room again"
+    )
+
+
+def pending_runs(state_dir: Path) -> tuple[int, str | None]:
+    """(number of runs not recorded yet, the problem line saying so or None)."""
+    try:
+        entries = list(os.scandir(state_dir))
+    except OSError:
+        return 0, None  # not listable: runs_in_progress has said why
+    count, oldest, tasks = 0, 0, []
+    for entry in entries:
+        task_id = taskdir.task_id_of(entry.name)
+        if task_id is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        runs = taskdir.pending_runs(entry.path)
+        if runs:
+            oldest = runs[0].start if not count else min(oldest, runs[0].start)
+            count += len(runs)
+            tasks.append(task_id)
+    return count, pending_text(count, oldest, tasks) if count else None
+
+
 def _quiet_logger() -> logging.Logger:
     """A logger for the read-only store: status prints its own report, nothing else."""
     logger = logging.getLogger("saturnd.status")
@@ -470,6 +510,7 @@ def gather(paths: Paths) -> Status:
     processes = measure_daemon(pid) if pid is not None else ()
     tasks, problem = count_tasks(paths.state_dir)
     full = disk_full(paths.state_dir)
+    pending, unrecorded = pending_runs(paths.state_dir)
     return Status(
         pipes_dir=paths.pipes_dir,
         state_dir=paths.state_dir,
@@ -477,6 +518,7 @@ def gather(paths: Paths) -> Status:
         processes=processes,
         tasks=tasks,
         runs=runs_in_progress(paths.state_dir),
-        problems=tuple(p for p in (problem, full) if p),
+        problems=tuple(p for p in (problem, full, unrecorded) if p),
         full=full is not None,
+        pending=pending,
     )

@@ -20,6 +20,8 @@ Invariants:
   its lock, and release the pipes lock last: `cassini -q` waits for that lock to be
   free, so `cassini -q && saturnd` always finds both free. Runs already started finish
   on their own and are still recorded (they are not our children).
+- The executor's first start (and only it) is told so, and runs the @reboot tasks: a
+  restart of a dead executor does not run them again.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Part:
     pid: int = 0
     started: float = 0.0
     failures: int = 0
+    starts: int = 0  # how many times it was started (a child sees its own as earlier)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class Supervisor:
             wake_fd,
             keep_fds=log_fds(self.log),
             max_output=DEFAULT_MAX_OUTPUT if self.max_output is None else self.max_output,
+            # Forked before the parent counted this start: 0 means the daemon's first.
+            first_start=self.parts["executor"].starts == 0,
         )
         return executor.run()
 
@@ -186,6 +191,7 @@ class Supervisor:
             finally:
                 os._exit(status)
         part.pid = pid
+        part.starts += 1
         part.started = time.monotonic()
         self.log.info("%s started (pid %d)", part.name, pid)
 

@@ -7,6 +7,12 @@ The files (DESIGN.md "Files"; the byte layout of the history is `records.py`'s):
     task_<ID>/stdout, stderr           what the last finished run wrote
     task_<ID>/stdout.<P5 pid>.<n>.tmp  a run in progress (n: its number in P5's batch),
     task_<ID>/stderr.<P5 pid>.<n>.tmp  renamed over stdout and stderr when it is recorded
+    task_<ID>/pending.<TIME>.<EXITCODE>.<P5 pid>.<n>.<k|c>.stdout (and .stderr)
+                                       a finished run that could not be recorded (disk
+                                       full): its outputs, its record in the name (k: the
+                                       outputs are whole, c: cut by a write error)
+    task_<ID>/recording.<NBRUNS>.pending.….stdout
+                                       the same, being recorded when NBRUNS was NBRUNS
     .removed-<ID>-<random>/            a removed task's directory, being deleted
 
 Rules:
@@ -26,6 +32,15 @@ Rules:
   on the directory.
 - `append_run` writes the run, syncs, then the count: a crash leaves the old count or
   the new one, never a count that includes a run not on disk.
+- Pending runs (`pend`, `flush_pending`). A run whose record the disk refuses keeps
+  its record in the *names* of its temporaries, renamed: a rename needs no data block,
+  so it works on a full disk, is atomic, and survives the death of its P5 or of the
+  daemon. Whoever records next in the directory (any run of the task, or a P5
+  retrying) first records every pending run, by start time, under `lock_runs`, so the
+  history keeps them in order and before any later run. Exactly once: a pending run is
+  renamed to `recording.<NBRUNS>.…` before its append; one found so named was
+  recorded if the history has grown past that NBRUNS (every append of a directory
+  holds its run lock, and pending runs are recorded before any other).
 """
 
 from __future__ import annotations
@@ -38,7 +53,8 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +62,8 @@ from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, complete_runs, encode_nbru
 
 __all__ = [
     "OUTPUT_STREAMS",
+    "Flushed",
+    "PendingRun",
     "REMOVED_PREFIX",
     "STDERR",
     "STDOUT",
@@ -53,12 +71,17 @@ __all__ = [
     "append_run",
     "delete_dir",
     "dir_name",
+    "flush_pending",
+    "parse_pending",
+    "pend",
+    "pending_runs",
     "lock_runs",
     "open_file",
     "publish",
     "read_file",
     "removed_name",
     "repair_dirs",
+    "run_number",
     "runs_in_progress",
     "task_id_of",
     "temporary_names",
@@ -106,6 +129,11 @@ def removed_name(task_id: int, token: str) -> str:
 def temporary_names(p5_pid: int, number: int) -> tuple[bytes, bytes]:
     """The temporary stdout and stderr of run `number` of the batch of `p5_pid`."""
     return (b"stdout.%d.%d.tmp" % (p5_pid, number), b"stderr.%d.%d.tmp" % (p5_pid, number))
+
+
+def run_number(temporary: bytes) -> int:
+    """The number in its batch of the run a `temporary_names` name is of."""
+    return int(temporary.split(b".")[2])
 
 
 def _temporary_pid(name: str) -> int | None:
@@ -242,6 +270,158 @@ def publish(dir_fd: int, out_name: bytes, err_name: bytes) -> None:
     Raises FileNotFoundError when the task was removed meanwhile."""
     os.rename(out_name, _STDOUT_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     os.rename(err_name, _STDERR_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+# --- pending runs ---------------------------------------------------------------------
+
+_PENDING: Final = re.compile(
+    r"(?:recording\.([0-9]+)\.)?pending\.(-?[0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([kc])\.stdout"
+)
+
+
+_PENDING_PREFIXES: Final = ("pending.", "recording.")
+
+
+@dataclass(frozen=True, order=True)
+class PendingRun:
+    """A finished run not recorded yet; ordered by start time (then P5 and number)."""
+
+    start: int
+    pid: int
+    number: int
+    exitcode: int = field(compare=False)
+    whole: bool = field(compare=False)
+    """Its outputs were kept whole (no write error cut them)."""
+    on_disk: bool = field(default=True, compare=False)
+    """Its outputs hold it in their names; False: only its P5's memory holds it (the
+    outputs are lost)."""
+    claimed: int | None = field(default=None, compare=False)
+    """NBRUNS when its recording began (`recording.` name), else None."""
+
+    def names(self) -> tuple[bytes, bytes]:
+        """The names of its stdout and stderr in the task directory."""
+        base = b"pending.%d.%d.%d.%d.%s." % (
+            self.start,
+            self.exitcode,
+            self.pid,
+            self.number,
+            b"k" if self.whole else b"c",
+        )
+        out = base + _STDOUT_BYTES
+        if self.claimed is not None:
+            out = b"recording.%d." % self.claimed + out
+        return out, base + _STDERR_BYTES
+
+
+def parse_pending(name: str) -> PendingRun | None:
+    """The pending run a task directory's entry is the stdout of, else None."""
+    match = _PENDING.fullmatch(name)
+    if match is None:
+        return None
+    claimed, start, exitcode, pid, number, whole = match.groups()
+    return PendingRun(
+        int(start),
+        int(pid),
+        int(number),
+        int(exitcode),
+        whole == "k",
+        claimed=None if claimed is None else int(claimed),
+    )
+
+
+def pend(dir_fd: int, out_name: bytes, err_name: bytes, run: PendingRun) -> None:
+    """Keep a run that could not be recorded: rename its temporaries to its pending
+    names (stderr first: the stdout's name is the record). Raises OSError, and then
+    the temporaries keep their names."""
+    pending_out, pending_err = run.names()
+    os.rename(err_name, pending_err, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        os.rename(out_name, pending_out, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        try:
+            os.rename(pending_err, err_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            pass  # the caller unlinks the temporaries, which it names
+        raise
+
+
+def pending_runs(directory: int | str | Path) -> list[PendingRun]:
+    """The pending runs of a task directory (a path or a descriptor), oldest first.
+    Empty when the directory is gone or unreadable."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = (parse_pending(name) for name in names if name.startswith(_PENDING_PREFIXES))
+    return sorted(run for run in found if run is not None)
+
+
+def _history_count(dir_fd: int) -> int:
+    """NBRUNS of the task's history as an append sees it (0 when there is none)."""
+    try:
+        fd = os.open(TIMES_EXITCODES, os.O_RDONLY | _OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    try:
+        return complete_runs(os.pread(fd, RUNS_HEAD_SIZE, 0), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """What `flush_pending` recorded, oldest first, and the error that stopped it."""
+
+    recorded: tuple[PendingRun, ...]
+    error: OSError | None
+
+
+def flush_pending(
+    dir_fd: int,
+    task_dir: Path,
+    record: Callable[[Path, int, int], None],
+    extra: Iterable[PendingRun] = (),
+    publish_last: bool = False,
+) -> Flushed:
+    """Record the directory's pending runs and `extra` (held in memory) by start time,
+    under `lock_runs`, and stop at the first failure. The outputs of the last one are
+    published when `publish_last` (a retry: it is the run recorded last), else every
+    pending output is deleted (the caller records a later run next)."""
+    runs = sorted([*pending_runs(dir_fd), *extra])
+    recorded: list[PendingRun] = []
+    for index, run in enumerate(runs):
+        try:
+            if run.on_disk and run.claimed is not None and _history_count(dir_fd) > run.claimed:
+                pass  # recorded by a P5 that died before it could clear the names
+            else:
+                if run.on_disk:
+                    claimed = replace(run, claimed=_history_count(dir_fd))
+                    old_out = run.names()[0]
+                    os.rename(old_out, claimed.names()[0], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    run = claimed
+                record(task_dir, run.start, run.exitcode)
+            if run.on_disk:
+                out, err = run.names()
+                if publish_last and index == len(runs) - 1:
+                    os.rename(out, _STDOUT_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    try:
+                        os.rename(err, _STDERR_BYTES, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    except FileNotFoundError:
+                        pass  # its stdout is the record: a lost stderr must not stop it
+                else:
+                    _unlink_entry(dir_fd, out)
+                    _unlink_entry(dir_fd, err)
+        except OSError as error:
+            return Flushed(tuple(recorded), error)
+        recorded.append(run)
+    return Flushed(tuple(recorded), None)
+
+
+def _unlink_entry(dir_fd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def repair_dirs(state_dir: Path, live: Iterable[int], log: logging.Logger) -> None:

@@ -355,8 +355,9 @@ class Timing(Frozen):
     fields are read in; "" is the daemon's own zone).
 
     Invariants, so that equal meanings compare equal: `days_or` is set only when both
-    day sets are restricted (an OR with a full set is every day, stored as such); a
-    reboot timing has every set empty and `days_or` False.
+    day sets are restricted and not empty (an OR with a full set is every day, one with
+    an empty set is the other set alone, stored as such); a reboot timing has every set
+    empty and `days_or` False.
     """
 
     __slots__ = __match_args__ = (
@@ -394,6 +395,10 @@ class Timing(Frozen):
             days_or = False
         elif days_or and (daysofmonth == FULL_DAYSOFMONTH or daysofweek == FULL_DAYSOFWEEK):
             daysofmonth, daysofweek, days_or = FULL_DAYSOFMONTH, FULL_DAYSOFWEEK, False
+        elif days_or and not daysofmonth:  # OR with nothing: the other set alone
+            daysofmonth, days_or = FULL_DAYSOFMONTH, False
+        elif days_or and not daysofweek:
+            daysofweek, days_or = FULL_DAYSOFWEEK, False
         object.__setattr__(self, "minutes", minutes)
         object.__setattr__(self, "hours", hours)
         object.__setattr__(self, "daysofweek", daysofweek)
@@ -480,27 +485,12 @@ class Timing(Frozen):
         )
 
     def format_cron(self) -> str:
-        """The five fields `M H DOM MON DOW` (or `@reboot`) that cron reads as this timing
-        (the zone is not part of it)."""
-        if self.reboot:
-            return REBOOT
-        dom = format_field(DAYSOFMONTH, self.daysofmonth)
-        dow = format_field(DAYSOFWEEK, self.daysofweek)
-        if not self.days_or and dom != "*" and dow != "*":
-            # AND of two restricted sets: cron reads it so only when one is written with
-            # a star, and it can have been entered only as `*/N`.
-            star = _star_step(DAYSOFMONTH, self.daysofmonth)
-            if star is not None:
-                dom = star
-            else:
-                star = _star_step(DAYSOFWEEK, self.daysofweek)
-                if star is None:
-                    raise ValueError(f"no crontab text means {self!r}")
-                dow = star
-        minute = format_field(MINUTES, self.minutes)
-        hour = format_field(HOURS, self.hours)
-        month = format_field(MONTHS, self.months)
-        return f"{minute} {hour} {dom} {month} {dow}"
+        """The five fields `M H DOM MON DOW` (or `@reboot`) that cron reads as this timing,
+        in cron's compact form (`*/15`, `1-59/2`, `9-17`); the zone is not part of it.
+        ValueError when no crontab text means it (see `saturnd.cronform`)."""
+        from saturnd.cronform import format_cron
+
+        return format_cron(self)
 
     @property
     def is_wildcard(self) -> bool:
@@ -514,6 +504,16 @@ class Timing(Frozen):
         dow = self.daysofweek >> moment.isoweekday() % 7 & 1
         dom = self.daysofmonth >> moment.day & 1
         return bool(dow or dom) if self.days_or else bool(dow and dom)
+
+    def never_day(self) -> bool:
+        """True when no day of any year matches (`0 0 31 2 *`, or an empty set): the
+        day of month is AND-ed and falls in none of the months' lengths (a day and
+        month that exist fall on every day of the week within the 400-year cycle)."""
+        if not self.months or self.reboot:
+            return True
+        if self.days_or:
+            return not (self.daysofweek or self.daysofmonth & _days_in(self.months))
+        return not (self.daysofweek and self.daysofmonth & _days_in(self.months))
 
     def matches(self, moment: datetime) -> bool:
         """True if the wall-clock minute of `moment` is one of the timing's."""
@@ -532,7 +532,7 @@ class Timing(Frozen):
         """
         from datetime import timedelta
 
-        if self.reboot or not (self.minutes and self.hours):
+        if self.reboot or not (self.minutes and self.hours) or self.never_day():
             return None
         candidate = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
         # 400 years is the Gregorian cycle: a day that matches at all matches within it.
@@ -561,9 +561,15 @@ class Timing(Frozen):
         return None
 
 
-def _star_step(field: Field, bits: int) -> str | None:
-    """`*/N` when `bits` is exactly what that text means for `field`, else None."""
-    for step in range(2, field.high - field.low + 2):
-        if bits == sum(1 << value for value in range(field.low, field.high + 1, step)):
-            return f"*/{step}"
-    return None
+# The most days each month can have (February 29), and the bit set of days 1..N.
+_MONTH_DAYS: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DAYS_UP_TO: Final = tuple((1 << (days + 1)) - 2 for days in _MONTH_DAYS)
+
+
+def _days_in(months: int) -> int:
+    """The days of month (bits 1-31) that exist in at least one month of `months`."""
+    days = 0
+    for month in range(1, 13):
+        if months >> month & 1:
+            days |= _DAYS_UP_TO[month]
+    return days

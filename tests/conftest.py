@@ -3,7 +3,8 @@
 Invariant: no test can reach the daemon, pipes or state of the user running pytest.
 A session-wide fixture points every default location (HOME, XDG_STATE_HOME,
 XDG_CONFIG_HOME, TMPDIR, SATURND_PIPES_DIR) into pytest's temporary tree before any
-test runs, so a test that forgets -p/-s talks to nothing rather than to the real daemon.
+test runs, so a test that forgets -p/-s talks to nothing rather than to the real daemon;
+SATURND_SENDMAIL="" keeps every test daemon from mailing a run's output.
 `needs_root` marks tests that need another uid: they skip with a reason otherwise.
 """
 
@@ -46,6 +47,8 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "TMPDIR": str(home / "tmp"),
         # Read by both programs in place of /tmp/USERNAME/saturnd/pipes; nothing listens.
         "SATURND_PIPES_DIR": str(home / "pipes"),
+        # No daemon of the tests mails anyone, whatever MTA the machine has.
+        "SATURND_SENDMAIL": "",
     }
     # pip finds its user configuration (an index, find-links) and its cache through HOME:
     # keep them, so that the packaging test installs as it would outside the tests.

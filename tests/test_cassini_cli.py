@@ -27,15 +27,21 @@ from cassini.cli import (
     Invocation,
     Outcome,
     UsageError,
+    beyond_course,
+    escape,
+    fifo_request,
     parse_args,
     parse_task_id,
     render,
     respond,
+    task_line,
 )
 from saturnd.protocol import (
+    CreateExRequest,
     CreateReply,
     CreateRequest,
     ErrorReply,
+    ListExReply,
     ListExRequest,
     ListReply,
     ListRequest,
@@ -51,6 +57,7 @@ from saturnd.protocol import (
     TimesExitcodesReply,
     TimesExitcodesRequest,
 )
+from saturnd.task import Extras, Task
 from saturnd.timing import Timing
 from tests.daemon_harness import Daemon
 
@@ -60,11 +67,11 @@ ALL = Timing()  # * * *
 
 VALID = [
     # (args, request, pipes_dir)
-    ([], ListRequest(), None),
-    (["-l"], ListRequest(), None),
-    (["-l", "-l"], ListRequest(), None),
-    (["-p", "/x"], ListRequest(), "/x"),
-    (["-l", "-p", "/x"], ListRequest(), "/x"),
+    ([], ListExRequest(), None),
+    (["-l"], ListExRequest(), None),
+    (["-l", "-l"], ListExRequest(), None),
+    (["-p", "/x"], ListExRequest(), "/x"),
+    (["-l", "-p", "/x"], ListExRequest(), "/x"),
     (["-q"], TerminateRequest(), None),
     (["-r", "0"], RemoveRequest(0), None),
     (["-r0"], RemoveRequest(0), None),
@@ -206,6 +213,159 @@ def test_it_documents_every_option_in_the_usage() -> None:
     assert USAGE.endswith("\n")
 
 
+# --- the fields beyond the course's ------------------------------------------------------
+
+
+def _ex(timing: Timing, *argv: bytes, env: tuple[tuple[bytes, bytes], ...] = ()) -> Request:
+    return CreateExRequest(Task(timing, argv, Extras(env)))
+
+
+FIRST = 1 << 1  # day of month 1
+VALID_EX = [
+    # (args, request): a task the course can say stays a course CREATE.
+    (["-c", "--dom", "*", "--month", "*", "x"], CreateRequest(ALL, (b"x",))),
+    (["-c", "--cron", "* * * * *", "x"], CreateRequest(ALL, (b"x",))),
+    (["-c", "--cron", "@hourly", "x"], CreateRequest(Timing(1), (b"x",))),
+    (
+        ["-c", "--cron", "0 9 * * mon-fri", "x"],
+        CreateRequest(Timing.parse("0", "9", "1-5"), (b"x",)),
+    ),
+    (["-c", "--dom", "1", "x"], _ex(Timing(daysofmonth=FIRST), b"x")),
+    (["-c", "--do=1", "x"], _ex(Timing(daysofmonth=FIRST), b"x")),  # a prefix
+    (["-c", "--month", "jan-mar", "x"], _ex(Timing(months=0b1110), b"x")),
+    (["-c", "--month", "February,dec", "x"], _ex(Timing(months=(1 << 2) | (1 << 12)), b"x")),
+    (
+        ["-c", "-m", "0", "-H", "3", "--dom", "1", "x", "--dom", "2"],
+        _ex(Timing(1, 1 << 3, daysofmonth=FIRST), b"x", b"--dom", b"2"),
+    ),
+    (["-c", "--cron", "0 3 1 * *", "certbot"], _ex(Timing.cron("0 3 1 * *"), b"certbot")),
+    # cron's OR rule, read from the text as cron reads it.
+    (["-c", "--cron", "0 20 1-7 * 5", "x"], _ex(Timing.cron("0 20 1-7 * 5"), b"x")),
+    (
+        ["-c", "-m", "0", "-H", "20", "--dom", "1-7", "-d", "fri", "x"],
+        _ex(Timing.cron("0 20 1-7 * 5"), b"x"),
+    ),
+    (["-c", "--cron", "@monthly", "x"], _ex(Timing.cron("0 0 1 * *"), b"x")),
+    (["-c", "--cron", "@reboot", "x"], _ex(Timing(reboot=True), b"x")),
+    (["-c", "--cron", "@REBOOT", "x"], _ex(Timing(reboot=True), b"x")),
+    (["-c", "--tz", "Europe/Paris", "x"], _ex(Timing(zone="Europe/Paris"), b"x")),
+    (["-c", "--tz", "UTC", "--cron", "@daily", "x"], _ex(Timing.cron("@daily", "UTC"), b"x")),
+    (["-c", "--env", "A=1", "x"], _ex(ALL, b"x", env=((b"A", b"1"),))),
+    (
+        ["-c", "--env", "A=", "--env", "B=x=y", "--env", "A=2", "x"],
+        _ex(ALL, b"x", env=((b"A", b""), (b"B", b"x=y"), (b"A", b"2"))),
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "request_"), VALID_EX, ids=lambda v: repr(v))
+def test_it_parses_the_new_fields(args: list[str], request_: Request) -> None:
+    assert parse_args(args) == Invocation(request_)
+
+
+INVALID_EX = [
+    (["-c", "--dom", "0", "x"], "invalid day-of-month field '0'"),
+    (["-c", "--dom", "32", "x"], "invalid day-of-month field '32'"),
+    (["-c", "--month", "13", "x"], "invalid month field '13'"),
+    (["-c", "--month", "janu", "x"], "invalid month field 'janu'"),
+    (["-c", "--cron", "0 0 * *", "x"], "4 fields, expected 5 or an @name"),
+    (["-c", "--cron", "@sometimes", "x"], "unknown name '@sometimes'"),
+    (["-c", "--cron", "@daily", "-m", "0", "x"], "--cron cannot be combined with -m"),
+    (["-c", "--dom", "1", "--cron", "@daily", "x"], "--cron cannot be combined with --dom"),
+    (["-c", "--cron", "@daily", "--cron", "@daily", "x"], "option --cron given more than once"),
+    (["-c", "--dom", "1", "--dom", "2", "x"], "option --dom given more than once"),
+    (["-c", "--tz", "Mars/Olympus", "x"], "unknown time zone 'Mars/Olympus'"),
+    (["-c", "--tz", "Europe", "x"], "unknown time zone 'Europe'"),  # a directory
+    (["-c", "--tz", "../../etc/passwd", "x"], "unknown time zone"),
+    (["-c", "--tz", "/etc/localtime", "x"], "unknown time zone"),
+    (["-c", "--tz", "", "x"], "--tz needs a time zone name"),
+    (["-c", "--env", "A", "x"], "invalid --env 'A': expected NAME=VALUE"),
+    (["-c", "--env", "=1", "x"], "invalid --env '=1': expected NAME=VALUE"),
+    (["-c", "--env"], "option --env requires argument"),
+    (["--e", "A=1"], "option --e not a unique prefix"),
+    (["-l", "--dom", "1"], "option --dom is only valid with -c"),
+    (["-x", "1", "--tz", "UTC"], "option --tz is only valid with -c"),
+    (["--env", "A=1"], "option --env is only valid with -c"),
+    (["-n", "1", "--cron", "@daily"], "option --cron is only valid with -c"),
+    (["-c", "--env", "A=" + "v" * ((1 << 20) + 1), "x"], "longer than"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), INVALID_EX, ids=lambda v: repr(v)[:80])
+def test_it_rejects_bad_new_fields(args: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_args(args)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_it_documents_the_new_options_in_the_usage() -> None:
+    for option in ("--dom", "--month", "--cron", "--tz", "--env"):
+        assert f"{option} " in USAGE
+
+
+def test_it_says_what_only_the_socket_can_carry() -> None:
+    task = Task(Timing.cron("0 0 1 1 *", "UTC"), (b"x",), Extras(((b"A", b"1"),), b"in", b""))
+    assert beyond_course(task) == [
+        "a day of month",
+        "a month",
+        "a time zone",
+        "environment variables",
+        "standard input",
+        "MAILTO",
+    ]
+    assert beyond_course(Task(Timing(reboot=True), (b"x",))) == ["@reboot"]
+    assert beyond_course(Task(ALL, (b"x",))) == []
+
+
+LINES = [
+    # (timing, argv, the line): the course's line where it says everything.
+    (ALL, (b"echo", b"hi"), b"3: * * * echo hi\n"),
+    (Timing.cron("0 3 1 * *"), (b"certbot", b"renew"), b"3: 0 3 * dom=1 certbot renew\n"),
+    (Timing.cron("0 20 1-7 * 5"), (b"x",), b"3: 0 20 5 or-dom=1-7 x\n"),
+    (
+        Timing.cron("0 0 */2 * 1"),
+        (b"x",),
+        b"3: 0 0 1 dom=" + b"1,3,5,7,9,11,13,15,17,19,21,23,25,27,29,31 x\n",
+    ),
+    (Timing.cron("0 0 29 2 *"), (b"x",), b"3: 0 0 * dom=29 mon=2 x\n"),
+    (Timing.cron("@yearly"), (b"x",), b"3: 0 0 * dom=1 mon=1 x\n"),
+    (Timing.cron("*/30 * * jun-aug *"), (b"x",), b"3: 0,30 * * mon=6-8 x\n"),
+    (Timing.cron("0 9 * * *", "Europe/Paris"), (b"x",), b"3: 0 9 * tz=Europe/Paris x\n"),
+    (Timing(reboot=True), (b"x",), b"3: - - - @reboot x\n"),
+    (Timing(reboot=True, zone="UTC"), (b"x",), b"3: - - - @reboot tz=UTC x\n"),
+    # No argument can fake a line, nor reach the terminal as a control sequence.
+    (ALL, (b"echo", b"a\n4: * * * rm -rf ~"), b"3: * * * echo a\\n4: * * * rm -rf ~\n"),
+    (ALL, (b"printf", b"\t\r\x1b[31m\x7f\x00"), b"3: * * * printf \\t\\r\\x1b[31m\\x7f\\x00\n"),
+    # Backslashes and non-ASCII bytes stay as they are (the course's line, byte for byte).
+    (ALL, (b"echo", b"a\\nb", b"caf\xc3\xa9", b"\xff"), b"3: * * * echo a\\nb caf\xc3\xa9 \xff\n"),
+]
+
+
+@pytest.mark.parametrize(("timing", "argv", "line"), LINES, ids=lambda v: repr(v)[:60])
+def test_it_lists_only_what_the_course_cannot_say(
+    timing: Timing, argv: tuple[bytes, ...], line: bytes
+) -> None:
+    assert task_line(TaskEntry(3, timing, argv)) == line
+    reply = ListExReply((TaskEntry(3, timing, argv),))
+    assert render(ListExRequest(), reply, time.gmtime) == Outcome(line)
+
+
+def test_it_escapes_every_control_byte_and_nothing_else() -> None:
+    data = bytes(range(256))
+    escaped = escape(data)
+    assert b"\n" not in escaped and b"\r" not in escaped and b"\x1b" not in escaped
+    assert escaped.count(b"\\x") == 32 - 3 + 1  # all C0 but \t \n \r, and DEL
+    assert escaped.endswith(bytes(range(0x80, 256)))
+    assert escape(b"plain \\ text") == b"plain \\ text"
+
+
+def test_it_sends_list_over_the_fifos_for_list_ex() -> None:
+    assert fifo_request(ListExRequest()) == ListRequest()
+    assert fifo_request(TerminateRequest()) is None
+    assert fifo_request(CreateExRequest(Task(ALL, (b"x",)))) is None
+
+
 def _cassini(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m cassini ARGS` with pipes where no daemon listens (unless ARGS say -p)."""
     return subprocess.run(
@@ -297,7 +457,7 @@ RENDERED = [
             b"1: 0-2,5,10 * * toto.sh\n"
             b"7: 4,10 * 1,3 a\n"
             b"8: 1,3-6,9-15 1,3,5,7 * b c d\n"
-            b"9: 0-1 9 * \xff\x00\n"
+            b"9: 0-1 9 * \xff\\x00\n"
             b"18446744073709551615: 59 23 0 z\n"
         ),
     ),
@@ -367,19 +527,19 @@ def test_it_renders_times_with_the_given_local_time() -> None:
 
 NEWER = [
     # (args, the invocation)
-    (["-v"], Invocation(ListRequest(), mode="verbose")),
-    (["-l", "-v"], Invocation(ListRequest(), mode="verbose")),
-    (["-lv", "-v"], Invocation(ListRequest(), mode="verbose")),
-    (["--json"], Invocation(ListRequest(), json=True)),
-    (["-l", "--json", "-p", "/p"], Invocation(ListRequest(), "/p", json=True)),
-    (["-l", "-v", "--js"], Invocation(ListRequest(), mode="verbose", json=True)),
+    (["-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-l", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-lv", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["--json"], Invocation(ListExRequest(), json=True)),
+    (["-l", "--json", "-p", "/p"], Invocation(ListExRequest(), "/p", json=True)),
+    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="verbose", json=True)),
     (["-x", "3", "--json"], Invocation(TimesExitcodesRequest(3), json=True)),
-    (["-n", "4"], Invocation(ListRequest(), mode="next", task_id=4, count=5)),
-    (["-n4", "-N", "12"], Invocation(ListRequest(), mode="next", task_id=4, count=12)),
-    (["-N", "1000", "-n", "0"], Invocation(ListRequest(), mode="next", task_id=0, count=1000)),
+    (["-n", "4"], Invocation(ListExRequest(), mode="next", task_id=4, count=5)),
+    (["-n4", "-N", "12"], Invocation(ListExRequest(), mode="next", task_id=4, count=12)),
+    (["-N", "1000", "-n", "0"], Invocation(ListExRequest(), mode="next", task_id=0, count=1000)),
     (
         ["-n", "7", "-N", "007", "--json"],
-        Invocation(ListRequest(), mode="next", task_id=7, count=7, json=True),
+        Invocation(ListExRequest(), mode="next", task_id=7, count=7, json=True),
     ),
     (["--export"], Invocation(ListExRequest(), mode="export")),
     (["--exp", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),

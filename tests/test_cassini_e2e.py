@@ -56,7 +56,7 @@ def commandline(*argv: bytes) -> bytes:
 def not_found(program: str) -> str:
     """cassini -c's warning for a program not in PATH (the task is created all the same)."""
     return (
-        f"cassini: warning: no program {program!r} in cassini's PATH: "
+        f"cassini: warning: no program {program!r} in the task's PATH (/usr/bin:/bin): "
         "the task will fail with exit code 127\n"
     )
 

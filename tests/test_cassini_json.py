@@ -18,7 +18,16 @@ from zoneinfo import ZoneInfo
 
 from cassini import output
 from cassini.cli import Invocation, Outcome
-from saturnd.protocol import Run, TimesExitcodesReply, TimesExitcodesRequest
+from saturnd.protocol import (
+    ListExReply,
+    ListExRequest,
+    Run,
+    TaskEntry,
+    TimesExitcodesReply,
+    TimesExitcodesRequest,
+)
+from saturnd.task import Extras
+from saturnd.timing import Timing
 from tests.conftest import NOW
 from tests.daemon_harness import Daemon, wait_for
 
@@ -38,10 +47,33 @@ def _argv(document: dict[str, Any]) -> bytes:
     return b" ".join(arg.encode("utf-8", "surrogateescape") for arg in document["argv"])
 
 
+def _escaped(arg: str) -> bytes:
+    """An argument as `-l` shows it: control bytes as `\\n`, `\\t`, `\\r`, `\\xHH`."""
+    names = {0x09: b"\\t", 0x0A: b"\\n", 0x0D: b"\\r"}
+    shown = b""
+    for byte in arg.encode("utf-8", "surrogateescape"):
+        if byte < 0x20 or byte == 0x7F:
+            shown += names.get(byte, f"\\x{byte:02x}".encode())
+        else:
+            shown += bytes([byte])
+    return shown
+
+
 def _task_line(document: dict[str, Any]) -> bytes:
     """A task of `-l --json` written as `-l` writes it."""
-    timing = f"{document['minutes']} {document['hours']} {document['daysofweek']}"
-    return f"{document['id']}: {timing} ".encode() + _argv(document) + b"\n"
+    if document["reboot"]:
+        timing = "- - - @reboot"
+    else:
+        timing = f"{document['minutes']} {document['hours']} {document['daysofweek']}"
+        if document["daysofmonth"] != "*":
+            key = "or-dom" if document["days_or"] else "dom"
+            timing += f" {key}={document['daysofmonth']}"
+        if document["months"] != "*":
+            timing += f" mon={document['months']}"
+    if document["zone"] is not None:
+        timing += f" tz={document['zone']}"
+    argv = b" ".join(_escaped(arg) for arg in document["argv"])
+    return f"{document['id']}: {timing} ".encode() + argv + b"\n"
 
 
 def _stable(run: Callable[[], bytes]) -> bytes:
@@ -116,6 +148,7 @@ def test_it_matches_the_verbose_listing(make_daemon: MakeDaemon) -> None:
     assert tasks[1]["description"] == "At 09:00 and 14:00, only on Wednesday"
     assert set(tasks[0]) == {
         "id", "minutes", "hours", "daysofweek", "argv", "next", "description",
+        "daysofmonth", "months", "days_or", "reboot", "zone", "env", "stdin", "mailto",
     }  # fmt: skip
     assert set(tasks[0]["next"]) == {"time", "local"}
 
@@ -136,6 +169,44 @@ def test_it_prints_no_json_for_an_error(make_daemon: MakeDaemon) -> None:
             b"cassini: no task with id 5\n",
             1,
         )
+
+
+def test_it_carries_the_whole_task() -> None:
+    reply = ListExReply(
+        (
+            TaskEntry(
+                4,
+                Timing.cron("0 20 1-7 * 5", "America/New_York"),
+                (b"report", b"caf\xc3\xa9\n"),
+                Extras(((b"PATH", b"/opt/bin"), (b"X", b"\xff")), b"line 1\nline 2", b""),
+            ),
+            TaskEntry(5, Timing(reboot=True), (b"true",)),
+            TaskEntry(6, Timing.cron("0 0 29 2 *"), (b"true",), Extras(mailto=b"me@here")),
+        )
+    )
+    outcome = output.render(Invocation(ListExRequest(), json=True), reply, time.gmtime, 0)
+    tasks = _document(outcome.stdout)
+    assert tasks[0] == {
+        "id": 4,
+        "minutes": "0",
+        "hours": "20",
+        "daysofweek": "5",
+        "argv": ["report", "caf\u00e9\n"],
+        "daysofmonth": "1-7",
+        "months": "*",
+        "days_or": True,
+        "reboot": False,
+        "zone": "America/New_York",
+        "env": [{"name": "PATH", "value": "/opt/bin"}, {"name": "X", "value": "\udcff"}],
+        "stdin": "line 1\nline 2",
+        "mailto": "",
+    }
+    assert (tasks[1]["reboot"], tasks[1]["minutes"], tasks[1]["zone"]) == (True, "", None)
+    assert (tasks[2]["daysofmonth"], tasks[2]["months"], tasks[2]["days_or"]) == ("29", "2", False)
+    assert (tasks[2]["env"], tasks[2]["stdin"], tasks[2]["mailto"]) == ([], "", "me@here")
+    # And -l's lines can be rebuilt from it.
+    listing = output.render_plain(ListExRequest(), reply, time.gmtime).stdout
+    assert b"".join(_task_line(task) for task in tasks) == listing
 
 
 def test_it_refuses_a_run_time_it_cannot_show() -> None:

@@ -23,7 +23,15 @@ from croniter import croniter
 
 from cassini import output
 from cassini.cli import Invocation, Outcome, respond
-from saturnd.protocol import ErrorReply, ListReply, ListRequest, TaskEntry
+from saturnd.protocol import (
+    ErrorReply,
+    ListExReply,
+    ListExRequest,
+    ListReply,
+    ListRequest,
+    TaskEntry,
+)
+from saturnd.task import Extras
 from saturnd.timing import Timing
 from tests.daemon_harness import Daemon
 
@@ -71,9 +79,12 @@ def _starts_of(wall: datetime, tz: ZoneInfo, wildcard: bool) -> list[int]:
 
 def oracle(expression: str, after: int, count: int, tz: ZoneInfo) -> list[int]:
     """The next `count` starts after `after`, from croniter's wall-clock minutes."""
-    minutes, hours = expression.split()[:2]
+    minutes, hours, dom, _, dow = expression.split()
     wildcard = minutes == "*" or hours == "*"
-    matches = croniter(expression, _wall(after, tz) - timedelta(days=1))
+    # cron's OR rule holds when neither day field starts with `*`; croniter would OR
+    # `*/2` with a day of week too.
+    day_or = not (dom.startswith("*") or dow.startswith("*"))
+    matches = croniter(expression, _wall(after, tz) - timedelta(days=1), day_or=day_or)
     found: list[int] = []
     # Enough beyond `count` that a later wall minute cannot start earlier (at most the
     # second pass of a repeated hour).
@@ -272,6 +283,124 @@ def test_it_lists_verbosely_with_the_lines_of_l() -> None:
         b"8:  0 0 never\n"
         b"    next run: never\n"
         b"    description: Never\n"
+    )
+
+
+# --- the fields beyond the course's: day of month, month, zone, @reboot -------------------
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+CALENDAR = [
+    "0 3 1 * *",  # the first of every month
+    "0 0 29 2 *",  # leap days only
+    "0 20 1-7 * 5",  # cron's OR rule: days 1-7 and every Friday
+    "0 0 */2 * 1",  # a star step: odd days that are Mondays (AND)
+    "30 2 * 3,10 0",  # Sundays of the months of the changes, in the gap and the repeat
+    "15 * 25-31 mar *",  # a wildcard task over the spring change
+]
+
+
+@pytest.mark.parametrize("start", [SPRING, FALL], ids=["spring", "fall"])
+@pytest.mark.parametrize("expression", CALENDAR)
+def test_it_computes_next_starts_of_days_of_month_and_months(expression: str, start: int) -> None:
+    count = 200 if expression.startswith("15") else 12
+    expected = oracle(expression, start, count, PARIS)
+    assert output.next_starts(Timing.cron(expression), start + 0.5, count, PARIS) == expected
+
+
+def _entry(task_id: int, schedule: str, zone: str = "") -> TaskEntry:
+    return TaskEntry(task_id, Timing.cron(schedule, zone), (b"true",))
+
+
+def test_it_reads_a_zoned_task_in_its_own_zone() -> None:
+    # Shown in the process's local time (Paris), computed in New York's.
+    reply = ListExReply((_entry(2, "0 9 * * *", "America/New_York"),))
+    invocation = Invocation(ListExRequest(), mode="next", task_id=2, count=40)
+    outcome = output.render(invocation, reply, paris_time, SPRING, tz=PARIS)
+    expected = oracle("0 9 * * *", SPRING, 40, NEW_YORK)
+    assert outcome.stdout.decode().splitlines() == [_local(s, PARIS) for s in expected]
+    # New York changed on March 14, Paris on the 28th: 14:00, then 15:00 in Paris.
+    assert outcome.stdout.decode().splitlines()[:4] == [
+        "2027-03-25 14:00:00",
+        "2027-03-26 14:00:00",
+        "2027-03-27 14:00:00",
+        "2027-03-28 15:00:00",
+    ]
+
+
+def test_it_says_when_an_at_reboot_task_starts() -> None:
+    reply = ListExReply((_entry(5, "@reboot"),))
+    invocation = Invocation(ListExRequest(), mode="next", task_id=5)
+    outcome = output.render(invocation, reply, paris_time, SPRING, tz=PARIS)
+    message = "cassini: task 5 runs at each start of the daemon (@reboot)\n"
+    assert outcome == Outcome(b"", message, 0)
+    json_invocation = Invocation(ListExRequest(), mode="next", task_id=5, json=True)
+    outcome = output.render(json_invocation, reply, paris_time, SPRING, tz=PARIS)
+    assert outcome == Outcome(b"[]\n", message, 0)
+
+
+def test_it_says_when_a_zone_is_unknown_here() -> None:
+    # A zone the daemon knew and this machine does not: no times rather than wrong ones.
+    reply = ListExReply((TaskEntry(1, Timing(zone="Mars/Olympus"), (b"true",)),))
+    outcome = output.render(
+        Invocation(ListExRequest(), mode="next", task_id=1), reply, paris_time, SPRING, tz=PARIS
+    )
+    assert outcome == Outcome(b"", "cassini: task 1 runs unknown time zone 'Mars/Olympus'\n", 1)
+
+
+CALENDAR_PLAIN = [
+    ("0 3 1 * *", "At 03:00, on day 1 of the month"),
+    ("0 20 1-7 * 5", "At 20:00, on Friday or on days 1-7 of the month"),
+    (
+        "0 0 */2 * 1",
+        "At 00:00, on Monday, if it is days 1,3,5,7,9,11,13,15,17,19,21,23,25,"
+        "27,29,31 of the month",
+    ),
+    ("0 0 29 2 *", "At 00:00, on day 29 of the month, in February"),
+    ("0 9 * 1-3,12 *", "At 09:00, in January to March and December"),
+    ("@reboot", "At each start of the daemon (@reboot)"),
+]
+
+
+@pytest.mark.parametrize(("expression", "text"), CALENDAR_PLAIN)
+def test_it_describes_days_of_month_and_months_plainly(expression: str, text: str) -> None:
+    assert output.plain_description(Timing.cron(expression)) == text
+
+
+def test_it_describes_days_of_month_months_and_zones_with_cron_descriptor() -> None:
+    assert output.describe(Timing.cron("0 3 1 * *")) == "At 03:00, on day 1 of the month"
+    described = output.describe(Timing.cron("0 20 1-7 * 5"))
+    assert "between day 1 and 7 of the month" in described and "Friday" in described
+    assert output.describe(Timing.cron("0 9 * * *", "Asia/Tokyo")).endswith(" (Asia/Tokyo time)")
+    assert output.describe(Timing.cron("@reboot")) == "At each start of the daemon (@reboot)"
+
+
+def test_it_lists_the_new_fields_verbosely() -> None:
+    reply = ListExReply(
+        (
+            TaskEntry(
+                0,
+                Timing.cron("0 9 1 * *", "America/New_York"),
+                (b"report",),
+                Extras(((b"PATH", b"/opt/bin"), (b"X", b"a\nb")), b"in", b""),
+            ),
+            _entry(1, "@reboot"),
+        )
+    )
+    outcome = output.render(
+        Invocation(ListExRequest(), mode="verbose"), reply, paris_time, SPRING, tz=PARIS
+    )
+    assert outcome == Outcome(
+        b"0: 0 9 * dom=1 tz=America/New_York report\n"
+        b"    next run: 2027-04-01 15:00:00\n"
+        b"    description: At 09:00, on day 1 of the month (America/New_York time)\n"
+        b"    env: PATH=/opt/bin\n"
+        b"    env: X=a\\nb\n"
+        b"    stdin: in\n"
+        b"    mailto: \n"
+        b"1: - - - @reboot true\n"
+        b"    next run: at each start of the daemon (@reboot)\n"
+        b"    description: At each start of the daemon (@reboot)\n"
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cassini.program import probe, shell_quote, warning
+from cassini.program import check, probe, shell_quote, warning
 from tests.daemon_harness import Daemon
 
 MakeDaemon = Callable[..., Daemon]
@@ -58,10 +58,14 @@ NOT_FOUND = [
     (
         [b"nosuchcommand"],
         b"/usr/bin:/bin",
-        f"no program 'nosuchcommand' in cassini's PATH: {FAILS}",
+        f"no program 'nosuchcommand' in the task's PATH (/usr/bin:/bin): {FAILS}",
     ),
-    ([b"hello.sh"], b"/usr/bin:/bin", f"no program 'hello.sh' in cassini's PATH: {FAILS}"),
-    ([b"tool"], b"/opt", f"no program 'tool' in cassini's PATH: {FAILS}"),  # not executable
+    (
+        [b"hello.sh"],
+        b"/usr/bin:/bin",
+        f"no program 'hello.sh' in the task's PATH (/usr/bin:/bin): {FAILS}",
+    ),
+    ([b"tool"], b"/opt", f"no program 'tool' in the task's PATH (/opt): {FAILS}"),  # not executable
     (
         [b"./nothere.sh"],
         b"/bin",
@@ -83,14 +87,14 @@ NOT_FOUND = [
     (
         [b"ls -l"],
         b"/bin",
-        f"no program 'ls -l' in cassini's PATH: {FAILS}; "
+        f"no program 'ls -l' in the task's PATH (/bin): {FAILS}; "
         "for a shell command line, give the command as: sh -c 'ls -l'",
     ),
     (
         [b"ls -l", b"/my dir", b"it's"],
         b"/bin",
-        f"no program 'ls -l' in cassini's PATH: {FAILS}; for a shell command line, give the "
-        """command as: sh -c 'ls -l "$@"' sh '/my dir' 'it'\\''s'""",
+        f"no program 'ls -l' in the task's PATH (/bin): {FAILS}; for a shell command line, "
+        """give the command as: sh -c 'ls -l "$@"' sh '/my dir' 'it'\\''s'""",
     ),
     (
         [b"./run it"],
@@ -162,9 +166,8 @@ def test_it_creates_the_task_and_warns(make_daemon: MakeDaemon, tmp_path: Path) 
     daemon = make_daemon(root=tmp_path)
     done = _create(daemon, "nosuchcommand")
     assert (done.stdout, done.returncode) == ("0\n", 0)
-    assert (
-        done.stderr == f"cassini: warning: no program 'nosuchcommand' in cassini's PATH: {FAILS}\n"
-    )
+    expected = f"no program 'nosuchcommand' in the task's PATH (/usr/bin:/bin): {FAILS}"
+    assert done.stderr == f"cassini: warning: {expected}\n"
 
     done = _create(daemon, "ls -l")
     assert (done.stdout, done.returncode) == ("1\n", 0)
@@ -201,3 +204,32 @@ def test_it_says_nothing_for_a_program_in_path(make_daemon: MakeDaemon, tmp_path
     daemon = make_daemon(root=tmp_path)
     done = _create(daemon, "-m", "0", "echo", "hi")
     assert (done.stdout, done.stderr, done.returncode) == ("0\n", "", 0)
+
+
+def _bin_with(tmp_path: Path, name: str) -> Path:
+    """A directory holding an executable script `name`."""
+    directory = tmp_path / "mybin"
+    directory.mkdir()
+    script = directory / name
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    return directory
+
+
+def test_it_looks_in_the_tasks_path_not_cassinis(tmp_path: Path) -> None:
+    """The task gets cron's PATH, whatever PATH cassini was started with."""
+    directory = _bin_with(tmp_path, "mytool")
+    env = {"HOME": str(tmp_path), "PATH": f"{directory}:/usr/bin:/bin"}
+    code = "import sys; from cassini.program import check; print(check([b'mytool']))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout == f"no program 'mytool' in the task's PATH (/usr/bin:/bin): {FAILS}\n"
+
+
+def test_it_looks_in_the_path_the_task_sets(tmp_path: Path) -> None:
+    directory = os.fsencode(_bin_with(tmp_path, "mytool"))
+    assert check([b"mytool"], [(b"PATH", b"/nowhere"), (b"PATH", directory)]) is None
+    # The last PATH wins, as in the task's environment.
+    last = check([b"mytool"], [(b"PATH", directory), (b"PATH", b"/nowhere")])
+    assert last == f"no program 'mytool' in the task's PATH (/nowhere): {FAILS}"

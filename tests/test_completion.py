@@ -40,7 +40,7 @@ def _env() -> dict[str, str]:
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
     expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
-    expected += ["--replace", "--check", "--edit"]
+    expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     assert sorted(expected) == OPTIONS
 
 
@@ -151,12 +151,27 @@ def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_
 # The words of an option and its argument, to check the offered options against cli.py.
 _WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
 _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
+_WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
+_AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env"]
 AFTER_AN_OPERATION = [
     # (the words before, the options offered next)
     (["-l"], ["-h", "--help", "-p", "-l", "-v", "--json"]),
     (["-p", "d", "-lv"], ["-h", "--help", "-l", "-v", "--json"]),  # -p only once
-    (["-c"], ["-h", "--help", "-p", "-c", "-m", "-H", "-d"]),
-    (["-c", "-m", "1"], ["-h", "--help", "-p", "-c", "-H", "-d"]),
+    (["-c"], ["-h", "--help", "-p", "-c", "-m", "-H", "-d", *_AFTER_C]),
+    (
+        ["-c", "-m", "1"],
+        ["-h", "--help", "-p", "-c", "-H", "-d", "--dom", "--month", "--tz", "--env"],
+    ),
+    (["-c", "--cron", "@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
+    (["-c", "--cron=@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
+    (
+        ["-c", "--dom", "1"],
+        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--month", "--tz", "--env"],
+    ),
+    (
+        ["-c", "--tz", "UTC", "--env", "A=1"],
+        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--dom", "--month", "--cron", "--env"],
+    ),
     (["-x", "1"], ["-h", "--help", "-p", "--json"]),
     (["-n", "1"], ["-h", "--help", "-p", "-N", "--json"]),
     (["-r", "1"], ["-h", "--help", "-p"]),
@@ -204,6 +219,32 @@ def test_bash_completes_day_names_after_d() -> None:
     assert bash_complete("cassini", "-c", "-d", "mon-fr") == ["mon-fri", "mon-friday"]
     assert bash_complete("cassini", "-c", "-d", "1,sa") == ["1,sat", "1,saturday"]
     assert bash_complete("cassini", "-c", "-m", "") == []  # no names for minutes
+
+
+def test_bash_completes_the_values_of_the_new_fields() -> None:
+    assert bash_complete("cassini", "-c", "--month", "ju") == ["jun", "jul", "june", "july"]
+    assert bash_complete("cassini", "-c", "--month", "mar-ma") == [
+        "mar-mar",
+        "mar-may",
+        "mar-march",
+    ]
+    assert bash_complete("cassini", "-c", "--cron", "@m") == ["@midnight", "@monthly"]
+    assert bash_complete("cassini", "-c", "--cron", "=", "@r") == ["@reboot"]
+    # `--cr=@daily` reaches the completion as three words, as bash splits at the =.
+    offered = bash_complete("cassini", "-c", "--cr", "=", "@daily", "-")
+    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env"]
+    assert bash_complete("cassini", "-c", "--dom", "") == []
+    assert bash_complete(
+        "cassini", "-c", "--env", "CASSINI_T", prelude="export CASSINI_TEST=1\n"
+    ) == ["CASSINI_TEST="]
+    assert bash_complete("cassini", "-c", "--env", "CASSINI_TEST=") == []
+
+
+@pytest.mark.skipif(not Path("/usr/share/zoneinfo/Europe/Paris").exists(), reason="no zoneinfo")
+def test_bash_completes_time_zones() -> None:
+    assert bash_complete("cassini", "-c", "--tz", "Europe/Par") == ["Europe/Paris"]
+    assert "UTC" in bash_complete("cassini", "-c", "--tz", "U")  # a symbolic link
+    assert bash_complete("cassini", "-c", "--tz", "posix") == []  # copies of the others
 
 
 def test_bash_completes_directories_and_files(tmp_path: Path) -> None:
@@ -352,11 +393,13 @@ def test_zsh_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_p
     ("line", "expected"),
     [
         ("cassini -l -", ["-h", "--help", "-p", "-v", "--json"]),
-        ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d"]),
+        ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
+        ("cassini -c --cron @daily -", ["-h", "--help", "-p", "--tz", "--env"]),
+        ("cassini -c --env A=1 -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
         ("cassini -x 1 -", ["-h", "--help", "-p", "--json"]),
         ("cassini -n 1 -", ["-h", "--help", "-p", "-N", "--json"]),
         ("cassini -r 1 -", ["-h", "--help", "-p"]),
-        ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d"]),
+        ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d", *_AFTER_C[:2], *_AFTER_C[3:]]),
     ],
 )
 def test_zsh_offers_only_the_options_valid_after_an_operation(
@@ -364,6 +407,15 @@ def test_zsh_offers_only_the_options_valid_after_an_operation(
 ) -> None:
     offered = set(zsh_complete(line, tmp_path)) - {"-"}  # "-": the start of a command of -c
     assert sorted(offered) == sorted(expected)
+
+
+@needs_zsh
+def test_zsh_completes_the_values_of_the_new_fields(tmp_path: Path) -> None:
+    assert zsh_complete("cassini -c --month mar-ma", tmp_path) == ["mar", "may", "march"]
+    assert sorted(zsh_complete("cassini -c --cron @m", tmp_path)) == ["@midnight", "@monthly"]
+    assert zsh_complete("cassini -c --tz Europe/Par", tmp_path) == ["Paris"]
+    setup = "export CASSINI_TEST=1"
+    assert zsh_complete("cassini -c --env CASSINI_T", tmp_path, setup=setup) == ["CASSINI_TEST"]
 
 
 @needs_zsh

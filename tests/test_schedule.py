@@ -19,7 +19,7 @@ from croniter import croniter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saturnd.schedule import Plan, local_minute, next_runs, plan
+from saturnd.schedule import Plan, ZoneGroup, local_minute, next_runs, plan, plan_zones
 from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
 
 NOW = datetime(2026, 6, 17, 12, 0)  # a Wednesday, far from any DST change
@@ -707,6 +707,155 @@ def test_it_agrees_with_croniter_away_from_dst_changes(
 def test_it_returns_no_runs_for_an_empty_timing_or_count() -> None:
     assert next_runs(Timing(0, FULL_HOURS, FULL_DAYSOFWEEK), 0, 3, PARIS) == []
     assert next_runs(cron("* * *"), 0, 0, PARIS) == []
+
+
+# --- the five fields and per-task zones (issue 13) -------------------------------------------
+
+
+def test_it_runs_a_task_only_on_its_days_of_month_and_months() -> None:
+    tasks = {
+        1: Timing.cron("0 3 1 * *"),
+        2: Timing.cron("0 0 29 2 *"),
+        3: Timing.cron("0 20 1-7 * 5"),
+    }
+    start = utc_minute("2027-12-31 12:00")
+    found = drive(ZoneInfo("UTC"), start, start + 70 * 24 * 60, tasks)
+    assert [wall for _, wall in found[1]] == [
+        at("2028-01-01 03:00"),
+        at("2028-02-01 03:00"),
+        at("2028-03-01 03:00"),
+    ]
+    assert [wall for _, wall in found[2]] == [at("2028-02-29 00:00")]
+    # Days 1-7 or Fridays, at 20:00, from 2027-12-31 (a Friday) to 2028-03-09.
+    days = [wall.date() for _, wall in found[3]]
+    window = [at("2027-12-31 20:00") + k * timedelta(days=1) for k in range(70)]
+    expected = [d.date() for d in window if d.day <= 7 or d.isoweekday() == 5]
+    assert days == expected
+
+
+def test_it_catches_up_and_jumps_only_on_matching_days() -> None:
+    tasks = {1: Timing.cron("30 23 31 * *"), 2: Timing.cron("0 0 1 * *")}
+    # 23:29 on May 31 to 00:02 on June 1, in one jump of 33 minutes.
+    step = plan(at("2027-05-31 23:29"), at("2027-06-01 00:02"), tasks)
+    assert step.runs == ((at("2027-05-31 23:30"), 1), (at("2027-06-01 00:00"), 2))
+    # The same jump a month later: June has no 31st.
+    step = plan(at("2027-06-30 23:29"), at("2027-07-01 00:02"), tasks)
+    assert step.runs == ((at("2027-07-01 00:00"), 2),)
+
+
+def test_it_never_runs_a_reboot_task_by_the_clock() -> None:
+    tasks = {1: Timing.cron("@reboot"), 2: Timing()}
+    for last in (
+        NOW - MINUTE,
+        NOW - 3 * MINUTE,
+        NOW - 60 * MINUTE,
+        NOW + MINUTE,
+        NOW - 600 * MINUTE,
+    ):
+        assert {task_id for _, task_id in plan(last, NOW, tasks).runs} == {2}
+    assert next_runs(Timing.cron("@reboot"), 0, 3, PARIS) == []
+
+
+def test_it_plans_only_the_zones_asked_for() -> None:
+    tasks = {1: Timing.cron("0 12 * * *"), 2: Timing.cron("0 12 * * *", "Asia/Tokyo")}
+    assert plan(NOW - MINUTE, NOW, tasks).runs == ((NOW, 1), (NOW, 2))
+    assert plan(NOW - MINUTE, NOW, tasks, {""}).runs == ((NOW, 1),)
+    assert plan(NOW - 30 * MINUTE, NOW, tasks, {"Asia/Tokyo"}).runs == ((NOW, 2),)
+
+
+def zone_groups(tasks: Mapping[int, Timing], daemon: ZoneInfo) -> dict[str, ZoneGroup]:
+    named = {t.zone for t in tasks.values() if t.zone}
+    groups = {"": ZoneGroup(daemon, tasks, frozenset({""}))}
+    for name in named:
+        own = {i: t for i, t in tasks.items() if t.zone == name}
+        groups[name] = ZoneGroup(ZoneInfo(name), own)
+    return groups
+
+
+def test_it_reads_each_task_in_its_own_zone() -> None:
+    tasks = {1: Timing.cron("0 3 * * *"), 2: Timing.cron("0 3 * * *", "America/New_York")}
+    groups = zone_groups(tasks, PARIS)
+    start = utc_minute("2026-06-16 12:00")
+    runs: list[tuple[int, int]] = []
+    marks: dict[str, datetime] = {}
+    previous = None
+    for epoch_minute in range(start, start + 24 * 60):
+        plans = plan_zones(previous, marks, epoch_minute, groups)
+        runs += [(epoch_minute, task_id) for z in plans.values() for _, task_id in z.plan.runs]
+        marks = {name: z.plan.last for name, z in plans.items()}
+        previous = epoch_minute
+    assert runs == [
+        (utc_minute("2026-06-17 01:00"), 1),  # 03:00 in Paris (UTC+2)
+        (utc_minute("2026-06-17 07:00"), 2),  # 03:00 in New York (UTC-4)
+    ]
+
+
+def test_it_starts_a_new_zone_from_the_minute_before() -> None:
+    # The zone's first task came during the previous minute: it has no mark yet.
+    tasks = {2: Timing.cron("* * * * *", "Asia/Tokyo")}
+    groups = zone_groups(tasks, PARIS)
+    minute = utc_minute("2026-06-17 10:00")
+    plans = plan_zones(minute - 1, {"": local_minute(minute - 1, PARIS)}, minute, groups)
+    assert plans["Asia/Tokyo"].plan.kind == "normal"
+    assert plans["Asia/Tokyo"].plan.runs == ((local_minute(minute, ZoneInfo("Asia/Tokyo")), 2),)
+    assert plan_zones(None, {}, minute, groups)["Asia/Tokyo"].plan.runs == ()
+
+
+def test_it_judges_dst_in_the_zone_that_sees_it() -> None:
+    """New York springs forward on 2026-03-08 (Paris three weeks later): a New York task
+    at 02:30 runs once at 03:00 New York time, and the Paris tasks see an ordinary night."""
+    tasks = {
+        1: Timing.cron("30 2 * * *"),
+        2: Timing.cron("30 2 * * *", "America/New_York"),
+        3: Timing.cron("*/30 * * * *", "America/New_York"),
+    }
+    groups = zone_groups(tasks, PARIS)
+    start = utc_minute("2026-03-07 12:00")
+    runs: list[tuple[int, int]] = []
+    kinds: dict[str, set[str]] = {"": set(), "America/New_York": set()}
+    marks: dict[str, datetime] = {}
+    previous = None
+    for epoch_minute in range(start, start + 24 * 60):
+        plans = plan_zones(previous, marks, epoch_minute, groups)
+        runs += [(epoch_minute, task_id) for z in plans.values() for _, task_id in z.plan.runs]
+        for name, z in plans.items():
+            kinds[name].add(z.plan.kind)
+        marks = {name: z.plan.last for name, z in plans.items()}
+        previous = epoch_minute
+    assert kinds == {"": {"none", "normal"}, "America/New_York": {"none", "normal", "forward-jump"}}
+    assert [m for m, task_id in runs if task_id == 1] == [utc_minute("2026-03-08 01:30")]
+    assert [m for m, task_id in runs if task_id == 2] == [utc_minute("2026-03-08 07:00")]
+    three_am = utc_minute("2026-03-08 07:00")  # 03:00 EDT, the first minute after the gap
+    assert [m for m, task_id in runs if task_id == 3 and three_am - 90 <= m <= three_am + 30] == [
+        three_am - 90,  # 00:30 EST
+        three_am - 60,  # 01:00 EST
+        three_am - 30,  # 01:30 EST
+        three_am,  # 03:00 EDT, once: a wildcard task runs once for the current minute
+        three_am + 30,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "after", "expected"),
+    [
+        ("0 3 1 * *", "Europe/Paris", "2026-10-15 00:00", ["2026-11-01 02:00", "2026-12-01 02:00"]),
+        ("0 0 29 2 *", "UTC", "2026-01-01 00:00", ["2028-02-29 00:00", "2032-02-29 00:00"]),
+        # 02:30 does not exist on 2026-03-08 in New York: it runs at 03:00 EDT.
+        (
+            "30 2 8 3 *",
+            "America/New_York",
+            "2026-01-01 00:00",
+            ["2026-03-08 07:00", "2027-03-08 07:30"],
+        ),
+        ("0 20 1-7 * 5", "UTC", "2026-01-31 00:00", ["2026-02-01 20:00", "2026-02-02 20:00"]),
+    ],
+)
+def test_it_predicts_the_runs_of_the_five_fields_in_a_zone(
+    text: str, zone: str, after: str, expected: list[str]
+) -> None:
+    timing = Timing.cron(text, zone)
+    got = next_runs(timing, utc_minute(after) * 60, len(expected), ZoneInfo(zone))
+    assert got == [utc_minute(when) * 60 for when in expected]
 
 
 # --- speed -----------------------------------------------------------------------------------

@@ -548,7 +548,7 @@ def test_it_waits_for_a_restarting_listener_instead_of_falling_back_to_the_fifos
         os.close(lock)
         listener.join(timeout=5)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
-    assert served == [b"LS"] and fake.requests == []
+    assert served == [b"lx"] and fake.requests == []  # -l asks LIST-EX on the socket
     assert 0.3 < waited < LIMIT + 1
 
 

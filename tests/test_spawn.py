@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from saturnd.spawn import RunSpec, spawn_run, spawn_runs
+from saturnd.task import NO_EXTRAS, Extras
 
 START = 1_795_248_000  # a fixed start time: the history must show it, not the real clock
 TASK_ID = 7
@@ -100,11 +101,17 @@ def task_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def spawn(task_dir: Path, *argv: bytes | str, start: int = START, **kwargs: Any) -> None:
+def spawn(
+    task_dir: Path,
+    *argv: bytes | str,
+    start: int = START,
+    extras: Extras = NO_EXTRAS,
+    **kwargs: Any,
+) -> None:
     """spawn_run with the test recorder unless another is given."""
     kwargs.setdefault("record", record_run)
     args = tuple(os.fsencode(a) for a in argv)
-    spawn_run(RunSpec(TASK_ID, task_dir, args, start), **kwargs)
+    spawn_run(RunSpec(TASK_ID, task_dir, args, start, extras), **kwargs)
 
 
 def run(task_dir: Path, *argv: bytes | str, **kwargs: Any) -> tuple[int, bytes, bytes]:
@@ -230,6 +237,9 @@ def test_it_runs_in_home(task_dir: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert run(task_dir, "pwd", "-P") == (0, f"{home.resolve()}\n".encode(), b"")
     monkeypatch.setenv("HOME", str(tmp_path / "no-such-home"))
     assert run(task_dir, "pwd", "-P") == (0, b"/\n", b"")
+    # A task's own HOME is its working directory, as cron's chdir to the entry's HOME.
+    own = Extras(env=((b"HOME", os.fsencode(home)),))
+    assert run(task_dir, "pwd", "-P", extras=own) == (0, f"{home.resolve()}\n".encode(), b"")
 
 
 def test_it_runs_in_its_own_session(sleeper: Callable[..., tuple[int, int]]) -> None:
@@ -362,12 +372,11 @@ def test_it_passes_argv_bytes_unchanged(task_dir: Path) -> None:
     assert run(task_dir, *argv) == (0, b"two  spaces|\xff\xfe not utf-8|", b"")
 
 
-def test_it_searches_path(task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = "/nonexistent-dir:" + os.environ.get("PATH", "/usr/bin:/bin")
-    monkeypatch.setenv("PATH", path)
-    code, out, err = run(task_dir, "env")
+def test_it_searches_path(task_dir: Path) -> None:
+    path = b"/nonexistent-dir:/usr/bin:/bin"
+    code, out, err = run(task_dir, "env", extras=Extras(env=((b"PATH", path),)))
     assert (code, err) == (0, b"")
-    assert f"PATH={path}\n".encode() in out
+    assert b"PATH=%s\n" % path in out
 
 
 def test_it_goes_on_after_a_non_executable_match_in_path(
@@ -378,10 +387,13 @@ def test_it_goes_on_after_a_non_executable_match_in_path(
         directory.mkdir()
         (directory / "tool").write_text(f"#!/bin/sh\necho {directory.name}\n")
         (directory / "tool").chmod(mode)
+    # The daemon's own PATH is not the task's: only the task's is searched.
     monkeypatch.setenv("PATH", f"{first}:{second}")
-    assert run(task_dir, "tool") == (0, b"bin2\n", b"")
-    monkeypatch.setenv("PATH", f"{first}:{tmp_path}/none")
-    assert run(task_dir, "tool") == (
+    assert run(task_dir, "tool")[0] == 127
+    in_path = Extras(env=((b"PATH", os.fsencode(f"{first}:{second}")),))
+    assert run(task_dir, "tool", extras=in_path) == (0, b"bin2\n", b"")
+    in_path = Extras(env=((b"PATH", os.fsencode(f"{first}:{tmp_path}/none")),))
+    assert run(task_dir, "tool", extras=in_path) == (
         126,
         b"",
         b"saturnd: cannot execute 'tool': Permission denied\n",
@@ -428,15 +440,16 @@ def test_it_logs_a_run_it_cannot_record_with_its_start_and_exit_code(
 ) -> None:
     log = tmp_path / "log"
 
-    def full_disk(task_dir: Path, time: int, exitcode: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    # Not an error that space coming back cures (those are kept pending: test_pending.py).
+    def refused(task_dir: Path, time: int, exitcode: int) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
-    spawn(task_dir, "sh", "-c", "exit 5", record=full_disk, logger=file_logger(log))
+    spawn(task_dir, "sh", "-c", "exit 5", record=refused, logger=file_logger(log))
     wait_for(lambda: log.exists() and log.read_bytes().endswith(b"\n"), "a log line")
     wait_for(lambda: not temp_files(task_dir), "the temporaries to be removed")
     (line,) = log.read_text().splitlines()
     assert f"task {TASK_ID}: run LOST, not recorded (start {START}, exit code 5, pid " in line
-    assert line.endswith("No space left on device")
+    assert line.endswith("Permission denied")
 
 
 def failing_fork(monkeypatch: pytest.MonkeyPatch, nth: int) -> None:

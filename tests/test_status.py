@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from saturnd import status
+from saturnd import status, taskdir
 from saturnd.startup import Paths
 from saturnd.status import ProcessInfo, RunInfo, Status
 from tests.conftest import NOW
@@ -133,6 +133,7 @@ def test_it_writes_one_json_document_with_the_same_facts() -> None:
         "state_dir": "/home/u/.local/state/saturnd",
         "log_file": "/home/u/.local/state/saturnd/saturnd.log",
         "problems": [],
+        "runs_not_recorded": 0,
     }
     assert status.exit_status(report) == status.EXIT_RUNNING == 0
     stopped = json.loads(status.to_json(_status(running=False), now=STARTED))
@@ -179,6 +180,36 @@ def test_it_reports_an_unreadable_task_table_as_a_problem(tmp_path: Path) -> Non
     report = status.gather(Paths(tmp_path / "pipes", tmp_path))
     assert report.tasks is None and len(report.problems) == 1
     assert str(tmp_path / "cmds") in report.problems[0]
+
+
+def test_it_reports_runs_not_recorded_yet_until_they_are(tmp_path: Path, utc: None) -> None:
+    paths = Paths(tmp_path / "pipes", tmp_path)
+    directories = {task: tmp_path / taskdir.dir_name(task) for task in (3, 12)}
+    for directory in directories.values():
+        directory.mkdir()
+    for task, at, number in ((12, STARTED + 120, 1), (3, STARTED + 60, 2), (12, STARTED + 180, 3)):
+        # As P5 leaves a run whose record the disk refused (taskdir.pend's names).
+        for name in taskdir.PendingRun(int(at), 4242, number, 0, whole=True).names():
+            (directories[task] / os.fsdecode(name)).write_bytes(b"")
+    report = status.gather(paths)
+    problem = (
+        "3 runs of tasks 3, 12 not recorded yet, the oldest from 2026-11-21 08:01:00: "
+        "the disk refused them; they are recorded when it has room again"
+    )
+    assert report.problems == (problem,) and report.pending == 3
+    assert f"problem:          {problem}" in status.to_text(report, now=NOW)
+    assert json.loads(status.to_json(report, now=NOW))["runs_not_recorded"] == 3
+    running = Status(**{**report.__dict__, "processes": (ProcessInfo(1, NOW, 0, 0, 0.0),)})
+    assert status.exit_status(running) == status.EXIT_CANNOT_RECORD
+    for directory in directories.values():
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert taskdir.flush_pending(fd, directory, taskdir.append_run).error is None
+        finally:
+            os.close(fd)
+    report = status.gather(paths)
+    assert report.problems == () and report.pending == 0
+    assert status.exit_status(Status(**{**report.__dict__, "processes": running.processes})) == 0
 
 
 @pytest.fixture

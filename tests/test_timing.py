@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import pickle
 import re
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -687,3 +688,170 @@ def test_it_gives_a_subclass_of_a_value_class_the_fields_of_both() -> None:
     assert Labelled(1, "a") != Labelled(1, "b")
     assert Labelled(1, "a") != Point(1)
     assert copy.copy(Labelled(1, "a")) == Labelled(1, "a")
+
+
+# --- the five fields of a crontab (issue 13) ------------------------------------
+
+FULL_DOM = bits(span(1, 31))
+FULL_MONTHS = bits(span(1, 12))
+
+
+@pytest.mark.parametrize(
+    ("text", "dom", "months", "dow", "days_or"),
+    [
+        ("0 3 1 * *", [1], span(1, 12), span(0, 6), False),
+        ("0 0 1,8,15,22 * *", [1, 8, 15, 22], span(1, 12), span(0, 6), False),
+        ("1 6 */2 * *", list(range(1, 32, 2)), span(1, 12), span(0, 6), False),
+        ("0 20 1-7 * 5", span(1, 7), span(1, 12), [5], True),
+        ("0 0 */2 * 1", list(range(1, 32, 2)), span(1, 12), [1], False),  # `*/2` is a star
+        ("0 0 1-31 * 1", span(1, 31), span(1, 12), span(0, 6), False),  # OR with every day
+        ("0 0 * jan-mar,dec mon", span(1, 31), [1, 2, 3, 12], [1], False),
+        ("0 0 * february,august sunday", span(1, 31), [2, 8], [0], False),
+        ("0 0 L * *".replace("L", "31"), [31], span(1, 12), span(0, 6), False),
+        ("0 0 * */3 *", span(1, 31), [1, 4, 7, 10], span(0, 6), False),
+    ],
+)
+def test_it_parses_the_five_fields_and_the_day_rule(
+    text: str, dom: list[int], months: list[int], dow: list[int], days_or: bool
+) -> None:
+    timing = Timing.cron(text)
+    assert (timing.daysofmonth, timing.months, timing.daysofweek, timing.days_or) == (
+        bits(dom),
+        bits(months),
+        bits(dow),
+        days_or,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "five"),
+    [
+        ("@yearly", "0 0 1 1 *"),
+        ("@annually", "0 0 1 1 *"),
+        ("@monthly", "0 0 1 * *"),
+        ("@weekly", "0 0 * * 0"),
+        ("@daily", "0 0 * * *"),
+        ("@MIDNIGHT", "0 0 * * *"),
+        ("@hourly", "0 * * * *"),
+    ],
+)
+def test_it_reads_the_at_names_as_their_five_fields(name: str, five: str) -> None:
+    assert Timing.cron(name, "Europe/Paris") == Timing.cron(five, "Europe/Paris")
+
+
+def test_it_reads_reboot_as_a_timing_the_clock_never_reaches() -> None:
+    timing = Timing.cron("@reboot")
+    assert timing.reboot and timing.format_cron() == "@reboot"
+    assert timing.next_after(NOW) is None and timing.never_day()
+
+
+@pytest.mark.parametrize(
+    ("text", "compact"),
+    [
+        ("0,15,30,45 * * * *", "*/15 * * * *"),
+        ("1-59/2 9,10,11,12,13,14,15,16,17 * * *", "1-59/2 9-17 * * *"),
+        ("0 0 1 1 *", "0 0 1 1 *"),
+        ("0 0 * jan,apr,jul,oct mon-fri", "0 0 * */3 1-5"),
+        ("0 0 * * 7", "0 0 * * 0"),
+        ("0 0 * * sun,sat", "0 0 * * 0,6"),
+        ("0,30 0,12 * * *", "0,30 0,12 * * *"),
+        ("0 20 1-7 * fri", "0 20 1-7 * 5"),
+        ("0 20 1,3,5,7,9,11,13,15,17,19,21,23,25,27,29,31 * 5", "0 20 1-31/2 * 5"),
+        ("0 0 */2 * 1", "0 0 */2 * 1"),
+        ("0 0 */31,15 * 1", "0 0 */31,15 * 1"),
+        ("0 0 2 * */7", "0 0 2 * */7"),
+        ("0 0 1-31 * 1", "0 0 * * *"),
+        ("0-58/2,59 * * * *", "*/2,59 * * * *"),
+    ],
+)
+def test_it_formats_five_fields_in_crons_compact_form(text: str, compact: str) -> None:
+    timing = Timing.cron(text)
+    assert timing.format_cron() == compact
+    assert Timing.cron(compact) == timing
+
+
+def nonempty(low: int, high: int) -> st.SearchStrategy[int]:
+    return st.sets(st.integers(low, high), min_size=1).map(bits)
+
+
+any_timings = st.builds(
+    Timing,
+    nonempty(0, 59),
+    nonempty(0, 23),
+    nonempty(0, 6),
+    nonempty(1, 31),
+    nonempty(1, 12),
+    st.booleans(),
+    st.booleans().filter(lambda reboot: not reboot) | st.just(True),
+    st.sampled_from(["", "America/New_York"]),
+)
+
+
+def has_cron_text(timing: Timing) -> bool:
+    """cron reads an AND of two restricted day fields only when one text starts with
+    `*`, and `*/N` always holds the field's first value (day 1, Sunday)."""
+    both_restricted = timing.daysofmonth != FULL_DOM and timing.daysofweek != FULL_DAYSOFWEEK
+    if timing.days_or or timing.reboot or not both_restricted:
+        return True
+    return bool(timing.daysofmonth & 2 or timing.daysofweek & 1)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(any_timings)
+def test_it_reads_back_every_timing_from_its_compact_form(timing: Timing) -> None:
+    if not has_cron_text(timing):
+        with pytest.raises(ValueError, match="no crontab text"):
+            timing.format_cron()
+        return
+    text = timing.format_cron()
+    assert Timing.cron(text, timing.zone) == timing
+    assert not re.search("[a-z]", text.replace("@reboot", "")), "names never"
+    assert " 7" not in text.split(" ", 4)[-1], "Sunday is 0"
+
+
+@QUICK
+@given(any_timings.filter(has_cron_text))
+def test_it_never_writes_longer_than_the_canonical_fields(timing: Timing) -> None:
+    if timing.reboot:
+        return
+    minute, hour, *_days = timing.format_cron().split()
+    assert len(minute) <= len(format_field("minutes", timing.minutes))
+    assert len(hour) <= len(format_field("hours", timing.hours))
+
+
+@pytest.mark.parametrize(
+    ("text", "never"),
+    [
+        ("0 0 31 2 *", True),
+        ("0 0 30,31 2 *", True),
+        ("0 0 31 4,6,9,11 *", True),
+        ("0 0 31 4,7 *", False),
+        ("0 0 29 2 *", False),
+        ("0 0 31 2 1", False),  # OR-ed: every Monday of February
+        ("0 0 */31 2 1", False),
+        ("0 0 * * *", False),
+    ],
+)
+def test_it_tells_a_day_that_never_comes_without_walking_400_years(text: str, never: bool) -> None:
+    timing = Timing.cron(text)
+    assert timing.never_day() is never
+    started = time.perf_counter()
+    found = timing.next_after(NOW)
+    assert (found is None) is never
+    assert time.perf_counter() - started < 0.01
+
+
+@pytest.mark.parametrize(
+    ("given", "same_as"),
+    [
+        (Timing(daysofmonth=bits([1]), daysofweek=FULL_DAYSOFWEEK, days_or=True), Timing()),
+        (Timing(daysofmonth=0, daysofweek=bits([5]), days_or=True), Timing(daysofweek=bits([5]))),
+        (Timing(daysofmonth=bits([9]), daysofweek=0, days_or=True), Timing(daysofmonth=bits([9]))),
+        (
+            Timing(minutes=1, daysofweek=bits([5]), reboot=True, days_or=True),
+            Timing.cron("@reboot"),
+        ),
+    ],
+)
+def test_it_stores_equal_day_meanings_as_equal_timings(given: Timing, same_as: Timing) -> None:
+    assert given == same_as and hash(given) == hash(same_as)

@@ -20,9 +20,12 @@ ordinary user, which cannot chown or setuid, they skip with that reason.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import resource
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from saturnd import taskdir
 from tests.conftest import NOW, needs_root
 from tests.daemon_harness import SATURND, owner_name, wait_for
 from tests.reliability.support import (
@@ -316,6 +320,97 @@ def test_it_acknowledges_nothing_it_could_not_store_on_a_full_disk(
     )
 
 
+def saturnd_status(daemon: Target) -> tuple[int, dict[str, object]]:
+    """`saturnd status --json` on this daemon: (exit status, the document)."""
+    done = subprocess.run(
+        [SATURND, "status", "-p", str(daemon.pipes), "-s", str(daemon.state), "--json"],
+        capture_output=True,
+        env=daemon.env,
+        timeout=20,
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def set_fsize(pid: int, limit: int) -> None:
+    """Change a daemon's process's soft file size limit (any user may, on its own)."""
+    hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
+
+
+@pytest.mark.scenario("3d. full disk (RLIMIT_FSIZE, small tmpfs)")
+def test_it_records_the_runs_it_missed_once_space_is_back(
+    target: MakeTarget, figures: Figures
+) -> None:
+    daemon = target(start=NOW)
+    task = daemon.create("sh", "-c", "echo tick")
+    task_dir = daemon.state / f"task_{task}"
+    # The task's history is one run short of a file size limit, which its runs' P5s
+    # get from the executor: their records are refused (EFBIG) as on a full disk,
+    # while the listener, the executor's own files and the outputs still fit.
+    limit = 64 * 1024
+    seeded = (limit - 4) // 10
+    old = [(NOW - 60 * (seeded - index), 0) for index in range(seeded)]
+    (task_dir / "times-exitcodes").write_bytes(
+        struct.pack(">I", seeded) + b"".join(struct.pack(">qH", *run) for run in old)
+    )
+    executor = daemon.parts()["executor"]
+    set_fsize(executor, limit)
+    daemon.new_log()
+    missed = [NOW + 60 * minute for minute in (1, 2, 3)]
+    for moment in missed:
+        daemon.step_to(moment)
+        wait_for(
+            lambda: len(taskdir.pending_runs(task_dir)) == missed.index(moment) + 1,  # noqa: B023
+            what="the run to be kept pending",
+        )
+    code, document = saturnd_status(daemon)
+    assert code == 4, document
+    assert document["runs_not_recorded"] == 3
+    assert (
+        f"3 runs of task {task} not recorded yet, the oldest from 2026-11-21 08:01:00"
+        in " ".join(map(str, document["problems"]))  # type: ignore[call-overload]
+    )
+    # Space comes back: the P5s that kept the runs record them by themselves.
+    set_fsize(executor, resource.RLIM_INFINITY)
+    for run in taskdir.pending_runs(task_dir):
+        with contextlib.suppress(ProcessLookupError):
+            set_fsize(run.pid, resource.RLIM_INFINITY)
+    freed = time.monotonic()
+
+    def history() -> list[tuple[int, int]]:
+        data = (task_dir / "times-exitcodes").read_bytes()
+        count = struct.unpack_from(">I", data)[0]
+        return [struct.unpack_from(">qH", data, 4 + 10 * i) for i in range(count)]
+
+    wait_for(lambda: len(history()) == seeded + 3, timeout=70, what="the missed runs")
+    took = time.monotonic() - freed
+    assert history() == [*old, *((moment, 0) for moment in missed)]
+    assert (task_dir / "stdout").read_bytes() == b"tick\n"
+    log = daemon.new_log().splitlines()
+    kept = [line for line in log if "kept pending" in line]
+    assert len(kept) == 3 and all("File too large" in line for line in kept), log
+    recovered = [line for line in log if "could not be recorded earlier" in line]
+    assert len(recovered) == 1, log
+    assert recovered[0].endswith(
+        f"recorded 3 runs of task {task} that could not be recorded earlier (from 08:01 to 08:03)"
+    )
+    assert not [line for line in log if "LOST" in line], log
+    code, document = saturnd_status(daemon)
+    assert code == 0 and document["problems"] == [] and document["runs_not_recorded"] == 0
+    # The next run comes after them.
+    daemon.step_to(NOW + 240)
+    wait_for(lambda: len(history()) == seeded + 4, what="the next run")
+    assert history()[-4:] == [(moment, 0) for moment in (*missed, NOW + 240)]
+    assert sorted(os.listdir(task_dir)) == ["stderr", "stdout", "times-exitcodes"]
+    figures.iterations = 3
+    figures.latency(took)
+    figures.checked = (
+        "a task's records refused (RLIMIT_FSIZE) for 3 minutes: 3 runs kept pending, status "
+        "exit 4 with a problem line; once allowed, recorded in order by their own P5s with "
+        "one log line, status clean again; worst latency = limit raised to recorded"
+    )
+
+
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs, if this machine lets us mount one."""
@@ -385,6 +480,45 @@ def test_it_survives_a_really_full_file_system(
     figures.checked = (
         f"a 512 KiB tmpfs filled up: {len(acked)} CREATE acknowledged, {refused} refused; "
         "runs resume once space is freed; after a restart exactly the acknowledged tasks"
+    )
+
+
+@pytest.mark.scenario("3d. full disk (RLIMIT_FSIZE, small tmpfs)")
+def test_it_records_a_run_that_filled_the_disk_once_space_is_back(
+    tmp_path: Path, small_fs: Path, figures: Figures
+) -> None:
+    daemon = Target(tmp_path, NOW)
+    daemon.state = small_fs / "state"
+    daemon.start()
+    filler = small_fs / "filler"
+    try:
+        # The run itself fills the file system, after the minute was recorded as handled:
+        # its output is cut and its record refused (the history's first page).
+        task = daemon.create(
+            "-m", "1", "-H", "8", "sh", "-c", f"head -c 1M /dev/zero > {filler}; echo tick"
+        )
+        task_dir = daemon.state / f"task_{task}"
+        daemon.step_to(NOW + 60)
+        wait_for(lambda: taskdir.pending_runs(task_dir), what="the run to be kept pending")
+        code, document = saturnd_status(daemon)
+        assert code == 4 and document["runs_not_recorded"] == 1, document
+        filler.unlink()
+        wait_for(lambda: daemon.runs(task) == [("2026-11-21 08:01:00", 0)], what="the record")
+        log = daemon.log_text()
+        assert log.count("kept pending") == 1, log
+        assert (
+            f"recorded 1 run of task {task} that could not be recorded earlier (from 08:01); "
+            "output cut by the full disk: 08:01"
+        ) in log
+        assert saturnd_status(daemon)[1]["runs_not_recorded"] == 0
+        assert not list(task_dir.glob("pending.*")) and not list(task_dir.glob("*.tmp"))
+    finally:
+        daemon.stop()
+        filler.unlink(missing_ok=True)
+    figures.iterations = 1
+    figures.checked = (
+        "a run fills a 512 KiB tmpfs: its record kept pending (status exit 4), recorded by "
+        "its P5 once the space is freed, the log saying its output was cut"
     )
 
 
