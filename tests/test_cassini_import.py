@@ -302,3 +302,31 @@ def test_it_says_a_daemon_without_the_socket_cannot_take_whole_tasks(tmp_path: P
         "month, @reboot, a zone, a setting or input): it needs saturnd's socket, and there "
         "is none; nothing changed\n"
     )
+
+
+def test_it_runs_what_cron_would_run(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(root=tmp_path)
+    (tmp_path / "dir").mkdir()
+    data = (
+        b"GREETING = hello there  \n"
+        b"SHELL=/bin/bash\n"
+        b'* * * * * echo "$GREETING from $0"\n'
+        b"* * * * * cat%line one%line two\n"
+        b"* * * * * cd " + str(tmp_path / "dir").encode() + b" && pwd\n"
+        b"SHELL=/bin/sh\n"
+        b"* * * * * exec printf '<\\%s>' \"$GREETING\" 50\\%\n"
+        b"* * * * * /usr/bin/env\n"
+    )
+    done = _import(daemon, tmp_path, data)
+    assert (done.returncode, done.stdout) == (0, b"0\n1\n2\n3\n4\n"), done.stderr
+    daemon.step_to(NOW + 60)
+    wait_for(lambda: all(daemon.runs(i) for i in range(5)), what="the runs")
+    outputs = [daemon.cassini("-o", str(i)).stdout for i in range(5)]
+    assert outputs[:4] == [
+        b"hello there from /bin/bash\n",
+        b"line one\nline two\n",
+        str(tmp_path / "dir").encode() + b"\n",
+        b"<hello there><50%>",
+    ]
+    environment = outputs[4].split(b"\n")
+    assert b"GREETING=hello there" in environment and b"SHELL=/bin/sh" in environment
