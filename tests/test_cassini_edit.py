@@ -152,3 +152,24 @@ def test_it_says_so_when_no_daemon_answers(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == b""
     assert done.stderr.endswith(b"; nothing changed\n") and done.stderr.count(b"\n") == 1
     assert stat.S_ISDIR((tmp_path).stat().st_mode)
+
+
+def test_it_leaves_alone_what_it_cannot_show_and_what_others_create(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    daemon.create("-m", "0", "printf", "a\nb")  # no crontab line can hold the newline
+    daemon.create("-m", "0", "/bin/true", "gone")
+    # The editor deletes every line, while someone else creates a task.
+    editor = _script(
+        tmp_path / "ed",
+        f'{CASSINI} -p {daemon.pipes} -c -m 5 /bin/true other >/dev/null; : > "$1"\n',
+    )
+    done = _edit(daemon, editor)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().splitlines() == [
+        "cassini: warning: task 0 is not in the file and stays: an argument holds a newline, "
+        "which a crontab line cannot",
+        "cassini: 0 created, 0 kept, 1 removed",
+    ]
+    assert daemon.cassini("-l").stdout == b"0: 0 * * printf a\\nb\n2: 5 * * /bin/true other\n"
