@@ -39,11 +39,12 @@ What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
   nothing: when any line is refused, no entry is given.
 
 Export writes, for each task, the settings that change since the previous line (and
-`CRON_TZ`), then `FIELDS COMMAND[%STDIN]`. cron cannot unset a variable, so tasks are
-ordered by the names of their variables (a task with fewer names first) and a task
-whose names do not extend those already set, or whose MAILTO would have to be unset, is
-left out as a comment saying why. Every written line is read back with `parse`'s own
-rules before it is written; a task that would not come back equal is left out likewise.
+`CRON_TZ`), then `Timing.format_cron`'s compact schedule and `COMMAND[%STDIN]`: a
+shell's command as written, other argv quoted for sh. cron cannot unset a variable, so
+tasks go with fewer variable names (and without MAILTO) first, in whichever of two
+orders leaves out fewer; a task that cannot follow is left out as a comment saying why.
+Every line is read back with `parse` before it is written: what would not come back
+as an equal `Task` is left out likewise.
 """
 
 from __future__ import annotations
