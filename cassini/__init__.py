@@ -22,5 +22,13 @@ def restore_ctrl_c() -> None:
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 
-if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+def _starting() -> bool:
+    """True when this import starts the program (bin/cassini, `python -m cassini`), not
+    when a library user (a test run) imports the package: its Ctrl-C stays its own."""
+    import sys
+
+    return os.path.basename(sys.argv[0]) == "cassini" or sys.argv[0] == "-m"
+
+
+if _starting() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
     _signal.signal(_signal.SIGINT, _interrupted_while_loading)

@@ -330,3 +330,19 @@ def test_it_runs_what_cron_would_run(make_daemon: MakeDaemon, tmp_path: Path) ->
     ]
     environment = outputs[4].split(b"\n")
     assert b"GREETING=hello there" in environment and b"SHELL=/bin/sh" in environment
+
+
+def test_it_ends_quietly_on_ctrl_c_while_its_modules_load() -> None:
+    import sys
+
+    # What bin/cassini does, with a Ctrl-C before main() runs.
+    code = (
+        "import sys; sys.argv[0] = 'cassini'; import cassini, os, signal, time; "
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(5)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert (done.returncode, done.stderr) == (130, b"cassini: interrupted: nothing changed\n")
+    # A program that only imports the package keeps its own Ctrl-C.
+    code = "import signal, cassini; print(signal.getsignal(signal.SIGINT).__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert done.stdout == b"default_int_handler\n"
