@@ -1,10 +1,10 @@
-"""A personal crontab in and out, sans I/O: what `--import` reads, what `--export` writes.
+"""Reading a personal crontab, sans I/O: what `--import` and `--edit` take in.
 
 This module owns:
 - `parse`: the bytes of a crontab -> one `Entry` (line number, `Task`) per task line,
   or the refused lines (`Problem`: number, reason), and warnings;
-- `export`: tasks -> the text of a crontab that `parse` reads back into equal `Task`s,
-  and the tasks it could not write.
+- `command_argv`, `split_percent`, `setting`, `stdin_text`: the rules below, which
+  cassini.cronwrite also uses to check what it writes.
 
 What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
 - Environment lines: cronie's own state machine, redone here. A name, bare (up to a
@@ -37,14 +37,6 @@ What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
 - The command runs to the end of the line, trailing blanks included (they matter after
   a `%`), as cron reads it. Lines may end with CRLF (the CR is dropped). All or
   nothing: when any line is refused, no entry is given.
-
-Export writes, for each task, the settings that change since the previous line (and
-`CRON_TZ`), then `Timing.format_cron`'s compact schedule and `COMMAND[%STDIN]`: a
-shell's command as written, other argv quoted for sh. cron cannot unset a variable, so
-tasks go with fewer variable names (and without MAILTO) first, in whichever of two
-orders leaves out fewer; a task that cannot follow is left out as a comment saying why.
-Every line is read back with `parse` before it is written: what would not come back
-as an equal `Task` is left out likewise.
 """
 
 from __future__ import annotations
@@ -53,17 +45,15 @@ import shlex
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
-    from saturnd.protocol import TaskEntry
     from saturnd.task import Task
 
 __all__ = [
-    "BUILTINS", "HEADER", "Context", "Entry", "Problem", "export", "export_tasks", "parse",
+    "BUILTINS", "CSPACE", "DEFAULT_SHELL", "KEYWORDS", "NAME_CHARS", "Context", "Entry",
+    "Problem", "State", "command_argv", "first_word_problem", "parse", "setting",
+    "split_percent", "stdin_text",
 ]  # fmt: skip
-
-HEADER = b"# saturnd tasks, written by cassini --export (cassini --import reads them back)\n"
-"""The first line of an export: a comment, so any crontab reader skips it."""
 
 DEFAULT_SHELL = "/bin/sh"
 """cron's shell when no SHELL line is in force."""
@@ -71,13 +61,13 @@ DEFAULT_SHELL = "/bin/sh"
 # What shlex.split takes for blanks (sh itself splits on spaces and tabs only).
 _SPLIT_BLANKS = " \t\r\n"
 _BLANKS = " \t"
-_CSPACE = " \t\n\v\f\r"  # C's isspace(), which cron's reading of settings uses
+CSPACE = " \t\n\v\f\r"  # C's isspace(), which cron's reading of settings uses
 _OPERATORS = frozenset(";&|<>()")
 _GLOBS = frozenset("*?[")
 # Words sh reads as syntax when they come first, unquoted (POSIX reserved words, and
 # bash's, since /bin/sh is bash on some systems).
 # fmt: off
-_KEYWORDS = frozenset((
+KEYWORDS = frozenset((
     "!", "{", "}", "[[", "]]", "case", "coproc", "do", "done", "elif", "else", "esac",
     "fi", "for", "function", "if", "in", "select", "then", "time", "until", "while",
 ))
@@ -98,7 +88,7 @@ BUILTINS = frozenset((
 """Command names that sh (dash or bash) runs itself rather than as a program."""
 
 _NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_NAME_REST = _NAME_START | frozenset("0123456789")
+NAME_CHARS = _NAME_START | frozenset("0123456789")
 
 
 class Context:
@@ -179,26 +169,26 @@ def setting(line: str) -> tuple[str, str] | None:
 
     `line` has no line end; leading blanks are skipped, as cron skips them.
     """
-    text = line.lstrip(_CSPACE)
+    text = line.lstrip(CSPACE)
     index = 0
     name, index = _word(text, index, name=True)
     if name is None:
         return None
-    while index < len(text) and text[index] in _CSPACE:
+    while index < len(text) and text[index] in CSPACE:
         index += 1
     if index >= len(text) or text[index] != "=":
         return None
     index += 1
-    while index < len(text) and text[index] in _CSPACE:
+    while index < len(text) and text[index] in CSPACE:
         index += 1
     if index >= len(text):
         return None  # `NAME=`: for cron, a task line (a broken one)
     if text[index] in "'\"":
         value, index = _word(text, index, name=False)
-        if value is None or text[index:].strip(_CSPACE):
+        if value is None or text[index:].strip(CSPACE):
             return None  # unclosed quote, or something after the closing one
         return name, value
-    return name, text[index:].rstrip(_CSPACE)
+    return name, text[index:].rstrip(CSPACE)
 
 
 def _word(text: str, index: int, *, name: bool) -> tuple[str | None, int]:
@@ -211,7 +201,7 @@ def _word(text: str, index: int, *, name: bool) -> tuple[str | None, int]:
             return None, index
         return text[index + 1 : end], end + 1
     end = index
-    while end < len(text) and text[end] not in _CSPACE and text[end] != "=":
+    while end < len(text) and text[end] not in CSPACE and text[end] != "=":
         end += 1
     return text[index:end], end
 
@@ -239,13 +229,13 @@ def split_percent(text: str) -> tuple[str, str | None]:
             index += 2
             continue
         if ch == "%":
-            return "".join(out), _stdin_text(text[index + 1 :])
+            return "".join(out), stdin_text(text[index + 1 :])
         out.append(ch)
         index += 1
     return "".join(out), None
 
 
-def _stdin_text(rest: str) -> str:
+def stdin_text(rest: str) -> str:
     """The input cron writes for the text after the first `%`."""
     if not rest:
         return ""
@@ -298,7 +288,7 @@ def _shell_syntax(command: str) -> str | None:
                 written += command[index]
         elif ch in _SPLIT_BLANKS:
             if not at_word_start and first is not None:
-                reason = _first_word(first)
+                reason = first_word_problem(first)
                 if reason:
                     return reason
                 first = None
@@ -328,15 +318,15 @@ def _shell_syntax(command: str) -> str | None:
         if first is not None:
             first.append(written)
         index += 1
-    return _first_word(first) if first else None
+    return first_word_problem(first) if first else None
 
 
-def _first_word(written: list[str]) -> str | None:
+def first_word_problem(written: list[str]) -> str | None:
     word = "".join(written)
-    if word in _KEYWORDS:
+    if word in KEYWORDS:
         return f"{word!r} is a shell keyword"
     head, equals, _ = word.partition("=")
-    if equals and head[:1] in _NAME_START and all(c in _NAME_REST for c in head):
+    if equals and head[:1] in _NAME_START and all(c in NAME_CHARS for c in head):
         return f"{word!r} sets a shell variable"
     return None
 
@@ -370,8 +360,8 @@ def command_argv(command: str, shell: str) -> tuple[bytes, ...]:
 # --- import --------------------------------------------------------------------------
 
 
-class _State:
-    """The settings in force at a line of the crontab being read."""
+class State:
+    """The settings in force at a line of a crontab (being read, or written)."""
 
     __slots__ = ("env", "mailto", "zone")
 
@@ -406,7 +396,7 @@ def _schedule(text: str) -> tuple[str, str]:
     return " ".join(fields), rest.lstrip(_BLANKS)
 
 
-def _task_line(text: str, state: _State, context: Context) -> Task:
+def _task_line(text: str, state: State, context: Context) -> Task:
     from saturnd.protocol import MAX_ARGC, MAX_STRING
     from saturnd.task import Extras, Task, check_extras
     from saturnd.timing import Timing, TimingError
@@ -452,7 +442,7 @@ def _without_user(command: str, context: Context) -> str:
     return command[len(word) :].lstrip(_BLANKS)
 
 
-def _apply_setting(name: str, value: str, state: _State, context: Context) -> None:
+def _apply_setting(name: str, value: str, state: State, context: Context) -> None:
     if name == "CRON_TZ":
         if value and not context.zone_exists(value):
             raise _Refused(f"CRON_TZ={value}: unknown time zone")
@@ -477,7 +467,7 @@ def parse(
     entries: list[Entry] = []
     problems: list[Problem] = []
     warnings: list[str] = []
-    state = _State()
+    state = State()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline ending the last line
@@ -510,196 +500,3 @@ def parse(
         except _Refused as refused:
             problems.append(Problem(number, str(refused)))
     return ([] if problems else entries), problems, warnings
-
-
-# --- export ----------------------------------------------------------------------------
-
-
-def _quote(text: str, first: bool) -> str:
-    """One argument as sh reads it back unchanged, with `%` escaped for cron."""
-    quoted = shlex.quote(text)
-    if first and quoted == text and (text in _KEYWORDS or _first_word([text])):
-        quoted = f"'{text}'"  # a bare word that sh would not run as a command name
-    # `\%` can only come from the argument itself, inside single quotes: end the quote
-    # after the backslash, since cron would read `\\%` as a backslash and a bare `%`.
-    return quoted.replace("\\%", "\\''%").replace("%", "\\%")
-
-
-def _decode(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _command_texts(task: Task, shell: str) -> list[str]:
-    """Candidates for the command part of the task's line (before any `%`), `%` escaped:
-    the shell's command as written when the task is `[shell, -c, command]`, then the
-    arguments quoted for sh."""
-    argv = task.argv
-    texts = []
-    if len(argv) == 3 and argv[1] == b"-c" and _decode(argv[0]) == shell:
-        command = _decode(argv[2])
-        if "\\%" not in command:
-            texts.append(command.replace("%", "\\%"))
-    words = [_quote(_decode(arg), index == 0) for index, arg in enumerate(argv)]
-    if _decode(argv[0]) in BUILTINS:
-        words.insert(0, "exec")
-    texts.append(" ".join(words))
-    return texts
-
-
-def _stdin_suffix(stdin: bytes) -> str | None:
-    """`%` and the text cron turns into `stdin` ("" for no input), or None if none does."""
-    if not stdin:
-        return ""
-    text = _decode(stdin)
-    # Without its final newline first (cron adds it back): how people write it.
-    for body in (text[:-1], text) if text.endswith("\n") else (text,):
-        written = body.replace("%", "\\%").replace("\n", "%")
-        # (Not ending in a CR, which the reader would take for a CRLF line end.)
-        if body and not written.endswith("\r") and _stdin_text(written) == text:
-            return "%" + written
-    return None
-
-
-def _env_lines(current: dict[str, str], wanted: dict[str, str]) -> list[str] | str:
-    """The lines that turn the settings `current` into `wanted`, or why none can."""
-    names = list(current)
-    if list(wanted)[: len(names)] != names:
-        return "its environment variables cannot follow the earlier lines' (cron cannot unset one)"
-    return [
-        _setting_line(name, value) for name, value in wanted.items() if current.get(name) != value
-    ]
-
-
-def _setting_line(name: str, value: str) -> str:
-    if all(c in _NAME_REST for c in name) and name:
-        shown = name
-    else:
-        shown = f'"{name}"' if '"' not in name else f"'{name}'"
-    if value == value.strip(_CSPACE) and value and value[0] not in "'\"":
-        return f"{shown}={value}"
-    return f'{shown}="{value}"' if '"' not in value else f"{shown}='{value}'"
-
-
-def _unexportable(task: TaskEntry) -> str | None:
-    from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES
-
-    timing = task.timing
-    if not timing.reboot and not (
-        timing.minutes & FULL_MINUTES
-        and timing.hours & FULL_HOURS
-        and timing.daysofweek & FULL_DAYSOFWEEK
-        and timing.daysofmonth
-        and timing.months
-    ):
-        return "it never runs (a timing field has no value)"
-    if any(b"\n" in arg for arg in task.argv):
-        return "an argument holds a newline, which a crontab line cannot"
-    if any(b"\0" in arg for arg in task.argv):
-        return "an argument holds a NUL byte, which a crontab line cannot"
-    if b"\0" in task.extras.stdin:
-        return "its standard input holds a NUL byte, which a crontab line cannot"
-    return None
-
-
-def _names(task: TaskEntry) -> tuple[bytes, ...]:
-    return tuple(name for name, _ in task.extras.env)
-
-
-# Two orders of the tasks: cron can add a variable and set MAILTO, never remove either,
-# so tasks with fewer names go first, and those without MAILTO first; which of the two
-# comes first decides what is lost when the tasks cannot all follow one another.
-_ORDERS: tuple[Callable[[TaskEntry], tuple[object, ...]], ...] = (
-    lambda task: (_names(task), task.extras.mailto is not None, task.task_id),
-    lambda task: (task.extras.mailto is not None, _names(task), task.task_id),
-)
-
-
-def export(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[str]]:
-    """The crontab of `tasks`, and one message per task it could not write.
-
-    A task that cannot be written is left as a comment naming it, so the file still
-    says something is missing.
-    """
-    text, skipped = export_tasks(tasks)
-    return text, [f"task {task.task_id} is not exported: {reason}" for task, reason in skipped]
-
-
-def export_tasks(tasks: Iterable[TaskEntry]) -> tuple[bytes, list[tuple[TaskEntry, str]]]:
-    """`export`, with the tasks it could not write and why (the fewest of two orders)."""
-    tasks = list(tasks)
-    results = [_export(sorted(tasks, key=order)) for order in _ORDERS]
-    return min(results, key=lambda result: len(result[1]))
-
-
-def _export(tasks: list[TaskEntry]) -> tuple[bytes, list[tuple[TaskEntry, str]]]:
-    lines = [HEADER]
-    skipped: list[tuple[TaskEntry, str]] = []
-    state = _State()
-    for task in tasks:
-        reason = _unexportable(task)
-        written: list[str] = []
-        if reason is None:
-            found = _task_lines(task, state)
-            if isinstance(found, str):
-                reason = found
-            else:
-                written = found
-        if reason is not None:
-            lines.append(f"# task {task.task_id} is not exported: {reason}\n".encode())
-            skipped.append((task, reason))
-            continue
-        lines.extend(_encode(line + "\n") for line in written)
-    return b"".join(lines), skipped
-
-
-def _task_lines(task: TaskEntry, state: _State) -> list[str] | str:
-    """The lines that make `task` after `state` (which they update), or why none can."""
-    extras = task.extras
-    env = {_decode(name): _decode(value) for name, value in extras.env}
-    if len(env) != len(extras.env):
-        return "it sets a variable twice"
-    if any(name in ("CRON_TZ", "MAILTO") for name in env):
-        return "it sets CRON_TZ or MAILTO as a variable, which a crontab line cannot"
-    if any("\n" in text for text in (*env, *env.values())):
-        return "an environment variable holds a newline, which a crontab line cannot"
-    lines = _env_lines(state.env, env)
-    if isinstance(lines, str):
-        return lines
-    mailto = None if extras.mailto is None else _decode(extras.mailto)
-    if mailto != state.mailto:
-        if mailto is None:
-            return "its MAILTO is not set, but an earlier task's is (cron cannot unset it)"
-        if "\n" in mailto:
-            return "its MAILTO holds a newline, which a crontab line cannot"
-        lines.append(_setting_line("MAILTO", mailto))
-    zone = task.timing.zone
-    if zone != state.zone:
-        lines.append(_setting_line("CRON_TZ", zone))
-    new = _State()
-    new.env, new.mailto, new.zone = env, mailto, zone
-    try:
-        schedule = task.timing.format_cron()  # compact: `*/15`, `1-59/2`
-    except ValueError:
-        return "no crontab schedule means its timing"
-    stdin = _stdin_suffix(extras.stdin)
-    if stdin is None:
-        return "no text after a % gives its standard input"
-    for text in _command_texts(task.task, new.shell):
-        line = f"{schedule} {text}{stdin}"
-        # Read the line back as `parse` will: only what comes back equal is written.
-        data = _encode("\n".join([*_setting_lines(new), line]) + "\n")
-        back, problems, _ = parse(data)
-        if not problems and len(back) == 1 and back[0].task == task.task:
-            state.env, state.mailto, state.zone = env, mailto, zone
-            return [*lines, line]
-    return "no crontab line makes cron run it the same way"
-
-
-def _setting_lines(state: _State) -> list[str]:
-    """Lines that set every setting of `state` from nothing (for checking a line)."""
-    lines = [_setting_line(name, value) for name, value in state.env.items()]
-    if state.mailto is not None:
-        lines.append(_setting_line("MAILTO", state.mailto))
-    if state.zone:
-        lines.append(_setting_line("CRON_TZ", state.zone))
-    return lines

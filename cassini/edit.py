@@ -83,13 +83,13 @@ def run(pipes_dir: str, out: Out, err: Err) -> int:
     import shutil
     import tempfile
 
-    from cassini import crontab, importing
+    from cassini import crontab, cronwrite, importing
 
     found = importing.fetch(pipes_dir)
     if isinstance(found, str):
         err(f"cassini: {found}; nothing changed\n")
         return 1
-    text, skipped = crontab.export_tasks(found)
+    text, skipped = cronwrite.export_tasks(found)
     for task, reason in skipped:
         err(f"cassini: warning: task {task.task_id} is not in the file and stays: {reason}\n")
     skipped_ids = {task.task_id for task, _ in skipped}

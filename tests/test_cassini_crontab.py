@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cassini import crontab
-from cassini.crontab import HEADER, Problem
+from cassini import crontab, cronwrite
+from cassini.crontab import Problem
+from cassini.cronwrite import HEADER
 from saturnd.protocol import TaskEntry
 from saturnd.task import Extras, Task
 from saturnd.timing import Timing
@@ -50,7 +51,7 @@ def test_it_exports_tasks_as_crontab_lines() -> None:
         task(1, (b"toto.sh",), Timing.parse("0-2,5,10")),
         task(7, (b"sh", b"-c", b"echo 50% > /tmp/x"), Timing.parse("*/15", "*", "1-5")),
     ]
-    text, problems = crontab.export(tasks)
+    text, problems = cronwrite.export(tasks)
     assert text == HEADER + (
         b"0 9,14 * * 3 exec echo test-1\n"  # the program echo, not sh's builtin
         b"0-2,5,10 * * * * toto.sh\n"
@@ -60,7 +61,7 @@ def test_it_exports_tasks_as_crontab_lines() -> None:
 
 
 def test_it_exports_nothing_but_the_header_for_no_task() -> None:
-    assert crontab.export([]) == (HEADER, [])
+    assert cronwrite.export([]) == (HEADER, [])
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,7 @@ def test_it_exports_nothing_but_the_header_for_no_task() -> None:
     ],
 )
 def test_it_quotes_arguments(argv: tuple[bytes, ...], line: bytes) -> None:
-    text, _ = crontab.export([task(0, argv)])
+    text, _ = cronwrite.export([task(0, argv)])
     assert text == HEADER + b"* * * * * " + line + b"\n"
 
 
@@ -92,7 +93,7 @@ def test_it_quotes_arguments(argv: tuple[bytes, ...], line: bytes) -> None:
     ],
 )
 def test_it_names_the_tasks_it_cannot_export(entry: TaskEntry, reason: str) -> None:
-    text, problems = crontab.export([task(1, (b"a",)), entry, task(9, (b"b",))])
+    text, problems = cronwrite.export([task(1, (b"a",)), entry, task(9, (b"b",))])
     assert text == (
         HEADER
         + b"* * * * * a\n"
@@ -189,7 +190,7 @@ SHELLS = [shell for shell in ("/bin/sh", "/bin/dash", "/bin/bash") if os.path.ex
 def test_it_exports_lines_that_cron_and_sh_run_with_the_same_arguments(shell: str) -> None:
     # The task prints its own arguments, each followed by a NUL: the format has a %.
     args = (b"printf", b"%s\\0", *TRICKY)
-    text, problems = crontab.export([task(0, args, Timing.parse("30", "2", "*"))])
+    text, problems = cronwrite.export([task(0, args, Timing.parse("30", "2", "*"))])
     assert problems == []
     line = text.split(b"\n")[1] + b"\n"
     done = subprocess.run([shell, "-c", _cron_command(line)], capture_output=True, check=True)
@@ -200,7 +201,7 @@ def test_it_reads_back_what_it_exports() -> None:
     tasks = [
         task(i, (b"cmd", arg, arg + b"!"), Timing.parse(str(i))) for i, arg in enumerate(TRICKY)
     ]
-    text, _ = crontab.export(tasks)
+    text, _ = cronwrite.export(tasks)
     assert requests(text) == [(t.timing, t.argv) for t in tasks]
 
 
@@ -223,7 +224,7 @@ def test_it_round_trips_any_exportable_task(
     specs: list[tuple[int, int, int, list[bytes]]],
 ) -> None:
     tasks = [task(i, tuple(argv), Timing(m, h, d)) for i, (m, h, d, argv) in enumerate(specs)]
-    text, problems = crontab.export(tasks)
+    text, problems = cronwrite.export(tasks)
     assert problems == []
     assert requests(text) == [(t.timing, t.argv) for t in tasks]
 
@@ -740,7 +741,7 @@ def test_it_exports_settings_only_where_they_change() -> None:
         ),
         whole(5, "0 9 * * *", (b"echo", b"x"), env=((b"A", b"2"), (b"B", b" b ")), mailto=b""),
     ]
-    text, problems = crontab.export(tasks)
+    text, problems = cronwrite.export(tasks)
     assert problems == []
     assert text == HEADER + (
         b"0 3 1 * * certbot renew\n"
@@ -767,7 +768,7 @@ def test_it_writes_a_shells_command_with_its_shell() -> None:
         whole(2, "@daily", (b"/bin/sh", b"-c", b"echo hi")),
         whole(3, "@daily", (b"ls", b"-l"), env=bash),  # bash would read the words
     ]
-    text, problems = crontab.export(tasks)
+    text, problems = cronwrite.export(tasks)
     assert text.split(b"\n")[1:] == [
         b"0 0 * * * /bin/bash -c ls",
         b"0 0 * * * echo hi",
@@ -788,7 +789,7 @@ def test_it_orders_tasks_so_no_variable_must_be_unset() -> None:
         whole(3, "@daily", (b"d",), mailto=b"me"),
         whole(4, "@daily", (b"e",), env=((b"X", b"1"),), mailto=None),
     ]
-    text, skipped = crontab.export_tasks(tasks)
+    text, skipped = cronwrite.export_tasks(tasks)
     assert [(task.task_id, reason.split(" (")[0]) for task, reason in skipped] == [
         (2, "its environment variables cannot follow the earlier lines'"),
         (3, "its environment variables cannot follow the earlier lines'"),
@@ -799,10 +800,10 @@ def test_it_orders_tasks_so_no_variable_must_be_unset() -> None:
 def test_it_exports_standard_input_that_cron_gives_back() -> None:
     for stdin in [b"a\n", b"a\n\n", b"\n", b"%\n", b"\\%\n", b"a\\b\n", b"a\\\n", b"x\ny\n", b"\\"]:
         task = whole(0, "@daily", (b"cat",), stdin=stdin)
-        text, problems = crontab.export([task])
+        text, problems = cronwrite.export([task])
         assert problems == [] and tasks_of(text) == [task.task], stdin
     for stdin in [b"no newline", b"\\\n"]:
-        text, problems = crontab.export([whole(7, "@daily", (b"cat",), stdin=stdin)])
+        text, problems = cronwrite.export([whole(7, "@daily", (b"cat",), stdin=stdin)])
         assert problems == ["task 7 is not exported: no text after a % gives its standard input"]
 
 
@@ -834,7 +835,7 @@ def test_it_round_trips_whole_tasks_or_says_why_not(specs: list[tuple[object, ..
         TaskEntry(i, Timing.cron(line, zone), argv, Extras(tuple(env.items()), stdin, mailto))  # type: ignore[arg-type]
         for i, (line, argv, env, stdin, mailto, zone) in enumerate(specs)
     ]
-    text, skipped = crontab.export_tasks(tasks)
+    text, skipped = cronwrite.export_tasks(tasks)
     exported = {task.task_id for task in tasks} - {task.task_id for task, _ in skipped}
     back = tasks_of(text)
     assert sorted(back, key=repr) == sorted(
@@ -842,5 +843,5 @@ def test_it_round_trips_whole_tasks_or_says_why_not(specs: list[tuple[object, ..
     )
     # What is left out is left out for a reason cron imposes, never when alone.
     for task, _ in skipped:
-        _, problems = crontab.export([task])
+        _, problems = cronwrite.export([task])
         assert problems == [] or b"SHELL" in b"".join(n for n, _ in task.extras.env)
