@@ -26,15 +26,8 @@ Rules:
   has it) so a file size limit gives it an error, not death; the command gets the
   default.
 - A run the disk refuses to record (ENOSPC, EDQUOT, EFBIG, EIO) is not lost: it is
-  kept pending (taskdir.py: its record in the names of its outputs, or in P5's memory
-  when even that rename fails) and P5 retries, backing off from 1 s to 60 s, for up
-  to `RETRY_FOR` seconds after its first pending run. Past that it exits; what is on
-  disk waits for the next record in the directory (the task's next run records pending
-  runs first, in order of start), and `saturnd status` shows it meanwhile. Each pending
-  run is logged when it is kept and again in the line that records it ("recorded N runs
-  of task T that could not be recorded earlier (from HH:MM)"), or as LOST.
-  Why not a file of pending records: on a full disk it could not be written, and a
-  lingering P5 per minute costs memory, so P5 lingers only for the next minutes.
+  kept pending and retried (pendingruns.py), and a later run of the task records the
+  pending ones first.
 - An exit status is decoded in exactly one place, `proc.decode_status`.
 - A removed task leaves nothing behind: P5 creates, renames and unlinks through a
   descriptor of the task directory, so it never recreates a removed directory (a
@@ -63,7 +56,6 @@ entry to `task_<ID>/`.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
@@ -71,29 +63,20 @@ import resource
 import select
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from saturnd import mail, taskdir
 from saturnd.launch import Launcher, input_fd, strerror
+from saturnd.pendingruns import RETRIABLE, PendingRuns, Recorder
 from saturnd.proc import decode_status
 from saturnd.task import NO_EXTRAS, Extras
 from saturnd.taskenv import Identity, environment
 
-__all__ = ["RETRY_FOR", "Batch", "Recorder", "RunSpec", "Supervisor", "recovered_text"]
+__all__ = ["Batch", "Recorder", "RunSpec", "Supervisor"]
 
-Recorder = Callable[[Path, int, int], None]
-"""Appends one finished run (task directory, start time, exit code) to the history."""
-
-# Errors after which a record may work later (space freed, a file size limit raised,
-# a transient device error): the run is kept pending. Others lose it at once.
-_RETRIABLE: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-RETRY_FOR = 300.0
-"""Seconds P5 retries its pending runs before leaving them to the task's next run."""
-_RETRY_FIRST: Final = 1.0
-_RETRY_MOST: Final = 60.0
 
 # What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
 _CHUNK: Final = 1 << 16
@@ -174,14 +157,6 @@ class _Run:
     env: dict[bytes, bytes] = field(default_factory=dict)  # the command's environment
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A task directory where this P5 left runs it could not record."""
-
-    task_id: int
-    memory: list[taskdir.PendingRun]  # those only P5's memory holds (outputs lost)
-
-
 class Supervisor:
     """P5's work: start the batch's commands, relay their output, record each run."""
 
@@ -209,10 +184,7 @@ class Supervisor:
         self.budget = budget - _FD_RESERVE
         self.held = 0  # descriptors the runs hold
         self.started = 0  # runs numbered so far
-        self.pending: dict[Path, _Pending] = {}  # directories with runs to record
-        self.retry_at = 0.0  # monotonic
-        self.retry_delay = _RETRY_FIRST
-        self.retry_until = 0.0  # monotonic
+        self.pending = PendingRuns(self.pid, batch.record, self.log)
 
     def run(self) -> None:
         """Start every run (as descriptors allow), then relay and record until the
@@ -239,11 +211,11 @@ class Supervisor:
             while self.unstarted:
                 self._finish(self.unstarted.pop())
             if not more and not self.running and not self.pipes:
-                self._linger()
+                self.pending.linger()
                 return
             timeout = 200 if self.running and self.waker < 0 else None
             if self.pending:
-                wait = max(0, int((self.retry_at - time.monotonic()) * 1000) + 1)
+                wait = self.pending.wait_ms()
                 timeout = wait if timeout is None else min(timeout, wait)
             events = self.poller.poll(timeout)
             woken = not events
@@ -255,8 +227,8 @@ class Supervisor:
                     self._relay(fd, _CHUNK)
             if woken:
                 self._reap()
-            if self.pending and time.monotonic() >= self.retry_at:
-                self._retry()
+            if self.pending.due():
+                self.pending.retry()
 
     def _room_for_a_run(self) -> bool:
         # When nothing is left to wait for, a run is started anyway: if descriptors
@@ -405,144 +377,6 @@ class Supervisor:
                     break
                 budget -= moved
 
-    # --- runs that could not be recorded --------------------------------------------
-
-    def _keep(self, run: _Run, exitcode: int, error: OSError) -> bool:
-        """Keep a run the disk refused to record, to retry; whether its outputs stay
-        on disk (holding it in their names) rather than in memory alone."""
-        spec = run.spec
-        pending = taskdir.PendingRun(
-            spec.start_time,
-            self.pid,
-            taskdir.run_number(run.out_name),
-            exitcode,
-            whole=all(stream.error is None for stream in run.streams),
-        )
-        entry = self.pending.get(spec.task_dir)
-        if entry is None:
-            if not self.pending:
-                self._schedule(first=True)
-            entry = self.pending[spec.task_dir] = _Pending(spec.task_id, [])
-        try:
-            taskdir.pend(run.dirfd, run.out_name, run.err_name, pending)
-            on_disk = True
-        except OSError:
-            entry.memory.append(replace(pending, on_disk=False, whole=False))
-            on_disk = False
-        if self.log is not None:
-            self.log.warning(
-                "task %d: cannot record the run of %s (start %d, exit code %d, pid %d): %s; "
-                "kept pending%s, retried for up to %d s",
-                spec.task_id,
-                _clock(spec.start_time),
-                spec.start_time,
-                exitcode,
-                run.pid,
-                strerror(error).decode(),
-                "" if on_disk else " in memory (its output is lost)",
-                RETRY_FOR,
-            )
-        return on_disk
-
-    def _schedule(self, first: bool = False) -> None:
-        """When to retry next: 1 s after the first pending run, then twice as long each
-        time, at most a minute; never past `RETRY_FOR` after the first."""
-        now = time.monotonic()
-        if first:
-            self.retry_delay = _RETRY_FIRST
-            self.retry_until = now + RETRY_FOR
-        else:
-            self.retry_delay = min(self.retry_delay * 2, _RETRY_MOST)
-        self.retry_at = min(now + self.retry_delay, self.retry_until)
-
-    def _record_pending(self, spec: RunSpec, dirfd: int) -> None:
-        """Under the run lock, record the directory's pending runs before a later one;
-        raises the error that stopped them (the later run is then kept pending too)."""
-        entry = self.pending.get(spec.task_dir)
-        flushed = taskdir.flush_pending(
-            dirfd, spec.task_dir, self.batch.record, entry.memory if entry else ()
-        )
-        self._account(spec.task_id, entry, flushed)
-        if flushed.error is not None:
-            raise flushed.error
-
-    def _account(self, task_id: int, entry: _Pending | None, flushed: taskdir.Flushed) -> None:
-        """Log what a flush recorded and forget those held in memory."""
-        if not flushed.recorded:
-            return
-        if entry is not None:
-            entry.memory = [run for run in entry.memory if run not in flushed.recorded]
-        if self.log is not None:
-            self.log.warning("%s", recovered_text(task_id, flushed.recorded))
-
-    def _retry(self) -> None:
-        """Try again to record the pending runs of every directory this P5 left some in;
-        forget a directory once none of its own are left there."""
-        for task_dir, entry in list(self.pending.items()):
-            try:
-                dirfd = os.open(task_dir, _DIR_FLAGS)
-            except OSError as error:
-                if isinstance(error, FileNotFoundError | NotADirectoryError):
-                    self._removed(task_dir, entry)
-                continue
-            try:
-                taskdir.lock_runs(dirfd)
-                flushed = taskdir.flush_pending(
-                    dirfd, task_dir, self.batch.record, entry.memory, publish_last=True
-                )
-                ours = any(run.pid == self.pid for run in taskdir.pending_runs(dirfd))
-            finally:
-                os.close(dirfd)
-            self._account(entry.task_id, entry, flushed)
-            if isinstance(flushed.error, FileNotFoundError):
-                self._removed(task_dir, entry)
-            elif flushed.error is None or not (ours or entry.memory):
-                del self.pending[task_dir]  # nothing of ours left there
-        self._schedule()
-
-    def _removed(self, task_dir: Path, entry: _Pending) -> None:
-        del self.pending[task_dir]
-        if self.log is not None:
-            self.log.info("task %d: removed, its pending runs are not recorded", entry.task_id)
-
-    def _linger(self) -> None:
-        """Once every run has ended: retry what is pending until it is recorded or
-        `RETRY_FOR` has passed, then leave what is on disk to the task's next run."""
-        while self.pending:
-            pause = self.retry_at - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            self._retry()
-            if self.pending and time.monotonic() >= self.retry_until:
-                self._give_up()
-                return
-
-    def _give_up(self) -> None:
-        logger = self.log
-        if logger is None:
-            return
-        for task_dir, entry in self.pending.items():
-            for lost in entry.memory:
-                logger.error(
-                    "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): "
-                    "the disk refused it for %d s",
-                    entry.task_id,
-                    lost.start,
-                    lost.exitcode,
-                    self.pid,
-                    RETRY_FOR,
-                )
-            left = [run for run in taskdir.pending_runs(task_dir) if run.pid == self.pid]
-            if left:
-                logger.warning(
-                    "task %d: %d runs still not recorded (from %s) after %d s; kept in "
-                    "its directory, the task's next run records them first",
-                    entry.task_id,
-                    len(left),
-                    _clock(left[0].start),
-                    RETRY_FOR,
-                )
-
     def _finish(self, run: _Run) -> None:
         """Record the run, publish its output, log it; its pipes, if something still
         holds them, are read and discarded from now on."""
@@ -563,7 +397,7 @@ class Supervisor:
         recorded = published = kept = False
         try:
             taskdir.lock_runs(dirfd)
-            self._record_pending(spec, dirfd)  # earlier runs of the task first
+            self.pending.record_before(spec.task_id, spec.task_dir, dirfd)  # earlier runs first
             self.batch.record(spec.task_dir, spec.start_time, exitcode)
             recorded = True
             taskdir.publish(dirfd, run.out_name, run.err_name)
@@ -582,8 +416,18 @@ class Supervisor:
                         run.pid,
                         error,
                     )
-            elif isinstance(error, OSError) and error.errno in _RETRIABLE:
-                kept = self._keep(run, exitcode, error)
+            elif isinstance(error, OSError) and error.errno in RETRIABLE:
+                pending = taskdir.PendingRun(
+                    spec.start_time,
+                    self.pid,
+                    taskdir.run_number(run.out_name),
+                    exitcode,
+                    whole=all(stream.error is None for stream in run.streams),
+                )
+                names = (run.out_name, run.err_name)
+                kept = self.pending.keep(
+                    spec.task_id, spec.task_dir, dirfd, names, pending, run.pid, error
+                )
             elif logger is not None:
                 # All the history would have held, so a lost record is accounted for.
                 logger.error(
@@ -760,26 +604,3 @@ def _unlink(dirfd: int, name: bytes) -> None:
         os.unlink(name, dir_fd=dirfd)
     except FileNotFoundError:
         pass
-
-
-def _clock(epoch: int) -> str:
-    """A run's start as the log names it: HH:MM, local time."""
-    return time.strftime("%H:%M", time.localtime(epoch))
-
-
-def recovered_text(task_id: int, runs: Sequence[taskdir.PendingRun]) -> str:
-    """The log line that accounts for pending runs recorded at last (oldest first)."""
-    first, last = _clock(runs[0].start), _clock(runs[-1].start)
-    span = first if first == last else f"{first} to {last}"
-    plural = "run" if len(runs) == 1 else "runs"
-    text = (
-        f"recorded {len(runs)} {plural} of task {task_id} that could not be recorded "
-        f"earlier (from {span})"
-    )
-    lost = [_clock(run.start) for run in runs if not run.on_disk]
-    cut = [_clock(run.start) for run in runs if run.on_disk and not run.whole]
-    if lost:
-        text += "; output lost: " + ", ".join(lost)
-    if cut:
-        text += "; output cut by the full disk: " + ", ".join(cut)
-    return text

@@ -1,4 +1,4 @@
-"""Tests of P5 keeping the runs it cannot record (runsupervisor.py, taskdir.py): real
+"""Tests of P5 keeping the runs it cannot record (pendingruns.py, taskdir.py): real
 P5 processes and files, and a recorder that refuses while a file says the disk is full."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from saturnd import runsupervisor, taskdir
+from saturnd import pendingruns, taskdir
 from saturnd.spawn import RunSpec, spawn_run
 
 TASK_ID = 7
@@ -117,7 +117,7 @@ def test_it_records_a_refused_run_itself_once_space_is_back(
 def test_it_leaves_pending_runs_to_the_next_run_which_records_them_first(
     task_dir: Path, full: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runsupervisor, "RETRY_FOR", 0.3)  # P5 gives up at once
+    monkeypatch.setattr(pendingruns, "RETRY_FOR", 0.3)  # P5 gives up at once
     for minute in range(3):
         start(task_dir, full, log, f"echo {minute}; exit {minute}", START + 60 * minute)
         wait_for(lambda: logged(log, "after 0 s"), "the P5 to give up")
@@ -141,7 +141,7 @@ def test_it_leaves_pending_runs_to_the_next_run_which_records_them_first(
 def test_it_keeps_later_runs_pending_while_earlier_ones_cannot_be_recorded(
     task_dir: Path, full: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runsupervisor, "RETRY_FOR", 0.3)
+    monkeypatch.setattr(pendingruns, "RETRY_FOR", 0.3)
     start(task_dir, full, log, "exit 1", START)
     wait_for(lambda: logged(log, "after 0 s"), "the P5 to give up")
     # This P5's own record would succeed, but an earlier run is still refused: the
@@ -191,7 +191,7 @@ def test_it_says_a_run_held_in_memory_is_lost_when_it_gives_up(
     task_dir: Path, full: Path, log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refuse_renames(monkeypatch)
-    monkeypatch.setattr(runsupervisor, "RETRY_FOR", 0.3)
+    monkeypatch.setattr(pendingruns, "RETRY_FOR", 0.3)
     start(task_dir, full, log, "exit 4", START)
     wait_for(lambda: logged(log, "LOST"), "the run to be given up")
     kept, lost = lines(log)
