@@ -15,10 +15,8 @@ Rules:
 - Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
   (it drops the request) is asked again with LIST. A whole task that cannot be created
   for want of the socket is one line saying what of it needs the socket.
-- `--import` reads the whole crontab and has every line checked (cassini.crontab)
-  before the first CREATE: a refused line creates nothing. The ids are printed as the
-  tasks are created, so when the daemon fails half-way what was created is on stdout,
-  and stderr names the lines created and the line that failed.
+- `--import` reads the whole crontab; cassini.importing checks every line and applies
+  them (a refused line creates nothing); `--edit` is cassini.edit's.
 """
 
 from __future__ import annotations
@@ -104,19 +102,6 @@ def _write_stdout(data: bytes) -> int:
     return 0
 
 
-def _line_ranges(lines: Sequence[int]) -> str:
-    """Increasing line numbers as ranges: `1-3, 5`."""
-    ranges: list[str] = []
-    start = previous = -2
-    for line in [*lines, -2]:
-        if line != previous + 1:
-            if start >= 0:
-                ranges.append(str(start) if start == previous else f"{start}-{previous}")
-            start = line
-        previous = line
-    return ", ".join(ranges)
-
-
 def _read_crontab(path: str) -> bytes:
     """The bytes of FILE, or of standard input for `-`; raises OSError."""
     if path != "-":
@@ -128,49 +113,35 @@ def _read_crontab(path: str) -> bytes:
 
 
 def _import(parsed: Import) -> int:
-    """`--import FILE`: check every line, then one CREATE per task line, in order."""
-    from cassini import crontab, transport
-    from saturnd.protocol import CreateReply
+    """`--import FILE`: read it whole, then cassini.importing checks and applies it."""
+    from cassini import importing
 
     name = "<stdin>" if parsed.path == "-" else parsed.path
     try:
-        data = _read_crontab(parsed.path)
-    except OSError as error:
-        _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
-        return 1
-    entries, problems = crontab.parse(data)
-    if problems:
-        for problem in problems:
-            _error(f"cassini: {name}:{problem.line}: {problem.reason}\n")
-        lines = "line was" if len(problems) == 1 else "lines were"
-        _error(f"cassini: nothing imported: {len(problems)} {lines} refused\n")
-        return 1
-
-    pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
-    created: list[int] = []
-    status = 0
-    for entry in entries:
         try:
-            reply = transport.exchange(pipes_dir, entry.request)
-        except transport.TransportError as error:
-            failure = str(error)
-        except OSError as error:  # not foreseen by transport; still one line
-            failure = str(error)
-        else:
-            if isinstance(reply, CreateReply):
-                created.append(entry.line)
-                # Keep creating even if nobody reads the ids any more: the file asked
-                # for these tasks. The exit status still says something went wrong.
-                status = _write_stdout(b"%d\n" % reply.task_id) or status
-                continue
-            failure = "the daemon did not answer with a task id"
-        if created:
-            done = f"the tasks of lines {_line_ranges(created)} were created"
-        else:
-            done = "no task was created"
-        _error(f"cassini: {name}:{entry.line}: task not created: {failure}; {done}\n")
-        return 1
-    return status
+            data = _read_crontab(parsed.path)
+        except OSError as error:
+            _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
+            return 1
+        pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
+        return importing.run_import(parsed, pipes_dir, data, _write_stdout, _error)
+    except KeyboardInterrupt:
+        # run_import lets none out once something may have changed (it says what).
+        _error("cassini: interrupted: nothing changed\n")
+        return 130
+
+
+def _edit(pipes_dir: str | None) -> int:
+    """`--edit`: cassini.edit's loop."""
+    from cassini import edit
+
+    try:
+        directory = default_pipes_dir() if pipes_dir is None else pipes_dir
+        return edit.run(directory, _write_stdout, _error)
+    except KeyboardInterrupt:
+        # edit.run lets none out once something may have changed.
+        _error("cassini: interrupted: nothing changed\n")
+        return 130
 
 
 def _run(args: Sequence[str]) -> int:
@@ -186,6 +157,8 @@ def _run(args: Sequence[str]) -> int:
         return _write_stdout(cli.USAGE.encode())
     if isinstance(parsed, cli.Import):
         return _import(parsed)
+    if isinstance(parsed, cli.Edit):
+        return _edit(parsed.pipes_dir)
 
     import time
 
@@ -269,6 +242,9 @@ def _warn_unreachable(request: object) -> None:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Run cassini with `args` (default: the process's arguments); return the exit status."""
+    from cassini import restore_ctrl_c
+
+    restore_ctrl_c()  # Ctrl-C is KeyboardInterrupt from here (quiet while loading)
     try:
         return _run(sys.argv[1:] if args is None else args)
     except KeyboardInterrupt:

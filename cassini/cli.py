@@ -75,6 +75,7 @@ __all__ = [
     "PROTOCOL_OPTIONS",
     "TRY_HELP",
     "USAGE",
+    "Edit",
     "Help",
     "Import",
     "Invocation",
@@ -103,19 +104,23 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
 LONG_OPTIONS = (
+    "check",
     "cron=",
     "dom=",
+    "edit",
     "env=",
     "export",
     "help",
     "import=",
     "json",
     "month=",
+    "replace",
     "tz=",
     "version",
 )
-"""The long options, for getopt: --cron SCHEDULE, --dom DAYS, --env NAME=VALUE, --export,
---help (the same as -h), --import FILE, --json, --month MONTHS, --tz ZONE, --version."""
+"""The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
+NAME=VALUE, --export, --help (the same as -h), --import FILE, --json, --month MONTHS,
+--replace, --tz ZONE, --version (--check and --replace go with --import)."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -134,7 +139,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini [-p PIPES_DIR] -x TASKID [--json]
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
        cassini [-p PIPES_DIR] --export
-       cassini [-p PIPES_DIR] --import FILE
+       cassini [-p PIPES_DIR] --import FILE [--replace] [--check]
+       cassini [-p PIPES_DIR] --edit
        cassini [-p PIPES_DIR] -q
        cassini [-p PIPES_DIR] --version
        cassini -h|--help
@@ -162,6 +168,9 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   --json          with -l, -x or -n: print one JSON document instead of text
   --export        print every task as a crontab line
   --import FILE   create a task per line of crontab FILE (- for standard input)
+  --replace       with --import: make the tasks those of FILE, keeping unchanged ones
+  --check         with --import: only say what would be created, kept and removed
+  --edit          edit the tasks as a crontab in $VISUAL or $EDITOR, then apply it
   -q              terminate the daemon
   -p PIPES_DIR    directory of the pipes (default $SATURND_PIPES_DIR if set,
                   else /tmp/USERNAME/saturnd/pipes)
@@ -178,7 +187,8 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # Options that choose what to do; at most one of them (repeating the same one with the
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
-    {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--version"}
+    {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
+    | {"--version"}
 )
 # Options that only make sense with -c: the fields they set, and the others.
 _TIMING_OPTIONS = {
@@ -196,6 +206,7 @@ _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
     "-N": (frozenset({"-n"}), "-n"),
     "-v": (frozenset({"-l"}), "-l"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
+    **{option: (frozenset({"--import"}), "--import") for option in ("--replace", "--check")},
 }
 # Why an operation refuses a word after its options: those that take an argument take
 # exactly one (`cassini -r 4 5` is not two removals); for the others, a word there is
@@ -281,24 +292,52 @@ class Invocation:
 
 
 class Import:
-    """`--import FILE`: one CREATE per crontab line of `path` ("-" is standard input)."""
+    """`--import FILE`: the tasks of crontab `path` ("-" is standard input), added, or
+    with `replace` in place of the daemon's; with `check`, only said (cassini.importing).
+    """
 
-    __slots__ = ("path", "pipes_dir")
+    __slots__ = ("check", "path", "pipes_dir", "replace")
 
-    def __init__(self, path: str, pipes_dir: str | None = None) -> None:
+    def __init__(
+        self, path: str, pipes_dir: str | None = None, *, replace: bool = False, check: bool = False
+    ) -> None:
         self.path = path
         self.pipes_dir = pipes_dir
+        self.replace = replace
+        self.check = check
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.path, self.pipes_dir, self.replace, self.check)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Import):
             return NotImplemented
-        return (self.path, self.pipes_dir) == (other.path, other.pipes_dir)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.path, self.pipes_dir))
+        return hash(self._key())
 
     def __repr__(self) -> str:
-        return f"Import({self.path!r}, {self.pipes_dir!r})"
+        flags = (", replace=True" if self.replace else "") + (", check=True" if self.check else "")
+        return f"Import({self.path!r}, {self.pipes_dir!r}{flags})"
+
+
+class Edit:
+    """`--edit`: the tasks as a crontab in an editor, then applied (cassini.edit)."""
+
+    __slots__ = ("pipes_dir",)
+
+    def __init__(self, pipes_dir: str | None = None) -> None:
+        self.pipes_dir = pipes_dir
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Edit) and self.pipes_dir == other.pipes_dir
+
+    def __hash__(self) -> int:
+        return hash((Edit, self.pipes_dir))
+
+    def __repr__(self) -> str:
+        return f"Edit({self.pipes_dir!r})"
 
 
 class Outcome:
@@ -508,7 +547,7 @@ def fifo_request(request: Request) -> Request | None:
     return ListRequest() if isinstance(request, ListExRequest) else None
 
 
-def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
+def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
     """Parse cassini's arguments (without the program name); raises `UsageError`.
 
     `-h` or `--help` anywhere among the options wins over everything else; no option at
@@ -543,7 +582,10 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import:
     if operation == "--import":
         if argument == "":
             raise UsageError("--import needs a file name (- for standard input)")
-        return Import(argument, pipes_dir)
+        flags = {option for option, _ in options}
+        return Import(argument, pipes_dir, replace="--replace" in flags, check="--check" in flags)
+    if operation == "--edit":
+        return Edit(pipes_dir)
     if operation in ("-l", "-q"):
         verbose = any(option == "-v" for option, _ in options)
         mode = "verbose" if verbose else "plain"

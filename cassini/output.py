@@ -427,9 +427,9 @@ def _render_next(context: _Context, reply: ListReply | ListExReply) -> Outcome:
 
 
 def _render_export(context: _Context, reply: ListReply | ListExReply) -> Outcome:
-    from cassini import crontab
+    from cassini import cronwrite
 
-    text, problems = crontab.export(reply.tasks)
+    text, problems = cronwrite.export(reply.tasks)
     return Outcome(
         text, "".join(f"cassini: {problem}\n" for problem in problems), 1 if problems else 0
     )

@@ -10,7 +10,8 @@
 # with `cassini -l`, through the pipes directory of a -p already on the line, else of
 # $SATURND_PIPES_DIR, else the default), day names after -d, month names after --month,
 # the @ names after --cron, time zones after --tz, variable names after --env,
-# directories after -p, files after --import, and after -c the command and its arguments.
+# directories after -p, files after --import (then --replace and --check), and after -c
+# the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
@@ -33,7 +34,8 @@ declare -gA _cassini_options_after=(
     [e]='-h --help -p'
     [q]='-h --help -p'
     [export]='-h --help -p'
-    [import]='-h --help -p'
+    [import]='-h --help -p --replace --check'
+    [edit]='-h --help -p'
     [version]='-h --help -p'
 )
 
@@ -61,8 +63,9 @@ _cassini()
         elif [[ ${#word} -gt 2 && --import == "$word"* ]]; then
             pending=import # --import or a prefix of it, as getopt takes it
             operation=import
-        elif [[ ${word%%=*} == --@(d|do|dom|m|mo|mon|mont|month|c|cr|cro|cron|t|tz|en|env) ]]; then
-            # The options of -c that take a value (getopt takes any unique prefix); with
+        elif [[ ${word%%=*} == --@(d|do|dom|m|mo|mon|mont|month|cr|cro|cron|t|tz|en|env) ]]; then
+            # The options of -c that take a value (getopt takes any unique prefix: --c
+            # is --check or --cron, --e --edit, --env or --export); with
             # `=VALUE` in the same word, nothing is pending.
             local long
             case ${word:2:1} in
@@ -70,8 +73,10 @@ _cassini()
             esac
             given+="--$long "
             [[ $word == *=* ]] || pending=$long
-        elif [[ ${#word} -gt 2 && --export == "$word"* ]]; then
+        elif [[ ${#word} -gt 3 && --export == "$word"* ]]; then
             operation=export
+        elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
+            operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
             operation=version
         elif [[ $word == --* ]]; then
@@ -182,7 +187,7 @@ _cassini()
         return
     fi
     local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json
-        --help --version --dom --month --cron --tz --env'
+        --help --version --dom --month --cron --tz --env --replace --check --edit'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
     # --cron says all five fields: none of theirs with it.
     if [[ $given == *" --cron "* ]]; then

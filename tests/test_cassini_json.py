@@ -235,10 +235,12 @@ def _imported(daemon: Daemon, *args: str) -> set[str]:
 
 def test_it_imports_only_what_each_output_needs(make_daemon: MakeDaemon) -> None:
     daemon, ids = _daemon_with_runs(make_daemon)
-    newer = {"cassini.output", "cassini.crontab", "json", "saturnd.schedule", "cron_descriptor"}
+    newer = {"cassini.output", "cassini.crontab", "cassini.cronwrite", "json", "saturnd.schedule"}
+    newer.add("cron_descriptor")
     for args in (["-l"], ["-x", str(ids[0])], ["-o", str(ids[0])]):
         assert _imported(daemon, *args) & newer == set(), args
     assert _imported(daemon, "-l", "--json") & newer == {"cassini.output", "json"}
     assert _imported(daemon, "-n", "0") & newer == {"cassini.output", "saturnd.schedule"}
     assert "cron_descriptor" in _imported(daemon, "-l", "-v")
-    assert _imported(daemon, "--export") & newer == {"cassini.output", "cassini.crontab"}
+    exporting = {"cassini.output", "cassini.crontab", "cassini.cronwrite"}
+    assert _imported(daemon, "--export") & newer == exporting

@@ -40,7 +40,7 @@ def _env() -> dict[str, str]:
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
     expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
-    expected += ["--dom", "--month", "--cron", "--tz", "--env"]
+    expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     assert sorted(expected) == OPTIONS
 
 
@@ -179,7 +179,9 @@ AFTER_AN_OPERATION = [
     (["-e", "1"], ["-h", "--help", "-p"]),
     (["-q"], ["-h", "--help", "-p"]),
     (["--exp"], ["-h", "--help", "-p"]),
-    (["--import", "f"], ["-h", "--help", "-p"]),
+    (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
+    (["--import", "f", "--check"], ["-h", "--help", "-p", "--replace", "--check"]),
+    (["--ed"], ["-h", "--help", "-p"]),
 ]
 
 
