@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Final
 
 from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, complete_runs, encode_nbruns, encode_run
+from saturnd.statefile import pwrite_all
 
 __all__ = [
     "OUTPUT_STREAMS",
@@ -218,18 +219,6 @@ def runs_in_progress(task_dir: str | Path) -> list[tuple[int, float]]:
 # --- a run's side -------------------------------------------------------------------
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """Write all of `data` at `offset`: a short write (file size limit, disk full)
-    is continued, so the error behind it is raised instead of being ignored."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if written == 0:  # pragma: no cover - pwrite reports an error instead
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        view = view[written:]
-        offset += written
-
-
 def append_run(task_dir: Path, time: int, exitcode: int) -> None:
     """Record one finished run (start TIME, EXITCODE) at the end of `times-exitcodes`.
 
@@ -250,10 +239,10 @@ def append_run(task_dir: Path, time: int, exitcode: int) -> None:
         # Only NBRUNS and the file size matter, not the runs themselves.
         head = os.pread(fd, RUNS_HEAD_SIZE, 0)
         count = complete_runs(head, os.fstat(fd).st_size)
-        _pwrite_all(fd, record, RUNS_HEAD_SIZE + count * RUN_SIZE)
+        pwrite_all(fd, record, RUNS_HEAD_SIZE + count * RUN_SIZE)
         # The run must be on disk before a count that includes it.
         os.fdatasync(fd)
-        _pwrite_all(fd, encode_nbruns(count + 1), 0)
+        pwrite_all(fd, encode_nbruns(count + 1), 0)
         os.fdatasync(fd)
     finally:
         os.close(fd)  # closing releases the flock

@@ -502,11 +502,16 @@ def test_it_removes_its_socket_when_it_stops(make_daemon: MakeDaemon) -> None:
     assert daemon.proc is not None and daemon.proc.wait(timeout=10) == 0
 
 
+def leave_stale_socket(pipes: Path) -> None:
+    """A socket file bound, never listening, closed: what a killed listener leaves."""
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(pipes / SOCKET))
+    stale.close()
+
+
 def test_it_falls_back_to_the_fifos_past_a_stale_socket(tmp_path: Path) -> None:
     pipes = make_pipes(tmp_path / "pipes")
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(pipes / SOCKET))  # bound, never listening, closed: what a kill leaves
-    stale.close()
+    leave_stale_socket(pipes)
     assert (pipes / SOCKET).is_socket()
     with FakeDaemon(pipes, [Exchange(b"OK\0\0\0\0")]) as fake:
         fell_back = cassini(pipes, "-l", transport="")
@@ -525,9 +530,7 @@ def test_it_waits_for_a_restarting_listener_instead_of_falling_back_to_the_fifos
     # starts a new one. The FIFOs are there too, but a reply read from them in that
     # window could be another client's: cassini must wait for the socket.
     pipes = make_pipes(tmp_path / "pipes")
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(pipes / SOCKET))
-    stale.close()
+    leave_stale_socket(pipes)
     lock = os.open(pipes / "saturnd.lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)  # the supervisor's lock: a daemon is alive
     served: list[bytes] = []
@@ -563,9 +566,7 @@ def test_it_falls_back_to_the_fifos_at_once_when_no_daemon_holds_the_lock(
     tmp_path: Path,
 ) -> None:
     pipes = make_pipes(tmp_path / "pipes")
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(pipes / SOCKET))
-    stale.close()
+    leave_stale_socket(pipes)
     (pipes / "saturnd.lock").touch(mode=0o600)  # left by a daemon that is gone: not held
     with FakeDaemon(pipes, [Exchange(b"OK\0\0\0\0")]) as fake:
         started = time.monotonic()
