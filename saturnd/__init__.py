@@ -1,3 +1,3 @@
 """saturnd: a per-user cron daemon (the package of both programs' shared code)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
