@@ -13,6 +13,7 @@ import time, and messages are `timing.Frozen` value classes.
 
 from __future__ import annotations
 
+from saturnd.runrecord import RunRecord
 from saturnd.task import NO_EXTRAS, Extras, Task
 from saturnd.timing import Frozen, Timing
 
@@ -32,6 +33,12 @@ __all__ = [
     "OP_CREATE_EX",
     "OP_LIST_EX",
     "OP_REPLACE",
+    "OP_RUN_NOW",
+    "OP_PAUSE",
+    "OP_RESUME",
+    "OP_KILL",
+    "OP_HISTORY",
+    "OP_OUTPUT_EX",
     "COURSE_OPCODES",
     "ListRequest",
     "CreateRequest",
@@ -44,6 +51,12 @@ __all__ = [
     "CreateExRequest",
     "ListExRequest",
     "ReplaceRequest",
+    "RunNowRequest",
+    "PauseRequest",
+    "ResumeRequest",
+    "KillRequest",
+    "HistoryRequest",
+    "OutputExRequest",
     "TaskEntry",
     "Run",
     "OkReply",
@@ -55,6 +68,9 @@ __all__ = [
     "TimesExitcodesReply",
     "OutputReply",
     "VersionReply",
+    "KillReply",
+    "HistoryReply",
+    "OutputExReply",
     "Request",
     "TaskRequest",
     "Reply",
@@ -75,6 +91,19 @@ OP_CREATE_EX: Final = b"cx"
 OP_LIST_EX: Final = b"lx"
 """Extension (socket only): every task, whole."""
 OP_REPLACE: Final = b"rp"
+"""REPLACE (extension): remove some tasks and create others, all or nothing."""
+OP_RUN_NOW: Final = b"ru"
+"""RUN (extension): start a run of a task now, by hand."""
+OP_PAUSE: Final = b"pa"
+"""PAUSE (extension): a task keeps its schedule and history but does not run."""
+OP_RESUME: Final = b"rs"
+"""RESUME (extension): a paused task runs again."""
+OP_KILL: Final = b"ki"
+"""KILL (extension): stop a task's runs in progress (SIGTERM, then SIGKILL)."""
+OP_HISTORY: Final = b"hx"
+"""HISTORY (extension): a task's runs, whole (run-records)."""
+OP_OUTPUT_EX: Final = b"ox"
+"""OUTPUT-EX (extension): the stdout or stderr of one kept run, and whether it was cut."""
 """Extension (socket only): remove some tasks and create others, all or nothing."""
 
 COURSE_OPCODES: Final = frozenset(
@@ -106,7 +135,7 @@ class CreateRequest(Frozen):
 
 
 class _TaskIdRequest(Frozen):
-    """A request about one task: the four that carry only a TASKID."""
+    """A request about one task that carries only a TASKID."""
 
     __slots__ = __match_args__ = ("task_id",)
     task_id: int
@@ -192,6 +221,57 @@ class ReplaceRequest(Frozen):
         object.__setattr__(self, "create", tuple(create))
 
 
+class RunNowRequest(_TaskIdRequest):
+    """RUN (extension): start a run now; OK, or NF."""
+
+    __slots__ = ()
+    opcode = OP_RUN_NOW
+
+
+class PauseRequest(_TaskIdRequest):
+    """PAUSE (extension); OK (also when already paused), or NF."""
+
+    __slots__ = ()
+    opcode = OP_PAUSE
+
+
+class ResumeRequest(_TaskIdRequest):
+    """RESUME (extension); OK (also when not paused), or NF."""
+
+    __slots__ = ()
+    opcode = OP_RESUME
+
+
+class KillRequest(_TaskIdRequest):
+    """KILL (extension): stop the task's runs in progress; KillReply, or NF."""
+
+    __slots__ = ()
+    opcode = OP_KILL
+
+
+class HistoryRequest(_TaskIdRequest):
+    """HISTORY (extension): the task's runs, whole; HistoryReply, or NF."""
+
+    __slots__ = ()
+    opcode = OP_HISTORY
+
+
+class OutputExRequest(Frozen):
+    """OUTPUT-EX (extension): `stream` (1 stdout, 2 stderr) of the kept run that
+    started at `start` (0: the last finished run); OutputExReply, NF or NR."""
+
+    __slots__ = __match_args__ = ("task_id", "stream", "start")
+    task_id: int
+    stream: int
+    start: int
+    opcode = OP_OUTPUT_EX
+
+    def __init__(self, task_id: int, stream: int, start: int = 0) -> None:
+        object.__setattr__(self, "task_id", task_id)
+        object.__setattr__(self, "stream", stream)
+        object.__setattr__(self, "start", start)
+
+
 Request = (
     ListRequest
     | CreateRequest
@@ -204,8 +284,24 @@ Request = (
     | CreateExRequest
     | ListExRequest
     | ReplaceRequest
+    | RunNowRequest
+    | PauseRequest
+    | ResumeRequest
+    | KillRequest
+    | HistoryRequest
+    | OutputExRequest
 )
-TaskRequest = RemoveRequest | TimesExitcodesRequest | StdoutRequest | StderrRequest
+TaskRequest = (
+    RemoveRequest
+    | TimesExitcodesRequest
+    | StdoutRequest
+    | StderrRequest
+    | RunNowRequest
+    | PauseRequest
+    | ResumeRequest
+    | KillRequest
+    | HistoryRequest
+)
 
 # --- replies --------------------------------------------------------------------
 
@@ -339,6 +435,38 @@ class VersionReply(Frozen):
         object.__setattr__(self, "opcodes", opcodes)
 
 
+class KillReply(Frozen):
+    """KILL's `OK`: how many runs in progress were told to stop (0: none was running)."""
+
+    __slots__ = __match_args__ = ("count",)
+    count: int
+
+    def __init__(self, count: int) -> None:
+        object.__setattr__(self, "count", count)
+
+
+class HistoryReply(Frozen):
+    """HISTORY's `OK`: the task's runs kept in its history, oldest first."""
+
+    __slots__ = __match_args__ = ("runs",)
+    runs: tuple[RunRecord, ...]
+
+    def __init__(self, runs: tuple[RunRecord, ...]) -> None:
+        object.__setattr__(self, "runs", tuple(runs))
+
+
+class OutputExReply(Frozen):
+    """OUTPUT-EX's `OK`: whether the output was cut at the cap, and the output."""
+
+    __slots__ = __match_args__ = ("cut", "output")
+    cut: bool
+    output: bytes
+
+    def __init__(self, cut: bool, output: bytes) -> None:
+        object.__setattr__(self, "cut", bool(cut))
+        object.__setattr__(self, "output", output)
+
+
 Reply = (
     OkReply
     | ErrorReply
@@ -349,5 +477,8 @@ Reply = (
     | VersionReply
     | ListExReply
     | ReplaceReply
+    | KillReply
+    | HistoryReply
+    | OutputExReply
 )
 Message = Request | Reply

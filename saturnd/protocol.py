@@ -36,10 +36,16 @@ from saturnd.messages import (
     COURSE_OPCODES,
     OP_CREATE,
     OP_CREATE_EX,
+    OP_HISTORY,
+    OP_KILL,
     OP_LIST,
     OP_LIST_EX,
+    OP_OUTPUT_EX,
+    OP_PAUSE,
     OP_REMOVE,
     OP_REPLACE,
+    OP_RESUME,
+    OP_RUN_NOW,
     OP_STDERR,
     OP_STDOUT,
     OP_TERMINATE,
@@ -49,19 +55,28 @@ from saturnd.messages import (
     CreateReply,
     CreateRequest,
     ErrorReply,
+    HistoryReply,
+    HistoryRequest,
+    KillReply,
+    KillRequest,
     ListExReply,
     ListExRequest,
     ListReply,
     ListRequest,
     Message,
     OkReply,
+    OutputExReply,
+    OutputExRequest,
     OutputReply,
+    PauseRequest,
     RemoveRequest,
     ReplaceReply,
     ReplaceRequest,
     Reply,
     Request,
+    ResumeRequest,
     Run,
+    RunNowRequest,
     StderrRequest,
     StdoutRequest,
     TaskEntry,
@@ -72,6 +87,7 @@ from saturnd.messages import (
     VersionReply,
     VersionRequest,
 )
+from saturnd.runrecord import RunRecord
 from saturnd.wiretypes import (
     FLAG_DAYS_OR,
     FLAG_REBOOT,
@@ -80,9 +96,17 @@ from saturnd.wiretypes import (
     MAX_ERROR_MESSAGE,
     MAX_STRING,
     MAX_ZONE,
+    PFLAG_CATCH_UP,
+    PFLAG_NO_OVERLAP,
+    PFLAG_PAUSED,
+    PFLAGS_OFFSET,
+    POLICY_SIZE,
+    RUN_RECORD_SIZE,
     ProtocolError,
+    decode_run_record,
     encode_commandline,
     encode_extras,
+    encode_run_record,
     encode_string,
     encode_task,
     encode_timing,
@@ -104,6 +128,29 @@ if TYPE_CHECKING:
 
 # The names of `messages` and `wiretypes` are this module's too: callers import them here.
 __all__ = [
+    "OP_RUN_NOW",
+    "OP_PAUSE",
+    "OP_RESUME",
+    "OP_KILL",
+    "OP_HISTORY",
+    "OP_OUTPUT_EX",
+    "RunNowRequest",
+    "PauseRequest",
+    "ResumeRequest",
+    "KillRequest",
+    "HistoryRequest",
+    "OutputExRequest",
+    "KillReply",
+    "HistoryReply",
+    "OutputExReply",
+    "RUN_RECORD_SIZE",
+    "decode_run_record",
+    "encode_run_record",
+    "PFLAGS_OFFSET",
+    "PFLAG_CATCH_UP",
+    "PFLAG_NO_OVERLAP",
+    "PFLAG_PAUSED",
+    "POLICY_SIZE",
     "CLIENT_LOCK",
     "COURSE_OPCODES",
     "ERR_MESSAGE",
@@ -207,6 +254,7 @@ MAX_REPLACE: Final = 1_000_000
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _RUN = struct.Struct(">qH")
+_OUTPUT_EX = struct.Struct(">QBq")  # TASKID, STREAM, START of an OUTPUT-EX request
 
 
 class _NeedData:
@@ -280,6 +328,17 @@ _ENCODERS: Final[dict[type, Callable[[Any], bytes]]] = {
     OkReply: lambda m: REPLY_OK,
     ErrorReply: _error_reply,
     VersionRequest: lambda m: OP_VERSION + encode_string(m.client),
+    RunNowRequest: lambda m: OP_RUN_NOW + _U64.pack(m.task_id),
+    PauseRequest: lambda m: OP_PAUSE + _U64.pack(m.task_id),
+    ResumeRequest: lambda m: OP_RESUME + _U64.pack(m.task_id),
+    KillRequest: lambda m: OP_KILL + _U64.pack(m.task_id),
+    HistoryRequest: lambda m: OP_HISTORY + _U64.pack(m.task_id),
+    OutputExRequest: lambda m: OP_OUTPUT_EX + _OUTPUT_EX.pack(m.task_id, m.stream, m.start),
+    KillReply: lambda m: REPLY_OK + _U32.pack(m.count),
+    HistoryReply: lambda m: (
+        REPLY_OK + _U32.pack(len(m.runs)) + b"".join(encode_run_record(r) for r in m.runs)
+    ),
+    OutputExReply: lambda m: REPLY_OK + (b"\1" if m.cut else b"\0") + encode_string(m.output),
     VersionReply: lambda m: (
         REPLY_OK + encode_string(m.version) + _U32.pack(len(m.opcodes)) + b"".join(m.opcodes)
     ),
@@ -342,6 +401,32 @@ def _parse_create() -> Generator[int, bytes, Request]:
     return CreateRequest(timing, argv)
 
 
+def _parse_output_ex() -> Generator[int, bytes, Request]:
+    task_id, stream, start = _OUTPUT_EX.unpack((yield _OUTPUT_EX.size))
+    if stream not in (1, 2):
+        raise ProtocolError(f"output stream {stream} is neither 1 (stdout) nor 2 (stderr)")
+    return OutputExRequest(task_id, stream, start)
+
+
+def _parse_kill_reply() -> Generator[int, bytes, Reply]:
+    return KillReply((yield from read_u32()))
+
+
+def _parse_history_reply() -> Generator[int, bytes, Reply]:
+    count = yield from read_u32()
+    runs: list[RunRecord] = []
+    for _ in range(count):  # grows as records arrive: nothing allocated from `count`
+        runs.append(decode_run_record((yield RUN_RECORD_SIZE)))
+    return HistoryReply(tuple(runs))
+
+
+def _parse_output_ex_reply() -> Generator[int, bytes, Reply]:
+    cut = yield 1
+    if cut not in (b"\0", b"\1"):
+        raise ProtocolError(f"cut flag {cut.hex()} is neither 0 nor 1")
+    return OutputExReply(cut == b"\1", (yield from read_string(MAX_REPLY_STRING)))
+
+
 def _task_id_parser(cls: type[TaskRequest]) -> Callable[[], Generator[int, bytes, Request]]:
     def parse() -> Generator[int, bytes, Request]:
         return cls((yield from read_u64()))
@@ -371,6 +456,12 @@ _REQUEST_PARSERS: Final[dict[bytes, Callable[[], Generator[int, bytes, Request]]
     OP_CREATE_EX: _parse_create_ex,
     OP_LIST_EX: _no_body(ListExRequest),
     OP_REPLACE: _parse_replace,
+    OP_RUN_NOW: _task_id_parser(RunNowRequest),
+    OP_PAUSE: _task_id_parser(PauseRequest),
+    OP_RESUME: _task_id_parser(ResumeRequest),
+    OP_KILL: _task_id_parser(KillRequest),
+    OP_HISTORY: _task_id_parser(HistoryRequest),
+    OP_OUTPUT_EX: _parse_output_ex,
 }
 
 
@@ -460,6 +551,12 @@ _REPLY_LAYOUTS: Final[dict[bytes, tuple[Callable[[], ReplyParser], frozenset[byt
     OP_CREATE_EX: (_parse_create_reply, frozenset()),
     OP_LIST_EX: (_parse_list_ex_reply, frozenset()),
     OP_REPLACE: (_parse_replace_reply, frozenset()),
+    OP_RUN_NOW: (_parse_ok_reply, frozenset({ERR_NOT_FOUND})),
+    OP_PAUSE: (_parse_ok_reply, frozenset({ERR_NOT_FOUND})),
+    OP_RESUME: (_parse_ok_reply, frozenset({ERR_NOT_FOUND})),
+    OP_KILL: (_parse_kill_reply, frozenset({ERR_NOT_FOUND})),
+    OP_HISTORY: (_parse_history_reply, frozenset({ERR_NOT_FOUND})),
+    OP_OUTPUT_EX: (_parse_output_ex_reply, frozenset({ERR_NOT_FOUND, ERR_NEVER_RAN})),
 }
 REPLY_OPCODES: Final = frozenset(_REPLY_LAYOUTS)
 """The requests whose replies `parse_reply` knows."""

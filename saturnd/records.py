@@ -56,6 +56,13 @@ from saturnd.runsfile import (
 )
 from saturnd.task import NO_EXTRAS, Extras, Task, check_extras
 from saturnd.timing import Timing
+from saturnd.wiretypes import (
+    PFLAG_CATCH_UP,
+    PFLAG_NO_OVERLAP,
+    PFLAG_PAUSED,
+    POLICY_SIZE,
+    encode_extras,
+)
 
 __all__ = [
     "HEADER_SIZE",
@@ -99,6 +106,7 @@ _RECORD_HEAD: Final = struct.Struct(">QI")  # ID, SIZE
 _U32: Final = struct.Struct(">I")
 _TIMING: Final = struct.Struct(">QIB")
 _TIMING_EX: Final = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
+_POLICY: Final = struct.Struct(">IIB")  # TIMEOUT, JITTER, PFLAGS (wiretypes.encode_extras)
 
 HEADER_SIZE: Final = _HEADER.size
 """Bytes of the `cmds` header (16)."""
@@ -115,9 +123,9 @@ NEXT_ID_OFFSET: Final = 8
 """Offset of NEXT_ID in the header: the one header field rewritten in place."""
 MAX_SIZE: Final = 0xFFFF_FFFF
 """Largest SIZE a record head can hold."""
-_NO_EXTRAS_SIZE: Final = 9
-"""Bytes of the EXTRAS of a task that has none, all zeros: NBENV 0, an empty STDIN,
-MAILTO not set."""
+_NO_EXTRAS_SIZE: Final = len(encode_extras(NO_EXTRAS))
+"""Bytes of the EXTRAS of a task that has none, all zeros (22): no policy, an empty
+ON_FAILURE, NBENV 0, an empty STDIN, MAILTO not set."""
 
 
 class RecordsError(Exception):
@@ -310,7 +318,15 @@ def _decode_timing_ex(data: bytes | bytearray, offset: int, end: int) -> Timing:
 
 
 def _parse_extras(data: bytes | bytearray, pos: int, end: int) -> tuple[Extras, int]:
-    """The EXTRAS at `pos` (environment, standard input, MAILTO) and where they end."""
+    """The EXTRAS at `pos` (policy, environment, standard input, MAILTO) and where they
+    end."""
+    if pos + POLICY_SIZE > end:
+        raise RecordsError("body ends inside the policy")
+    timeout, jitter, pflags = _POLICY.unpack_from(data, pos)
+    pos += POLICY_SIZE
+    if pflags & ~(PFLAG_NO_OVERLAP | PFLAG_CATCH_UP | PFLAG_PAUSED):
+        raise RecordsError(f"unknown policy flags {pflags:#x}")
+    on_failure, pos = _string_at(data, pos, end, MAX_STRING, "the on-failure command")
     count, pos = _u32_at(data, pos, end, "the environment")
     if count > MAX_ENV:
         raise RecordsError(f"{count} environment variables exceed the limit of {MAX_ENV}")
@@ -329,7 +345,17 @@ def _parse_extras(data: bytes | bytearray, pos: int, end: int) -> tuple[Extras, 
         mailto, pos = _string_at(data, pos, end, MAX_ERROR_MESSAGE, "MAILTO")
     elif flag != 0:
         raise RecordsError(f"MAILTO flag {flag} is neither 0 nor 1")
-    extras = Extras(tuple(env), stdin, mailto)
+    extras = Extras(
+        tuple(env),
+        stdin,
+        mailto,
+        timeout,
+        jitter,
+        bool(pflags & PFLAG_NO_OVERLAP),
+        bool(pflags & PFLAG_CATCH_UP),
+        on_failure,
+        bool(pflags & PFLAG_PAUSED),
+    )
     problem = check_extras(extras)
     if problem is not None:
         raise RecordsError(problem)

@@ -2,8 +2,10 @@
 
 This module owns the model, not its bytes (those are in `protocol`, written once):
 - `Extras`: the task's own environment variables (in the order given; a later one
-  wins), the bytes its command reads on standard input (cron's `%` rule), and MAILTO
-  (None: not set, mail goes to the user when a sendmail exists; b"": no mail);
+  wins), the bytes its command reads on standard input (cron's `%` rule), MAILTO
+  (None: not set, mail goes to the user when a sendmail exists; b"": no mail), and its
+  run policies: `timeout` and `jitter` (seconds, 0: none), `no_overlap`, `catch_up`,
+  `on_failure` (a command for /bin/sh -c, b"": none) and `paused`;
 - `Task`: timing + argv + extras, a task without its id (what CREATE-EX carries, what
   `--import` compares to decide which lines are unchanged).
 
@@ -20,28 +22,71 @@ TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing
 if TYPE_CHECKING:
     from typing import Final
 
-__all__ = ["NO_EXTRAS", "Extras", "Task", "check_extras"]
+__all__ = ["MAX_DURATION", "NO_EXTRAS", "Extras", "Task", "check_extras"]
 
 Env = tuple[tuple[bytes, bytes], ...]
 
+MAX_DURATION: Final = 0xFFFF_FFFF
+"""Longest timeout or jitter in seconds (what a uint32 holds: 136 years)."""
+
 
 class Extras(Frozen):
-    """A task's environment, standard input and MAILTO (see the module docstring)."""
+    """A task's environment, standard input, MAILTO and run policies (see the module
+    docstring)."""
 
-    __slots__ = __match_args__ = ("env", "stdin", "mailto")
+    __slots__ = __match_args__ = (
+        "env",
+        "stdin",
+        "mailto",
+        "timeout",
+        "jitter",
+        "no_overlap",
+        "catch_up",
+        "on_failure",
+        "paused",
+    )
     env: Env
     stdin: bytes
     mailto: bytes | None
+    timeout: int
+    jitter: int
+    no_overlap: bool
+    catch_up: bool
+    on_failure: bytes
+    paused: bool
 
-    def __init__(self, env: Env = (), stdin: bytes = b"", mailto: bytes | None = None) -> None:
+    def __init__(
+        self,
+        env: Env = (),
+        stdin: bytes = b"",
+        mailto: bytes | None = None,
+        timeout: int = 0,
+        jitter: int = 0,
+        no_overlap: bool = False,
+        catch_up: bool = False,
+        on_failure: bytes = b"",
+        paused: bool = False,
+    ) -> None:
         object.__setattr__(self, "env", tuple(env))
         object.__setattr__(self, "stdin", stdin)
         object.__setattr__(self, "mailto", mailto)
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "jitter", jitter)
+        object.__setattr__(self, "no_overlap", bool(no_overlap))
+        object.__setattr__(self, "catch_up", bool(catch_up))
+        object.__setattr__(self, "on_failure", on_failure)
+        object.__setattr__(self, "paused", bool(paused))
 
     @property
     def is_empty(self) -> bool:
         """True when the task says nothing beyond the course's fields."""
-        return not self.env and not self.stdin and self.mailto is None
+        return self == NO_EXTRAS
+
+    def replace(self, **changes: object) -> Extras:
+        """A copy with the fields named in `changes` changed."""
+        values = {name: getattr(self, name) for name in self._fields}
+        values.update(changes)
+        return Extras(**values)
 
     def variables(self) -> dict[bytes, bytes]:
         """The task's own variables as a mapping (a later one wins)."""
@@ -60,6 +105,10 @@ def check_extras(extras: Extras) -> str | None:
             return f"the value of {name.decode(errors='replace')} has a NUL byte"
     if extras.mailto is not None and b"\0" in extras.mailto:
         return "MAILTO has a NUL byte"
+    if not 0 <= extras.timeout <= MAX_DURATION or not 0 <= extras.jitter <= MAX_DURATION:
+        return f"a timeout or jitter beyond {MAX_DURATION} seconds"
+    if b"\0" in extras.on_failure:
+        return "the on-failure command has a NUL byte"
     return None
 
 

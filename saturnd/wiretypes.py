@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 
+from saturnd.runrecord import RunRecord
 from saturnd.task import Extras, Task, check_extras
 from saturnd.timing import Timing
 
@@ -28,6 +29,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FLAG_DAYS_OR",
     "FLAG_REBOOT",
+    "RUN_RECORD_SIZE",
+    "decode_run_record",
+    "encode_run_record",
+    "PFLAGS_OFFSET",
+    "PFLAG_CATCH_UP",
+    "PFLAG_NO_OVERLAP",
+    "PFLAG_PAUSED",
+    "POLICY_SIZE",
     "MAX_ARGC",
     "MAX_ENV",
     "MAX_ERROR_MESSAGE",
@@ -64,11 +73,25 @@ FLAG_DAYS_OR: Final = 1
 """TIMING-EX FLAGS: the two day fields are OR-ed (cron's rule)."""
 FLAG_REBOOT: Final = 2
 """TIMING-EX FLAGS: @reboot."""
+PFLAG_NO_OVERLAP: Final = 1
+"""EXTRAS PFLAGS: a start while the previous run goes on is skipped."""
+PFLAG_CATCH_UP: Final = 2
+"""EXTRAS PFLAGS: starts missed while the daemon was away run once when it is back."""
+PFLAG_PAUSED: Final = 4
+"""EXTRAS PFLAGS: the task keeps its schedule and history but does not run."""
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TIMING = struct.Struct(">QIB")
 _TIMING_EX = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
+_POLICY = struct.Struct(">IIB")  # TIMEOUT, JITTER, PFLAGS at the start of EXTRAS
+_RUN_RECORD = struct.Struct(">qqHBBi")
+RUN_RECORD_SIZE: Final = _RUN_RECORD.size
+"""Bytes of one `run-record` (24)."""
+POLICY_SIZE: Final = _POLICY.size
+"""Bytes of TIMEOUT, JITTER and PFLAGS, the fixed start of EXTRAS (9)."""
+PFLAGS_OFFSET: Final = 8
+"""Offset of PFLAGS in EXTRAS, i.e. from the end of the COMMANDLINE."""
 
 
 class ProtocolError(Exception):
@@ -102,9 +125,21 @@ def encode_timing_ex(timing: Timing) -> bytes:
 
 
 def encode_extras(extras: Extras) -> bytes:
-    """`extras`: NBENV uint32 and (NAME, VALUE) strings, STDIN string, then MAILTO:
-    uint8 0 (not set) or 1 followed by a string."""
-    parts = [_U32.pack(len(extras.env))]
+    """`extras`: the POLICY (TIMEOUT uint32 and JITTER uint32 in seconds, PFLAGS uint8:
+    1 no-overlap, 2 catch-up, 4 paused; ON_FAILURE string), then NBENV uint32 and
+    (NAME, VALUE) strings, STDIN string, then MAILTO: uint8 0 (not set) or 1 followed
+    by a string. The POLICY comes first so that PFLAGS sits at a fixed distance from
+    the end of the COMMANDLINE (PAUSE rewrites that one byte in place)."""
+    flags = (
+        (PFLAG_NO_OVERLAP if extras.no_overlap else 0)
+        | (PFLAG_CATCH_UP if extras.catch_up else 0)
+        | (PFLAG_PAUSED if extras.paused else 0)
+    )
+    parts = [
+        _POLICY.pack(extras.timeout, extras.jitter, flags),
+        encode_string(extras.on_failure),
+        _U32.pack(len(extras.env)),
+    ]
     for name, value in extras.env:
         parts.append(encode_string(name))
         parts.append(encode_string(value))
@@ -114,6 +149,19 @@ def encode_extras(extras: Extras) -> bytes:
     else:
         parts.append(b"\1" + encode_string(extras.mailto))
     return b"".join(parts)
+
+
+def encode_run_record(record: RunRecord) -> bytes:
+    """A `run-record` (24 bytes): START int64, END int64, EXITCODE uint16, OUTCOME
+    uint8, FLAGS uint8, PID int32 (HISTORY's reply and a task's `history` file)."""
+    return _RUN_RECORD.pack(
+        record.start, record.end, record.exitcode, record.outcome, record.flags, record.pid
+    )
+
+
+def decode_run_record(data: bytes | bytearray, offset: int = 0) -> RunRecord:
+    """The `run-record` at `offset` of `data` (24 bytes must be there)."""
+    return RunRecord(*_RUN_RECORD.unpack_from(data, offset))
 
 
 def encode_task(task: Task) -> bytes:
@@ -194,6 +242,10 @@ def read_timing_ex() -> Generator[int, bytes, Timing]:
 
 
 def read_extras() -> Generator[int, bytes, Extras]:
+    timeout, jitter, flags = _POLICY.unpack((yield _POLICY.size))
+    if flags & ~(PFLAG_NO_OVERLAP | PFLAG_CATCH_UP | PFLAG_PAUSED):
+        raise ProtocolError(f"unknown policy flags {flags:#x}")
+    on_failure = yield from read_string(MAX_STRING)
     count = yield from read_u32()
     if count > MAX_ENV:
         raise ProtocolError(f"{count} environment variables exceed the limit of {MAX_ENV}")
@@ -207,7 +259,17 @@ def read_extras() -> Generator[int, bytes, Extras]:
     if has_mailto not in (b"\0", b"\1"):
         raise ProtocolError(f"MAILTO flag {has_mailto.hex()} is neither 0 nor 1")
     mailto = (yield from read_string(MAX_ERROR_MESSAGE)) if has_mailto == b"\1" else None
-    extras = Extras(tuple(env), stdin, mailto)
+    extras = Extras(
+        tuple(env),
+        stdin,
+        mailto,
+        timeout,
+        jitter,
+        bool(flags & PFLAG_NO_OVERLAP),
+        bool(flags & PFLAG_CATCH_UP),
+        on_failure,
+        bool(flags & PFLAG_PAUSED),
+    )
     problem = check_extras(extras)
     if problem is not None:
         raise ProtocolError(problem)
