@@ -204,10 +204,12 @@ def test_it_keeps_a_zones_mark_across_a_restart_in_its_repeated_hour(
     the new executor reads New York's high-water mark (01:59) from `last-minute`, where
     the wall minute of the last minute handled (01:09) would let 01:30 run twice."""
     started: list[tuple[datetime, int]] = []
-    monkeypatch.setattr("saturnd.executor._run_specs", lambda store, runs, start: [(start, runs)])
+    monkeypatch.setattr(
+        "saturnd.executor._run_specs", lambda store, runs, start, log: [(start, runs)]
+    )
     monkeypatch.setattr(
         "saturnd.executor.spawn_runs",
-        lambda specs, **kwargs: started.extend(run for _, runs in specs for run in runs),
+        lambda specs, **kwargs: started.extend(run[:2] for _, runs in specs for run in runs),
     )
     store = ZonedStore({7: Timing.cron("30 1 * * *", "America/New_York")})
     midnight = int(datetime(2026, 11, 1, 4, 0, tzinfo=UTC).timestamp()) // 60  # 00:00 EDT
