@@ -111,6 +111,7 @@ class RunSpec:
     argv: tuple[bytes, ...]
     start_time: int
     extras: Extras = NO_EXTRAS
+    flags: int = 0  # runrecord flags the run's record carries (BY_HAND, CAUGHT_UP)
 
 
 @dataclass(frozen=True, slots=True)
