@@ -39,6 +39,7 @@ from saturnd.records import (
     Scan,
     header_version,
 )
+from saturnd.runrecord import RunRecord
 from saturnd.runsfile import RUNS_HEAD_SIZE, complete_runs, runs_body
 from saturnd.statefile import OPEN_FILE, Stamp, describe
 from saturnd.taskindex import (
@@ -287,6 +288,29 @@ class TaskTable:
             raise ValueError(f"unknown output stream {stream!r}")
         try:
             return taskdir.read_file(self.task_dir(task_id), stream)
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the {stream} of task {task_id}: {describe(error)}"
+            ) from error
+
+    def history(self, task_id: int) -> tuple[RunRecord, ...]:
+        """The runs of a task's history, oldest first (none if it never ran). The
+        caller has checked that the task exists. Raises StoreError."""
+        try:
+            return taskdir.read_history(self.task_dir(task_id))
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the history of task {task_id}: {describe(error)}"
+            ) from error
+
+    def kept_output(self, task_id: int, stream: str, start: int) -> tuple[bool, bytes] | None:
+        """Whether it was cut, and what a kept run of a task wrote on `stream`
+        ("stdout"/"stderr"): the run that started at `start`, or the last finished one
+        for 0. None when no such run's output is kept (NR). Raises StoreError."""
+        if stream not in taskdir.OUTPUT_STREAMS:
+            raise ValueError(f"unknown output stream {stream!r}")
+        try:
+            return taskdir.kept_output(self.task_dir(task_id), stream, start)
         except OSError as error:
             raise StoreError(
                 f"cannot read the {stream} of task {task_id}: {describe(error)}"
