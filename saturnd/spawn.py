@@ -60,6 +60,7 @@ from saturnd.runsupervisor import Batch, Recorder, RunSpec, Supervisor
 from saturnd.taskenv import Identity
 
 __all__ = [
+    "DEFAULT_KEEP_OUTPUTS",
     "DEFAULT_MAX_OUTPUT",
     "EXITCODE_ABNORMAL",
     "Recorder",

@@ -136,3 +136,13 @@ def test_it_records_a_pending_run_in_the_history_when_it_is_flushed(tmp_path: Pa
         os.close(dir_fd)
     assert flushed.error is None
     assert taskdir.read_history(tmp_path) == (RunRecord(START, START, 0xFFFF, KILLED),)
+
+
+def test_it_takes_the_number_of_kept_outputs_from_the_daemons_command_line() -> None:
+    from saturnd.cli import build_parser, parse
+
+    assert parse(build_parser(), []).keep_outputs == history.DEFAULT_KEEP_OUTPUTS == 5
+    assert parse(build_parser(), ["--keep-outputs", "1"]).keep_outputs == 1
+    with pytest.raises(SystemExit) as exit_info:
+        parse(build_parser(), ["--keep-outputs", "0"])
+    assert exit_info.value.code == 2
