@@ -38,6 +38,20 @@ Rules:
   umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
   working directory (P5 changes directory before a spawn when the HOME differs from
   the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
+- Each run's record: `times-exitcodes` (the course's, through `Batch.record`), then
+  its `history` record and kept outputs (history.py), under the run lock. Its outcome:
+  NOT_STARTED when no command ran; TIMED_OUT or KILLED when P5 stopped it; KILLED when
+  a signal from elsewhere ended it; else EXITED. Its end is its start plus the
+  monotonic duration, so a fake clock's start and a real duration agree.
+- Policies (man saturnd, "Policies"): a run with a timeout gets SIGTERM to its process
+  group at its deadline and SIGKILL `min(timeout, STOP_GRACE)` later (timers in the
+  poll loop, on the monotonic clock); a jittered spec waits in a heap, alone, and its
+  start is the spec's plus the real delay; after a failed run, its on-failure command
+  is spawned and not waited for (reaped like sendmail).
+- Stopping: each running command has a marker P5 holds locked (liveruns.py);
+  `taskdir.request_stop` adds a stop request and sends SIGUSR1, whose handler only sets
+  a flag (P5 installs it before the first marker exists: SIGUSR1 must not end P5).
+  Before each start P5 records the task's runs whose P5 was killed (abandoned).
 - After a run that wrote anything, P5 mails its output (stdout, then stderr, as
   stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
   does not wait for sendmail (its exit is reaped with the runs', or by init).

@@ -4,6 +4,8 @@ its outputs, and finding the runs in progress in it.
 The files (DESIGN.md "Files"; the byte layout of the history is `records.py`'s):
 
     task_<ID>/times-exitcodes          NBRUNS, then TIME + EXITCODE per finished run
+    task_<ID>/history, kept.…          the rich history, the kept outputs (history.py)
+    task_<ID>/running.…, stop.…        runs in progress, stop requests (liveruns.py)
     task_<ID>/stdout, stderr           what the last finished run wrote
     task_<ID>/stdout.<P5 pid>.<n>.tmp  a run in progress (n: its number in P5's batch),
     task_<ID>/stderr.<P5 pid>.<n>.tmp  renamed over stdout and stderr when it is recorded
@@ -31,7 +33,12 @@ Rules:
   neither, and a reader that wants a history and an output that agree takes LOCK_SH
   on the directory.
 - `append_run` writes the run, syncs, then the count: a crash leaves the old count or
-  the new one, never a count that includes a run not on disk.
+  the new one, never a count that includes a run not on disk. Past 2 x
+  history.HISTORY_KEEP runs it rewrites the file with the last HISTORY_KEEP (a rename:
+  every recorder holds `lock_runs`, so no append goes to the replaced file).
+- Runs in progress are known by their markers (liveruns.py); one whose P5 was killed
+  is recorded KILLED by `reap_abandoned` (at the task's next run, or at a KILL).
+  A skipped run (`record_skipped`) is in `history` only.
 - Pending runs (`pend`, `flush_pending`). A run whose record the disk refuses keeps
   its record in the *names* of its temporaries, renamed: a rename needs no data block,
   so it works on a full disk, is atomic, and survives the death of its P5 or of the
