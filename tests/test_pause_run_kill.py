@@ -137,3 +137,28 @@ def test_it_kills_a_run_in_progress_and_records_it_killed(make_daemon: MakeDaemo
     assert ask(daemon, KillRequest(task_id)) == KillReply(0)
     assert ask(daemon, KillRequest(99)) == NOT_FOUND
     assert ask(daemon, HistoryRequest(99)) == NOT_FOUND
+
+
+def test_it_kills_a_run_whose_supervising_process_was_killed(make_daemon: MakeDaemon) -> None:
+    import psutil
+
+    daemon = make_daemon(start=T0)
+    task_id = create(daemon, Timing.cron("30 4 * * *"), b"sleep", b"30")
+    assert ask(daemon, RunNowRequest(task_id)) == OkReply()
+    task_dir = daemon.state / f"task_{task_id}"
+    wait_for(lambda: any(pid for _, pid in runs_in_progress(task_dir)), what="the run")
+    ((_, pid),) = runs_in_progress(task_dir)
+    command = psutil.Process(pid)
+    command.parent().kill()  # its P5: the run is abandoned, the command goes on
+    wait_for(lambda: runs_in_progress(task_dir) == [], what="the run to be abandoned")
+    daemon.set_time(T0 + 42)  # within the minute: the end is the daemon's clock
+    wait_for(lambda: ask(daemon, KillRequest(task_id)) == KillReply(1), what="the kill")
+    (run,) = history(daemon, task_id)
+    assert (run.start, run.end, run.outcome, run.flags, run.pid) == (
+        T0,
+        T0 + 42,
+        KILLED,
+        BY_HAND,
+        pid,
+    )
+    command.wait(timeout=5)  # killed too
