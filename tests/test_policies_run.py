@@ -30,6 +30,8 @@ from saturnd.runrecord import (
 )
 from saturnd.spawn import RunSpec, spawn_run, spawn_runs
 from saturnd.task import NO_EXTRAS, Extras
+from tests.conftest import NOW
+from tests.daemon_harness import Daemon
 
 START = 1_795_248_000
 TASK_ID = 3
@@ -290,6 +292,26 @@ def test_it_records_a_run_whose_supervisor_was_killed_on_a_stop_request(task_dir
     assert run == RunRecord(START, START + 5, 0xFFFF, KILLED, 0, pid)
     assert (task_dir / "stdout").read_bytes() == b"partial\n"
     wait_for(lambda: gone(pid), "the abandoned command to be killed")
+
+
+def test_it_records_a_killed_supervisors_run_through_the_daemon(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    task_id = daemon.create("-m", "1,2", "-H", "8", "sleep", "60")  # 08:01 and 08:02
+    task_dir = daemon.state / f"task_{task_id}"
+    daemon.step_to(NOW + 60)
+    pid = kill_p5(task_dir)
+    daemon.step_to(NOW + 120)  # the task's next run notices it
+    wait_for(lambda: taskdir.read_history(task_dir), "the abandoned run's record")
+    assert taskdir.read_history(task_dir)[0] == RunRecord(
+        NOW + 60, NOW + 120, 0xFFFF, KILLED, 0, pid
+    )
+    assert daemon.runs(task_id)[0][1] == 0xFFFF  # cassini -x lists it, course format
+    wait_for(lambda: gone(pid), "the abandoned command to be killed")
+    running(task_dir)
+    assert taskdir.request_stop(task_dir) == 1
+    records(task_dir, 2)
 
 
 # --- skipped ------------------------------------------------------------------------
