@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from saturnd import liveruns, runsupervisor, taskdir
+from saturnd import liveruns, runpolicy, runsupervisor, taskdir
 from saturnd.runrecord import (
     BY_HAND,
     CUT_STDOUT,
@@ -94,6 +94,60 @@ def running(task_dir: Path) -> tuple[int, int]:
     wait_for(lambda: taskdir.runs_in_progress(task_dir), "a run in progress")
     (run,) = taskdir.runs_in_progress(task_dir)
     return run
+
+
+# --- the pure rules (runpolicy.py) -----------------------------------------------------
+
+EXIT_3 = 3 << 8  # wait statuses
+BY_SIGTERM = signal.SIGTERM
+BY_SIGKILL = signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    ("pid", "status", "stopped", "exitcode", "expected"),
+    [
+        (10, EXIT_3, EXITED, 3, RunRecord(START, START + 2, 3, EXITED, 0, 10)),
+        (10, BY_SIGKILL, EXITED, 0xFFFF, RunRecord(START, START + 2, 0xFFFF, KILLED, 0, 10)),
+        (10, BY_SIGTERM, TIMED_OUT, 0xFFFF, RunRecord(START, START + 2, 0xFFFF, TIMED_OUT, 0, 10)),
+        (10, 143 << 8, KILLED, 143, RunRecord(START, START + 2, 143, KILLED, 0, 10)),
+        (-1, 127 << 8, EXITED, 127, RunRecord(START, START, 127, NOT_STARTED, 0, 0)),
+        (-1, None, EXITED, 0xFFFF, RunRecord(START, START, 0xFFFF, NOT_STARTED, 0, 0)),
+    ],
+)
+def test_it_derives_a_runs_record_from_how_it_ended(
+    pid: int, status: int | None, stopped: int, exitcode: int, expected: RunRecord
+) -> None:
+    assert runpolicy.record_of(START, pid, status, stopped, 0, (False, False), exitcode, 2.7) == (
+        expected
+    )
+
+
+def test_it_adds_the_cut_streams_to_the_specs_flags() -> None:
+    record = runpolicy.record_of(START, 1, 0, EXITED, BY_HAND, (True, True), 0, 0.1)
+    assert record.flags == BY_HAND | CUT_STDOUT | 2
+
+
+def test_it_says_which_runs_failed_and_what_on_failure_gets() -> None:
+    assert not runpolicy.failed(RunRecord(START, START, 0, EXITED))
+    assert runpolicy.failed(RunRecord(START, START, 1, EXITED))
+    assert runpolicy.failed(RunRecord(START, START, 0, KILLED))  # caught SIGTERM, exit 0
+    env = runpolicy.failure_env(
+        {b"HOME": b"/h", b"SATURND_OUTCOME": b"forged"},
+        9,
+        RunRecord(START, START + 1, 0xFFFF, TIMED_OUT),
+        b"/o",
+        b"/e",
+    )
+    assert env == {
+        b"HOME": b"/h",
+        b"SATURND_TASK_ID": b"9",
+        b"SATURND_EXIT_CODE": b"65535",
+        b"SATURND_OUTCOME": b"timed out",
+        b"SATURND_START": b"%d" % START,
+        b"SATURND_STDOUT": b"/o",
+        b"SATURND_STDERR": b"/e",
+    }
+    assert (runpolicy.timeout_grace(1), runpolicy.timeout_grace(3600)) == (1.0, 10.0)
 
 
 # --- history records ----------------------------------------------------------------
