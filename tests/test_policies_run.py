@@ -378,3 +378,25 @@ def test_it_records_a_skipped_run_in_the_history_only(task_dir: Path) -> None:
     assert not (task_dir / "times-exitcodes").exists()
     with pytest.raises(FileNotFoundError):
         taskdir.record_skipped(task_dir.parent / "task_999", START)
+
+
+def test_it_does_not_record_twice_a_run_whose_supervisor_died_after_recording_it(
+    task_dir: Path,
+) -> None:
+    # A P5 killed between the run's records and the unlinking of its marker: the
+    # marker is free (no P5 holds it) and names a run the history already has.
+    append = taskdir.append_run
+    append(task_dir, START, 0)
+    dir_fd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        runsupervisor.history.append_history(
+            dir_fd, RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000)
+        )
+    finally:
+        os.close(dir_fd)
+    (task_dir / liveruns.marker_name(4_000_001, 1, START, 4_000_000, 0)).write_bytes(b"")
+    assert taskdir.runs_in_progress(task_dir) == []  # its lock is free: abandoned
+    assert taskdir.reap_abandoned(task_dir, START + 60) == 1
+    assert taskdir.read_history(task_dir) == (RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000),)
+    assert (task_dir / "times-exitcodes").read_bytes()[:4] == b"\x00\x00\x00\x01"
+    assert sorted(os.listdir(task_dir)) == ["history", "times-exitcodes"]
