@@ -1,9 +1,10 @@
-"""The rules P5 applies when a run ends or outlives its timeout, sans I/O.
+"""The rules P5 applies when a run starts, ends or outlives its timeout, sans I/O.
 
-This module owns: the history record of a finished run (its outcome from how it
-ended, its end from its duration, its flags), whether it failed (on-failure runs),
-the environment an on-failure command gets on top of the task's, and the grace
-between SIGTERM and SIGKILL. runsupervisor.py applies them; man saturnd says them.
+This module owns: whether a start waits for its jitter, the history record of a
+finished run (its outcome from how it ended, its end from its duration, its flags),
+whether it failed (on-failure runs), the environment an on-failure command gets on top
+of the task's, and the grace between SIGTERM and SIGKILL. runsupervisor.py applies
+them; man saturnd says them.
 
 Rules: pure (values in, values out); a signal nobody in saturnd sent makes the run
 KILLED but keeps the course's exit code (65535).
@@ -15,6 +16,7 @@ import os
 from typing import Final
 
 from saturnd.runrecord import (
+    BY_HAND,
     CUT_STDERR,
     CUT_STDOUT,
     EXITED,
@@ -24,7 +26,7 @@ from saturnd.runrecord import (
     RunRecord,
 )
 
-__all__ = ["STOP_GRACE", "failed", "failure_env", "record_of", "timeout_grace"]
+__all__ = ["STOP_GRACE", "failed", "failure_env", "jittered", "record_of", "timeout_grace"]
 
 STOP_GRACE: Final = 10.0
 """Seconds between SIGTERM and SIGKILL when a run is stopped (at most its timeout)."""
@@ -54,6 +56,12 @@ def record_of(
     if outcome == EXITED and status is not None and os.WIFSIGNALED(status):
         outcome = KILLED  # a signal from someone else: the exit code stays the course's
     return RunRecord(start, start + int(duration), exitcode, outcome, flags, pid)
+
+
+def jittered(jitter: int, flags: int) -> bool:
+    """Whether a start waits for its jitter: a start by hand never does (jitter spreads
+    the schedule's starts, not a user's)."""
+    return jitter > 0 and not flags & BY_HAND
 
 
 def failed(record: RunRecord) -> bool:

@@ -90,7 +90,7 @@ from saturnd.p5setup import (
 from saturnd.pendingruns import RETRIABLE, PendingRuns, Recorder
 from saturnd.proc import decode_status
 from saturnd.relay import CHUNK, Stream, describe_cuts, pipe_capacity, pump, store, stored
-from saturnd.runpolicy import STOP_GRACE, failed, record_of, timeout_grace
+from saturnd.runpolicy import STOP_GRACE, failed, jittered, record_of, timeout_grace
 from saturnd.runrecord import (
     EXITED,
     KILLED,
@@ -223,7 +223,7 @@ class Supervisor:
                 if spec is None:
                     more = False
                     self._log_starts(began)
-                elif spec.extras.jitter > 0:
+                elif jittered(spec.extras.jitter, spec.flags):
                     # Delayed alone: the batch's other runs start on time.
                     due = began + random.uniform(0, spec.extras.jitter)
                     heapq.heappush(self.delayed, (due, self.started + len(self.delayed), spec))
@@ -332,7 +332,7 @@ class Supervisor:
             return
         # Real start: a jittered run starts late; the record says when.
         start = spec.start_time
-        if spec.extras.jitter > 0:
+        if jittered(spec.extras.jitter, spec.flags):
             start += int(time.monotonic() - self.began)
         runends.reap_abandoned(spec.task_id, spec.task_dir, start, self.batch.record, logger)
         out_name, err_name = taskdir.temporary_names(self.pid, self.started)

@@ -235,6 +235,13 @@ def test_it_delays_a_jittered_start_without_delaying_the_others(
     assert late.start == START + 2  # the real start, not the minute's
 
 
+def test_it_starts_a_run_by_hand_at_once_whatever_its_jitter(task_dir: Path) -> None:
+    began = time.monotonic()
+    spawn_run(RunSpec(TASK_ID, task_dir, (b"true",), START, Extras(jitter=3600), BY_HAND))
+    (run,) = records(task_dir, 1)
+    assert time.monotonic() - began < 2 and run.start == START and run.flags == BY_HAND
+
+
 def test_it_keeps_each_jittered_start_within_its_bound(task_dir: Path) -> None:
     spawn_runs([RunSpec(TASK_ID, task_dir, (b"true",), START, Extras(jitter=1))] * 6)
     runs = records(task_dir, 6)
