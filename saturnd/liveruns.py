@@ -167,6 +167,8 @@ def want_stop(dir_fd: int, run: LiveRun) -> bool:
     # Its lock, looked at just before the signal, says P5 is still the one.
     state = _state(dir_fd, run.name)
     if state is None or not state[0]:
+        with contextlib.suppress(FileNotFoundError):  # nobody left to read it
+            os.unlink(stop_name(run.p5_pid, run.number), dir_fd=dir_fd)
         return False
     try:
         os.kill(run.p5_pid, signal.SIGUSR1)

@@ -38,20 +38,13 @@ Rules:
   umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
   working directory (P5 changes directory before a spawn when the HOME differs from
   the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
-- Each run's record: `times-exitcodes` (the course's, through `Batch.record`), then
-  its `history` record and kept outputs (history.py), under the run lock. Its outcome:
-  NOT_STARTED when no command ran; TIMED_OUT or KILLED when P5 stopped it; KILLED when
-  a signal from elsewhere ended it; else EXITED. Its end is its start plus the
-  monotonic duration, so a fake clock's start and a real duration agree.
-- Policies (man saturnd, "Policies"): a run with a timeout gets SIGTERM to its process
-  group at its deadline and SIGKILL `min(timeout, STOP_GRACE)` later (timers in the
-  poll loop, on the monotonic clock); a jittered spec waits in a heap, alone, and its
-  start is the spec's plus the real delay; after a failed run, its on-failure command
-  is spawned and not waited for (reaped like sendmail).
-- Stopping: each running command has a marker P5 holds locked (liveruns.py);
-  `taskdir.request_stop` adds a stop request and sends SIGUSR1, whose handler only sets
-  a flag (P5 installs it before the first marker exists: SIGUSR1 must not end P5).
-  Before each start P5 records the task's runs whose P5 was killed (abandoned).
+- A run's record: `times-exitcodes`, then `history` and kept outputs (runends.py);
+  its outcome and end are runpolicy.py's.
+- Policies (man saturnd, "Policies"): a timeout is a SIGTERM to the command's process
+  group at its deadline and SIGKILL a grace later (timers in the poll loop, monotonic);
+  a jittered spec waits in a heap, alone; a failed run starts its on-failure command.
+- Stopping: each command has a marker P5 holds locked (liveruns.py); a stop request
+  comes with SIGUSR1 (its handler, set before any marker exists, sets a flag).
 - After a run that wrote anything, P5 mails its output (stdout, then stderr, as
   stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
   does not wait for sendmail (its exit is reaped with the runs', or by init).
@@ -71,13 +64,11 @@ entry to `task_<ID>/`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
 import logging
 import math
 import os
 import random
-import resource
 import select
 import signal
 import time
@@ -86,19 +77,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from saturnd import history, liveruns, mail, taskdir
-from saturnd.launch import Launcher, input_fd, spawn_hook, strerror
+from saturnd import history, liveruns, mail, runends, taskdir
+from saturnd.launch import Launcher, input_fd, strerror
+from saturnd.p5setup import (
+    STOP_ASKED,
+    empty,
+    on_stop,
+    open_null,
+    raise_fd_limit,
+    sigchld_waker,
+)
 from saturnd.pendingruns import RETRIABLE, PendingRuns, Recorder
 from saturnd.proc import decode_status
+from saturnd.relay import CHUNK, Stream, describe_cuts, pipe_capacity, pump, store, stored
+from saturnd.runpolicy import STOP_GRACE, failed, jittered, record_of, timeout_grace
 from saturnd.runrecord import (
-    CUT_STDERR,
-    CUT_STDOUT,
     EXITED,
     KILLED,
-    NOT_STARTED,
     OUTCOME_NAMES,
     TIMED_OUT,
-    RunRecord,
 )
 from saturnd.task import NO_EXTRAS, Extras
 from saturnd.taskenv import Identity, environment
@@ -107,22 +104,13 @@ __all__ = ["Batch", "Recorder", "RunSpec", "Supervisor"]
 
 
 # What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
-_CHUNK: Final = 1 << 16
-_DISCARD: Final = 1 << 20
 _POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
-# Descriptors a run holds while its command runs (task directory, two files, two
-# pipes), plus the two write ends and its input held while it is being started.
-_FDS_PER_RUN: Final = 9  # and its marker
+# A run's descriptors (directory, 2 files, 2 pipes, marker; 2 write ends, input at start).
+_FDS_PER_RUN: Final = 9
 # Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
 _FD_RESERVE: Final = 32
-# A hard limit this high is as good as none; P5 does not raise its own past it.
-_FD_CEILING: Final = 1 << 20
 
-STOP_GRACE: Final = 10.0
-"""Seconds between SIGTERM and SIGKILL when a run is stopped (at most its timeout)."""
-
-_DEV_NULL: Final = b"/dev/null"
 # Read back for the mail of the run's output.
 _OUTPUT_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -165,17 +153,6 @@ class Batch:
 
 
 @dataclass(slots=True)
-class _Stream:
-    """One of a command's output pipes as P5 relays it into its temporary file."""
-
-    pipe: int
-    file: int
-    room: int  # bytes the file may still take
-    cut: bool = False  # bytes were discarded (past the cap, or the file failed)
-    error: OSError | None = None
-
-
-@dataclass(slots=True)
 class _Run:
     """One run in P5: its files, its pipes, its command."""
 
@@ -183,7 +160,7 @@ class _Run:
     dirfd: int
     out_name: bytes
     err_name: bytes
-    streams: list[_Stream] = field(default_factory=list)
+    streams: list[Stream] = field(default_factory=list)
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
@@ -204,18 +181,18 @@ class Supervisor:
         self.batch = batch
         self.log = batch.logger
         self.pid = os.getpid()
-        self.null = _open_null()
+        self.null = open_null()
         # Before any run's marker exists: a stop request's SIGUSR1 must not end P5.
         with contextlib.suppress(ValueError):  # not the main thread: tests only
-            signal.signal(signal.SIGUSR1, _on_stop)
-        self.waker = _sigchld_waker()  # before the first spawn: a command may end at once
+            signal.signal(signal.SIGUSR1, on_stop)
+        self.waker = sigchld_waker()  # before the first spawn: a command may end at once
         self.poller = select.poll()
         if self.waker >= 0:
             self.poller.register(self.waker, select.POLLIN)
         self.running: dict[int, _Run] = {}  # by the command's pid
-        self.pipes: dict[int, tuple[_Run, _Stream]] = {}  # every pipe still open
+        self.pipes: dict[int, tuple[_Run, Stream]] = {}  # every pipe still open
         self.unstarted: list[_Run] = []  # no command (cannot execute...): to record
-        daemon_limit, budget = _raise_fd_limit()
+        daemon_limit, budget = raise_fd_limit()
         self.launcher = Launcher(self.null, daemon_limit)
         # Shared by every run without variables of its own: most of a big batch.
         self.plain_env = environment(batch.identity)
@@ -246,7 +223,7 @@ class Supervisor:
                 if spec is None:
                     more = False
                     self._log_starts(began)
-                elif spec.extras.jitter > 0:
+                elif jittered(spec.extras.jitter, spec.flags):
                     # Delayed alone: the batch's other runs start on time.
                     due = began + random.uniform(0, spec.extras.jitter)
                     heapq.heappush(self.delayed, (due, self.started + len(self.delayed), spec))
@@ -280,11 +257,11 @@ class Supervisor:
             for fd, _ in events:
                 if fd == self.waker:
                     woken = True
-                    _empty(fd)
+                    empty(fd)
                 elif fd in self.pipes:
-                    self._relay(fd, _CHUNK)
-            if _STOP_ASKED:
-                _STOP_ASKED.clear()
+                    self._relay(fd, CHUNK)
+            if STOP_ASKED:
+                STOP_ASKED.clear()
                 self._stop_requested()
             if woken:
                 self._reap()
@@ -297,8 +274,7 @@ class Supervisor:
         soonest = self.delayed[0][0] if self.delayed else math.inf
         for run in self.running.values():
             if run.term_at <= now:
-                grace = min(float(run.spec.extras.timeout), STOP_GRACE)
-                self._stop(run, TIMED_OUT, now, grace)
+                self._stop(run, TIMED_OUT, now, timeout_grace(run.spec.extras.timeout))
             if run.kill_at <= now:
                 run.kill_at = math.inf
                 liveruns.stop_group(run.pid, signal.SIGKILL)
@@ -356,9 +332,9 @@ class Supervisor:
             return
         # Real start: a jittered run starts late; the record says when.
         start = spec.start_time
-        if spec.extras.jitter > 0:
+        if jittered(spec.extras.jitter, spec.flags):
             start += int(time.monotonic() - self.began)
-        self._reap_abandoned(spec, start)
+        runends.reap_abandoned(spec.task_id, spec.task_dir, start, self.batch.record, logger)
         out_name, err_name = taskdir.temporary_names(self.pid, self.started)
         dirfd = out = -1
         try:
@@ -402,7 +378,7 @@ class Supervisor:
         try:
             for file in (out, err):
                 read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                run.streams.append(_Stream(read_end, file, self.batch.max_output))
+                run.streams.append(Stream(read_end, file, self.batch.max_output))
                 write_ends.append(write_end)
                 self.held += 1
             if extras.stdin:
@@ -444,25 +420,9 @@ class Supervisor:
             stream.pipe = -1
             self.held -= 1
         if len(run.streams) < 2:
-            run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
-        _store(run.streams[1], message)
+            run.streams = [Stream(-1, out, 0), Stream(-1, err, self.batch.max_output)]
+        store(run.streams[1], message)
         self.unstarted.append(run)
-
-    def _reap_abandoned(self, spec: RunSpec, now: int) -> None:
-        """Record the runs of this task whose supervising process was killed (their
-        commands are killed first): this is when such a run is noticed."""
-        try:
-            found = taskdir.reap_abandoned(spec.task_dir, now, self.batch.record)
-        except OSError as error:
-            if self.log is not None and not isinstance(error, FileNotFoundError):
-                self.log.error("task %d: cannot record abandoned runs: %s", spec.task_id, error)
-            return
-        if found and self.log is not None:
-            self.log.warning(
-                "task %d: %d run(s) whose supervising process was killed recorded as killed",
-                spec.task_id,
-                found,
-            )
 
     def _enter(self, home: bytes) -> None:
         """Make `home` the working directory the next command inherits (`/` if it
@@ -480,7 +440,7 @@ class Supervisor:
         Returns the bytes moved; 0 at end of file or when the pipe is empty."""
         stream = self.pipes[fd][1]
         try:
-            moved = _pump(stream, self.null, limit)
+            moved = pump(stream, self.null, limit)
         except BlockingIOError:
             return 0  # empty (a pipe of an ended command, made non-blocking)
         if not moved:
@@ -516,9 +476,9 @@ class Supervisor:
             if fd < 0:
                 continue
             os.set_blocking(fd, False)
-            budget = _pipe_capacity(fd)
+            budget = pipe_capacity(fd)
             while budget > 0:
-                moved = self._relay(fd, min(budget, _CHUNK))
+                moved = self._relay(fd, min(budget, CHUNK))
                 if not moved:
                     break
                 budget -= moved
@@ -530,7 +490,7 @@ class Supervisor:
         logger = self.log
         output = b""
         if self.mailer.wants(run.spec.extras.mailto, run.env):
-            output = _stored(run.streams, self.batch.max_output)
+            output = stored(run.streams, self.batch.max_output)
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
@@ -538,7 +498,11 @@ class Supervisor:
         exitcode = ended.exitcode
         duration = time.monotonic() - run.started
         dirfd = run.dirfd
-        entry = _record_of(run, exitcode, duration)
+        streams = run.streams
+        cuts = (len(streams) > 0 and streams[0].cut, len(streams) > 1 and streams[1].cut)
+        entry = record_of(
+            run.start, run.pid, run.status, run.stopped, spec.flags, cuts, exitcode, duration
+        )
         # Record and rename as one step with respect to other runs of this task: the run
         # recorded last is the one whose output stays (see the module docstring).
         recorded = published = kept = False
@@ -547,7 +511,14 @@ class Supervisor:
             self.pending.record_before(spec.task_id, spec.task_dir, dirfd)  # earlier runs first
             self.batch.record(spec.task_dir, run.start, exitcode)
             recorded = True
-            self._record_more(run, entry)
+            runends.record_more(
+                run.dirfd,
+                entry,
+                (run.out_name, run.err_name),
+                (self.pid, run.number, self.batch.keep_outputs),
+                spec.task_id,
+                logger,
+            )
             taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
@@ -610,219 +581,15 @@ class Supervisor:
                 exitcode,
                 ended.text,
                 duration,
-                _describe_cuts(run.streams, self.batch.max_output),
+                describe_cuts(run.streams, self.batch.max_output),
             )
         if output:
             self.mailer.send(spec.task_id, spec.argv, spec.extras.mailto, run.env, output)
-        if spec.extras.on_failure and (exitcode != 0 or entry.outcome != EXITED):
-            self._on_failure(run, entry)
-
-    def _record_more(self, run: _Run, entry: RunRecord) -> None:
-        """After its times-exitcodes entry, under the run lock: the run's history record
-        and its kept outputs; a failure here is logged, the run stays recorded."""
-        try:
-            history.append_history(run.dirfd, entry)
-            names = (run.out_name, run.err_name)
-            history.keep_outputs(
-                run.dirfd, names, entry, self.pid, run.number, self.batch.keep_outputs
+        if spec.extras.on_failure and failed(entry):
+            keeping = (self.pid, run.number, self.batch.keep_outputs)
+            runends.on_failure(
+                spec.task_id, spec.task_dir, spec.extras, run.env, entry, keeping, self.null, logger
             )
-        except OSError as error:
-            if isinstance(error, FileNotFoundError):
-                raise  # removed meanwhile
-            if self.log is not None:
-                self.log.error(
-                    "task %d: run pid %d: history or kept output not written: %s",
-                    run.spec.task_id,
-                    run.pid,
-                    error,
-                )
-
-    def _on_failure(self, run: _Run, entry: RunRecord) -> None:
-        """Start the task's on-failure command (/bin/sh -c), not waited for (it is
-        reaped with the runs, or by init), with what it needs to know in its
-        environment (man saturnd, ON FAILURE)."""
-        spec = run.spec
-        if self.batch.keep_outputs > 1:
-            out, err = history.kept_paths(spec.task_dir, entry, self.pid, run.number)
-        else:
-            out, err = spec.task_dir / taskdir.STDOUT, spec.task_dir / taskdir.STDERR
-        env = dict(run.env)
-        env.update(
-            {
-                b"SATURND_TASK_ID": b"%d" % spec.task_id,
-                b"SATURND_EXIT_CODE": b"%d" % entry.exitcode,
-                b"SATURND_OUTCOME": OUTCOME_NAMES[entry.outcome].encode(),
-                b"SATURND_START": b"%d" % entry.start,
-                b"SATURND_STDOUT": os.fsencode(out),
-                b"SATURND_STDERR": os.fsencode(err),
-            }
-        )
-        try:
-            pid = spawn_hook((b"/bin/sh", b"-c", spec.extras.on_failure), env, self.null)
-        except (OSError, ValueError) as error:
-            if self.log is not None:
-                self.log.error(
-                    "task %d: cannot start its on-failure command: %s", spec.task_id, error
-                )
-            return
-        if self.log is not None:
-            self.log.info("task %d: on-failure command started, pid %d", spec.task_id, pid)
-
-
-def _record_of(run: _Run, exitcode: int, duration: float) -> RunRecord:
-    """The history's record of a finished run (runrecord.py)."""
-    flags = run.spec.flags
-    for stream, cut in zip(run.streams, (CUT_STDOUT, CUT_STDERR), strict=False):
-        if stream.cut:
-            flags |= cut
-    if run.pid < 0:
-        return RunRecord(run.start, run.start, exitcode, NOT_STARTED, flags, 0)
-    outcome = run.stopped
-    if outcome == EXITED and run.status is not None and os.WIFSIGNALED(run.status):
-        outcome = KILLED  # a signal from someone else: the exit code stays the course's
-    return RunRecord(run.start, run.start + int(duration), exitcode, outcome, flags, run.pid)
-
-
-def _stored(streams: list[_Stream], max_output: int) -> bytes:
-    """What a run's files hold, stdout then stderr (what cannot be read is left out)."""
-    parts = []
-    for stream in streams:
-        try:
-            # The room left says the size, unless the stream was cut or failed.
-            size = max_output - stream.room if stream.room > 0 else os.fstat(stream.file).st_size
-            parts.append(os.pread(stream.file, size, 0) if size else b"")
-        except OSError:
-            continue
-    return b"".join(parts)
-
-
-def _open_null() -> int:
-    """/dev/null, at a descriptor >= 3: if the daemon had closed 0, 1 or 2, the numbers
-    taken first stay as placeholders (every command gets its own 0, 1 and 2)."""
-    null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
-    while null < 3:
-        null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
-    return null
-
-
-def _raise_fd_limit() -> tuple[int | None, int]:
-    """Raise P5's soft RLIMIT_NOFILE to its hard limit: (the limit to spawn commands
-    under, None if unchanged; the limit P5 now has)."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return None, 1024
-    ceiling = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
-    if soft != resource.RLIM_INFINITY and soft < ceiling:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
-        except (OSError, ValueError):
-            return None, soft
-        return soft, ceiling
-    return None, _FD_CEILING if soft == resource.RLIM_INFINITY else soft
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """SIGCHLD in P5: nothing to do here; the wakeup fd has woken the poll loop."""
-
-
-# Set by SIGUSR1 (a stop request, taskdir.request_stop); the loop clears it.
-_STOP_ASKED: Final[set[bool]] = set()
-
-
-def _on_stop(signum: int, frame: object) -> None:
-    """SIGUSR1 in P5: a run is to be stopped; the wakeup fd wakes the poll loop."""
-    _STOP_ASKED.add(True)
-
-
-def _sigchld_waker() -> int:
-    """A descriptor that becomes readable when a command ends (SIGCHLD on a self-pipe);
-    -1 if none can be set up, and then P5 looks for ended commands a few times a
-    second."""
-    try:
-        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return -1
-    try:
-        signal.signal(signal.SIGCHLD, _on_signal)
-        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except (OSError, ValueError):  # ValueError: not the main thread
-        os.close(read_end)
-        os.close(write_end)
-        return -1
-    return read_end
-
-
-def _pump(stream: _Stream, null: int, limit: int) -> int:
-    """Move up to `limit` bytes from the stream's pipe: into its file while there is
-    room, else to /dev/null. Returns the bytes moved, 0 at end of file (the pipe is
-    closed then); raises BlockingIOError when a non-blocking pipe is empty."""
-    if stream.room > 0:
-        data = os.read(stream.pipe, limit)
-        if data:
-            _store(stream, data)
-    else:
-        data = b""
-        try:
-            # Past the cap: the kernel moves the bytes to /dev/null without copying
-            # them through Python, so a flood of output costs little CPU.
-            moved = os.splice(stream.pipe, null, limit, flags=os.SPLICE_F_NONBLOCK)
-        except OSError as error:
-            if isinstance(error, BlockingIOError):
-                raise
-            moved = len(os.read(stream.pipe, limit))  # no splice here: read and drop
-        if moved:
-            return moved
-    if not data:
-        os.close(stream.pipe)
-        stream.pipe = -1
-        return 0
-    return len(data)
-
-
-def _store(stream: _Stream, data: bytes) -> None:
-    """Write what fits under the cap; a failing file is cut where it failed."""
-    view = memoryview(data)[: stream.room]
-    if len(view) < len(data):
-        stream.cut = True
-    while view:
-        try:
-            written = os.write(stream.file, view)
-        except OSError as error:  # disk full, file size limit, I/O error
-            stream.error = error
-            stream.cut = True
-            stream.room = 0
-            return
-        view = view[written:]
-        stream.room -= written
-
-
-def _pipe_capacity(fd: int) -> int:
-    """How many bytes a pipe can hold (what a writer may have left in it)."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-    except (OSError, AttributeError):
-        return 1 << 16  # Linux's default
-
-
-def _empty(fd: int) -> None:
-    """Read a non-blocking self-pipe until it is empty."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _describe_cuts(streams: list[_Stream], limit: int) -> str:
-    """What the log says about output that was not kept, or nothing."""
-    notes = []
-    for name, stream in zip(("stdout", "stderr"), streams, strict=False):
-        if stream.error is not None:
-            notes.append(f"; {name} cut: {strerror(stream.error).decode()}")
-        elif stream.cut:
-            notes.append(f"; {name} cut at {limit} bytes")
-    return "".join(notes)
 
 
 def _unlink(dirfd: int, name: bytes) -> None:

@@ -560,15 +560,18 @@ def reap_abandoned(
             return 0
         lock_runs(dir_fd)
         found = 0
+        # A P5 killed after its run's history record, before unlinking the marker.
+        done = {(entry.start, entry.pid) for entry in history.read_history(task_dir)[-64:]}
         for run in liveruns.live_runs(dir_fd):  # again, under the lock
             if run.alive:
                 continue
             liveruns.kill_abandoned(run)
-            record(task_dir, run.start, 0xFFFF)
-            history.append_history(
-                dir_fd,
-                RunRecord(run.start, max(now, run.start), 0xFFFF, KILLED, run.flags, run.pid),
-            )
+            if (run.start, run.pid) not in done:
+                record(task_dir, run.start, 0xFFFF)
+                history.append_history(
+                    dir_fd,
+                    RunRecord(run.start, max(now, run.start), 0xFFFF, KILLED, run.flags, run.pid),
+                )
             try:
                 publish(dir_fd, *temporary_names(run.p5_pid, run.number))
             except FileNotFoundError:

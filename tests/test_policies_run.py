@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from saturnd import liveruns, runsupervisor, taskdir
+from saturnd import liveruns, runpolicy, runsupervisor, taskdir
 from saturnd.runrecord import (
     BY_HAND,
     CUT_STDOUT,
@@ -30,6 +30,8 @@ from saturnd.runrecord import (
 )
 from saturnd.spawn import RunSpec, spawn_run, spawn_runs
 from saturnd.task import NO_EXTRAS, Extras
+from tests.conftest import NOW
+from tests.daemon_harness import Daemon
 
 START = 1_795_248_000
 TASK_ID = 3
@@ -92,6 +94,60 @@ def running(task_dir: Path) -> tuple[int, int]:
     wait_for(lambda: taskdir.runs_in_progress(task_dir), "a run in progress")
     (run,) = taskdir.runs_in_progress(task_dir)
     return run
+
+
+# --- the pure rules (runpolicy.py) -----------------------------------------------------
+
+EXIT_3 = 3 << 8  # wait statuses
+BY_SIGTERM = signal.SIGTERM
+BY_SIGKILL = signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    ("pid", "status", "stopped", "exitcode", "expected"),
+    [
+        (10, EXIT_3, EXITED, 3, RunRecord(START, START + 2, 3, EXITED, 0, 10)),
+        (10, BY_SIGKILL, EXITED, 0xFFFF, RunRecord(START, START + 2, 0xFFFF, KILLED, 0, 10)),
+        (10, BY_SIGTERM, TIMED_OUT, 0xFFFF, RunRecord(START, START + 2, 0xFFFF, TIMED_OUT, 0, 10)),
+        (10, 143 << 8, KILLED, 143, RunRecord(START, START + 2, 143, KILLED, 0, 10)),
+        (-1, 127 << 8, EXITED, 127, RunRecord(START, START, 127, NOT_STARTED, 0, 0)),
+        (-1, None, EXITED, 0xFFFF, RunRecord(START, START, 0xFFFF, NOT_STARTED, 0, 0)),
+    ],
+)
+def test_it_derives_a_runs_record_from_how_it_ended(
+    pid: int, status: int | None, stopped: int, exitcode: int, expected: RunRecord
+) -> None:
+    assert runpolicy.record_of(START, pid, status, stopped, 0, (False, False), exitcode, 2.7) == (
+        expected
+    )
+
+
+def test_it_adds_the_cut_streams_to_the_specs_flags() -> None:
+    record = runpolicy.record_of(START, 1, 0, EXITED, BY_HAND, (True, True), 0, 0.1)
+    assert record.flags == BY_HAND | CUT_STDOUT | 2
+
+
+def test_it_says_which_runs_failed_and_what_on_failure_gets() -> None:
+    assert not runpolicy.failed(RunRecord(START, START, 0, EXITED))
+    assert runpolicy.failed(RunRecord(START, START, 1, EXITED))
+    assert runpolicy.failed(RunRecord(START, START, 0, KILLED))  # caught SIGTERM, exit 0
+    env = runpolicy.failure_env(
+        {b"HOME": b"/h", b"SATURND_OUTCOME": b"forged"},
+        9,
+        RunRecord(START, START + 1, 0xFFFF, TIMED_OUT),
+        b"/o",
+        b"/e",
+    )
+    assert env == {
+        b"HOME": b"/h",
+        b"SATURND_TASK_ID": b"9",
+        b"SATURND_EXIT_CODE": b"65535",
+        b"SATURND_OUTCOME": b"timed out",
+        b"SATURND_START": b"%d" % START,
+        b"SATURND_STDOUT": b"/o",
+        b"SATURND_STDERR": b"/e",
+    }
+    assert (runpolicy.timeout_grace(1), runpolicy.timeout_grace(3600)) == (1.0, 10.0)
 
 
 # --- history records ----------------------------------------------------------------
@@ -177,6 +233,13 @@ def test_it_delays_a_jittered_start_without_delaying_the_others(
     (late,) = records(task_dir, 1)
     assert time.monotonic() - began >= 2.0
     assert late.start == START + 2  # the real start, not the minute's
+
+
+def test_it_starts_a_run_by_hand_at_once_whatever_its_jitter(task_dir: Path) -> None:
+    began = time.monotonic()
+    spawn_run(RunSpec(TASK_ID, task_dir, (b"true",), START, Extras(jitter=3600), BY_HAND))
+    (run,) = records(task_dir, 1)
+    assert time.monotonic() - began < 2 and run.start == START and run.flags == BY_HAND
 
 
 def test_it_keeps_each_jittered_start_within_its_bound(task_dir: Path) -> None:
@@ -292,6 +355,26 @@ def test_it_records_a_run_whose_supervisor_was_killed_on_a_stop_request(task_dir
     wait_for(lambda: gone(pid), "the abandoned command to be killed")
 
 
+def test_it_records_a_killed_supervisors_run_through_the_daemon(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    task_id = daemon.create("-m", "1,2", "-H", "8", "sleep", "60")  # 08:01 and 08:02
+    task_dir = daemon.state / f"task_{task_id}"
+    daemon.step_to(NOW + 60)
+    pid = kill_p5(task_dir)
+    daemon.step_to(NOW + 120)  # the task's next run notices it
+    wait_for(lambda: taskdir.read_history(task_dir), "the abandoned run's record")
+    assert taskdir.read_history(task_dir)[0] == RunRecord(
+        NOW + 60, NOW + 120, 0xFFFF, KILLED, 0, pid
+    )
+    assert daemon.runs(task_id)[0][1] == 0xFFFF  # cassini -x lists it, course format
+    wait_for(lambda: gone(pid), "the abandoned command to be killed")
+    running(task_dir)
+    assert taskdir.request_stop(task_dir) == 1
+    records(task_dir, 2)
+
+
 # --- skipped ------------------------------------------------------------------------
 
 
@@ -302,3 +385,25 @@ def test_it_records_a_skipped_run_in_the_history_only(task_dir: Path) -> None:
     assert not (task_dir / "times-exitcodes").exists()
     with pytest.raises(FileNotFoundError):
         taskdir.record_skipped(task_dir.parent / "task_999", START)
+
+
+def test_it_does_not_record_twice_a_run_whose_supervisor_died_after_recording_it(
+    task_dir: Path,
+) -> None:
+    # A P5 killed between the run's records and the unlinking of its marker: the
+    # marker is free (no P5 holds it) and names a run the history already has.
+    append = taskdir.append_run
+    append(task_dir, START, 0)
+    dir_fd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        runsupervisor.history.append_history(
+            dir_fd, RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000)
+        )
+    finally:
+        os.close(dir_fd)
+    (task_dir / liveruns.marker_name(4_000_001, 1, START, 4_000_000, 0)).write_bytes(b"")
+    assert taskdir.runs_in_progress(task_dir) == []  # its lock is free: abandoned
+    assert taskdir.reap_abandoned(task_dir, START + 60) == 1
+    assert taskdir.read_history(task_dir) == (RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000),)
+    assert (task_dir / "times-exitcodes").read_bytes()[:4] == b"\x00\x00\x00\x01"
+    assert sorted(os.listdir(task_dir)) == ["history", "times-exitcodes"]
