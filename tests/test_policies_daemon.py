@@ -1,0 +1,140 @@
+"""The executor's run policies through the real daemon and the fake clock (issue 14):
+a paused task, overlapping starts with and without --no-overlap, and a 10-hour and a
+2-day stop (the fake clock moved while the daemon is down) with and without
+--catch-up. Tasks with policies are created with CREATE-EX on the socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from saturnd import taskdir
+from saturnd.task import Extras, Task
+from saturnd.timing import Timing
+from tests.conftest import NOW
+from tests.daemon_harness import Daemon, wait_for
+from tests.test_cron_year import create_ex
+from tests.test_spawn import read_runs
+
+EVERY = Timing.cron("* * * * *")
+NOON = Timing.cron("0 12 * * *")  # NOW is 08:00 UTC
+
+
+def recorded(state: Path, task_id: int) -> list[int]:
+    """The start TIME of each finished run of a task (read while runs may end)."""
+    return [time for time, _exitcode in read_runs(state / f"task_{task_id}")]
+
+
+def log_lines(daemon: Daemon, word: str) -> list[str]:
+    """The lines of the daemon's log (state directory) that contain `word`."""
+    text = (daemon.state / "saturnd.log").read_text(errors="replace")
+    return [line for line in text.splitlines() if word in line]
+
+
+def test_it_never_starts_a_paused_task(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    paused = create_ex(daemon.pipes, Task(EVERY, (b"true",), Extras(paused=True)))
+    running = create_ex(daemon.pipes, Task(EVERY, (b"true",)))
+    moments = list(daemon.steps(NOW + 60, 3))
+    wait_for(lambda: recorded(daemon.state, running) == moments, what="the runs")
+    assert recorded(daemon.state, paused) == []
+
+
+@pytest.fixture
+def sleepers(tmp_path: Path) -> Iterator[Callable[[str], list[int]]]:
+    """The pids that `sh -c 'echo $$ >> FILE; exec sleep 20'` runs wrote to FILE, by
+    name; every one still alive is killed at the end."""
+    files: list[Path] = []
+
+    def pids(name: str) -> list[int]:
+        path = tmp_path / name
+        if path not in files:
+            files.append(path)
+        try:
+            return [int(line) for line in path.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    yield pids
+    for path in files:
+        for pid in pids(path.name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def sleeper(tmp_path: Path, name: str) -> tuple[bytes, ...]:
+    return (b"sh", b"-c", b"echo $$ >> '%s'; exec sleep 20" % bytes(tmp_path / name))
+
+
+@pytest.mark.skipif(
+    not hasattr(taskdir, "record_skipped"), reason="needs Q2's taskdir.record_skipped"
+)
+def test_it_skips_overlapping_starts_only_with_no_overlap(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, sleepers: Callable[[str], list[int]]
+) -> None:
+    daemon = make_daemon()
+    single = create_ex(
+        daemon.pipes, Task(EVERY, sleeper(tmp_path, "single"), Extras(no_overlap=True))
+    )
+    create_ex(daemon.pipes, Task(EVERY, sleeper(tmp_path, "overlapping")))
+    for _moment in daemon.steps(NOW + 60, 3):
+        pass
+    wait_for(lambda: len(sleepers("overlapping")) == 3, what="three overlapping runs")
+    wait_for(lambda: len(log_lines(daemon, "skipped")) == 2, what="two skipped starts")
+    assert len(sleepers("single")) == 1
+    assert all(f"start of task {single} " in line for line in log_lines(daemon, "skipped"))
+    history = getattr(taskdir, "read_history", None)
+    if history is not None:  # Q2's history: the two skipped starts are in it
+        runs = history(daemon.state / f"task_{single}")
+        assert [(run.start, run.outcome_name) for run in runs] == [
+            (NOW + 120, "skipped"),
+            (NOW + 180, "skipped"),
+        ]
+
+
+@pytest.mark.parametrize("stop", [10 * 3600, 2 * 86400], ids=["10 hours", "2 days"])
+def test_it_catches_up_once_after_a_long_stop_only_with_catch_up(
+    make_daemon: Callable[..., Daemon], stop: int
+) -> None:
+    daemon = make_daemon()
+    caught = create_ex(daemon.pipes, Task(NOON, (b"true",), Extras(catch_up=True)))
+    missed = create_ex(daemon.pipes, Task(NOON, (b"true",)))
+    daemon.stop()
+    back = NOW + stop + 30 * 60 + 15  # 18:30:15, or 08:30:15 two days later
+    daemon.set_time(back)
+    daemon.start()
+    wait_for(lambda: recorded(daemon.state, caught) == [back], what="the catch-up run")
+    for _moment in daemon.steps(back - 15 + 60, 3):
+        pass
+    assert recorded(daemon.state, caught) == [back]
+    assert recorded(daemon.state, missed) == []
+    assert len(log_lines(daemon, "--catch-up")) == 1
+    assert f"catch-up run of task {caught} (--catch-up" in log_lines(daemon, "--catch-up")[0]
+    history = getattr(taskdir, "read_history", None)
+    if history is not None:  # Q2's history: the run is flagged as a catch-up
+        from saturnd.runrecord import CAUGHT_UP
+
+        (run,) = history(daemon.state / f"task_{caught}")
+        assert run.flags & CAUGHT_UP
+
+
+def test_it_runs_a_catch_up_task_by_its_schedule_after_catching_up(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    hourly = create_ex(
+        daemon.pipes, Task(Timing.cron("0 * * * *"), (b"true",), Extras(catch_up=True))
+    )
+    daemon.stop()
+    back = NOW + 10 * 3600 + 59 * 60  # 18:59: 09:00 to 18:00 missed, one run for them
+    daemon.set_time(back)
+    daemon.start()
+    wait_for(lambda: recorded(daemon.state, hourly) == [back], what="the catch-up run")
+    daemon.step_to(back + 60)  # 19:00, by the schedule
+    wait_for(lambda: recorded(daemon.state, hourly) == [back, back + 60], what="the 19:00 run")
