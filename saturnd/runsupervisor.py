@@ -56,9 +56,13 @@ entry to `task_<ID>/`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import heapq
 import logging
+import math
 import os
+import random
 import resource
 import select
 import signal
@@ -68,10 +72,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from saturnd import mail, taskdir
-from saturnd.launch import Launcher, input_fd, strerror
+from saturnd import history, liveruns, mail, taskdir
+from saturnd.launch import Launcher, input_fd, spawn_hook, strerror
 from saturnd.pendingruns import RETRIABLE, PendingRuns, Recorder
 from saturnd.proc import decode_status
+from saturnd.runrecord import (
+    CUT_STDERR,
+    CUT_STDOUT,
+    EXITED,
+    KILLED,
+    NOT_STARTED,
+    OUTCOME_NAMES,
+    TIMED_OUT,
+    RunRecord,
+)
 from saturnd.task import NO_EXTRAS, Extras
 from saturnd.taskenv import Identity, environment
 
@@ -85,11 +99,14 @@ _POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
 # Descriptors a run holds while its command runs (task directory, two files, two
 # pipes), plus the two write ends and its input held while it is being started.
-_FDS_PER_RUN: Final = 8
+_FDS_PER_RUN: Final = 9  # and its marker
 # Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
 _FD_RESERVE: Final = 32
 # A hard limit this high is as good as none; P5 does not raise its own past it.
 _FD_CEILING: Final = 1 << 20
+
+STOP_GRACE: Final = 10.0
+"""Seconds between SIGTERM and SIGKILL when a run is stopped (at most its timeout)."""
 
 _DEV_NULL: Final = b"/dev/null"
 # Read back for the mail of the run's output.
@@ -111,7 +128,8 @@ class RunSpec:
     argv: tuple[bytes, ...]
     start_time: int
     extras: Extras = NO_EXTRAS
-    flags: int = 0  # runrecord flags the run's record carries (BY_HAND, CAUGHT_UP)
+    flags: int = 0
+    """runrecord flags the run's record carries (BY_HAND, CAUGHT_UP)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +147,7 @@ class Batch:
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
     role: str  # P5's process title (proctitle.py)
+    keep_outputs: int = history.DEFAULT_KEEP_OUTPUTS  # runs whose outputs stay (history.py)
 
 
 @dataclass(slots=True)
@@ -156,6 +175,12 @@ class _Run:
     started: float = 0.0  # monotonic, for the log's duration only
     failure: str = ""  # why the command could not start, for the log ("" if it did)
     env: dict[bytes, bytes] = field(default_factory=dict)  # the command's environment
+    number: int = 0  # in P5's batch
+    start: int = 0  # the real start the history records (epoch seconds, daemon's clock)
+    marker: liveruns.Marker | None = None
+    stopped: int = EXITED  # TIMED_OUT or KILLED once P5 began stopping the command
+    term_at: float = math.inf  # monotonic: SIGTERM then (its timeout)
+    kill_at: float = math.inf  # monotonic: SIGKILL then (the grace after SIGTERM)
 
 
 class Supervisor:
@@ -166,6 +191,9 @@ class Supervisor:
         self.log = batch.logger
         self.pid = os.getpid()
         self.null = _open_null()
+        # Before any run's marker exists: a stop request's SIGUSR1 must not end P5.
+        with contextlib.suppress(ValueError):  # not the main thread: tests only
+            signal.signal(signal.SIGUSR1, _on_stop)
         self.waker = _sigchld_waker()  # before the first spawn: a command may end at once
         self.poller = select.poll()
         if self.waker >= 0:
@@ -186,22 +214,35 @@ class Supervisor:
         self.held = 0  # descriptors the runs hold
         self.started = 0  # runs numbered so far
         self.pending = PendingRuns(self.pid, batch.record, self.log)
+        self.began = time.monotonic()
+        # Runs waiting for their jitter: (when, order, spec).
+        self.delayed: list[tuple[float, int, RunSpec]] = []
 
     def run(self) -> None:
-        """Start every run (as descriptors allow), then relay and record until the
-        last command has ended and nothing holds any output pipe."""
+        """Start every run (as descriptors allow, each after its jitter), then relay,
+        stop (timeouts, KILL) and record until the last command has ended and nothing
+        holds any output pipe."""
         specs = iter(self.batch.specs)
         more = True
         waited = False
-        began = time.monotonic()
+        began = self.began
         while True:
             while more and (self._room_for_a_run() or not (self.running or self.pipes)):
                 spec = next(specs, None)
                 if spec is None:
                     more = False
                     self._log_starts(began)
+                elif spec.extras.jitter > 0:
+                    # Delayed alone: the batch's other runs start on time.
+                    due = began + random.uniform(0, spec.extras.jitter)
+                    heapq.heappush(self.delayed, (due, self.started + len(self.delayed), spec))
                 else:
                     self._start(spec)
+            now = time.monotonic()
+            while self.delayed and self.delayed[0][0] <= now:
+                if not self._room_for_a_run() and (self.running or self.pipes):
+                    break
+                self._start(heapq.heappop(self.delayed)[2])
             if more and not waited and self.log is not None:
                 waited = True
                 self.log.warning(
@@ -211,10 +252,12 @@ class Supervisor:
                 )
             while self.unstarted:
                 self._finish(self.unstarted.pop())
-            if not more and not self.running and not self.pipes:
+            if not more and not self.running and not self.pipes and not self.delayed:
                 self.pending.linger()
                 return
-            timeout = 200 if self.running and self.waker < 0 else None
+            timeout = self._timers(time.monotonic())
+            if self.running and self.waker < 0:
+                timeout = 200 if timeout is None else min(timeout, 200)
             if self.pending:
                 wait = self.pending.wait_ms()
                 timeout = wait if timeout is None else min(timeout, wait)
@@ -226,10 +269,56 @@ class Supervisor:
                     _empty(fd)
                 elif fd in self.pipes:
                     self._relay(fd, _CHUNK)
+            if _STOP_ASKED:
+                _STOP_ASKED.clear()
+                self._stop_requested()
             if woken:
                 self._reap()
             if self.pending.due():
                 self.pending.retry()
+
+    def _timers(self, now: float) -> int | None:
+        """Send what is due (SIGTERM at a timeout, SIGKILL after the grace); the ms to
+        the next timer or jittered start, None if there is none."""
+        soonest = self.delayed[0][0] if self.delayed else math.inf
+        for run in self.running.values():
+            if run.term_at <= now:
+                grace = min(float(run.spec.extras.timeout), STOP_GRACE)
+                self._stop(run, TIMED_OUT, now, grace)
+            if run.kill_at <= now:
+                run.kill_at = math.inf
+                liveruns.stop_group(run.pid, signal.SIGKILL)
+            soonest = min(soonest, run.term_at, run.kill_at)
+        if soonest == math.inf:
+            return None
+        return max(0, math.ceil((soonest - now) * 1000))
+
+    def _stop(self, run: _Run, outcome: int, now: float, grace: float) -> None:
+        """SIGTERM the command's process group now, SIGKILL after `grace` seconds."""
+        run.term_at = math.inf
+        if run.stopped != EXITED:
+            return  # already being stopped: the first reason stays
+        run.stopped = outcome
+        run.kill_at = now + grace
+        liveruns.stop_group(run.pid, signal.SIGTERM)
+        if self.log is not None:
+            self.log.info(
+                "task %d: stopping run pid %d (%s)",
+                run.spec.task_id,
+                run.pid,
+                OUTCOME_NAMES[outcome],
+            )
+
+    def _stop_requested(self) -> None:
+        """SIGUSR1: stop each run that has a stop request (taskdir.request_stop)."""
+        now = time.monotonic()
+        for run in list(self.running.values()):
+            name = liveruns.stop_name(self.pid, run.number)
+            try:
+                os.unlink(name, dir_fd=run.dirfd)
+            except OSError:
+                continue  # no request for this run
+            self._stop(run, KILLED, now, STOP_GRACE)
 
     def _room_for_a_run(self) -> bool:
         # When nothing is left to wait for, a run is started anyway: if descriptors
@@ -251,6 +340,11 @@ class Supervisor:
             if logger is not None:
                 logger.error("task %d: empty command line, not run", spec.task_id)
             return
+        # Real start: a jittered run starts late; the record says when.
+        start = spec.start_time
+        if spec.extras.jitter > 0:
+            start += int(time.monotonic() - self.began)
+        self._reap_abandoned(spec, start)
         out_name, err_name = taskdir.temporary_names(self.pid, self.started)
         dirfd = out = -1
         try:
@@ -278,7 +372,16 @@ class Supervisor:
             if extras.env or extras.mailto is not None
             else self.plain_env
         )
-        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), env=env)
+        run = _Run(
+            spec,
+            dirfd,
+            out_name,
+            err_name,
+            started=time.monotonic(),
+            env=env,
+            number=self.started,
+            start=start,
+        )
         write_ends: list[int] = []
         stdin = -1
         message = b""
@@ -306,6 +409,18 @@ class Supervisor:
             os.close(stdin)
         if run.pid > 0:
             self.running[run.pid] = run
+            if extras.timeout > 0:
+                run.term_at = run.started + extras.timeout
+            try:
+                run.marker = liveruns.create_marker(
+                    dirfd, self.pid, run.number, start, run.pid, spec.flags
+                )
+                self.held += 1
+            except OSError as error:
+                if logger is not None:  # the run goes on, unseen by KILL and status
+                    logger.error(
+                        "task %d: cannot mark run pid %d: %s", spec.task_id, run.pid, error
+                    )
             for stream in run.streams:
                 self.pipes[stream.pipe] = (run, stream)
                 self.poller.register(stream.pipe, _POLL_IN)
@@ -318,6 +433,22 @@ class Supervisor:
             run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
         _store(run.streams[1], message)
         self.unstarted.append(run)
+
+    def _reap_abandoned(self, spec: RunSpec, now: int) -> None:
+        """Record the runs of this task whose supervising process was killed (their
+        commands are killed first): this is when such a run is noticed."""
+        try:
+            found = taskdir.reap_abandoned(spec.task_dir, now, self.batch.record)
+        except OSError as error:
+            if self.log is not None and not isinstance(error, FileNotFoundError):
+                self.log.error("task %d: cannot record abandoned runs: %s", spec.task_id, error)
+            return
+        if found and self.log is not None:
+            self.log.warning(
+                "task %d: %d run(s) whose supervising process was killed recorded as killed",
+                spec.task_id,
+                found,
+            )
 
     def _enter(self, home: bytes) -> None:
         """Make `home` the working directory the next command inherits (`/` if it
@@ -393,14 +524,16 @@ class Supervisor:
         exitcode = ended.exitcode
         duration = time.monotonic() - run.started
         dirfd = run.dirfd
+        entry = _record_of(run, exitcode, duration)
         # Record and rename as one step with respect to other runs of this task: the run
         # recorded last is the one whose output stays (see the module docstring).
         recorded = published = kept = False
         try:
             taskdir.lock_runs(dirfd)
             self.pending.record_before(spec.task_id, spec.task_dir, dirfd)  # earlier runs first
-            self.batch.record(spec.task_dir, spec.start_time, exitcode)
+            self.batch.record(spec.task_dir, run.start, exitcode)
             recorded = True
+            self._record_more(run, entry)
             taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
@@ -419,7 +552,7 @@ class Supervisor:
                     )
             elif isinstance(error, OSError) and error.errno in RETRIABLE:
                 pending = taskdir.PendingRun(
-                    spec.start_time,
+                    run.start,
                     self.pid,
                     taskdir.run_number(run.out_name),
                     exitcode,
@@ -434,7 +567,7 @@ class Supervisor:
                 logger.error(
                     "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
                     spec.task_id,
-                    spec.start_time,
+                    run.start,
                     exitcode,
                     run.pid,
                     error,
@@ -443,6 +576,9 @@ class Supervisor:
             if not published and not kept:
                 _unlink(dirfd, run.out_name)
                 _unlink(dirfd, run.err_name)
+            if run.marker is not None:
+                liveruns.drop_marker(dirfd, run.marker)  # after the record: never abandoned
+                self.held -= 1
             os.close(dirfd)  # also releases the lock
             self.held -= 3
         if published and logger is not None and run.pid < 0:
@@ -464,6 +600,73 @@ class Supervisor:
             )
         if output:
             self.mailer.send(spec.task_id, spec.argv, spec.extras.mailto, run.env, output)
+        if spec.extras.on_failure and (exitcode != 0 or entry.outcome != EXITED):
+            self._on_failure(run, entry)
+
+    def _record_more(self, run: _Run, entry: RunRecord) -> None:
+        """After its times-exitcodes entry, under the run lock: the run's history record
+        and its kept outputs; a failure here is logged, the run stays recorded."""
+        try:
+            history.append_history(run.dirfd, entry)
+            names = (run.out_name, run.err_name)
+            history.keep_outputs(
+                run.dirfd, names, entry, self.pid, run.number, self.batch.keep_outputs
+            )
+        except OSError as error:
+            if isinstance(error, FileNotFoundError):
+                raise  # removed meanwhile
+            if self.log is not None:
+                self.log.error(
+                    "task %d: run pid %d: history or kept output not written: %s",
+                    run.spec.task_id,
+                    run.pid,
+                    error,
+                )
+
+    def _on_failure(self, run: _Run, entry: RunRecord) -> None:
+        """Start the task's on-failure command (/bin/sh -c), not waited for (it is
+        reaped with the runs, or by init), with what it needs to know in its
+        environment (man saturnd, ON FAILURE)."""
+        spec = run.spec
+        if self.batch.keep_outputs > 1:
+            out, err = history.kept_paths(spec.task_dir, entry, self.pid, run.number)
+        else:
+            out, err = spec.task_dir / taskdir.STDOUT, spec.task_dir / taskdir.STDERR
+        env = dict(run.env)
+        env.update(
+            {
+                b"SATURND_TASK_ID": b"%d" % spec.task_id,
+                b"SATURND_EXIT_CODE": b"%d" % entry.exitcode,
+                b"SATURND_OUTCOME": OUTCOME_NAMES[entry.outcome].encode(),
+                b"SATURND_START": b"%d" % entry.start,
+                b"SATURND_STDOUT": os.fsencode(out),
+                b"SATURND_STDERR": os.fsencode(err),
+            }
+        )
+        try:
+            pid = spawn_hook((b"/bin/sh", b"-c", spec.extras.on_failure), env, self.null)
+        except (OSError, ValueError) as error:
+            if self.log is not None:
+                self.log.error(
+                    "task %d: cannot start its on-failure command: %s", spec.task_id, error
+                )
+            return
+        if self.log is not None:
+            self.log.info("task %d: on-failure command started, pid %d", spec.task_id, pid)
+
+
+def _record_of(run: _Run, exitcode: int, duration: float) -> RunRecord:
+    """The history's record of a finished run (runrecord.py)."""
+    flags = run.spec.flags
+    for stream, cut in zip(run.streams, (CUT_STDOUT, CUT_STDERR), strict=False):
+        if stream.cut:
+            flags |= cut
+    if run.pid < 0:
+        return RunRecord(run.start, run.start, exitcode, NOT_STARTED, flags, 0)
+    outcome = run.stopped
+    if outcome == EXITED and run.status is not None and os.WIFSIGNALED(run.status):
+        outcome = KILLED  # a signal from someone else: the exit code stays the course's
+    return RunRecord(run.start, run.start + int(duration), exitcode, outcome, flags, run.pid)
 
 
 def _stored(streams: list[_Stream], max_output: int) -> bytes:
@@ -507,6 +710,15 @@ def _raise_fd_limit() -> tuple[int | None, int]:
 
 def _on_signal(signum: int, frame: object) -> None:
     """SIGCHLD in P5: nothing to do here; the wakeup fd has woken the poll loop."""
+
+
+# Set by SIGUSR1 (a stop request, taskdir.request_stop); the loop clears it.
+_STOP_ASKED: Final[set[bool]] = set()
+
+
+def _on_stop(signum: int, frame: object) -> None:
+    """SIGUSR1 in P5: a run is to be stopped; the wakeup fd wakes the poll loop."""
+    _STOP_ASKED.add(True)
 
 
 def _sigchld_waker() -> int:

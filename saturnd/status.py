@@ -423,7 +423,7 @@ def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
         task_id = taskdir.task_id_of(entry.name)
         if task_id is None or not entry.is_dir(follow_symlinks=False):
             continue
-        for pid, changed in taskdir.runs_in_progress(entry.path):
+        for pid, changed in taskdir.run_temporaries(entry.path):
             run = _run_of(task_id, pid, changed)
             if run is not None:
                 runs.append(run)
