@@ -514,23 +514,24 @@ def _run_specs(
             continue
         task_dir = store.task_dir(task_id)
         if entry.extras.no_overlap and (task_id in started or taskdir.runs_in_progress(task_dir)):
-            _skip(task_dir, task_id, minute, start, logger)
+            _skip(task_dir, task_id, minute, start, flags, logger)
             continue
         started.add(task_id)
         yield RunSpec(task_id, task_dir, entry.argv, start, entry.extras, flags)
 
 
 def _skip(
-    task_dir: Path, task_id: int, minute: datetime, start: int, logger: logging.Logger
+    task_dir: Path, task_id: int, minute: datetime, start: int, flags: int, logger: logging.Logger
 ) -> None:
-    """Record and log a --no-overlap start skipped."""
+    """Record (with the start's flags: by hand, a catch-up) and log a --no-overlap
+    start skipped."""
     logger.info(
         "start of task %d for %s skipped: its previous run is still going (--no-overlap)",
         task_id,
         minute.strftime(_WALL_FORMAT),
     )
     try:
-        taskdir.record_skipped(task_dir, start)
+        taskdir.record_skipped(task_dir, start, flags)
     except FileNotFoundError:
         pass  # the task was removed meanwhile: nothing to record
     except OSError as error:

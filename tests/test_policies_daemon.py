@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from saturnd import taskdir
+from saturnd.runrecord import CAUGHT_UP
 from saturnd.task import Extras, Task
 from saturnd.timing import Timing
 from tests.conftest import NOW
@@ -72,9 +73,6 @@ def sleeper(tmp_path: Path, name: str) -> tuple[bytes, ...]:
     return (b"sh", b"-c", b"echo $$ >> '%s'; exec sleep 20" % bytes(tmp_path / name))
 
 
-@pytest.mark.skipif(
-    not hasattr(taskdir, "record_skipped"), reason="needs Q2's taskdir.record_skipped"
-)
 def test_it_skips_overlapping_starts_only_with_no_overlap(
     make_daemon: Callable[..., Daemon], tmp_path: Path, sleepers: Callable[[str], list[int]]
 ) -> None:
@@ -89,13 +87,12 @@ def test_it_skips_overlapping_starts_only_with_no_overlap(
     wait_for(lambda: len(log_lines(daemon, "skipped")) == 2, what="two skipped starts")
     assert len(sleepers("single")) == 1
     assert all(f"start of task {single} " in line for line in log_lines(daemon, "skipped"))
-    history = getattr(taskdir, "read_history", None)
-    if history is not None:  # Q2's history: the two skipped starts are in it
-        runs = history(daemon.state / f"task_{single}")
-        assert [(run.start, run.outcome_name) for run in runs] == [
-            (NOW + 120, "skipped"),
-            (NOW + 180, "skipped"),
-        ]
+    # Only the history has the skipped starts (times-exitcodes lists runs that ran).
+    runs = taskdir.read_history(daemon.state / f"task_{single}")
+    assert [(run.start, run.outcome_name) for run in runs] == [
+        (NOW + 120, "skipped"),
+        (NOW + 180, "skipped"),
+    ]
 
 
 @pytest.mark.parametrize("stop", [10 * 3600, 2 * 86400], ids=["10 hours", "2 days"])
@@ -116,12 +113,8 @@ def test_it_catches_up_once_after_a_long_stop_only_with_catch_up(
     assert recorded(daemon.state, missed) == []
     assert len(log_lines(daemon, "--catch-up")) == 1
     assert f"catch-up run of task {caught} (--catch-up" in log_lines(daemon, "--catch-up")[0]
-    history = getattr(taskdir, "read_history", None)
-    if history is not None:  # Q2's history: the run is flagged as a catch-up
-        from saturnd.runrecord import CAUGHT_UP
-
-        (run,) = history(daemon.state / f"task_{caught}")
-        assert run.flags & CAUGHT_UP
+    (run,) = taskdir.read_history(daemon.state / f"task_{caught}")
+    assert run.flags == CAUGHT_UP
 
 
 def test_it_runs_a_catch_up_task_by_its_schedule_after_catching_up(
