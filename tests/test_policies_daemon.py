@@ -131,3 +131,21 @@ def test_it_runs_a_catch_up_task_by_its_schedule_after_catching_up(
     wait_for(lambda: recorded(daemon.state, hourly) == [back], what="the catch-up run")
     daemon.step_to(back + 60)  # 19:00, by the schedule
     wait_for(lambda: recorded(daemon.state, hourly) == [back, back + 60], what="the 19:00 run")
+
+
+def test_it_catches_up_once_after_the_machine_slept(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    caught = create_ex(daemon.pipes, Task(NOON, (b"true",), Extras(catch_up=True)))
+    missed = create_ex(daemon.pipes, Task(NOON, (b"true",)))
+    awake = NOW + 10 * 3600 + 5 * 60  # a suspend from 08:00 to 18:05: the clock jumps
+    daemon.step_to(awake)
+    wait_for(lambda: recorded(daemon.state, caught) == [awake], what="the catch-up run")
+    for _moment in daemon.steps(awake + 60, 2):
+        pass
+    assert recorded(daemon.state, caught) == [awake]
+    assert recorded(daemon.state, missed) == []
+    (line,) = log_lines(daemon, "--catch-up")
+    assert line.endswith(
+        f"catch-up run of task {caught} (--catch-up: missed its starts since "
+        "2026-11-21T08:00) after a clock jump"
+    )
