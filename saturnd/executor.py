@@ -42,6 +42,14 @@ Rules:
   executor whether this is its first start (`first_start`), and only then does it start
   them, as one batch before its first minute. An executor restarted after a crash, or
   one whose first start failed, never runs them; the clock never does.
+- The task's policies (issue 14): a paused task never starts by the clock (nor at a
+  start); a --catch-up task runs once, flagged CAUGHT_UP, at the first minute after a
+  forward move past the jump rule (a long stop, a machine off or asleep) when it missed
+  a start in between (`catch_up_runs`); a --no-overlap start is skipped and recorded
+  when a run of the task still goes on (decided in P5, as the batch is consumed, by
+  `_run_specs`). The jump rule's late runs are flagged CAUGHT_UP too.
+  `start_by_hand` is `cassini --run`'s way in (the listener calls it): one run now,
+  flagged BY_HAND, the schedule untouched.
 """
 
 from __future__ import annotations
