@@ -228,7 +228,7 @@ class Executor:
             marks[""] = self.handled.wall
         plans = schedule.plan_zones(previous, marks, epoch_minute, groups)
         current = plans[""].current
-        paused = _paused_among(self.store, {t for z in plans.values() for _, t in z.plan.runs})
+        paused = self.store.paused_ids()  # cached by the store: free
         if paused:
             plans = {
                 name: ZonePlan(zone.current, _without(zone.plan, paused))
@@ -316,7 +316,7 @@ class Executor:
     def start_reboot_tasks(self, now: float) -> None:
         """Start every @reboot task once, as one batch recorded at `now`."""
         task_ids = reboot_tasks(self.store.timings)
-        paused = _paused_among(self.store, task_ids)
+        paused = self.store.paused_ids()
         task_ids = [task_id for task_id in task_ids if task_id not in paused]
         if not task_ids:
             return
@@ -487,23 +487,14 @@ def _without(plan: schedule.Plan, task_ids: Collection[int]) -> schedule.Plan:
     return replace(plan, runs=tuple(run for run in plan.runs if run[1] not in task_ids))
 
 
-def _paused_among(store: Store, task_ids: Iterable[int]) -> frozenset[int]:
-    """Which of `task_ids` are paused. Only the given tasks' entries are decoded (the
-    due ones: P5 decodes them anyway); Q1's cached `Store.paused_ids()` can replace it."""
-    tasks = store.tasks
-    return frozenset(
-        task_id
-        for task_id in task_ids
-        if (entry := tasks.get(task_id)) is not None and entry.extras.paused
-    )
-
-
 def _catch_up_ids(store: Store) -> frozenset[int]:
-    """The tasks with --catch-up that are not paused."""
+    """The tasks with --catch-up that are not paused (every task's extras decoded:
+    0.6 s at 100,000 tasks, once per long stop)."""
+    paused = store.paused_ids()
     return frozenset(
         task_id
         for task_id, entry in store.tasks.items()
-        if entry.extras.catch_up and not entry.extras.paused
+        if entry.extras.catch_up and task_id not in paused
     )
 
 

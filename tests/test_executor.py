@@ -152,6 +152,9 @@ class ZonedStore:
     def refresh(self) -> bool:
         return False
 
+    def paused_ids(self) -> frozenset[int]:
+        return frozenset()
+
 
 def test_it_plans_each_zone_and_logs_an_unknown_one_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
