@@ -1,7 +1,8 @@
 """The executor's run policies through the real daemon and the fake clock (issue 14):
-a paused task, overlapping starts with and without --no-overlap, and a 10-hour and a
-2-day stop (the fake clock moved while the daemon is down) with and without
---catch-up. Tasks with policies are created with CREATE-EX on the socket."""
+a paused task, overlapping starts with and without --no-overlap, a 10-hour and a 2-day
+stop (the fake clock moved while the daemon is down) and a 10-hour suspend with and
+without --catch-up, pause, resume and run by hand over the socket. Tasks with policies
+are created with CREATE-EX on the socket."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from cassini.transport import exchange
 from saturnd import taskdir
-from saturnd.runrecord import CAUGHT_UP
+from saturnd.protocol import OkReply, PauseRequest, ResumeRequest, RunNowRequest
+from saturnd.runrecord import BY_HAND, CAUGHT_UP
 from saturnd.task import Extras, Task
 from saturnd.timing import Timing
 from tests.conftest import NOW
@@ -149,3 +152,51 @@ def test_it_catches_up_once_after_the_machine_slept(make_daemon: Callable[..., D
         f"catch-up run of task {caught} (--catch-up: missed its starts since "
         "2026-11-21T08:00) after a clock jump"
     )
+
+
+# --- acting on a task over the socket (Q1's handlers, Q3's executor) ------------
+
+
+def test_it_pauses_resumes_and_runs_a_task_by_hand(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    task_id = create_ex(daemon.pipes, Task(EVERY, (b"true",)))
+    daemon.step_to(NOW + 60)
+    wait_for(lambda: recorded(daemon.state, task_id) == [NOW + 60], what="the 08:01 run")
+    assert exchange(str(daemon.pipes), PauseRequest(task_id)) == OkReply()
+    for _moment in daemon.steps(NOW + 120, 3):
+        pass
+    # By hand while paused: it runs, at the daemon's clock, flagged so.
+    daemon.set_time(NOW + 185)
+    assert exchange(str(daemon.pipes), RunNowRequest(task_id)) == OkReply()
+    wait_for(lambda: recorded(daemon.state, task_id) == [NOW + 60, NOW + 185], what="by hand")
+    assert exchange(str(daemon.pipes), ResumeRequest(task_id)) == OkReply()
+    daemon.step_to(NOW + 240)
+    wait_for(
+        lambda: recorded(daemon.state, task_id) == [NOW + 60, NOW + 185, NOW + 240],
+        what="the 08:04 run",
+    )
+    runs = taskdir.read_history(daemon.state / f"task_{task_id}")
+    assert [(run.start, run.flags) for run in runs] == [
+        (NOW + 60, 0),
+        (NOW + 185, BY_HAND),
+        (NOW + 240, 0),
+    ]
+
+
+def test_it_skips_a_start_by_hand_while_a_no_overlap_run_goes_on(
+    make_daemon: Callable[..., Daemon], tmp_path: Path, sleepers: Callable[[str], list[int]]
+) -> None:
+    daemon = make_daemon()
+    task_id = create_ex(
+        daemon.pipes, Task(NOON, sleeper(tmp_path, "single"), Extras(no_overlap=True))
+    )
+    assert exchange(str(daemon.pipes), RunNowRequest(task_id)) == OkReply()
+    wait_for(lambda: len(sleepers("single")) == 1, what="the first run by hand")
+    daemon.set_time(NOW + 10)
+    assert exchange(str(daemon.pipes), RunNowRequest(task_id)) == OkReply()
+    wait_for(
+        lambda: taskdir.read_history(daemon.state / f"task_{task_id}"), what="the skipped start"
+    )
+    (run,) = taskdir.read_history(daemon.state / f"task_{task_id}")
+    assert (run.start, run.outcome_name, run.flags) == (NOW + 10, "skipped", BY_HAND)
+    assert len(sleepers("single")) == 1
