@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from saturnd import schedule
+from saturnd import schedule, taskdir
 from saturnd.clock import FileClock
 from saturnd.executor import (
     STATE_FILE,
@@ -151,6 +151,9 @@ class ZonedStore:
 
     def refresh(self) -> bool:
         return False
+
+    def paused_ids(self) -> frozenset[int]:
+        return frozenset()
 
 
 def test_it_plans_each_zone_and_logs_an_unknown_one_once(
@@ -339,15 +342,14 @@ def test_it_skips_a_no_overlap_start_while_a_run_is_going(
         Task(EVERY, (b"true",)),
     )
     going = {executor.store.task_dir(0), executor.store.task_dir(1)}
-    skipped: list[tuple[Path, int]] = []
+    skipped: list[tuple[Path, int, int]] = []
     monkeypatch.setattr(
         "saturnd.taskdir.runs_in_progress",
         lambda task_dir: [(TEN * 60, 4242)] if Path(task_dir) in going else [],
     )
     monkeypatch.setattr(
         "saturnd.taskdir.record_skipped",
-        lambda task_dir, start: skipped.append((task_dir, start)),
-        raising=False,  # Q2's; a stand-in until it lands
+        lambda task_dir, start, flags: skipped.append((task_dir, start, flags)),
     )
     with caplog.at_level(logging.INFO, logger=LOG.name):
         executor.tick(TEN, TEN * 60)
@@ -368,7 +370,11 @@ def test_it_skips_a_no_overlap_start_while_a_run_is_going(
         (1, 0),
     ]
     task0 = executor.store.task_dir(0)
-    assert skipped == [(task0, (TEN + 1) * 60), (task0, (TEN + 5) * 60), (task0, (TEN + 5) * 60)]
+    assert skipped == [
+        (task0, (TEN + 1) * 60, 0),
+        (task0, (TEN + 5) * 60, CAUGHT_UP),
+        (task0, (TEN + 5) * 60, 0),
+    ]
     lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert lines[0] == (
         "start of task 0 for 2026-11-21T08:01 skipped: its previous run is still going "
@@ -397,3 +403,6 @@ def test_it_really_runs_a_task_by_hand(tmp_path: Path) -> None:
     assert start_by_hand(store, task_id, TEN * 60, logger=LOG)
     wait_for(lambda: read_runs(store.task_dir(task_id)) == [(TEN * 60, 0)], "the run's record")
     assert marker.exists()
+    wait_for(lambda: taskdir.read_history(store.task_dir(task_id)), "the run's history record")
+    (run,) = taskdir.read_history(store.task_dir(task_id))
+    assert (run.start, run.flags, run.outcome_name) == (TEN * 60, BY_HAND, "exited")
