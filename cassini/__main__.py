@@ -15,6 +15,8 @@ Rules:
 - Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
   (it drops the request) is asked again with LIST. A whole task that cannot be created
   for want of the socket is one line saying what of it needs the socket.
+- `-l -v` asks LIST-EX, then each task's HISTORY (one exchange per task, on the socket
+  only), and colours failures only when stdout is a terminal and NO_COLOR is unset.
 - `--import` reads the whole crontab; cassini.importing checks every line and applies
   them (a refused line creates nothing); `--edit` is cassini.edit's.
 """
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from cassini.cli import Import
     from saturnd.protocol import Reply, Request
+    from saturnd.runrecord import RunRecord
 
 __all__ = ["PIPES_DIR_VARIABLE", "default_pipes_dir", "main"]
 
@@ -180,7 +183,13 @@ def _run(args: Sequence[str]) -> int:
     except OSError as error:  # not foreseen by transport; still one line, not a traceback
         _error(f"cassini: {error}\n")
         return 1
-    outcome = cli.respond(parsed, reply, time.localtime, time.time())
+    histories = None
+    if parsed.mode == "table":
+        histories = _histories(pipes_dir, reply)
+    color = parsed.mode == "table" and _color()
+    outcome = cli.respond(
+        parsed, reply, time.localtime, time.time(), histories=histories, color=color
+    )
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)
@@ -209,6 +218,38 @@ def _exchange(pipes_dir: str, request: Request) -> Reply:
     if isinstance(reply, ErrorReply) and reply.code == ERR_MESSAGE:
         return transport.exchange(pipes_dir, ListRequest())
     return reply
+
+
+def _histories(pipes_dir: str, reply: Reply) -> dict[int, tuple[RunRecord, ...] | None]:
+    """`-l -v`: each listed task's HISTORY, None where the daemon cannot say (no socket, a
+    saturnd without HISTORY, a task removed meanwhile): the table shows `-` there."""
+    from cassini import transport
+    from saturnd.protocol import HistoryReply, HistoryRequest, ListExReply, ListReply
+
+    histories: dict[int, tuple[RunRecord, ...] | None] = {}
+    if not isinstance(reply, ListReply | ListExReply):
+        return histories
+    for task in reply.tasks:
+        try:
+            answer = transport.exchange(pipes_dir, HistoryRequest(task.task_id))
+        except transport.NoSocketError:
+            break  # the FIFOs (a C daemon): no task has a HISTORY to ask for
+        except transport.TransportError:
+            histories[task.task_id] = None
+            continue
+        histories[task.task_id] = answer.runs if isinstance(answer, HistoryReply) else None
+    return histories
+
+
+def _color() -> bool:
+    """Colour for the status table: stdout is a terminal and NO_COLOR is unset or empty
+    (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stdout is not None and os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
 
 
 def _needs_socket(request: Request) -> str:

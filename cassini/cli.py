@@ -47,7 +47,7 @@ from cassini.options import GetoptError, getopt
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import time
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from saturnd.protocol import (
         CreateReply,
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         TaskEntry,
         TimesExitcodesReply,
     )
+    from saturnd.runrecord import RunRecord
     from saturnd.task import Extras, Task
     from saturnd.timing import Timing
 
@@ -104,6 +105,7 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
 LONG_OPTIONS = (
+    "catch-up",
     "check",
     "cron=",
     "dom=",
@@ -112,15 +114,26 @@ LONG_OPTIONS = (
     "export",
     "help",
     "import=",
+    "jitter=",
     "json",
+    "kill=",
     "month=",
+    "no-overlap",
+    "on-failure=",
+    "pause=",
     "replace",
+    "resume=",
+    "run=",
+    "start=",
+    "timeout=",
     "tz=",
     "version",
 )
 """The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
 NAME=VALUE, --export, --help (the same as -h), --import FILE, --json, --month MONTHS,
---replace, --tz ZONE, --version (--check and --replace go with --import)."""
+--replace, --tz ZONE, --version (--check and --replace go with --import); the run
+policies of -c (--timeout D, --jitter D, --no-overlap, --catch-up, --on-failure CMD);
+acting on a task (--run, --pause, --resume, --kill ID); -o/-e's --start TIME."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -188,7 +201,7 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
     {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
-    | {"--version"}
+    | {"--version", "--run", "--pause", "--resume", "--kill"}
 )
 # Options that only make sense with -c: the fields they set, and the others.
 _TIMING_OPTIONS = {
@@ -198,27 +211,32 @@ _TIMING_OPTIONS = {
     "--dom": "daysofmonth",
     "--month": "months",
 }
-_TASK_OPTIONS = (*_TIMING_OPTIONS, "--cron", "--tz", "--env")
+_POLICY_OPTIONS = ("--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure")
+_TASK_OPTIONS = (*_TIMING_OPTIONS, "--cron", "--tz", "--env", *_POLICY_OPTIONS)
 # Every option that only makes sense with some operations: the operations, and how the
 # usage error names them.
 _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
     **{option: (frozenset({"-c"}), "-c") for option in _TASK_OPTIONS},
     "-N": (frozenset({"-n"}), "-n"),
-    "-v": (frozenset({"-l"}), "-l"),
+    "-v": (frozenset({"-l", "-x"}), "-l or -x"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
+    "--start": (frozenset({"-o", "-e"}), "-o or -e"),
     **{option: (frozenset({"--import"}), "--import") for option in ("--replace", "--check")},
 }
 # Why an operation refuses a word after its options: those that take an argument take
 # exactly one (`cassini -r 4 5` is not two removals); for the others, a word there is
 # most likely a command that forgot -c.
 _ONE_ARGUMENT = {
-    **{option: f"{option} takes one task id" for option in ("-r", "-x", "-o", "-e", "-n")},
+    **{
+        option: f"{option} takes one task id"
+        for option in ("-r", "-x", "-o", "-e", "-n", "--run", "--pause", "--resume", "--kill")
+    },
     "--import": "--import takes one file",
 }
 _NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
 # others are cassini.output's.
-_MODES = ("plain", "verbose", "next", "export", "version")
+_MODES = ("plain", "verbose", "table", "history", "next", "export", "version")
 
 
 class UsageError(ValueError):
@@ -432,6 +450,7 @@ def make_create_request(
     if problem is not None:
         raise UsageError(problem)
     strings = [*argv, *(b for pair in task.extras.env for b in pair), task.extras.stdin]
+    strings.append(task.extras.on_failure)
     for data in strings:
         if len(data) > MAX_STRING:
             raise UsageError(f"an argument of {len(data)} bytes is longer than {MAX_STRING}")
@@ -455,6 +474,12 @@ def beyond_course(task: Task) -> list[str]:
         (bool(extras.env), "environment variables"),
         (bool(extras.stdin), "standard input"),
         (extras.mailto is not None, "MAILTO"),
+        (extras.timeout != 0, "a timeout"),
+        (extras.jitter != 0, "a jitter"),
+        (extras.no_overlap, "--no-overlap"),
+        (extras.catch_up, "--catch-up"),
+        (bool(extras.on_failure), "an on-failure command"),
+        (extras.paused, "a paused state"),
     ]
     return [words for present, words in named if present]
 
@@ -514,7 +539,68 @@ def _create_request(options: list[tuple[str, str]], command: list[str]) -> Reque
     timing = _create_timing(options)
     env = tuple(parse_env(value) for option, value in options if option == "--env")
     argv = tuple(os.fsencode(arg) for arg in command)
-    return make_create_request(timing, argv, Extras(env))
+    return make_create_request(timing, argv, Extras(env).replace(**_policies(options)))
+
+
+def parse_start(text: str) -> int:
+    """`--start TIME`: a run's start as `-x` shows it (`YYYY-MM-DD HH:MM:SS`, local time) or
+    as epoch seconds (`-x -v --json`'s `time`); raises `UsageError`.
+
+    Local time is read with `time.mktime` (the zone of the process, as `-x` prints it).
+    """
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        seconds = int(text)
+    else:
+        import time
+
+        try:
+            parsed = time.strptime(text.replace("T", " ", 1), "%Y-%m-%d %H:%M:%S")
+            seconds = int(time.mktime(parsed))
+        except (ValueError, OverflowError):
+            raise UsageError(
+                f"invalid --start {text!r}: expected a run's start as -x shows it "
+                "(YYYY-MM-DD HH:MM:SS) or epoch seconds"
+            ) from None
+    # 0 asks for the last run on the wire: no real run starts at 1970-01-01 00:00:00 UTC.
+    if not 0 < seconds < 1 << 63:
+        raise UsageError(f"invalid --start {text!r}: out of range")
+    return seconds
+
+
+def _policies(options: list[tuple[str, str]]) -> dict[str, object]:
+    """The run policies of `-c`'s options, as `Extras` fields."""
+    from cassini.duration import DurationError, parse_duration
+
+    policies: dict[str, object] = {}
+    try:
+        for option in ("--timeout", "--jitter"):
+            text = _single(options, option)
+            if text is not None:
+                policies[option[2:]] = parse_duration(text)
+    except DurationError as error:
+        raise UsageError(f"{error} (option {option})") from None
+    if policies.get("timeout") == 0:
+        raise UsageError("--timeout 0 would stop every run at once: leave --timeout out")
+    flags = {option for option, _ in options}
+    policies["no_overlap"] = "--no-overlap" in flags
+    policies["catch_up"] = "--catch-up" in flags
+    command = _single(options, "--on-failure")
+    if command is not None:
+        if not command.strip():
+            raise UsageError("--on-failure needs a command")
+        policies["on_failure"] = os.fsencode(command)
+    return policies
+
+
+def _action_classes() -> dict[str, Callable[[int], Request]]:
+    from saturnd.protocol import KillRequest, PauseRequest, ResumeRequest, RunNowRequest
+
+    return {
+        "--run": RunNowRequest,
+        "--pause": PauseRequest,
+        "--resume": ResumeRequest,
+        "--kill": KillRequest,
+    }
 
 
 def _task_request(option: str, text: str) -> Request:
@@ -586,10 +672,25 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         return Import(argument, pipes_dir, replace="--replace" in flags, check="--check" in flags)
     if operation == "--edit":
         return Edit(pipes_dir)
+    verbose = sum(option == "-v" for option, _ in options)
     if operation in ("-l", "-q"):
-        verbose = any(option == "-v" for option, _ in options)
-        mode = "verbose" if verbose else "plain"
+        # -l -v: the status table (with HISTORY per task); -l -v -v: each task's details.
+        mode = ("plain", "table", "verbose")[min(verbose, 2)]
         return Invocation(_plain_request(operation), pipes_dir, mode=mode, json=json)
+    if operation in ("--run", "--pause", "--resume", "--kill"):
+        return Invocation(_action_classes()[operation](parse_task_id(argument)), pipes_dir)
+    if operation == "-x" and verbose:
+        from saturnd.protocol import HistoryRequest
+
+        history = HistoryRequest(parse_task_id(argument))
+        return Invocation(history, pipes_dir, mode="history", json=json)
+    start = _single(options, "--start")
+    if start is not None:
+        from saturnd.protocol import OutputExRequest
+
+        stream = 1 if operation == "-o" else 2
+        output = OutputExRequest(parse_task_id(argument), stream, parse_start(start))
+        return Invocation(output, pipes_dir)
     if operation == "--export":
         return Invocation(_plain_request("-l"), pipes_dir, mode="export")
     if operation == "--version":
@@ -622,9 +723,16 @@ def _render_error(request: Request, reply: ErrorReply, localtime: LocalTime) -> 
     from saturnd.protocol import ERR_MESSAGE, ERR_NEVER_RAN, ERR_NOT_FOUND
 
     task_id = getattr(request, "task_id", None)
+    never_ran = f"task {task_id} has not run yet"
+    start = getattr(request, "start", 0)
+    if start:  # OUTPUT-EX for one run: that run's output is not (or no longer) kept
+        never_ran = f"task {task_id} keeps no output of a run started at {start}"
+        shown = local_text(localtime, start)
+        if shown is not None:
+            never_ran += f" ({shown})"
     messages = {
         ERR_NOT_FOUND: f"no task with id {task_id}",
-        ERR_NEVER_RAN: f"task {task_id} has not run yet",
+        ERR_NEVER_RAN: never_ran,
         # Our daemon's reason, on the socket: printable characters only, on one line.
         ERR_MESSAGE: "".join(c if c.isprintable() else " " for c in reply.message),
     }
@@ -743,8 +851,21 @@ def render(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
         protocol.CreateReply: _render_create,
         protocol.TimesExitcodesReply: _render_runs,
         protocol.OutputReply: _render_output,
+        protocol.KillReply: _render_acted,
+        protocol.OutputExReply: _render_acted,
     }
     return renderers[type(reply)](request, reply, localtime)
+
+
+def _render_acted(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
+    """KILL's and OUTPUT-EX's replies, by cassini.history (loaded only for them)."""
+    from cassini import history
+    from saturnd.protocol import KillReply, OutputExReply
+
+    if isinstance(reply, KillReply):
+        return history.render_kill(request, reply)
+    assert isinstance(reply, OutputExReply)
+    return history.render_output_ex(request, reply)
 
 
 def respond(
@@ -752,13 +873,32 @@ def respond(
     reply: Reply,
     localtime: LocalTime,
     now: float,
+    *,
+    histories: Mapping[int, Sequence[RunRecord] | None] | None = None,
+    color: bool = False,
 ) -> Outcome:
     """What to print, and the exit status, for `reply` to `invocation`'s request.
 
     `now` (epoch seconds) is where `-n` and `-l -v` start looking for the next runs.
-    The plain outputs stay here; the others load `cassini.output` only when asked for.
+    `histories` (task id -> its HISTORY runs, None where unknown) and `color` (red
+    failures) are the status table's (`-l -v`). The plain outputs stay here; the others
+    load `cassini.output`, `cassini.history` or `cassini.table` only when asked for.
     """
+    from saturnd.protocol import HistoryReply, ListExReply, ListReply
+
     if invocation.mode == "plain" and not invocation.json:
+        return render(invocation.request, reply, localtime)
+    if invocation.mode == "history" and isinstance(reply, HistoryReply):
+        from cassini import history
+
+        return history.render_history(invocation, reply, localtime)
+    if invocation.mode == "table" and isinstance(reply, ListReply | ListExReply):
+        from cassini import table
+
+        return table.render_table(
+            invocation, reply.tasks, histories or {}, localtime, now, color=color
+        )
+    if invocation.mode in ("history", "table"):  # an error reply
         return render(invocation.request, reply, localtime)
     from cassini import output
 

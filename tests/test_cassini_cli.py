@@ -527,12 +527,13 @@ def test_it_renders_times_with_the_given_local_time() -> None:
 
 NEWER = [
     # (args, the invocation)
-    (["-v"], Invocation(ListExRequest(), mode="verbose")),
-    (["-l", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-v"], Invocation(ListExRequest(), mode="table")),
+    (["-l", "-v"], Invocation(ListExRequest(), mode="table")),
     (["-lv", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-lvvv"], Invocation(ListExRequest(), mode="verbose")),
     (["--json"], Invocation(ListExRequest(), json=True)),
     (["-l", "--json", "-p", "/p"], Invocation(ListExRequest(), "/p", json=True)),
-    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="verbose", json=True)),
+    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="table", json=True)),
     (["-x", "3", "--json"], Invocation(TimesExitcodesRequest(3), json=True)),
     (["-n", "4"], Invocation(ListExRequest(), mode="next", task_id=4, count=5)),
     (["-n4", "-N", "12"], Invocation(ListExRequest(), mode="next", task_id=4, count=12)),
@@ -562,8 +563,8 @@ def test_it_parses_the_newer_options(args: list[str], expected: object) -> None:
 NEWER_INVALID = [
     (["-N", "3"], "option -N is only valid with -n"),
     (["-l", "-N", "3"], "option -N is only valid with -n"),
-    (["-x", "1", "-v"], "option -v is only valid with -l"),
-    (["-n", "1", "-v"], "option -v is only valid with -l"),
+    (["-r", "1", "-v"], "option -v is only valid with -l or -x"),
+    (["-n", "1", "-v"], "option -v is only valid with -l or -x"),
     (["-r", "1", "--json"], "option --json is only valid with -l, -x or -n"),
     (["-o", "1", "--json"], "option --json is only valid with -l, -x or -n"),
     (["--export", "--json"], "option --json is only valid with -l, -x or -n"),
