@@ -135,7 +135,7 @@ def test_it_matches_the_text_outputs(make_daemon: MakeDaemon) -> None:
 def test_it_matches_the_verbose_listing(make_daemon: MakeDaemon) -> None:
     daemon, _ = _daemon_with_runs(make_daemon)
     both = _stable(
-        lambda: daemon.cassini("-l", "-v", "-v").stdout + b"\0" + daemon.cassini("-lv", "--json").stdout
+        lambda: daemon.cassini("-lvv").stdout + b"\0" + daemon.cassini("-lv", "--json").stdout
     )
     text, _, document = both.partition(b"\0")
     tasks = _document(document)
