@@ -143,13 +143,16 @@ MAX_COUNT = 1000
 """The largest `-N`: enough for years of a daily task, quick to compute."""
 
 USAGE = """\
-usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
+usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
        cassini [-p PIPES_DIR] -c [-m MINUTES] [-H HOURS] [-d DAYSOFWEEK] [--dom DAYS]
-                  [--month MONTHS] [--tz ZONE] [--env NAME=VALUE]... COMMAND [ARG...]
-       cassini [-p PIPES_DIR] -c --cron SCHEDULE [--tz ZONE] [--env NAME=VALUE]...
+                  [--month MONTHS] [--tz ZONE] [--env NAME=VALUE]... [POLICY...]
                   COMMAND [ARG...]
-       cassini [-p PIPES_DIR] -r|-o|-e TASKID
-       cassini [-p PIPES_DIR] -x TASKID [--json]
+       cassini [-p PIPES_DIR] -c --cron SCHEDULE [--tz ZONE] [--env NAME=VALUE]...
+                  [POLICY...] COMMAND [ARG...]
+       cassini [-p PIPES_DIR] -r TASKID
+       cassini [-p PIPES_DIR] -o|-e TASKID [--start TIME]
+       cassini [-p PIPES_DIR] -x TASKID [-v] [--json]
+       cassini [-p PIPES_DIR] --run|--pause|--resume|--kill TASKID
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
        cassini [-p PIPES_DIR] --export
        cassini [-p PIPES_DIR] --import FILE [--replace] [--check]
@@ -159,7 +162,9 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini -h|--help
 
   -l              list the tasks (the default)
-  -v              with -l: add each task's next start time and a description
+  -v              with -l: a table of next start, last run and its result;
+                  -v -v: each task's next start time and a description;
+                  with -x: each run's duration, outcome and marks
   -c              create a task running COMMAND [ARG...] (options after COMMAND are its own)
   -m MINUTES      minutes of the new task, crontab syntax such as 0-2,5 (default *)
   -H HOURS        hours of the new task (default *)
@@ -172,10 +177,22 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   --tz ZONE       read the new task's schedule in time zone ZONE (Europe/Paris)
   --env NAME=VALUE
                   a variable of the new task's environment (repeatable)
+  POLICY is one of:
+  --timeout DURATION  stop a run still going after DURATION (90s, 5m, 2h, 1d, 1h30m)
+  --jitter DURATION   delay each start by a random time up to DURATION
+  --no-overlap        skip a start while the task's previous run is still going
+  --catch-up          run once after the daemon was down across a start
+  --on-failure CMD    run CMD with /bin/sh -c when a run fails
   -r TASKID       remove a task
   -x TASKID       print a task's run times and exit codes
   -o TASKID       print the standard output of a task's last run
   -e TASKID       print the standard error of a task's last run
+  --start TIME    with -o or -e: of the kept run that started at TIME (as -x
+                  shows it, YYYY-MM-DD HH:MM:SS, or epoch seconds)
+  --run TASKID    start a run of a task now
+  --pause TASKID  stop starting a task (it keeps its schedule and history)
+  --resume TASKID start a paused task again
+  --kill TASKID   stop a task's runs in progress
   -n TASKID       print the next start times of a task, in local time
   -N COUNT        with -n: how many start times (default 5, at most 1000)
   --json          with -l, -x or -n: print one JSON document instead of text

@@ -29,7 +29,7 @@ ZSH_SCRIPT = ROOT / "completions" / "_cassini"
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 ZSH = shutil.which("zsh")
 
-OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*)", USAGE)))
+OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*(?:-[a-z]+)*)", USAGE)))
 
 
 def _env() -> dict[str, str]:
@@ -41,6 +41,8 @@ def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
     expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
+    expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
+    expected += ["--start", "--run", "--pause", "--resume", "--kill"]
     assert sorted(expected) == OPTIONS
 
 
@@ -152,7 +154,10 @@ def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_
 _WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
 _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
-_AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env"]
+_WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
+_WITH_ARGUMENT |= {"--timeout": "5m", "--jitter": "1m", "--on-failure": "x", "--start": "99"}
+_POLICIES = ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
+_AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env", *_POLICIES]
 AFTER_AN_OPERATION = [
     # (the words before, the options offered next)
     (["-l"], ["-h", "--help", "-p", "-l", "-v", "--json"]),
@@ -160,23 +165,56 @@ AFTER_AN_OPERATION = [
     (["-c"], ["-h", "--help", "-p", "-c", "-m", "-H", "-d", *_AFTER_C]),
     (
         ["-c", "-m", "1"],
-        ["-h", "--help", "-p", "-c", "-H", "-d", "--dom", "--month", "--tz", "--env"],
+        ["-h", "--help", "-p", "-c", "-H", "-d", "--dom", "--month", "--tz", "--env", *_POLICIES],
     ),
-    (["-c", "--cron", "@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
-    (["-c", "--cron=@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
+    (["-c", "--cron", "@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]),
+    (["-c", "--cron=@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]),
     (
         ["-c", "--dom", "1"],
-        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--month", "--tz", "--env"],
+        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--month", "--tz", "--env", *_POLICIES],
     ),
     (
         ["-c", "--tz", "UTC", "--env", "A=1"],
-        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--dom", "--month", "--cron", "--env"],
+        [
+            "-h",
+            "--help",
+            "-p",
+            "-c",
+            "-m",
+            "-H",
+            "-d",
+            "--dom",
+            "--month",
+            "--cron",
+            "--env",
+            *_POLICIES,
+        ],
     ),
-    (["-x", "1"], ["-h", "--help", "-p", "--json"]),
+    (
+        ["-c", "--timeout", "5m", "--no-overlap"],
+        [
+            "-h",
+            "--help",
+            "-p",
+            "-c",
+            "-m",
+            "-H",
+            "-d",
+            *_AFTER_C[:5],
+            *_POLICIES[1:2],
+            _POLICIES[3],
+            _POLICIES[4],
+        ],
+    ),
+    (["-x", "1"], ["-h", "--help", "-p", "-v", "--json"]),
+    (["-o", "1"], ["-h", "--help", "-p", "--start"]),
+    (["--run", "1"], ["-h", "--help", "-p"]),
+    (["--pau", "1"], ["-h", "--help", "-p"]),
+    (["--kill", "1"], ["-h", "--help", "-p"]),
     (["-n", "1"], ["-h", "--help", "-p", "-N", "--json"]),
     (["-r", "1"], ["-h", "--help", "-p"]),
-    (["-o1"], ["-h", "--help", "-p"]),
-    (["-e", "1"], ["-h", "--help", "-p"]),
+    (["-o1"], ["-h", "--help", "-p", "--start"]),
+    (["-e", "1"], ["-h", "--help", "-p", "--start"]),
     (["-q"], ["-h", "--help", "-p"]),
     (["--exp"], ["-h", "--help", "-p"]),
     (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
@@ -232,8 +270,11 @@ def test_bash_completes_the_values_of_the_new_fields() -> None:
     assert bash_complete("cassini", "-c", "--cron", "=", "@r") == ["@reboot"]
     # `--cr=@daily` reaches the completion as three words, as bash splits at the =.
     offered = bash_complete("cassini", "-c", "--cr", "=", "@daily", "-")
-    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env"]
+    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]
     assert bash_complete("cassini", "-c", "--dom", "") == []
+    assert bash_complete("cassini", "-c", "--timeout", "90") == ["90d", "90h", "90m", "90s"]
+    assert bash_complete("cassini", "-c", "--jit", "=", "1h3") == ["1h3m", "1h3s"]
+    assert bash_complete("cassini", "-c", "--on-failure", "") == []
     assert bash_complete(
         "cassini", "-c", "--env", "CASSINI_T", prelude="export CASSINI_TEST=1\n"
     ) == ["CASSINI_TEST="]
