@@ -435,9 +435,15 @@ def test_zsh_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_p
     [
         ("cassini -l -", ["-h", "--help", "-p", "-v", "--json"]),
         ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
-        ("cassini -c --cron @daily -", ["-h", "--help", "-p", "--tz", "--env"]),
+        ("cassini -c --cron @daily -", ["-h", "--help", "-p", "--tz", "--env", *_POLICIES]),
         ("cassini -c --env A=1 -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
-        ("cassini -x 1 -", ["-h", "--help", "-p", "--json"]),
+        ("cassini -x 1 -", ["-h", "--help", "-p", "-v", "--json"]),
+        ("cassini -o 1 -", ["-h", "--help", "-p", "--start"]),
+        ("cassini --kill 1 -", ["-h", "--help", "-p"]),
+        (
+            "cassini -c --no-overlap -",
+            ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C[:7], *_POLICIES[3:]],
+        ),
         ("cassini -n 1 -", ["-h", "--help", "-p", "-N", "--json"]),
         ("cassini -r 1 -", ["-h", "--help", "-p"]),
         ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d", *_AFTER_C[:2], *_AFTER_C[3:]]),
@@ -455,6 +461,7 @@ def test_zsh_completes_the_values_of_the_new_fields(tmp_path: Path) -> None:
     assert zsh_complete("cassini -c --month mar-ma", tmp_path) == ["mar", "may", "march"]
     assert sorted(zsh_complete("cassini -c --cron @m", tmp_path)) == ["@midnight", "@monthly"]
     assert zsh_complete("cassini -c --tz Europe/Par", tmp_path) == ["Paris"]
+    assert zsh_complete("cassini -c --timeout 1h3", tmp_path) == ["m", "s"]  # after 1h3
     setup = "export CASSINI_TEST=1"
     assert zsh_complete("cassini -c --env CASSINI_T", tmp_path, setup=setup) == ["CASSINI_TEST"]
 
