@@ -88,6 +88,8 @@ __all__ = [
     "parse_args",
     "parse_count",
     "parse_task_id",
+    "parse_start",
+    "policies_of",
     "TASK_PATH",
     "beyond_course",
     "check_zone",
@@ -556,7 +558,7 @@ def _create_request(options: list[tuple[str, str]], command: list[str]) -> Reque
     timing = _create_timing(options)
     env = tuple(parse_env(value) for option, value in options if option == "--env")
     argv = tuple(os.fsencode(arg) for arg in command)
-    return make_create_request(timing, argv, Extras(env).replace(**_policies(options)))
+    return make_create_request(timing, argv, Extras(env).replace(**policies_of(options)))
 
 
 def parse_start(text: str) -> int:
@@ -584,8 +586,9 @@ def parse_start(text: str) -> int:
     return seconds
 
 
-def _policies(options: list[tuple[str, str]]) -> dict[str, object]:
-    """The run policies of `-c`'s options, as `Extras` fields."""
+def policies_of(options: list[tuple[str, str]]) -> dict[str, object]:
+    """The run policies among `options` (getopt's, from `-c` or a crontab's `#saturnd:`
+    line), as `Extras` fields; raises `UsageError`."""
     from cassini.duration import DurationError, parse_duration
 
     policies: dict[str, object] = {}

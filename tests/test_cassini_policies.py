@@ -18,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cassini import crontab, cronwrite, importing
 from cassini.cli import Invocation, UsageError, parse_args, respond
 from cassini.history import CUT_MESSAGE
 from cassini.table import RED, RESET
@@ -49,7 +52,7 @@ from saturnd.runrecord import (
     TIMED_OUT,
     RunRecord,
 )
-from saturnd.task import Extras
+from saturnd.task import MAX_DURATION, Extras, Task
 from saturnd.timing import Timing
 from tests.daemon_harness import CASSINI, Daemon
 
@@ -407,3 +410,131 @@ def _colored(pipes: Path, env: dict[str, str]) -> bool:
     os.close(main)
     assert done.returncode == 0, done.stderr
     return RED.encode() in b"".join(chunks)
+
+
+# --- export and import of the policies --------------------------------------------------
+
+
+def _entry(task_id: int, line: str, argv: tuple[bytes, ...], **extras: object) -> TaskEntry:
+    return TaskEntry(task_id, Timing.cron(line), argv, Extras(**extras))  # type: ignore[arg-type]
+
+
+def _tasks_of(text: bytes) -> list[object]:
+    entries, problems, _ = crontab.parse(text)
+    assert problems == []
+    return [entry.task for entry in entries]
+
+
+def test_it_exports_policies_and_pauses_as_comments_cron_ignores() -> None:
+    tasks = [
+        _entry(0, "0 3 * * *", (b"backup",), timeout=300, no_overlap=True, on_failure=b"a 'b'"),
+        _entry(1, "@daily", (b"report",), jitter=5400, catch_up=True, paused=True),
+        _entry(2, "*/5 * * * *", (b"poll",), paused=True),
+        _entry(3, "@hourly", (b"plain",)),
+    ]
+    text, problems = cronwrite.export(tasks)
+    assert problems == []
+    assert text.decode().splitlines()[1:] == [
+        "#saturnd: --timeout 5m --no-overlap --on-failure 'a '\"'\"'b'\"'\"''",
+        "0 3 * * * backup",
+        "#saturnd: --jitter 1h30m --catch-up",
+        "#saturnd-paused: 0 0 * * * report",
+        "#saturnd-paused: */5 * * * * poll",
+        "0 * * * * plain",
+    ]
+    assert _tasks_of(text) == [task.task for task in tasks]
+    # cron's own reading: every line of ours is a comment but the two live tasks'.
+    live = [line for line in text.decode().splitlines() if not line.startswith("#")]
+    assert live == ["0 3 * * * backup", "0 * * * * plain"]
+
+
+@given(
+    st.integers(0, MAX_DURATION),
+    st.integers(0, MAX_DURATION),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12),
+)
+@settings(max_examples=200, deadline=None)
+def test_it_round_trips_any_policies(
+    timeout: int, jitter: int, no_overlap: bool, catch_up: bool, paused: bool, command: str
+) -> None:
+    extras = Extras(
+        timeout=timeout, jitter=jitter, no_overlap=no_overlap, catch_up=catch_up,
+        on_failure=command.encode(), paused=paused,
+    )  # fmt: skip
+    task = TaskEntry(5, Timing.cron("0 3 * * *"), (b"x",), extras)
+    text, problems = cronwrite.export([task])
+    assert problems == []
+    assert _tasks_of(text) == [task.task]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"#saturnd: --timeout\n@daily x\n", (1, "#saturnd: option --timeout requires argument")),
+        (b"#saturnd: --no-overlap\n", (1, "#saturnd: has no task line after it")),
+        (b"#saturnd: --catch-up\n#saturnd: --no-overlap\n@daily x\n", (2, "line 1's")),
+        (b"#saturnd: --on-failure 'x\n@daily x\n", (1, "#saturnd: No closing quotation")),
+        (b"#saturnd: \n@daily x\n", (1, "#saturnd: names no policy")),
+        (b"#saturnd: --run 3\n@daily x\n", (1, "option --run not recognized")),
+        (b"#saturnd-paused: A=1\n", (1, "is for a task line, not a setting")),
+        (b"#saturnd-paused: 0 3 * *\n", (1, "expected five time fields")),
+    ],
+)
+def test_it_refuses_bad_saturnd_lines_by_number(data: bytes, problem: tuple[int, str]) -> None:
+    entries, problems, _ = crontab.parse(data)
+    assert entries == []
+    assert [(p.line, p.reason) for p in problems if problem[1] in p.reason] != [], problems
+    assert problems[0].line == problem[0]
+
+
+def test_it_keeps_ordinary_comments_ordinary() -> None:
+    tasks = _tasks_of(b"# saturnd: --no-overlap\n#saturnd-pausedx\n@daily x\n")
+    assert tasks == [Task(Timing.cron("@daily"), (b"x",))]
+
+
+def test_it_keeps_a_task_whose_paused_state_alone_differs_on_replace() -> None:
+    paused = _entry(4, "@daily", (b"x",), paused=True, timeout=60)
+    running = _entry(5, "@hourly", (b"y",))
+    file_entries = [
+        crontab.Entry(1, Task(Timing.cron("@daily"), (b"x",), Extras(timeout=60))),
+        crontab.Entry(2, Task(Timing.cron("@hourly"), (b"y",), Extras(paused=True))),
+    ]
+    result = importing.plan([paused, running], file_entries, replace=True)
+    assert [(entry.line, task.task_id) for entry, task in result.keep] == [(1, 4), (2, 5)]
+    assert (result.create, result.remove) == ([], [])
+    # Another policy is another task.
+    other = [crontab.Entry(1, Task(Timing.cron("@daily"), (b"x",), Extras(timeout=61)))]
+    result = importing.plan([paused], other, replace=True)
+    assert (len(result.create), [t.task_id for t in result.remove]) == (1, [4])
+
+
+def test_it_exports_and_imports_policies_end_to_end(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
+    daemon = make_daemon(root=tmp_path)
+    data = (
+        b"#saturnd: --timeout 5m --jitter 30s --no-overlap --catch-up --on-failure 'echo $X'\n"
+        b"0 3 * * * backup\n"
+        b"#saturnd-paused: 0 0 * * * report\n"
+        b"* * * * * plain\n"
+    )
+    path = tmp_path / "crontab"
+    path.write_bytes(data)
+    done = daemon.cassini("--import", str(path), check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"0\n1\n2\n", b"")
+    tasks = json.loads(daemon.cassini("-l", "--json").stdout)
+    assert [(t["timeout"], t["jitter"], t["no_overlap"], t["catch_up"]) for t in tasks] == [
+        (300, 30, True, True),
+        (0, 0, False, False),
+        (0, 0, False, False),
+    ]
+    assert [t["on_failure"] for t in tasks] == ["echo $X", None, None]
+    assert [t["paused"] for t in tasks] == [False, True, False]
+    exported = daemon.cassini("--export").stdout
+    assert exported.split(b"\n", 1)[1] == data
+    path.write_bytes(exported)
+    done = daemon.cassini("--import", str(path), "--replace", check=False)
+    assert done.stderr == b"cassini: no changes: 0 created, 3 kept, 0 removed\n"
