@@ -765,6 +765,7 @@ def test_it_imports_no_daemon_module(args: tuple[str, ...]) -> None:
                 "saturnd.decoding",
                 "saturnd.timing",
                 "saturnd.task",
+                "saturnd.runrecord",
             ), name
 
 
@@ -864,5 +865,6 @@ def test_it_loads_only_struct_for_the_codec() -> None:
         "saturnd.decoding",
         "saturnd.timing",
         "saturnd.task",
+        "saturnd.runrecord",
     }
     assert set(modules.split()) - allowed == set()
