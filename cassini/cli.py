@@ -589,16 +589,17 @@ def parse_start(text: str) -> int:
 def policies_of(options: list[tuple[str, str]]) -> dict[str, object]:
     """The run policies among `options` (getopt's, from `-c` or a crontab's `#saturnd:`
     line), as `Extras` fields; raises `UsageError`."""
-    from cassini.duration import DurationError, parse_duration
-
     policies: dict[str, object] = {}
-    try:
-        for option in ("--timeout", "--jitter"):
-            text = _single(options, option)
-            if text is not None:
+    for option in ("--timeout", "--jitter"):
+        text = _single(options, option)
+        if text is not None:
+            # Imported only here: a `-c` without durations loads nothing new.
+            from cassini.duration import DurationError, parse_duration
+
+            try:
                 policies[option[2:]] = parse_duration(text)
-    except DurationError as error:
-        raise UsageError(f"{error} (option {option})") from None
+            except DurationError as error:
+                raise UsageError(f"{error} (option {option})") from None
     if policies.get("timeout") == 0:
         raise UsageError("--timeout 0 would stop every run at once: leave --timeout out")
     flags = {option for option, _ in options}

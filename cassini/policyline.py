@@ -57,13 +57,12 @@ def read_policies(text: str) -> dict[str, object]:
 def write_policies(extras: Extras) -> str | None:
     """The `#saturnd:` line of `extras`' policies (no newline), or None when it has none;
     `ValueError` when its on-failure command holds a newline (no line can hold it)."""
-    from cassini.duration import format_duration
-
     words = []
-    if extras.timeout:
-        words += ["--timeout", format_duration(extras.timeout)]
-    if extras.jitter:
-        words += ["--jitter", format_duration(extras.jitter)]
+    for option, seconds in (("--timeout", extras.timeout), ("--jitter", extras.jitter)):
+        if seconds:
+            from cassini.duration import format_duration  # only for a task that has one
+
+            words += [option, format_duration(seconds)]
     if extras.no_overlap:
         words.append("--no-overlap")
     if extras.catch_up:

@@ -653,6 +653,7 @@ def test_it_responds_to_plain_invocations_as_render_does(
 # --- start-up: the plain options load nothing new ---------------------------------------
 
 NEW_MODULES = {"cassini.output", "cassini.crontab", "json", "saturnd.schedule", "cron_descriptor"}
+NEW_MODULES |= {"cassini.history", "cassini.table", "cassini.duration", "cassini.policyline"}
 
 
 def _imported(*args: str) -> set[str]:
@@ -679,6 +680,9 @@ def _imported(*args: str) -> set[str]:
         ["-x", "1"],
         ["-r", "1"],
         ["-c", "-m", "1", "true"],
+        ["-c", "--no-overlap", "true"],
+        ["--kill", "1"],
+        ["-o", "1", "--start", "5"],
         ["-N", "3"],  # a usage error
     ],
 )

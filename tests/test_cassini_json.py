@@ -245,11 +245,12 @@ def test_it_imports_only_what_each_output_needs(make_daemon: MakeDaemon) -> None
     daemon, ids = _daemon_with_runs(make_daemon)
     newer = {"cassini.output", "cassini.crontab", "cassini.cronwrite", "json", "saturnd.schedule"}
     newer.add("cron_descriptor")
+    newer |= {"cassini.history", "cassini.table", "cassini.duration", "cassini.policyline"}
     for args in (["-l"], ["-x", str(ids[0])], ["-o", str(ids[0])]):
         assert _imported(daemon, *args) & newer == set(), args
     assert _imported(daemon, "-l", "--json") & newer == {"cassini.output", "json"}
     assert _imported(daemon, "-n", "0") & newer == {"cassini.output", "saturnd.schedule"}
     assert "cron_descriptor" in _imported(daemon, "-l", "-v", "-v")
     assert "cron_descriptor" not in _imported(daemon, "-l", "-v")  # the table has no words
-    exporting = {"cassini.output", "cassini.crontab", "cassini.cronwrite"}
+    exporting = {"cassini.output", "cassini.crontab", "cassini.cronwrite", "cassini.policyline"}
     assert _imported(daemon, "--export") & newer == exporting
