@@ -13,8 +13,10 @@ Rules:
 - A created task whose program cassini cannot find (cassini.program, with the task's
   PATH) gets a warning on stderr after its id: the task exists, the exit status stays 0.
 - Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
-  (it drops the request) is asked again with LIST. A whole task that cannot be created
-  for want of the socket is one line saying what of it needs the socket.
+  (it drops the request) is asked again with LIST. `-o`/`-e` ask OUTPUT-EX on the
+  socket (a cut output then says so on stderr), falling back the same way. A whole
+  task that cannot be created for want of the socket is one line saying what of it
+  needs the socket.
 - `-l -v` asks LIST-EX, then each task's HISTORY (one exchange per task, on the socket
   only), and colours failures only when stdout is a terminal and NO_COLOR is unset.
 - `--import` reads the whole crontab; cassini.importing checks every line and applies
@@ -199,24 +201,39 @@ def _run(args: Sequence[str]) -> int:
 
 
 def _exchange(pipes_dir: str, request: Request) -> Reply:
-    """One exchange; a listing falls back to the course's LIST where LIST-EX is unknown.
+    """One exchange; a listing falls back to the course's LIST where LIST-EX is unknown,
+    `-o`/`-e` (sent as OUTPUT-EX, to learn whether the output was cut) to STDOUT/STDERR.
 
-    Over the FIFOs the transport sends LIST itself. A saturnd older than LIST-EX (still
-    running after an upgrade) drops it on the socket, closing the connection without a
-    reply or after an `ER EM`: it is asked again with LIST.
+    Over the FIFOs the transport sends the course's request itself. A saturnd older than
+    the extension (still running after an upgrade) drops it on the socket, closing the
+    connection without a reply or after an `ER EM`: it is asked again the course's way.
     """
     from cassini import cli, transport
-    from saturnd.protocol import ERR_MESSAGE, ErrorReply, ListExRequest, ListRequest
+    from saturnd.protocol import (
+        ERR_MESSAGE,
+        ErrorReply,
+        ListExRequest,
+        ListRequest,
+        OutputExRequest,
+        StderrRequest,
+        StdoutRequest,
+    )
 
     fallback = cli.fifo_request(request)
-    if not isinstance(request, ListExRequest):
+    course: Request = ListRequest()
+    if isinstance(request, StdoutRequest | StderrRequest):
+        # OUTPUT-EX for the last run says whether the output was cut; the course's
+        # request goes over the FIFOs, and to a saturnd older than OUTPUT-EX.
+        course, fallback = request, request
+        request = OutputExRequest(request.task_id, 1 if isinstance(request, StdoutRequest) else 2)
+    elif not isinstance(request, ListExRequest):
         return transport.exchange(pipes_dir, request, fifo_request=fallback)
     try:
         reply = transport.exchange(pipes_dir, request, fifo_request=fallback)
     except transport.NoReplyError:
-        return transport.exchange(pipes_dir, ListRequest())
+        return transport.exchange(pipes_dir, course)
     if isinstance(reply, ErrorReply) and reply.code == ERR_MESSAGE:
-        return transport.exchange(pipes_dir, ListRequest())
+        return transport.exchange(pipes_dir, course)
     return reply
 
 

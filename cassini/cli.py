@@ -52,9 +52,11 @@ if TYPE_CHECKING:
     from saturnd.protocol import (
         CreateReply,
         ErrorReply,
+        KillReply,
         ListExReply,
         ListReply,
         OkReply,
+        OutputExReply,
         OutputReply,
         Reply,
         Request,
@@ -76,6 +78,7 @@ __all__ = [
     "PROTOCOL_OPTIONS",
     "TRY_HELP",
     "USAGE",
+    "CUT_MESSAGE",
     "Edit",
     "Help",
     "Import",
@@ -210,6 +213,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
   -h, --help      print this help
 """
 
+CUT_MESSAGE = "cassini: output cut at the cap\n"
+"""What stderr says after an output that the daemon cut at its size cap."""
 TRY_HELP = "Try 'cassini -h' for more information."
 """The line that follows a usage error's reason, in place of the whole usage."""
 
@@ -872,21 +877,23 @@ def render(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
         protocol.CreateReply: _render_create,
         protocol.TimesExitcodesReply: _render_runs,
         protocol.OutputReply: _render_output,
-        protocol.KillReply: _render_acted,
-        protocol.OutputExReply: _render_acted,
+        protocol.KillReply: _render_kill,
+        protocol.OutputExReply: _render_output_ex,
     }
     return renderers[type(reply)](request, reply, localtime)
 
 
-def _render_acted(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
-    """KILL's and OUTPUT-EX's replies, by cassini.history (loaded only for them)."""
+def _render_kill(request: Request, reply: KillReply, localtime: LocalTime) -> Outcome:
+    """KILL's reply, by cassini.history (loaded only for it)."""
     from cassini import history
-    from saturnd.protocol import KillReply, OutputExReply
 
-    if isinstance(reply, KillReply):
-        return history.render_kill(request, reply)
-    assert isinstance(reply, OutputExReply)
-    return history.render_output_ex(request, reply)
+    return history.render_kill(request, reply)
+
+
+def _render_output_ex(request: Request, reply: OutputExReply, localtime: LocalTime) -> Outcome:
+    """`-o`/`-e` (with or without `--start`) over saturnd's socket: the bytes unchanged, and
+    one line on stderr when the daemon cut the output at its cap."""
+    return Outcome(reply.output, CUT_MESSAGE if reply.cut else "")
 
 
 def respond(

@@ -8,8 +8,7 @@ This module owns:
   every field of every run;
 - `run_marks`, `result_text` and `is_failure`: a run's marks, its one-word result (the exit
   code, or the outcome) and whether it failed, shared with the status table;
-- `render_kill` and `render_output_ex`: KILL's count, OUTPUT-EX's bytes (a cut output
-  says so in one line on stderr).
+- `render_kill`: KILL's count (OUTPUT-EX's bytes are cassini.cli's: `-o` shows them).
 
 Rules: pure (the local-time function comes in); a run in progress is one whose `end` is
 before its `start` (the daemon's HISTORY lists one with `end` 0). Control bytes never
@@ -24,23 +23,19 @@ from cassini.duration import format_duration
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing
 if TYPE_CHECKING:
     from cassini.cli import Invocation, LocalTime
-    from saturnd.protocol import HistoryReply, KillReply, OutputExReply, Request
+    from saturnd.protocol import HistoryReply, KillReply, Request
     from saturnd.runrecord import RunRecord
 
 __all__ = [
-    "CUT_MESSAGE",
     "is_failure",
     "is_running",
     "render_history",
     "render_kill",
-    "render_output_ex",
     "result_text",
     "run_document",
     "run_marks",
 ]
 
-CUT_MESSAGE = "cassini: output cut at the cap\n"
-"""What stderr says after a kept output that the daemon cut at its size cap."""
 _NO_EXIT = 0xFFFF
 _HEADER = ("START", "EXIT", "DURATION", "OUTCOME", "MARKS")
 
@@ -146,8 +141,3 @@ def render_kill(request: Request, reply: KillReply) -> Outcome:
         return Outcome(f"task {task_id} has no run in progress\n".encode())
     runs = "run" if reply.count == 1 else "runs"
     return Outcome(f"stopping {reply.count} {runs} of task {task_id}\n".encode())
-
-
-def render_output_ex(request: Request, reply: OutputExReply) -> Outcome:
-    """`-o/-e ID --start TIME`: the kept output's bytes; a cut one says so on stderr."""
-    return Outcome(reply.output, CUT_MESSAGE if reply.cut else "")

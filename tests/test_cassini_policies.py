@@ -22,8 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cassini import crontab, cronwrite, importing
-from cassini.cli import Invocation, UsageError, parse_args, respond
-from cassini.history import CUT_MESSAGE
+from cassini.cli import CUT_MESSAGE, Invocation, UsageError, parse_args, respond
 from cassini.table import RED, RESET
 from saturnd.protocol import (
     CreateExRequest,
@@ -37,9 +36,11 @@ from saturnd.protocol import (
     OkReply,
     OutputExReply,
     OutputExRequest,
+    OutputReply,
     PauseRequest,
     ResumeRequest,
     RunNowRequest,
+    StderrRequest,
     TaskEntry,
     encode,
 )
@@ -538,3 +539,26 @@ def test_it_exports_and_imports_policies_end_to_end(
     path.write_bytes(exported)
     done = daemon.cassini("--import", str(path), "--replace", check=False)
     assert done.stderr == b"cassini: no changes: 0 created, 3 kept, 0 removed\n"
+
+
+def test_it_says_a_cut_last_output_and_falls_back_to_the_course(tmp_path: Path) -> None:
+    pairs: list[tuple[object, object]] = [
+        (OutputExRequest(1, 1), OutputExReply(True, b"first MiB")),
+        (OutputExRequest(1, 2), OutputExReply(False, b"all of it")),
+        (OutputExRequest(2, 1), ErrorReply(b"NR")),
+    ]
+    pipes, stand_in = _stand_in(tmp_path, pairs)
+    with stand_in:
+        assert _cassini(pipes, "-o", "1") == (b"first MiB", CUT_MESSAGE, 0)
+        assert _cassini(pipes, "-e", "1") == (b"all of it", "", 0)
+        assert _cassini(pipes, "-o", "2") == (b"", "cassini: task 2 has not run yet\n", 1)
+    assert stand_in.requests == [encode(request) for request, _ in pairs]
+
+
+def test_it_asks_a_saturnd_without_output_ex_the_course_way(tmp_path: Path) -> None:
+    # OUTPUT-EX unknown: the stand-in closes without a reply, as an older saturnd does.
+    pairs: list[tuple[object, object]] = [(StderrRequest(1), OutputReply(b"err\n"))]
+    pipes, stand_in = _stand_in(tmp_path, pairs)
+    with stand_in:
+        assert _cassini(pipes, "-e", "1") == (b"err\n", "", 0)
+    assert stand_in.requests == [encode(OutputExRequest(1, 2)), b"SE" + (1).to_bytes(8, "big")]
