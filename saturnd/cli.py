@@ -1,6 +1,7 @@
 """saturnd's command line: options -> a running daemon, or one line and an exit status.
 
-`saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES] [-h]`
+`saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES]
+[--keep-outputs N] [-h]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] status [-p PIPES_DIR] [-s STATE_DIR] [--json]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] stop [-p PIPES_DIR] [-s STATE_DIR]`
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from saturnd import __version__
+from saturnd.history import DEFAULT_KEEP_OUTPUTS
 from saturnd.startup import (
     PIPES_DIR_VARIABLE,
     DaemonError,
@@ -57,6 +59,7 @@ def username() -> str:
 
 
 USAGE = """saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES]
+               [--keep-outputs N]
        saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]
        saturnd [-p PIPES_DIR] [-s STATE_DIR] status [--json]
        saturnd [-p PIPES_DIR] [-s STATE_DIR] stop
@@ -128,8 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep at most BYTES of each run's stdout and of its stderr; the rest is "
         f"discarded (default {DEFAULT_MAX_OUTPUT})",
     )
+    parser.add_argument(
+        "--keep-outputs",
+        metavar="N",
+        type=_run_count,
+        default=DEFAULT_KEEP_OUTPUTS,
+        help="keep the outputs of each task's last N runs (1: the last run's only; "
+        f"default {DEFAULT_KEEP_OUTPUTS})",
+    )
     add_unit_and_commands(parser)
     return parser
+
+
+def _run_count(text: str) -> int:
+    """A --keep-outputs value: a whole number of runs, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of runs: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _byte_count(text: str) -> int:
@@ -220,6 +242,7 @@ def start(args: argparse.Namespace) -> int:
         logger,
         Locks(pid_fd, pipes_fd),
         max_output=args.max_output,
+        keep_outputs=args.keep_outputs,
         pipes_base=pipes_base,
     )
     return supervisor.run()

@@ -58,7 +58,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from saturnd import proctitle, schedule
 from saturnd.clock import Clock
 from saturnd.proc import StopFlag
-from saturnd.spawn import DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
+from saturnd.spawn import DEFAULT_KEEP_OUTPUTS, DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
 from saturnd.timing import Timing
 
@@ -155,6 +155,7 @@ class Executor:
         keep_fds: Collection[int] = (),
         max_output: int = DEFAULT_MAX_OUTPUT,
         first_start: bool = False,
+        keep_outputs: int = DEFAULT_KEEP_OUTPUTS,
     ) -> None:
         """`first_start`: the daemon's first executor, which runs the @reboot tasks."""
         self.state_dir = state_dir
@@ -166,6 +167,7 @@ class Executor:
         self.wake_fd = wake_fd
         self.keep_fds = tuple(keep_fds)
         self.max_output = max_output
+        self.keep_outputs = keep_outputs
         self.handled = load_handled(state_dir, logger)
         # A mark from an earlier executor: the first minute handled here follows a
         # restart, and its runs start late (see `catch_ups`).
@@ -271,6 +273,7 @@ class Executor:
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
+                keep_outputs=self.keep_outputs,
                 role=proctitle.runs_role(current),
             )
         except OSError as error:
@@ -294,6 +297,7 @@ class Executor:
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
+                keep_outputs=self.keep_outputs,
                 role="runs at start",
             )
         except OSError as error:

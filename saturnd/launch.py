@@ -42,6 +42,7 @@ __all__ = [
     "EXITCODE_NOT_FOUND",
     "Launcher",
     "input_fd",
+    "spawn_hook",
     "strerror",
 ]
 
@@ -184,6 +185,14 @@ def _posix_spawn(
         )
     finally:
         os.umask(previous)
+
+
+def spawn_hook(argv: tuple[bytes, ...], env: dict[bytes, bytes], null: int) -> int:
+    """Start a command P5 does not supervise (a task's on-failure command) as a run's
+    command is started, all three standard descriptors on /dev/null (`null`): its pid.
+    Raises OSError, ValueError (a NUL byte)."""
+    actions = [(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)]
+    return _posix_spawn(argv[0], list(argv), actions, env)
 
 
 def input_fd(data: bytes) -> int:

@@ -38,6 +38,13 @@ Rules:
   umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
   working directory (P5 changes directory before a spawn when the HOME differs from
   the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
+- A run's record: `times-exitcodes`, then `history` and kept outputs (runends.py);
+  its outcome and end are runpolicy.py's.
+- Policies (man saturnd, "Policies"): a timeout is a SIGTERM to the command's process
+  group at its deadline and SIGKILL a grace later (timers in the poll loop, monotonic);
+  a jittered spec waits in a heap, alone; a failed run starts its on-failure command.
+- Stopping: each command has a marker P5 holds locked (liveruns.py); a stop request
+  comes with SIGUSR1 (its handler, set before any marker exists, sets a flag).
 - After a run that wrote anything, P5 mails its output (stdout, then stderr, as
   stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
   does not wait for sendmail (its exit is reaped with the runs', or by init).
@@ -56,10 +63,12 @@ entry to `task_<ID>/`.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
+import heapq
 import logging
+import math
 import os
-import resource
+import random
 import select
 import signal
 import time
@@ -68,10 +77,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from saturnd import mail, taskdir
+from saturnd import history, liveruns, mail, runends, taskdir
 from saturnd.launch import Launcher, input_fd, strerror
+from saturnd.p5setup import (
+    STOP_ASKED,
+    empty,
+    on_stop,
+    open_null,
+    raise_fd_limit,
+    sigchld_waker,
+)
 from saturnd.pendingruns import RETRIABLE, PendingRuns, Recorder
 from saturnd.proc import decode_status
+from saturnd.relay import CHUNK, Stream, describe_cuts, pipe_capacity, pump, store, stored
+from saturnd.runpolicy import STOP_GRACE, failed, record_of, timeout_grace
+from saturnd.runrecord import (
+    EXITED,
+    KILLED,
+    OUTCOME_NAMES,
+    TIMED_OUT,
+)
 from saturnd.task import NO_EXTRAS, Extras
 from saturnd.taskenv import Identity, environment
 
@@ -79,19 +104,13 @@ __all__ = ["Batch", "Recorder", "RunSpec", "Supervisor"]
 
 
 # What P5 reads from a pipe at once, and moves to /dev/null at once past the cap.
-_CHUNK: Final = 1 << 16
-_DISCARD: Final = 1 << 20
 _POLL_IN: Final = select.POLLIN | select.POLLHUP | select.POLLERR
 
-# Descriptors a run holds while its command runs (task directory, two files, two
-# pipes), plus the two write ends and its input held while it is being started.
-_FDS_PER_RUN: Final = 8
+# A run's descriptors (directory, 2 files, 2 pipes, marker; 2 write ends, input at start).
+_FDS_PER_RUN: Final = 9
 # Descriptors kept free for everything else P5 opens (the recorder's, the logger's).
 _FD_RESERVE: Final = 32
-# A hard limit this high is as good as none; P5 does not raise its own past it.
-_FD_CEILING: Final = 1 << 20
 
-_DEV_NULL: Final = b"/dev/null"
 # Read back for the mail of the run's output.
 _OUTPUT_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -111,6 +130,8 @@ class RunSpec:
     argv: tuple[bytes, ...]
     start_time: int
     extras: Extras = NO_EXTRAS
+    flags: int = 0
+    """runrecord flags the run's record carries (BY_HAND, CAUGHT_UP)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +149,7 @@ class Batch:
     p5_close: tuple[tuple[int, int], ...]
     max_output: int
     role: str  # P5's process title (proctitle.py)
-
-
-@dataclass(slots=True)
-class _Stream:
-    """One of a command's output pipes as P5 relays it into its temporary file."""
-
-    pipe: int
-    file: int
-    room: int  # bytes the file may still take
-    cut: bool = False  # bytes were discarded (past the cap, or the file failed)
-    error: OSError | None = None
+    keep_outputs: int = history.DEFAULT_KEEP_OUTPUTS  # runs whose outputs stay (history.py)
 
 
 @dataclass(slots=True)
@@ -149,12 +160,18 @@ class _Run:
     dirfd: int
     out_name: bytes
     err_name: bytes
-    streams: list[_Stream] = field(default_factory=list)
+    streams: list[Stream] = field(default_factory=list)
     pid: int = -1
     status: int | None = None  # the command's wait status, None if it never ran
     started: float = 0.0  # monotonic, for the log's duration only
     failure: str = ""  # why the command could not start, for the log ("" if it did)
     env: dict[bytes, bytes] = field(default_factory=dict)  # the command's environment
+    number: int = 0  # in P5's batch
+    start: int = 0  # the real start the history records (epoch seconds, daemon's clock)
+    marker: liveruns.Marker | None = None
+    stopped: int = EXITED  # TIMED_OUT or KILLED once P5 began stopping the command
+    term_at: float = math.inf  # monotonic: SIGTERM then (its timeout)
+    kill_at: float = math.inf  # monotonic: SIGKILL then (the grace after SIGTERM)
 
 
 class Supervisor:
@@ -164,15 +181,18 @@ class Supervisor:
         self.batch = batch
         self.log = batch.logger
         self.pid = os.getpid()
-        self.null = _open_null()
-        self.waker = _sigchld_waker()  # before the first spawn: a command may end at once
+        self.null = open_null()
+        # Before any run's marker exists: a stop request's SIGUSR1 must not end P5.
+        with contextlib.suppress(ValueError):  # not the main thread: tests only
+            signal.signal(signal.SIGUSR1, on_stop)
+        self.waker = sigchld_waker()  # before the first spawn: a command may end at once
         self.poller = select.poll()
         if self.waker >= 0:
             self.poller.register(self.waker, select.POLLIN)
         self.running: dict[int, _Run] = {}  # by the command's pid
-        self.pipes: dict[int, tuple[_Run, _Stream]] = {}  # every pipe still open
+        self.pipes: dict[int, tuple[_Run, Stream]] = {}  # every pipe still open
         self.unstarted: list[_Run] = []  # no command (cannot execute...): to record
-        daemon_limit, budget = _raise_fd_limit()
+        daemon_limit, budget = raise_fd_limit()
         self.launcher = Launcher(self.null, daemon_limit)
         # Shared by every run without variables of its own: most of a big batch.
         self.plain_env = environment(batch.identity)
@@ -185,22 +205,35 @@ class Supervisor:
         self.held = 0  # descriptors the runs hold
         self.started = 0  # runs numbered so far
         self.pending = PendingRuns(self.pid, batch.record, self.log)
+        self.began = time.monotonic()
+        # Runs waiting for their jitter: (when, order, spec).
+        self.delayed: list[tuple[float, int, RunSpec]] = []
 
     def run(self) -> None:
-        """Start every run (as descriptors allow), then relay and record until the
-        last command has ended and nothing holds any output pipe."""
+        """Start every run (as descriptors allow, each after its jitter), then relay,
+        stop (timeouts, KILL) and record until the last command has ended and nothing
+        holds any output pipe."""
         specs = iter(self.batch.specs)
         more = True
         waited = False
-        began = time.monotonic()
+        began = self.began
         while True:
             while more and (self._room_for_a_run() or not (self.running or self.pipes)):
                 spec = next(specs, None)
                 if spec is None:
                     more = False
                     self._log_starts(began)
+                elif spec.extras.jitter > 0:
+                    # Delayed alone: the batch's other runs start on time.
+                    due = began + random.uniform(0, spec.extras.jitter)
+                    heapq.heappush(self.delayed, (due, self.started + len(self.delayed), spec))
                 else:
                     self._start(spec)
+            now = time.monotonic()
+            while self.delayed and self.delayed[0][0] <= now:
+                if not self._room_for_a_run() and (self.running or self.pipes):
+                    break
+                self._start(heapq.heappop(self.delayed)[2])
             if more and not waited and self.log is not None:
                 waited = True
                 self.log.warning(
@@ -210,10 +243,12 @@ class Supervisor:
                 )
             while self.unstarted:
                 self._finish(self.unstarted.pop())
-            if not more and not self.running and not self.pipes:
+            if not more and not self.running and not self.pipes and not self.delayed:
                 self.pending.linger()
                 return
-            timeout = 200 if self.running and self.waker < 0 else None
+            timeout = self._timers(time.monotonic())
+            if self.running and self.waker < 0:
+                timeout = 200 if timeout is None else min(timeout, 200)
             if self.pending:
                 wait = self.pending.wait_ms()
                 timeout = wait if timeout is None else min(timeout, wait)
@@ -222,13 +257,58 @@ class Supervisor:
             for fd, _ in events:
                 if fd == self.waker:
                     woken = True
-                    _empty(fd)
+                    empty(fd)
                 elif fd in self.pipes:
-                    self._relay(fd, _CHUNK)
+                    self._relay(fd, CHUNK)
+            if STOP_ASKED:
+                STOP_ASKED.clear()
+                self._stop_requested()
             if woken:
                 self._reap()
             if self.pending.due():
                 self.pending.retry()
+
+    def _timers(self, now: float) -> int | None:
+        """Send what is due (SIGTERM at a timeout, SIGKILL after the grace); the ms to
+        the next timer or jittered start, None if there is none."""
+        soonest = self.delayed[0][0] if self.delayed else math.inf
+        for run in self.running.values():
+            if run.term_at <= now:
+                self._stop(run, TIMED_OUT, now, timeout_grace(run.spec.extras.timeout))
+            if run.kill_at <= now:
+                run.kill_at = math.inf
+                liveruns.stop_group(run.pid, signal.SIGKILL)
+            soonest = min(soonest, run.term_at, run.kill_at)
+        if soonest == math.inf:
+            return None
+        return max(0, math.ceil((soonest - now) * 1000))
+
+    def _stop(self, run: _Run, outcome: int, now: float, grace: float) -> None:
+        """SIGTERM the command's process group now, SIGKILL after `grace` seconds."""
+        run.term_at = math.inf
+        if run.stopped != EXITED:
+            return  # already being stopped: the first reason stays
+        run.stopped = outcome
+        run.kill_at = now + grace
+        liveruns.stop_group(run.pid, signal.SIGTERM)
+        if self.log is not None:
+            self.log.info(
+                "task %d: stopping run pid %d (%s)",
+                run.spec.task_id,
+                run.pid,
+                OUTCOME_NAMES[outcome],
+            )
+
+    def _stop_requested(self) -> None:
+        """SIGUSR1: stop each run that has a stop request (taskdir.request_stop)."""
+        now = time.monotonic()
+        for run in list(self.running.values()):
+            name = liveruns.stop_name(self.pid, run.number)
+            try:
+                os.unlink(name, dir_fd=run.dirfd)
+            except OSError:
+                continue  # no request for this run
+            self._stop(run, KILLED, now, STOP_GRACE)
 
     def _room_for_a_run(self) -> bool:
         # When nothing is left to wait for, a run is started anyway: if descriptors
@@ -250,6 +330,11 @@ class Supervisor:
             if logger is not None:
                 logger.error("task %d: empty command line, not run", spec.task_id)
             return
+        # Real start: a jittered run starts late; the record says when.
+        start = spec.start_time
+        if spec.extras.jitter > 0:
+            start += int(time.monotonic() - self.began)
+        runends.reap_abandoned(spec.task_id, spec.task_dir, start, self.batch.record, logger)
         out_name, err_name = taskdir.temporary_names(self.pid, self.started)
         dirfd = out = -1
         try:
@@ -277,14 +362,23 @@ class Supervisor:
             if extras.env or extras.mailto is not None
             else self.plain_env
         )
-        run = _Run(spec, dirfd, out_name, err_name, started=time.monotonic(), env=env)
+        run = _Run(
+            spec,
+            dirfd,
+            out_name,
+            err_name,
+            started=time.monotonic(),
+            env=env,
+            number=self.started,
+            start=start,
+        )
         write_ends: list[int] = []
         stdin = -1
         message = b""
         try:
             for file in (out, err):
                 read_end, write_end = os.pipe2(os.O_CLOEXEC)
-                run.streams.append(_Stream(read_end, file, self.batch.max_output))
+                run.streams.append(Stream(read_end, file, self.batch.max_output))
                 write_ends.append(write_end)
                 self.held += 1
             if extras.stdin:
@@ -305,6 +399,18 @@ class Supervisor:
             os.close(stdin)
         if run.pid > 0:
             self.running[run.pid] = run
+            if extras.timeout > 0:
+                run.term_at = run.started + extras.timeout
+            try:
+                run.marker = liveruns.create_marker(
+                    dirfd, self.pid, run.number, start, run.pid, spec.flags
+                )
+                self.held += 1
+            except OSError as error:
+                if logger is not None:  # the run goes on, unseen by KILL and status
+                    logger.error(
+                        "task %d: cannot mark run pid %d: %s", spec.task_id, run.pid, error
+                    )
             for stream in run.streams:
                 self.pipes[stream.pipe] = (run, stream)
                 self.poller.register(stream.pipe, _POLL_IN)
@@ -314,8 +420,8 @@ class Supervisor:
             stream.pipe = -1
             self.held -= 1
         if len(run.streams) < 2:
-            run.streams = [_Stream(-1, out, 0), _Stream(-1, err, self.batch.max_output)]
-        _store(run.streams[1], message)
+            run.streams = [Stream(-1, out, 0), Stream(-1, err, self.batch.max_output)]
+        store(run.streams[1], message)
         self.unstarted.append(run)
 
     def _enter(self, home: bytes) -> None:
@@ -334,7 +440,7 @@ class Supervisor:
         Returns the bytes moved; 0 at end of file or when the pipe is empty."""
         stream = self.pipes[fd][1]
         try:
-            moved = _pump(stream, self.null, limit)
+            moved = pump(stream, self.null, limit)
         except BlockingIOError:
             return 0  # empty (a pipe of an ended command, made non-blocking)
         if not moved:
@@ -370,9 +476,9 @@ class Supervisor:
             if fd < 0:
                 continue
             os.set_blocking(fd, False)
-            budget = _pipe_capacity(fd)
+            budget = pipe_capacity(fd)
             while budget > 0:
-                moved = self._relay(fd, min(budget, _CHUNK))
+                moved = self._relay(fd, min(budget, CHUNK))
                 if not moved:
                     break
                 budget -= moved
@@ -384,7 +490,7 @@ class Supervisor:
         logger = self.log
         output = b""
         if self.mailer.wants(run.spec.extras.mailto, run.env):
-            output = _stored(run.streams, self.batch.max_output)
+            output = stored(run.streams, self.batch.max_output)
         for stream in run.streams:
             os.close(stream.file)
             stream.room = 0  # nothing more is stored
@@ -392,14 +498,27 @@ class Supervisor:
         exitcode = ended.exitcode
         duration = time.monotonic() - run.started
         dirfd = run.dirfd
+        streams = run.streams
+        cuts = (len(streams) > 0 and streams[0].cut, len(streams) > 1 and streams[1].cut)
+        entry = record_of(
+            run.start, run.pid, run.status, run.stopped, spec.flags, cuts, exitcode, duration
+        )
         # Record and rename as one step with respect to other runs of this task: the run
         # recorded last is the one whose output stays (see the module docstring).
         recorded = published = kept = False
         try:
             taskdir.lock_runs(dirfd)
             self.pending.record_before(spec.task_id, spec.task_dir, dirfd)  # earlier runs first
-            self.batch.record(spec.task_dir, spec.start_time, exitcode)
+            self.batch.record(spec.task_dir, run.start, exitcode)
             recorded = True
+            runends.record_more(
+                run.dirfd,
+                entry,
+                (run.out_name, run.err_name),
+                (self.pid, run.number, self.batch.keep_outputs),
+                spec.task_id,
+                logger,
+            )
             taskdir.publish(dirfd, run.out_name, run.err_name)
             published = True
         except FileNotFoundError:
@@ -418,7 +537,7 @@ class Supervisor:
                     )
             elif isinstance(error, OSError) and error.errno in RETRIABLE:
                 pending = taskdir.PendingRun(
-                    spec.start_time,
+                    run.start,
                     self.pid,
                     taskdir.run_number(run.out_name),
                     exitcode,
@@ -433,7 +552,7 @@ class Supervisor:
                 logger.error(
                     "task %d: run LOST, not recorded (start %d, exit code %d, pid %d): %s",
                     spec.task_id,
-                    spec.start_time,
+                    run.start,
                     exitcode,
                     run.pid,
                     error,
@@ -442,6 +561,9 @@ class Supervisor:
             if not published and not kept:
                 _unlink(dirfd, run.out_name)
                 _unlink(dirfd, run.err_name)
+            if run.marker is not None:
+                liveruns.drop_marker(dirfd, run.marker)  # after the record: never abandoned
+                self.held -= 1
             os.close(dirfd)  # also releases the lock
             self.held -= 3
         if published and logger is not None and run.pid < 0:
@@ -459,143 +581,15 @@ class Supervisor:
                 exitcode,
                 ended.text,
                 duration,
-                _describe_cuts(run.streams, self.batch.max_output),
+                describe_cuts(run.streams, self.batch.max_output),
             )
         if output:
             self.mailer.send(spec.task_id, spec.argv, spec.extras.mailto, run.env, output)
-
-
-def _stored(streams: list[_Stream], max_output: int) -> bytes:
-    """What a run's files hold, stdout then stderr (what cannot be read is left out)."""
-    parts = []
-    for stream in streams:
-        try:
-            # The room left says the size, unless the stream was cut or failed.
-            size = max_output - stream.room if stream.room > 0 else os.fstat(stream.file).st_size
-            parts.append(os.pread(stream.file, size, 0) if size else b"")
-        except OSError:
-            continue
-    return b"".join(parts)
-
-
-def _open_null() -> int:
-    """/dev/null, at a descriptor >= 3: if the daemon had closed 0, 1 or 2, the numbers
-    taken first stay as placeholders (every command gets its own 0, 1 and 2)."""
-    null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
-    while null < 3:
-        null = os.open(_DEV_NULL, os.O_RDWR | os.O_CLOEXEC)
-    return null
-
-
-def _raise_fd_limit() -> tuple[int | None, int]:
-    """Raise P5's soft RLIMIT_NOFILE to its hard limit: (the limit to spawn commands
-    under, None if unchanged; the limit P5 now has)."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        return None, 1024
-    ceiling = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
-    if soft != resource.RLIM_INFINITY and soft < ceiling:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
-        except (OSError, ValueError):
-            return None, soft
-        return soft, ceiling
-    return None, _FD_CEILING if soft == resource.RLIM_INFINITY else soft
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """SIGCHLD in P5: nothing to do here; the wakeup fd has woken the poll loop."""
-
-
-def _sigchld_waker() -> int:
-    """A descriptor that becomes readable when a command ends (SIGCHLD on a self-pipe);
-    -1 if none can be set up, and then P5 looks for ended commands a few times a
-    second."""
-    try:
-        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return -1
-    try:
-        signal.signal(signal.SIGCHLD, _on_signal)
-        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except (OSError, ValueError):  # ValueError: not the main thread
-        os.close(read_end)
-        os.close(write_end)
-        return -1
-    return read_end
-
-
-def _pump(stream: _Stream, null: int, limit: int) -> int:
-    """Move up to `limit` bytes from the stream's pipe: into its file while there is
-    room, else to /dev/null. Returns the bytes moved, 0 at end of file (the pipe is
-    closed then); raises BlockingIOError when a non-blocking pipe is empty."""
-    if stream.room > 0:
-        data = os.read(stream.pipe, limit)
-        if data:
-            _store(stream, data)
-    else:
-        data = b""
-        try:
-            # Past the cap: the kernel moves the bytes to /dev/null without copying
-            # them through Python, so a flood of output costs little CPU.
-            moved = os.splice(stream.pipe, null, limit, flags=os.SPLICE_F_NONBLOCK)
-        except OSError as error:
-            if isinstance(error, BlockingIOError):
-                raise
-            moved = len(os.read(stream.pipe, limit))  # no splice here: read and drop
-        if moved:
-            return moved
-    if not data:
-        os.close(stream.pipe)
-        stream.pipe = -1
-        return 0
-    return len(data)
-
-
-def _store(stream: _Stream, data: bytes) -> None:
-    """Write what fits under the cap; a failing file is cut where it failed."""
-    view = memoryview(data)[: stream.room]
-    if len(view) < len(data):
-        stream.cut = True
-    while view:
-        try:
-            written = os.write(stream.file, view)
-        except OSError as error:  # disk full, file size limit, I/O error
-            stream.error = error
-            stream.cut = True
-            stream.room = 0
-            return
-        view = view[written:]
-        stream.room -= written
-
-
-def _pipe_capacity(fd: int) -> int:
-    """How many bytes a pipe can hold (what a writer may have left in it)."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-    except (OSError, AttributeError):
-        return 1 << 16  # Linux's default
-
-
-def _empty(fd: int) -> None:
-    """Read a non-blocking self-pipe until it is empty."""
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
-def _describe_cuts(streams: list[_Stream], limit: int) -> str:
-    """What the log says about output that was not kept, or nothing."""
-    notes = []
-    for name, stream in zip(("stdout", "stderr"), streams, strict=False):
-        if stream.error is not None:
-            notes.append(f"; {name} cut: {strerror(stream.error).decode()}")
-        elif stream.cut:
-            notes.append(f"; {name} cut at {limit} bytes")
-    return "".join(notes)
+        if spec.extras.on_failure and failed(entry):
+            keeping = (self.pid, run.number, self.batch.keep_outputs)
+            runends.on_failure(
+                spec.task_id, spec.task_dir, spec.extras, run.env, entry, keeping, self.null, logger
+            )
 
 
 def _unlink(dirfd: int, name: bytes) -> None:

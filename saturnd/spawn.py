@@ -53,12 +53,14 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Final, NoReturn
 
 from saturnd import mail, proctitle, taskdir
+from saturnd.history import DEFAULT_KEEP_OUTPUTS
 from saturnd.launch import CATCHABLE_SIGNALS
 from saturnd.proc import EXITCODE_ABNORMAL, decode_status
 from saturnd.runsupervisor import Batch, Recorder, RunSpec, Supervisor
 from saturnd.taskenv import Identity
 
 __all__ = [
+    "DEFAULT_KEEP_OUTPUTS",
     "DEFAULT_MAX_OUTPUT",
     "EXITCODE_ABNORMAL",
     "Recorder",
@@ -78,6 +80,7 @@ def spawn_run(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    keep_outputs: int = DEFAULT_KEEP_OUTPUTS,
     sendmails: Sequence[bytes] | None = None,
 ) -> None:
     """Start one run of `spec` (a batch of one, see `spawn_runs`).
@@ -92,6 +95,7 @@ def spawn_run(
         record=record,
         logger=logger,
         max_output=max_output,
+        keep_outputs=keep_outputs,
         sendmails=sendmails,
     )
 
@@ -103,6 +107,7 @@ def spawn_runs(
     record: Recorder | None = None,
     logger: logging.Logger | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    keep_outputs: int = DEFAULT_KEEP_OUTPUTS,
     role: str = "runs",
     sendmails: Sequence[bytes] | None = None,
 ) -> None:
@@ -115,6 +120,7 @@ def spawn_runs(
     when the command ends, renames the outputs over `stdout` and `stderr`, logs one
     line per run via `logger` and exits once nothing holds any command's output open
     any more. A spec with an empty command line is logged and skipped.
+    The outputs of the last `keep_outputs` runs of each task are kept (history.py).
     `keep_fds` stay open in P5 (with the logger's handler descriptors); every other
     descriptor >= 3 is closed there, and no command inherits any of them. P5 is named
     `saturnd: <role>` (`proctitle.runs_role`: "runs of HH:MM"). A run's output is
@@ -145,6 +151,7 @@ def spawn_runs(
         p5_close=_close_ranges(keep, _fd_limit()),
         max_output=max_output,
         role=role,
+        keep_outputs=keep_outputs,
     )
 
     p4 = os.fork()

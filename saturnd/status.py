@@ -43,7 +43,7 @@ from typing import Final
 
 import psutil
 
-from saturnd import proctitle, taskdir
+from saturnd import liveruns, proctitle, taskdir
 from saturnd.startup import Paths, running_pid
 from saturnd.store import Store, StoreError
 
@@ -393,16 +393,21 @@ def measure_daemon(pid: int) -> tuple[ProcessInfo, ...]:
     return tuple(infos)
 
 
-def _run_of(task_id: int, pid: int, file_changed: float) -> RunInfo | None:
+def _run_of(
+    task_id: int, pid: int, file_changed: float, marked: dict[int, list[int]] | None = None
+) -> RunInfo | None:
     """The run whose supervisor is `pid`, if that process is alive, ours and older
-    than its output file (a younger one is a reused pid)."""
+    than its output file (a younger one is a reused pid). Its commands are those its
+    markers name (`marked`: command pids by P5 pid), else all its supervisor's
+    children (a P5 of a version without markers)."""
     try:
         process = psutil.Process(pid)
         with process.oneshot():
             uid = process.uids().real
             started = start_time(process)
             role = _role(process)
-        commands = tuple(sorted(child.pid for child in process.children()))
+        mine = (marked or {}).get(pid)
+        commands = tuple(sorted(mine or (child.pid for child in process.children())))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
     if uid != os.getuid() or started > file_changed + _CLOCK_SLACK:
@@ -423,8 +428,14 @@ def runs_in_progress(state_dir: Path) -> tuple[RunInfo, ...]:
         task_id = taskdir.task_id_of(entry.name)
         if task_id is None or not entry.is_dir(follow_symlinks=False):
             continue
-        for pid, changed in taskdir.runs_in_progress(entry.path):
-            run = _run_of(task_id, pid, changed)
+        temporaries = taskdir.run_temporaries(entry.path)
+        marked: dict[int, list[int]] = {}
+        if temporaries:
+            for live in liveruns.live_runs(entry.path):
+                if live.alive:
+                    marked.setdefault(live.p5_pid, []).append(live.pid)
+        for pid, changed in temporaries:
+            run = _run_of(task_id, pid, changed, marked)
             if run is not None:
                 runs.append(run)
     return tuple(sorted(runs, key=lambda run: (run.task_id, run.pid)))
@@ -458,6 +469,30 @@ def pending_runs(state_dir: Path) -> tuple[int, str | None]:
             count += len(runs)
             tasks.append(task_id)
     return count, pending_text(count, oldest, tasks) if count else None
+
+
+def abandoned_runs(state_dir: Path) -> str | None:
+    """The problem line for runs whose supervising process was killed, or None."""
+    try:
+        entries = list(os.scandir(state_dir))
+    except OSError:
+        return None  # not listable: runs_in_progress has said why
+    found: list[str] = []
+    for entry in entries:
+        task_id = taskdir.task_id_of(entry.name)
+        if task_id is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        found.extend(
+            f"task {task_id} (command {run.pid})"
+            for run in liveruns.live_runs(entry.path)
+            if not run.alive
+        )
+    if not found:
+        return None
+    return (
+        f"runs whose supervising process was killed: {', '.join(found)}; each is recorded "
+        "as killed, and its command killed, at its task's next run or cassini --kill"
+    )
 
 
 def _quiet_logger() -> logging.Logger:
@@ -511,6 +546,7 @@ def gather(paths: Paths) -> Status:
     tasks, problem = count_tasks(paths.state_dir)
     full = disk_full(paths.state_dir)
     pending, unrecorded = pending_runs(paths.state_dir)
+    abandoned = abandoned_runs(paths.state_dir)
     return Status(
         pipes_dir=paths.pipes_dir,
         state_dir=paths.state_dir,
@@ -518,7 +554,7 @@ def gather(paths: Paths) -> Status:
         processes=processes,
         tasks=tasks,
         runs=runs_in_progress(paths.state_dir),
-        problems=tuple(p for p in (problem, full, unrecorded) if p),
+        problems=tuple(p for p in (problem, full, unrecorded, abandoned) if p),
         full=full is not None,
         pending=pending,
     )

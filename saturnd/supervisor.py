@@ -39,7 +39,7 @@ from typing import Final
 from saturnd import proc, proctitle
 from saturnd.clock import Clock
 from saturnd.listener import EXIT_TERMINATED, Listener
-from saturnd.spawn import DEFAULT_MAX_OUTPUT
+from saturnd.spawn import DEFAULT_KEEP_OUTPUTS, DEFAULT_MAX_OUTPUT
 from saturnd.startup import (
     PIPES_HINT,
     DaemonError,
@@ -95,6 +95,7 @@ class Supervisor:
         locks: Locks,
         max_output: int | None = None,
         pipes_base: Path | None = None,
+        keep_outputs: int = DEFAULT_KEEP_OUTPUTS,
     ) -> None:
         """`pipes_base`: the first directory of ours above the pipes directory (see
         `startup.secure_dir`), checked again if the pipes directory must be created again."""
@@ -104,6 +105,7 @@ class Supervisor:
         self.log = logger
         self.locks = locks
         self.max_output = max_output
+        self.keep_outputs = keep_outputs
         self.stop = proc.StopFlag()
         self.pid = os.getpid()  # after detaching: the parts' parent
         self.parts = {
@@ -166,6 +168,7 @@ class Supervisor:
             wake_fd,
             keep_fds=log_fds(self.log),
             max_output=DEFAULT_MAX_OUTPUT if self.max_output is None else self.max_output,
+            keep_outputs=self.keep_outputs,
             # Forked before the parent counted this start: 0 means the daemon's first.
             first_start=self.parts["executor"].starts == 0,
         )

@@ -4,6 +4,8 @@ its outputs, and finding the runs in progress in it.
 The files (DESIGN.md "Files"; the byte layout of the history is `records.py`'s):
 
     task_<ID>/times-exitcodes          NBRUNS, then TIME + EXITCODE per finished run
+    task_<ID>/history, kept.…          the rich history, the kept outputs (history.py)
+    task_<ID>/running.…, stop.…        runs in progress, stop requests (liveruns.py)
     task_<ID>/stdout, stderr           what the last finished run wrote
     task_<ID>/stdout.<P5 pid>.<n>.tmp  a run in progress (n: its number in P5's batch),
     task_<ID>/stderr.<P5 pid>.<n>.tmp  renamed over stdout and stderr when it is recorded
@@ -31,7 +33,12 @@ Rules:
   neither, and a reader that wants a history and an output that agree takes LOCK_SH
   on the directory.
 - `append_run` writes the run, syncs, then the count: a crash leaves the old count or
-  the new one, never a count that includes a run not on disk.
+  the new one, never a count that includes a run not on disk. Past 2 x
+  history.HISTORY_KEEP runs it rewrites the file with the last HISTORY_KEEP (a rename:
+  every recorder holds `lock_runs`, so no append goes to the replaced file).
+- Runs in progress are known by their markers (liveruns.py); one whose P5 was killed
+  is recorded KILLED by `reap_abandoned` (at the task's next run, or at a KILL).
+  A skipped run (`record_skipped`) is in `history` only.
 - Pending runs (`pend`, `flush_pending`). A run whose record the disk refuses keeps
   its record in the *names* of its temporaries, renamed: a rename needs no data block,
   so it works on a full disk, is atomic, and survives the death of its P5 or of the
@@ -58,7 +65,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from saturnd import history, liveruns
+from saturnd.clock import SystemClock
+from saturnd.history import kept_output, read_history
 from saturnd.records import RUN_SIZE, RUNS_HEAD_SIZE, complete_runs, encode_nbruns, encode_run
+from saturnd.runrecord import EXITED, KILLED, SKIPPED, RunRecord
 from saturnd.statefile import pwrite_all
 
 __all__ = [
@@ -83,6 +94,12 @@ __all__ = [
     "removed_name",
     "repair_dirs",
     "run_number",
+    "read_history",
+    "kept_output",
+    "record_skipped",
+    "reap_abandoned",
+    "request_stop",
+    "run_temporaries",
     "runs_in_progress",
     "task_id_of",
     "temporary_names",
@@ -195,7 +212,7 @@ def _read_all(fd: int, want: int) -> bytes:
         want = 1 << 20
 
 
-def runs_in_progress(task_dir: str | Path) -> list[tuple[int, float]]:
+def run_temporaries(task_dir: str | Path) -> list[tuple[int, float]]:
     """(P5 pid, change time of its temporary stdout) of each run in progress in a task
     directory, as its temporaries show them; the caller checks the P5 is alive and its
     own. Empty when the directory is gone or unreadable (no run of ours can be there)."""
@@ -244,8 +261,22 @@ def append_run(task_dir: Path, time: int, exitcode: int) -> None:
         os.fdatasync(fd)
         pwrite_all(fd, encode_nbruns(count + 1), 0)
         os.fdatasync(fd)
+        if count + 1 > 2 * history.HISTORY_KEEP:
+            _compact_runs(fd, task_dir, count + 1)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _compact_runs(fd: int, task_dir: Path, count: int) -> None:
+    """Rewrite `times-exitcodes` with its last HISTORY_KEEP runs (history.py's bound).
+    Every recorder of a run holds `lock_runs`, so none appends to the old file."""
+    keep = history.HISTORY_KEEP
+    runs = os.pread(fd, keep * RUN_SIZE, RUNS_HEAD_SIZE + (count - keep) * RUN_SIZE)
+    dir_fd = os.open(task_dir, _OPEN_DIR)
+    try:
+        history.compact_file(dir_fd, TIMES_EXITCODES, encode_nbruns(keep) + runs)
+    finally:
+        os.close(dir_fd)
 
 
 def lock_runs(dir_fd: int) -> None:
@@ -389,6 +420,11 @@ def flush_pending(
                     os.rename(old_out, claimed.names()[0], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                     run = claimed
                 record(task_dir, run.start, run.exitcode)
+                # All a pending run's name keeps: its start and exit code.
+                outcome = EXITED if run.exitcode != 0xFFFF else KILLED
+                history.append_history(
+                    dir_fd, RunRecord(run.start, run.start, run.exitcode, outcome)
+                )
             if run.on_disk:
                 out, err = run.names()
                 if publish_last and index == len(runs) - 1:
@@ -470,3 +506,91 @@ def delete_dir(state_dir: Path, task_id: int, log: logging.Logger) -> None:
         shutil.rmtree(doomed)
     except OSError as error:
         log.warning("cannot delete %s (retried at next start): %s", doomed, error)
+
+
+# --- runs in progress, stopped, abandoned, skipped --------------------------------------
+
+
+def runs_in_progress(task_dir: Path) -> list[tuple[int, int]]:
+    """(start, command pid) of each run of the task in progress, by start (pid 0 if not
+    known yet); a run whose supervising process was killed is not in progress."""
+    return [(run.start, run.pid) for run in liveruns.live_runs(task_dir) if run.alive]
+
+
+def request_stop(task_dir: Path, now: int | None = None) -> int:
+    """Stop every run of the task in progress: its P5 sends SIGTERM to the command's
+    process group, then SIGKILL after a grace, and records it KILLED. A run whose P5
+    was killed is stopped and recorded here (end `now`, default the system clock).
+    Returns how many runs were asked to stop."""
+    try:
+        dir_fd = os.open(task_dir, _OPEN_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        count = 0
+        abandoned = False
+        for run in liveruns.live_runs(dir_fd):
+            if run.alive and liveruns.want_stop(dir_fd, run):
+                count += 1
+            else:
+                abandoned = True
+        if abandoned:
+            count += reap_abandoned(task_dir, _now() if now is None else now)
+        return count
+    finally:
+        os.close(dir_fd)
+
+
+def _now() -> int:
+    """The listener's KILL passes no time: the system clock's."""
+    return int(SystemClock().now())
+
+
+def reap_abandoned(
+    task_dir: Path, now: int, record: Callable[[Path, int, int], None] | None = None
+) -> int:
+    """Record, KILLED, every run of the task whose supervising process was killed (end:
+    `now`), after killing its command if it still runs; publish what it wrote. Takes
+    `lock_runs`. Returns how many. Raises OSError (FileNotFoundError: task removed)."""
+    record = append_run if record is None else record
+    dir_fd = os.open(task_dir, _OPEN_DIR)
+    try:
+        runs = [run for run in liveruns.live_runs(dir_fd) if not run.alive]
+        if not runs:
+            return 0
+        lock_runs(dir_fd)
+        found = 0
+        # A P5 killed after its run's history record, before unlinking the marker.
+        done = {(entry.start, entry.pid) for entry in history.read_history(task_dir)[-64:]}
+        for run in liveruns.live_runs(dir_fd):  # again, under the lock
+            if run.alive:
+                continue
+            liveruns.kill_abandoned(run)
+            if (run.start, run.pid) not in done:
+                record(task_dir, run.start, 0xFFFF)
+                history.append_history(
+                    dir_fd,
+                    RunRecord(run.start, max(now, run.start), 0xFFFF, KILLED, run.flags, run.pid),
+                )
+            try:
+                publish(dir_fd, *temporary_names(run.p5_pid, run.number))
+            except FileNotFoundError:
+                pass  # its outputs could not be made or are gone: the record stays
+            _unlink_entry(dir_fd, os.fsencode(run.name))
+            _unlink_entry(dir_fd, os.fsencode(liveruns.stop_name(run.p5_pid, run.number)))
+            found += 1
+        return found
+    finally:
+        os.close(dir_fd)
+
+
+def record_skipped(task_dir: Path, start: int, flags: int = 0) -> None:
+    """Record a run not started because the previous one still goes on (--no-overlap):
+    in `history` only (end = start, exit code 0xFFFF), never in `times-exitcodes`, whose
+    TX lists runs that ran. Raises OSError (FileNotFoundError: the task was removed)."""
+    dir_fd = os.open(task_dir, _OPEN_DIR)
+    try:
+        lock_runs(dir_fd)
+        history.append_history(dir_fd, RunRecord(start, start, 0xFFFF, SKIPPED, flags))
+    finally:
+        os.close(dir_fd)

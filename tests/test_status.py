@@ -16,7 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from saturnd import status, taskdir
+from saturnd import liveruns, status, taskdir
+from saturnd.spawn import RunSpec, spawn_runs
 from saturnd.startup import Paths
 from saturnd.status import ProcessInfo, RunInfo, Status
 from tests.conftest import NOW
@@ -446,3 +447,38 @@ def test_it_reports_a_full_state_directory_as_a_problem(small_tmpfs: Path) -> No
     running = Status(**{**report.__dict__, "processes": (ProcessInfo(1, NOW, 0, 0, 0.0),)})
     assert status.exit_status(running) == status.EXIT_CANNOT_RECORD == 4
     assert status.exit_status(report) == status.EXIT_NOT_RUNNING
+
+
+def test_it_shows_each_runs_own_command_and_the_runs_whose_supervisor_was_killed(
+    tmp_path: Path,
+) -> None:
+    for task_id in (3, 4):
+        (tmp_path / f"task_{task_id}").mkdir(mode=0o700)
+    spawn_runs(
+        [
+            RunSpec(task_id, tmp_path / f"task_{task_id}", (b"sleep", b"30"), NOW)
+            for task_id in (3, 4)
+        ]
+    )
+    try:
+        wait_for(lambda: len(status.runs_in_progress(tmp_path)) == 2, what="two runs")
+        wait_for(
+            lambda: all(taskdir.runs_in_progress(tmp_path / f"task_{i}") for i in (3, 4)),
+            what="both commands marked",
+        )
+        commands = {i: taskdir.runs_in_progress(tmp_path / f"task_{i}")[0][1] for i in (3, 4)}
+        runs = status.runs_in_progress(tmp_path)
+        # One P5 supervises both; each run shows its own command only.
+        assert {run.task_id: run.commands for run in runs} == {3: (commands[3],), 4: (commands[4],)}
+        assert status.abandoned_runs(tmp_path) is None
+        (live,) = liveruns.live_runs(tmp_path / "task_3")
+        os.kill(live.p5_pid, signal.SIGKILL)
+        wait_for(lambda: status.abandoned_runs(tmp_path), what="the abandoned runs")
+        problem = status.abandoned_runs(tmp_path)
+        assert problem is not None
+        assert f"task 3 (command {commands[3]})" in problem
+        assert f"task 4 (command {commands[4]})" in problem
+    finally:
+        for task_id in (3, 4):
+            taskdir.request_stop(tmp_path / f"task_{task_id}", now=NOW + 60)
+    assert status.abandoned_runs(tmp_path) is None

@@ -14,6 +14,14 @@ import pytest
 from saturnd import taskdir
 
 
+def run_files(directory: Path) -> list[str]:
+    """The course's files of a task directory and any leftover: without the rich
+    history and the kept outputs (history.py), which tests of their own check."""
+    return sorted(
+        name for name in os.listdir(directory) if name != "history" and not name.startswith("kept.")
+    )
+
+
 def test_it_names_the_files_as_on_disk_before() -> None:
     assert taskdir.dir_name(26) == "task_26"
     assert taskdir.removed_name(26, "0a1b2c3d") == ".removed-26-0a1b2c3d"
@@ -37,9 +45,9 @@ def test_it_reads_a_task_id_from_a_directory_name(name: str, task_id: int | None
 def test_it_finds_runs_in_progress_by_their_temporary_stdout(tmp_path: Path) -> None:
     for name in ("stdout.12.1.tmp", "stderr.12.1.tmp", "stdout.13.tmp", "stdout", "x.1.tmp"):
         (tmp_path / name).write_bytes(b"")
-    found = sorted(pid for pid, _changed in taskdir.runs_in_progress(tmp_path))
+    found = sorted(pid for pid, _changed in taskdir.run_temporaries(tmp_path))
     assert found == [12, 13]
-    assert taskdir.runs_in_progress(tmp_path / "gone") == []
+    assert taskdir.run_temporaries(tmp_path / "gone") == []
 
 
 def test_it_publishes_both_temporaries_over_the_outputs(tmp_path: Path) -> None:
@@ -52,7 +60,7 @@ def test_it_publishes_both_temporaries_over_the_outputs(tmp_path: Path) -> None:
         taskdir.publish(fd, out, err)
     finally:
         os.close(fd)
-    assert sorted(os.listdir(tmp_path)) == ["stderr", "stdout"]
+    assert run_files(tmp_path) == ["stderr", "stdout"]
     assert taskdir.read_file(tmp_path, "stdout") == b"o"
     assert taskdir.read_file(tmp_path, "stderr") == b"e"
     assert taskdir.read_file(tmp_path, taskdir.TIMES_EXITCODES) is None
@@ -104,7 +112,7 @@ def flush(
 def test_it_keeps_a_pending_run_in_the_names_of_its_outputs(tmp_path: Path) -> None:
     run = taskdir.PendingRun(1_790_000_060, 4242, 2, 126, whole=False)
     leave_pending(tmp_path, run, b"o")
-    assert sorted(os.listdir(tmp_path)) == [
+    assert run_files(tmp_path) == [
         "pending.1790000060.126.4242.2.c.stderr",
         "pending.1790000060.126.4242.2.c.stdout",
     ]
@@ -112,7 +120,7 @@ def test_it_keeps_a_pending_run_in_the_names_of_its_outputs(tmp_path: Path) -> N
     (found,) = taskdir.pending_runs(tmp_path)
     assert (found.exitcode, found.whole, found.on_disk, found.claimed) == (126, False, True, None)
     # Not a run in progress: status counts it apart.
-    assert taskdir.runs_in_progress(tmp_path) == []
+    assert taskdir.run_temporaries(tmp_path) == []
     assert taskdir.parse_pending("recording.3." + os.fsdecode(run.names()[0])) == run
     assert taskdir.parse_pending("pending.1.2.3.4.x.stdout") is None
     assert taskdir.pending_runs(tmp_path / "gone") == []
@@ -132,7 +140,7 @@ def test_it_records_pending_runs_in_order_of_start_and_publishes_the_last(tmp_pa
     assert flushed.error is None
     assert [run.start for run in flushed.recorded] == [160, 200, 220, 300]
     assert history(tmp_path) == [(100, 0), (160, 1), (200, 9), (220, 2), (300, 3)]
-    assert sorted(os.listdir(tmp_path)) == ["stderr", "stdout", "times-exitcodes"]
+    assert run_files(tmp_path) == ["stderr", "stdout", "times-exitcodes"]
     assert taskdir.read_file(tmp_path, "stdout") == b"300"
     assert taskdir.read_file(tmp_path, "stderr") == b"err 300"
 
@@ -140,7 +148,7 @@ def test_it_records_pending_runs_in_order_of_start_and_publishes_the_last(tmp_pa
 def test_it_deletes_pending_outputs_when_a_later_run_is_recorded_next(tmp_path: Path) -> None:
     leave_pending(tmp_path, taskdir.PendingRun(160, 11, 1, 1, whole=True), b"old")
     assert flush(tmp_path).error is None
-    assert sorted(os.listdir(tmp_path)) == ["times-exitcodes"]
+    assert run_files(tmp_path) == ["times-exitcodes"]
     assert history(tmp_path) == [(160, 1)]
 
 
@@ -180,4 +188,4 @@ def test_it_records_a_run_exactly_once_across_a_crash_while_recording_it(
     flushed = flush(tmp_path, publish_last=True)
     assert flushed.error is None and [r.start for r in flushed.recorded] == [160]
     assert history(tmp_path) == [(100, 0), (160, 4)]
-    assert sorted(os.listdir(tmp_path)) == ["stderr", "stdout", "times-exitcodes"]
+    assert run_files(tmp_path) == ["stderr", "stdout", "times-exitcodes"]
