@@ -42,6 +42,14 @@ Rules:
   executor whether this is its first start (`first_start`), and only then does it start
   them, as one batch before its first minute. An executor restarted after a crash, or
   one whose first start failed, never runs them; the clock never does.
+- The task's policies (issue 14): a paused task never starts by the clock (nor at a
+  start); a --catch-up task runs once, flagged CAUGHT_UP, at the first minute after a
+  forward move past the jump rule (a long stop, a machine off or asleep) when it missed
+  a start in between (`catch_up_runs`); a --no-overlap start is skipped and recorded
+  when a run of the task still goes on (decided in P5, as the batch is consumed, by
+  `_run_specs`). The jump rule's late runs are flagged CAUGHT_UP too.
+  `start_by_hand` is `cassini --run`'s way in (the listener calls it): one run now,
+  flagged BY_HAND, the schedule untouched.
 """
 
 from __future__ import annotations
@@ -49,20 +57,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from saturnd import proctitle, schedule
+from saturnd import proctitle, schedule, taskdir
 from saturnd.clock import Clock
 from saturnd.proc import StopFlag
+from saturnd.runrecord import BY_HAND, CAUGHT_UP
+from saturnd.schedule import ZonePlan
 from saturnd.spawn import DEFAULT_KEEP_OUTPUTS, DEFAULT_MAX_OUTPUT, RunSpec, spawn_runs
 from saturnd.store import Store, StoreError
 from saturnd.timing import Timing
 
 STATE_FILE: Final = "last-minute"
+Run = tuple[datetime, int, int]  # (wall minute the run is for, task id, runrecord flags)
 _STEADY: Final = ("normal", "none")  # plan kinds that are no clock move
 TEMPORARY: Final = f".{STATE_FILE}.tmp"
 _WALL_FORMAT: Final = "%Y-%m-%dT%H:%M"
@@ -219,6 +230,13 @@ class Executor:
             marks[""] = self.handled.wall
         plans = schedule.plan_zones(previous, marks, epoch_minute, groups)
         current = plans[""].current
+        paused = self.store.paused_ids()  # cached by the store: free
+        if paused:
+            plans = {
+                name: ZonePlan(zone.current, _without(zone.plan, paused))
+                for name, zone in plans.items()
+            }
+        caught = self._catch_up_policy(plans, marks, previous, groups)
         runs = [run for zone in plans.values() for run in zone.plan.runs]
         moved = [(name, zone) for name, zone in plans.items() if zone.plan.kind not in _STEADY]
         handled = Handled(
@@ -228,7 +246,7 @@ class Executor:
         )
         # The mark must be on disk before a run starts (at most once per minute across
         # restarts); an idle minute's need not be (see the module docstring).
-        durable = bool(runs) or self.changed or bool(moved)
+        durable = bool(runs) or bool(caught) or self.changed or bool(moved)
         try:
             save_handled(self.state_dir, handled, durable=durable)
         except OSError as error:
@@ -246,14 +264,28 @@ class Executor:
         restarted, self.restarted = self.restarted, False
         cause = "a restart" if restarted else "a clock jump"
         late = int(now) - epoch_minute * 60
+        flagged: set[tuple[datetime, int]] = set()
         for zone in plans.values():
             for minute, task_id in catch_ups(zone.plan, zone.current, late, restarted):
+                flagged.add((minute, task_id))
                 self.log.info(
                     "catch-up run of task %d for %s after %s",
                     task_id,
                     minute.strftime("%H:%M"),
                     cause,
                 )
+        for _minute, task_id, since in caught:
+            self.log.info(
+                "catch-up run of task %d (--catch-up: missed its starts since %s) after %s",
+                task_id,
+                since.strftime(_WALL_FORMAT),
+                cause,
+            )
+        batch: list[Run] = [
+            (minute, task_id, CAUGHT_UP if (minute, task_id) in flagged else 0)
+            for minute, task_id in runs
+        ]
+        batch += [(minute, task_id, CAUGHT_UP) for minute, task_id, _since in caught]
         for name, zone in moved:
             self.log.info(
                 "clock moved from the last handled minute: %s at %s%s (%d runs)",
@@ -262,14 +294,14 @@ class Executor:
                 f" in {name}" if name else "",
                 len(zone.plan.runs),
             )
-        if not runs:
+        if not batch:
             return
         # Every run of this tick is recorded with the second the tick read from the
         # clock: they start within milliseconds of it, and a fake clock that moves on
         # while we fork must not change what a run is recorded as.
         try:
             spawn_runs(
-                _run_specs(self.store, runs, int(now)),
+                _run_specs(self.store, batch, int(now), self.log),
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
@@ -279,7 +311,7 @@ class Executor:
         except OSError as error:
             self.log.error(
                 "cannot start the %d runs of %s: %s",
-                len(runs),
+                len(batch),
                 current.strftime(_WALL_FORMAT),
                 error.strerror or error,
             )
@@ -287,13 +319,15 @@ class Executor:
     def start_reboot_tasks(self, now: float) -> None:
         """Start every @reboot task once, as one batch recorded at `now`."""
         task_ids = reboot_tasks(self.store.timings)
+        paused = self.store.paused_ids()
+        task_ids = [task_id for task_id in task_ids if task_id not in paused]
         if not task_ids:
             return
         self.log.info("starting %d @reboot tasks", len(task_ids))
         moment = schedule.local_minute(int(now // 60), None)
         try:
             spawn_runs(
-                _run_specs(self.store, ((moment, task_id) for task_id in task_ids), int(now)),
+                _run_specs(self.store, [(moment, i, 0) for i in task_ids], int(now), self.log),
                 keep_fds=self.keep_fds,
                 logger=self.log,
                 max_output=self.max_output,
@@ -304,6 +338,31 @@ class Executor:
             self.log.error(
                 "cannot start the %d @reboot tasks: %s", len(task_ids), error.strerror or error
             )
+
+    def _catch_up_policy(
+        self,
+        plans: Mapping[str, ZonePlan],
+        marks: Mapping[str, datetime],
+        previous: int | None,
+        groups: Mapping[str, schedule.ZoneGroup],
+    ) -> list[tuple[datetime, int, datetime]]:
+        """The --catch-up runs of this minute: (minute, task id, the zone's last minute
+        handled), found only when a zone's clock moved forward past the jump rule."""
+        caught: list[tuple[datetime, int, datetime]] = []
+        wanted: frozenset[int] | None = None
+        for name, zone in plans.items():
+            last = _zone_last(marks, previous, name, groups[name])
+            if zone.plan.kind != "correction" or last is None or zone.current <= last:
+                continue
+            if wanted is None:
+                # Rare (a long stop, a machine off): decoding every task's extras is
+                # affordable then, and only then.
+                wanted = _catch_up_ids(self.store)
+            caught += [
+                (zone.current, task_id, last)
+                for task_id in catch_up_runs(zone.plan, last, zone.current, groups[name], wanted)
+            ]
+        return caught
 
     def _group(
         self, timings: Mapping[int, Timing]
@@ -363,14 +422,123 @@ def catch_ups(
     ]
 
 
-def _run_specs(store: Store, runs: Iterable[tuple[datetime, int]], start: int) -> Iterator[RunSpec]:
+def catch_up_runs(
+    plan: schedule.Plan,
+    last: datetime,
+    current: datetime,
+    group: schedule.ZoneGroup,
+    wanted: Collection[int],
+) -> list[int]:
+    """The ids of the `wanted` (--catch-up) tasks of a zone `group` that run once, for
+    `current`, because the zone's clock moved from `last` to `current` by more than the
+    jump rule covers and they missed a start in between. Within the rule's range the
+    rule itself runs the missed fixed-time minutes; a task that runs for `current`
+    anyway does not run twice."""
+    if plan.kind != "correction" or current <= last:
+        return []
+    running = {task_id for _minute, task_id in plan.runs}
+    zones = group.zones
+    found: list[int] = []
+    for task_id in sorted(wanted):
+        timing = group.tasks.get(task_id)
+        if timing is None or task_id in running or (zones is not None and timing.zone not in zones):
+            continue
+        if schedule.missed(timing, last, current):
+            found.append(task_id)
+    return found
+
+
+def start_by_hand(
+    store: Store,
+    task_id: int,
+    now: int,
+    *,
+    logger: logging.Logger,
+    keep_fds: Collection[int] = (),
+    max_output: int = DEFAULT_MAX_OUTPUT,
+) -> bool:
+    """`cassini --run`: start one run of task `task_id` now, flagged BY_HAND, and return
+    at once (spawn's two forks); False when there is no such task. The schedule, and
+    `last-minute`, are unchanged. A paused task runs (pausing stops the schedule, not
+    the user); --no-overlap applies (the start is skipped and recorded as such when a
+    run is still going). Raises OSError when the forks fail (no run started)."""
+    if task_id not in store.timings:
+        return False
+    logger.info("run of task %d started by hand", task_id)
+    moment = schedule.local_minute(now // 60, None)
+    spawn_runs(
+        _run_specs(store, [(moment, task_id, BY_HAND)], now, logger),
+        keep_fds=keep_fds,
+        logger=logger,
+        max_output=max_output,
+        role=f"run of task {task_id} by hand",
+    )
+    return True
+
+
+def _zone_last(
+    marks: Mapping[str, datetime], previous: int | None, name: str, group: schedule.ZoneGroup
+) -> datetime | None:
+    """The zone's last minute handled, as `schedule.plan_zones` reads it."""
+    last = marks.get(name)
+    if last is None and previous is not None:
+        last = schedule.local_minute(previous, group.tz)
+    return last
+
+
+def _without(plan: schedule.Plan, task_ids: Collection[int]) -> schedule.Plan:
+    """`plan` without the runs of `task_ids`."""
+    return replace(plan, runs=tuple(run for run in plan.runs if run[1] not in task_ids))
+
+
+def _catch_up_ids(store: Store) -> frozenset[int]:
+    """The tasks with --catch-up that are not paused (every task's extras decoded:
+    0.6 s at 100,000 tasks, once per long stop)."""
+    paused = store.paused_ids()
+    return frozenset(
+        task_id
+        for task_id, entry in store.tasks.items()
+        if entry.extras.catch_up and task_id not in paused
+    )
+
+
+def _run_specs(
+    store: Store, runs: Iterable[Run], start: int, logger: logging.Logger
+) -> Iterator[RunSpec]:
     """The runs' specs, computed where they are consumed: in the runs' supervisor (P5),
-    so the executor forks at once and decodes no command line."""
+    so the executor forks at once and decodes no command line. A --no-overlap task
+    whose previous run is still going (or that starts twice in this batch) has its
+    start skipped: recorded and logged here, never spawned."""
     tasks = store.tasks
-    for _minute, task_id in runs:
+    started: set[int] = set()
+    for minute, task_id, flags in runs:
         entry = tasks.get(task_id)
-        if entry is not None:
-            yield RunSpec(task_id, store.task_dir(task_id), entry.argv, start, entry.extras)
+        if entry is None:
+            continue
+        task_dir = store.task_dir(task_id)
+        if entry.extras.no_overlap and (task_id in started or taskdir.runs_in_progress(task_dir)):
+            _skip(task_dir, task_id, minute, start, flags, logger)
+            continue
+        started.add(task_id)
+        yield RunSpec(task_id, task_dir, entry.argv, start, entry.extras, flags)
+
+
+def _skip(
+    task_dir: Path, task_id: int, minute: datetime, start: int, flags: int, logger: logging.Logger
+) -> None:
+    """Record (with the start's flags: by hand, a catch-up) and log a --no-overlap
+    start skipped."""
+    logger.info(
+        "start of task %d for %s skipped: its previous run is still going (--no-overlap)",
+        task_id,
+        minute.strftime(_WALL_FORMAT),
+    )
+    try:
+        taskdir.record_skipped(task_dir, start, flags)
+    except FileNotFoundError:
+        pass  # the task was removed meanwhile: nothing to record
+    except OSError as error:
+        logger.error("cannot record the skipped start of task %d: %s", task_id, error)
 
 
 def _remove_stale_temporary(state_dir: Path, logger: logging.Logger) -> None:

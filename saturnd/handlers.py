@@ -16,6 +16,10 @@ Rules:
 - Extensions that take whole tasks (CREATE-EX, LIST-EX, REPLACE) come only from the
   socket (the framing drops them on the FIFOs), so their refusals can be `ER EM`:
   REPLACE naming a task that does not exist is refused whole, with nothing changed.
+- PAUSE and RESUME are OK whether or not the task was already so. RUN returns once
+  the run is started, never waiting for it; a paused task's RUN still runs (by hand).
+  KILL says how many runs were told to stop (0: none was going). OUTPUT-EX of a run
+  whose output is not kept is `ER NR`, like STDOUT of a task that never ran.
 - Adding a request: its messages in `protocol`, one entry in HANDLERS, cassini's side.
 """
 
@@ -34,14 +38,23 @@ from saturnd.protocol import (
     CreateReply,
     CreateRequest,
     ErrorReply,
+    HistoryReply,
+    HistoryRequest,
+    KillReply,
+    KillRequest,
     ListExRequest,
     ListRequest,
     OkReply,
+    OutputExReply,
+    OutputExRequest,
     OutputReply,
+    PauseRequest,
     RemoveRequest,
     ReplaceReply,
     ReplaceRequest,
     Request,
+    ResumeRequest,
+    RunNowRequest,
     StderrRequest,
     StdoutRequest,
     TaskEntry,
@@ -50,13 +63,15 @@ from saturnd.protocol import (
     VersionReply,
     VersionRequest,
 )
+from saturnd.runrecord import RunRecord
 from saturnd.runsfile import RUN_SIZE, RUNS_HEAD_SIZE, encode_nbruns
 from saturnd.task import Task
 from saturnd.timing import Timing
 
 
 class TaskStore(Protocol):
-    """What the handlers ask of the store (saturnd.store.Store)."""
+    """What the handlers ask of the store (the listener's: runcontrol.ServedStore, a
+    store.Store that can also start and stop runs)."""
 
     @property
     def tasks(self) -> Mapping[int, TaskEntry]: ...
@@ -76,6 +91,16 @@ class TaskStore(Protocol):
     def open_runs(self, task_id: int) -> tuple[int, int] | None: ...
 
     def output(self, task_id: int, stream: str) -> bytes | None: ...
+
+    def set_paused(self, task_id: int, paused: bool) -> bool: ...
+
+    def history(self, task_id: int) -> tuple[RunRecord, ...]: ...
+
+    def kept_output(self, task_id: int, stream: str, start: int) -> tuple[bool, bytes] | None: ...
+
+    def run_now(self, task_id: int) -> bool: ...
+
+    def stop_runs(self, task_id: int) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +209,36 @@ def _output(stream: str) -> Callable[[StdoutRequest | StderrRequest, TaskStore],
     return handle
 
 
+def _pause(request: PauseRequest, store: TaskStore) -> Outcome:
+    return OK if store.set_paused(request.task_id, True) else NOT_FOUND
+
+
+def _resume(request: ResumeRequest, store: TaskStore) -> Outcome:
+    return OK if store.set_paused(request.task_id, False) else NOT_FOUND
+
+
+def _run_now(request: RunNowRequest, store: TaskStore) -> Outcome:
+    return OK if store.run_now(request.task_id) else NOT_FOUND
+
+
+def _kill(request: KillRequest, store: TaskStore) -> Outcome:
+    return protocol.encode(KillReply(store.stop_runs(request.task_id)))
+
+
+def _history(request: HistoryRequest, store: TaskStore) -> Outcome:
+    return protocol.encode(HistoryReply(store.history(request.task_id)))
+
+
+_STREAMS: Final = {1: "stdout", 2: "stderr"}  # OUTPUT-EX's STREAM (the decoder checks it)
+
+
+def _output_ex(request: OutputExRequest, store: TaskStore) -> Outcome:
+    kept = store.kept_output(request.task_id, _STREAMS[request.stream], request.start)
+    if kept is None:
+        return NEVER_RAN
+    return protocol.encode(OutputExReply(*kept))
+
+
 def _terminate(request: TerminateRequest, store: TaskStore) -> Outcome:
     return Stop(OK)
 
@@ -205,11 +260,28 @@ HANDLERS: Final[dict[type[Request], Callable[[Any, TaskStore], Outcome]]] = {
     CreateExRequest: _create_ex,
     ListExRequest: _list_ex,
     ReplaceRequest: _replace,
+    PauseRequest: _pause,
+    ResumeRequest: _resume,
+    RunNowRequest: _run_now,
+    KillRequest: _kill,
+    HistoryRequest: _history,
+    OutputExRequest: _output_ex,
 }
 """Each handler gets a request of the type it is keyed by."""
 
 ABOUT_A_TASK: Final = frozenset(
-    {RemoveRequest, TimesExitcodesRequest, StdoutRequest, StderrRequest}
+    {
+        RemoveRequest,
+        TimesExitcodesRequest,
+        StdoutRequest,
+        StderrRequest,
+        PauseRequest,
+        ResumeRequest,
+        RunNowRequest,
+        KillRequest,
+        HistoryRequest,
+        OutputExRequest,
+    }
 )
 """Requests answered `ER NF` when their task does not exist."""
 

@@ -44,7 +44,7 @@ from saturnd.outgoing import Outgoing
 from saturnd.pipesdir import ensure_fifo
 from saturnd.proc import StopFlag
 from saturnd.protocol import REPLY_PIPE, REQUEST_PIPE, SOCKET_NAME, Request
-from saturnd.store import Store, StoreError
+from saturnd.store import StoreError
 
 __all__ = [
     "EXIT_STOPPED",
@@ -103,14 +103,16 @@ class Listener:
     def __init__(
         self,
         pipes_dir: Path,
-        store: Store,
+        store: handlers.TaskStore,
         logger: logging.Logger,
         stop: StopFlag,
         wake_fd: int | None = None,
         prepare_dir: Callable[[], None] | None = None,
     ) -> None:
-        """`prepare_dir` creates and checks the pipes directory again if it vanishes
-        (the daemon's own start-up check); without it a vanished directory is logged."""
+        """`store` is the daemon's (runcontrol.ServedStore: the task store, plus RUN
+        and KILL). `prepare_dir` creates and checks the pipes directory again if it
+        vanishes (the daemon's own start-up check); without it a vanished directory is
+        logged."""
         self.pipes_dir = pipes_dir
         self.request_path = pipes_dir / REQUEST_PIPE
         self.reply_path = pipes_dir / REPLY_PIPE

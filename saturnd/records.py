@@ -178,6 +178,10 @@ def encode_body(task: Task) -> bytes:
     bits, empty ARGV[0], a limit, a NUL in its environment): checked by decoding it,
     so that a record always reads back.
     """
+    # Checked first: a timeout beyond a uint32 would otherwise escape as struct.error.
+    problem = check_extras(task.extras)
+    if problem is not None:
+        raise ValueError(problem)
     body = encode_task(task)
     try:
         _parse_body(body, 0, len(body), VERSION, None, None)

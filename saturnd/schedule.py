@@ -21,8 +21,10 @@ minute by all five fields and cron's OR day rule (`Timing.day_matches`); an `@re
 task has empty sets and never matches. Each time zone is planned on its own wall clock
 with its own `last` (`plan_zones`): the rule is applied in the zone that sees the jump.
 
-It also owns the mapping between epoch minutes and wall-clock minutes (`local_minute`)
-and the prediction of the start times of a task under this rule (`next_runs`).
+It also owns the mapping between epoch minutes and wall-clock minutes (`local_minute`),
+the prediction of the start times of a task under this rule (`next_runs`), and whether
+a task missed a start over a gap the rule calls a correction (`missed`, for the
+`--catch-up` policy).
 
 Rules: pure code. No `os`, `time` or file I/O: `now` and the time zone come in as
 arguments. `plan` runs every minute over up to 100,000 tasks, so its inner loops are a
@@ -45,6 +47,7 @@ __all__ = [
     "ZoneGroup",
     "ZonePlan",
     "local_minute",
+    "missed",
     "next_runs",
     "plan",
     "plan_zones",
@@ -222,6 +225,15 @@ def plan(
         return Plan(runs, last, "backward")
     runs = tuple((current, i) for i in _due_at(current, tasks, False, zones))
     return Plan(runs, current, "correction")
+
+
+def missed(timing: Timing, last: datetime, current: datetime) -> bool:
+    """True when `timing` matches a wall minute strictly between `last` and `current`
+    (wall-clock minutes of one zone): a start that a daemon stopped, or a machine off,
+    from `last` to `current` did not make. An @reboot task never misses one. A wall
+    minute that a spring-forward gap skipped counts: the rule would have run it."""
+    upcoming = timing.next_after(_wall(last))
+    return upcoming is not None and upcoming < _wall(current)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ Rules:
 - Crash safety (DESIGN.md "Files"): NEXT_ID is persisted before an id is used; a new
   record is written under the tombstone ID and flushed before its real ID is written
   in one 8-byte `pwrite`; a removal writes the tombstone before deleting the task's
-  directory. Loading drops a torn tail and finishes interrupted removals.
+  directory. Loading drops a torn tail and finishes interrupted removals. PAUSE and
+  RESUME rewrite the one PFLAGS byte of a record in place (a 1-byte write cannot tear).
 - Whole-file changes (the upgrade of a VERSION 1 `cmds` at start, REPLACE) write
   `cmds.new` and rename it over `cmds`: a crash leaves one file or the other, and a
   leftover `cmds.new` is deleted at the next start. REPLACE makes its new task
@@ -80,6 +81,7 @@ from saturnd.taskindex import (
 )
 from saturnd.tasktable import CMDS, StoreError, TaskTable
 from saturnd.timing import Timing
+from saturnd.wiretypes import PFLAG_PAUSED
 
 __all__ = ["CMDS", "CMDS_TEMP", "Store", "StoreError"]
 
@@ -296,6 +298,8 @@ class Store(TaskTable):
         data[offset : offset + RECORD_HEAD_SIZE + size] = encode_record(task_id, body, size)
         self._index.append(task_id, offset, body, task.timing, command)
         self._list_cache = self._list_ex_cache = None
+        if task.extras.paused and self._paused_cache is not None:
+            self._paused_cache = self._paused_cache | {task_id}
         self._stamp_fd_quietly()
         self._log.info(
             "task created id=%d (%s slot at offset %d)",
@@ -345,9 +349,53 @@ class Store(TaskTable):
         self._mirror()[offset : offset + ID_SIZE] = encode_id(TOMBSTONE)
         bisect.insort(self._free, (offset, size))
         self._list_cache = self._list_ex_cache = None
+        if self._paused_cache is not None and task_id in self._paused_cache:
+            self._paused_cache = self._paused_cache - {task_id}
         self._stamp_fd_quietly()
         self._log.info("task removed id=%d", task_id)
         taskdir.delete_dir(self._dir, task_id, self._log)
+        return True
+
+    def set_paused(self, task_id: int, paused: bool) -> bool:
+        """Pause or resume a task durably; False if there is no such task. Raises
+        StoreError, with the task as it was.
+
+        The one PFLAGS byte of its record is rewritten in place (one pwrite, then
+        fdatasync): a write of one byte cannot tear, so a crash leaves the task paused
+        or not, never damaged. Nothing is written when the task is already so. The
+        write changes the file's mtime, which the executor's `refresh` compares.
+        """
+        self._check_writable()
+        index = self._index
+        position = index.find(task_id)
+        if position < 0:
+            return False
+        at = index.pflags_offset(position)
+        data = self._mirror()
+        old = data[at]
+        new = old | PFLAG_PAUSED if paused else old & ~PFLAG_PAUSED
+        if new == old:
+            return True
+        try:
+            pwrite_all(self._fd, bytes((new,)), at)
+            os.fdatasync(self._fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # best effort: the byte may be on disk
+                pwrite_all(self._fd, bytes((old,)), at)
+                os.fdatasync(self._fd)
+            raise StoreError(
+                f"cannot {'pause' if paused else 'resume'} task {task_id} in {self._path}: "
+                f"{describe(error)}"
+            ) from error
+        data[at] = new
+        self._list_ex_cache = None  # LIST-EX carries the flag; LIST does not
+        if self._paused_cache is not None:
+            change = frozenset((task_id,))
+            self._paused_cache = (
+                self._paused_cache | change if paused else self._paused_cache - change
+            )
+        self._stamp_fd_quietly()
+        self._log.info("task %s id=%d", "paused" if paused else "resumed", task_id)
         return True
 
     def replace(self, remove_ids: Iterable[int], tasks: Sequence[Task]) -> list[int]:

@@ -130,8 +130,17 @@ class Supervisor:
             store = Store.open(self.paths.state_dir, self.log)
         except StoreError as error:
             raise PartCannotStart(str(error)) from error
+        from saturnd.runcontrol import ServedStore
+
+        served = ServedStore(
+            store,
+            self.clock,
+            self.log,
+            keep_fds=log_fds(self.log),
+            max_output=DEFAULT_MAX_OUTPUT if self.max_output is None else self.max_output,
+        )
         listener = Listener(
-            self.paths.pipes_dir, store, self.log, stop, wake_fd, self._prepare_pipes_dir
+            self.paths.pipes_dir, served, self.log, stop, wake_fd, self._prepare_pipes_dir
         )
         try:
             listener.open()

@@ -46,6 +46,7 @@ from saturnd.records import (
     scan_cmds,
 )
 from saturnd.timing import Timing
+from saturnd.wiretypes import PFLAG_PAUSED, PFLAGS_OFFSET
 
 __all__ = [
     "WORTH_TRIMMING",
@@ -195,6 +196,22 @@ class Index:
         if not self.extra:
             return map(self.shared.__getitem__, self.kinds)
         return map(self.timing, range(len(self.ids)))
+
+    def pflags_offset(self, position: int) -> int:
+        """Where a task's PFLAGS byte is in `data` (PAUSE and RESUME rewrite it)."""
+        return (
+            self.offsets[position] + RECORD_HEAD_SIZE + self.command_ends[position] + PFLAGS_OFFSET
+        )
+
+    def paused_ids(self) -> frozenset[int]:
+        """The ids of the paused tasks: one byte read per task, no body decoded."""
+        data = self.data
+        skip = RECORD_HEAD_SIZE + PFLAGS_OFFSET
+        return frozenset(
+            task_id
+            for task_id, offset, end in zip(self.ids, self.offsets, self.command_ends, strict=True)
+            if data[offset + skip + end] & PFLAG_PAUSED
+        )
 
     def body(self, position: int) -> bytes:
         """A task's BODY without its padding, as stored."""

@@ -13,7 +13,9 @@ Rules:
   the listener rewrites the file at its start, and a reader sees the same tasks before
   and after.
 - `refresh` costs one `stat` when nothing changed, except within a couple of seconds
-  of a change, where a file time stamp is too coarse to be trusted.
+  of a change, where a file time stamp is too coarse to be trusted. A same-size
+  rewrite (PAUSE's one byte) is seen too: it moves the mtime.
+- `paused_ids` is cached per load (the executor asks every minute).
 - One-line errors: OS failures become `StoreError` raised `from` the OSError.
 """
 
@@ -37,6 +39,7 @@ from saturnd.records import (
     Scan,
     header_version,
 )
+from saturnd.runrecord import RunRecord
 from saturnd.runsfile import RUNS_HEAD_SIZE, complete_runs, runs_body
 from saturnd.statefile import OPEN_FILE, Stamp, describe
 from saturnd.taskindex import (
@@ -85,6 +88,7 @@ class TaskTable:
         self._next_id = 0
         self._list_cache: bytes | None = None
         self._list_ex_cache: bytes | None = None
+        self._paused_cache: frozenset[int] | None = None
         self._stamp: Stamp | None = None
         self._racy = False
         # Read-only: the bytes of the last load, None when there was no file. The index
@@ -164,6 +168,7 @@ class TaskTable:
         self._end = max(scan.valid_length, HEADER_SIZE)
         self._next_id = scan.next_id
         self._list_cache = self._list_ex_cache = None
+        self._paused_cache = None
 
     def _stamp_fd(self) -> None:
         # The writer's own changes must not look like someone else's to refresh().
@@ -221,6 +226,17 @@ class TaskTable:
                 release_freed_memory()  # as in list_reply
         return reply
 
+    def paused_ids(self) -> frozenset[int]:
+        """The ids of the paused tasks (PAUSE), as last loaded or written.
+
+        Cached: built once per load (one byte read per task, no decoding), so the
+        executor may ask every minute; the writer keeps it up to date as it writes.
+        """
+        paused = self._paused_cache
+        if paused is None:
+            paused = self._paused_cache = self._index.paused_ids()
+        return paused
+
     def times_exitcodes_body(self, task_id: int) -> bytes:
         """The TX reply body (NBRUNS, runs) of a task; zero runs if it never finished one.
 
@@ -272,6 +288,29 @@ class TaskTable:
             raise ValueError(f"unknown output stream {stream!r}")
         try:
             return taskdir.read_file(self.task_dir(task_id), stream)
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the {stream} of task {task_id}: {describe(error)}"
+            ) from error
+
+    def history(self, task_id: int) -> tuple[RunRecord, ...]:
+        """The runs of a task's history, oldest first (none if it never ran). The
+        caller has checked that the task exists. Raises StoreError."""
+        try:
+            return taskdir.read_history(self.task_dir(task_id))
+        except OSError as error:
+            raise StoreError(
+                f"cannot read the history of task {task_id}: {describe(error)}"
+            ) from error
+
+    def kept_output(self, task_id: int, stream: str, start: int) -> tuple[bool, bytes] | None:
+        """Whether it was cut, and what a kept run of a task wrote on `stream`
+        ("stdout"/"stderr"): the run that started at `start`, or the last finished one
+        for 0. None when no such run's output is kept (NR). Raises StoreError."""
+        if stream not in taskdir.OUTPUT_STREAMS:
+            raise ValueError(f"unknown output stream {stream!r}")
+        try:
+            return taskdir.kept_output(self.task_dir(task_id), stream, start)
         except OSError as error:
             raise StoreError(
                 f"cannot read the {stream} of task {task_id}: {describe(error)}"

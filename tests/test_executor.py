@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from saturnd import schedule
+from saturnd import schedule, taskdir
 from saturnd.clock import FileClock
 from saturnd.executor import (
     STATE_FILE,
@@ -19,10 +19,15 @@ from saturnd.executor import (
     catch_ups,
     load_handled,
     save_handled,
+    start_by_hand,
 )
 from saturnd.listener import StopFlag
+from saturnd.runrecord import BY_HAND, CAUGHT_UP
+from saturnd.spawn import RunSpec
 from saturnd.store import Store
+from saturnd.task import Extras, Task
 from saturnd.timing import Timing
+from tests.test_spawn import read_runs, wait_for
 
 LOG = logging.getLogger("test_executor")
 FIRST = Handled(29_920_800, datetime(2026, 11, 21, 8, 0))
@@ -147,6 +152,9 @@ class ZonedStore:
     def refresh(self) -> bool:
         return False
 
+    def paused_ids(self) -> frozenset[int]:
+        return frozenset()
+
 
 def test_it_plans_each_zone_and_logs_an_unknown_one_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -204,10 +212,12 @@ def test_it_keeps_a_zones_mark_across_a_restart_in_its_repeated_hour(
     the new executor reads New York's high-water mark (01:59) from `last-minute`, where
     the wall minute of the last minute handled (01:09) would let 01:30 run twice."""
     started: list[tuple[datetime, int]] = []
-    monkeypatch.setattr("saturnd.executor._run_specs", lambda store, runs, start: [(start, runs)])
+    monkeypatch.setattr(
+        "saturnd.executor._run_specs", lambda store, runs, start, log: [(start, runs)]
+    )
     monkeypatch.setattr(
         "saturnd.executor.spawn_runs",
-        lambda specs, **kwargs: started.extend(run for _, runs in specs for run in runs),
+        lambda specs, **kwargs: started.extend(run[:2] for _, runs in specs for run in runs),
     )
     store = ZonedStore({7: Timing.cron("30 1 * * *", "America/New_York")})
     midnight = int(datetime(2026, 11, 1, 4, 0, tzinfo=UTC).timestamp()) // 60  # 00:00 EDT
@@ -223,3 +233,176 @@ def test_it_keeps_a_zones_mark_across_a_restart_in_its_repeated_hour(
     for minute in range(restart, midnight + 240):
         second.tick(minute, minute * 60)
     assert started == [(datetime(2026, 11, 1, 1, 30), 7)]
+
+
+# --- run policies (issue 14): pause, catch-up, no-overlap, run by hand ----------
+
+TEN = 29_920_800  # 2026-11-21 08:00 UTC, as an epoch minute: the last minute handled
+NOON = Timing.cron("0 12 * * *")
+EVERY = Timing.cron("* * * * *")
+
+
+def policy_executor(
+    state: Path, monkeypatch: pytest.MonkeyPatch, *tasks: Task
+) -> tuple[Executor, list[RunSpec]]:
+    """An executor over a real store holding `tasks` (ids 0, 1, ...), whose batches
+    are collected (their specs computed as P5 would) instead of run."""
+    store = Store.open(state, LOG)
+    for task in tasks:
+        store.create_task(task)
+    started: list[RunSpec] = []
+    monkeypatch.setattr(
+        "saturnd.executor.spawn_runs", lambda specs, **kwargs: started.extend(specs)
+    )
+    return Executor(state, store, FileClock(state / "clock"), LOG, StopFlag()), started
+
+
+def ran(started: list[RunSpec]) -> list[tuple[int, int]]:
+    return [(spec.task_id, spec.flags) for spec in started]
+
+
+def test_it_never_starts_a_paused_task_by_the_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, started = policy_executor(
+        tmp_path,
+        monkeypatch,
+        Task(EVERY, (b"true",), Extras(paused=True)),
+        Task(EVERY, (b"true",)),
+        Task(EVERY, (b"true",), Extras(paused=True, catch_up=True)),
+    )
+    for minute in range(TEN, TEN + 3):
+        executor.tick(minute, minute * 60)
+    executor.tick(TEN + 600, (TEN + 600) * 60)  # a 10-hour jump: no catch-up either
+    assert ran(started) == [(1, 0), (1, 0), (1, 0)]
+
+
+def test_it_never_starts_a_paused_reboot_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reboot = Timing.cron("@reboot")
+    executor, started = policy_executor(
+        tmp_path,
+        monkeypatch,
+        Task(reboot, (b"true",), Extras(paused=True)),
+        Task(reboot, (b"true",)),
+    )
+    executor.start_reboot_tasks(TEN * 60)
+    assert ran(started) == [(1, 0)]
+
+
+@pytest.mark.parametrize("stop", [10 * 60, 2 * 24 * 60], ids=["10 hours", "2 days"])
+def test_it_catches_up_a_missed_task_once_after_a_long_stop(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stop: int,
+) -> None:
+    save_handled(tmp_path, Handled(TEN, schedule.local_minute(TEN, None)))
+    executor, started = policy_executor(
+        tmp_path,
+        monkeypatch,
+        Task(NOON, (b"true",), Extras(catch_up=True)),
+        Task(NOON, (b"true",)),  # cron's default: a missed minute is not run
+    )
+    back = TEN + stop + 7
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        for minute in range(back, back + 3):
+            executor.tick(minute, minute * 60 + 2)
+    assert ran(started) == [(0, CAUGHT_UP)]
+    assert started[0].start_time == back * 60 + 2
+    lines = [r.getMessage() for r in caplog.records if "--catch-up" in r.getMessage()]
+    assert lines == [
+        "catch-up run of task 0 (--catch-up: missed its starts since 2026-11-21T08:00) "
+        "after a restart"
+    ]
+
+
+def test_it_leaves_a_short_stop_to_the_jump_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_handled(tmp_path, Handled(TEN, schedule.local_minute(TEN, None)))
+    executor, started = policy_executor(
+        tmp_path,
+        monkeypatch,
+        Task(Timing.cron("30 9 * * *"), (b"true",), Extras(catch_up=True)),
+        Task(Timing.cron("30 9 * * *"), (b"true",)),
+    )
+    executor.tick(TEN + 180, (TEN + 180) * 60)  # 3 hours: 09:30 runs once by the rule
+    assert ran(started) == [(0, CAUGHT_UP), (1, CAUGHT_UP)]
+
+
+def test_it_skips_a_no_overlap_start_while_a_run_is_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor, started = policy_executor(
+        tmp_path,
+        monkeypatch,
+        Task(EVERY, (b"true",), Extras(no_overlap=True)),
+        Task(EVERY, (b"true",)),
+    )
+    going = {executor.store.task_dir(0), executor.store.task_dir(1)}
+    skipped: list[tuple[Path, int, int]] = []
+    monkeypatch.setattr(
+        "saturnd.taskdir.runs_in_progress",
+        lambda task_dir: [(TEN * 60, 4242)] if Path(task_dir) in going else [],
+    )
+    monkeypatch.setattr(
+        "saturnd.taskdir.record_skipped",
+        lambda task_dir, start, flags: skipped.append((task_dir, start, flags)),
+    )
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        executor.tick(TEN, TEN * 60)
+        executor.tick(TEN + 1, (TEN + 1) * 60)
+        going.clear()
+        executor.tick(TEN + 2, (TEN + 2) * 60)
+        # A restart 3 minutes late runs the 3 minutes at once: one run, two skipped.
+        executor.tick(TEN + 5, (TEN + 5) * 60)
+    # 08:00 is the first minute (nothing runs); 08:01: task 0 skipped; 08:02: both;
+    # 08:03-08:05 in one batch: task 0 once (its first), task 1 three times.
+    assert ran(started) == [
+        (1, 0),
+        (0, 0),
+        (1, 0),
+        (0, CAUGHT_UP),
+        (1, CAUGHT_UP),
+        (1, CAUGHT_UP),
+        (1, 0),
+    ]
+    task0 = executor.store.task_dir(0)
+    assert skipped == [
+        (task0, (TEN + 1) * 60, 0),
+        (task0, (TEN + 5) * 60, CAUGHT_UP),
+        (task0, (TEN + 5) * 60, 0),
+    ]
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert lines[0] == (
+        "start of task 0 for 2026-11-21T08:01 skipped: its previous run is still going "
+        "(--no-overlap)"
+    )
+    assert len(lines) == 3
+
+
+def test_it_starts_a_run_by_hand_flagged_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor, started = policy_executor(
+        tmp_path, monkeypatch, Task(NOON, (b"true",), Extras(paused=True))
+    )
+    assert start_by_hand(executor.store, 0, TEN * 60 + 5, logger=LOG)
+    assert ran(started) == [(0, BY_HAND)]
+    assert started[0].start_time == TEN * 60 + 5
+    assert not start_by_hand(executor.store, 1, TEN * 60, logger=LOG)
+    assert load_handled(tmp_path, LOG) is None  # the schedule's mark is untouched
+
+
+def test_it_really_runs_a_task_by_hand(tmp_path: Path) -> None:
+    store = Store.open(tmp_path, LOG)
+    marker = tmp_path / "ran"
+    task_id = store.create_task(Task(NOON, (b"touch", bytes(marker))))
+    assert start_by_hand(store, task_id, TEN * 60, logger=LOG)
+    wait_for(lambda: read_runs(store.task_dir(task_id)) == [(TEN * 60, 0)], "the run's record")
+    assert marker.exists()
+    wait_for(lambda: taskdir.read_history(store.task_dir(task_id)), "the run's history record")
+    (run,) = taskdir.read_history(store.task_dir(task_id))
+    assert (run.start, run.flags, run.outcome_name) == (TEN * 60, BY_HAND, "exited")

@@ -17,11 +17,17 @@ from saturnd.framing import (
 from saturnd.protocol import (
     CreateExRequest,
     CreateRequest,
+    HistoryRequest,
+    KillRequest,
     ListExRequest,
     ListRequest,
+    OutputExRequest,
+    PauseRequest,
     RemoveRequest,
     ReplaceRequest,
     Request,
+    ResumeRequest,
+    RunNowRequest,
     TerminateRequest,
     VersionRequest,
     encode,
@@ -132,10 +138,20 @@ WHOLE_TASK = Task(Timing.cron("@daily"), (b"echo",))
 
 @pytest.mark.parametrize(
     "request_",
-    [CreateExRequest(WHOLE_TASK), ListExRequest(), ReplaceRequest((5,), (WHOLE_TASK,))],
-    ids=["cx", "lx", "rp"],
+    [
+        CreateExRequest(WHOLE_TASK),
+        ListExRequest(),
+        ReplaceRequest((5,), (WHOLE_TASK,)),
+        RunNowRequest(5),
+        PauseRequest(5),
+        ResumeRequest(5),
+        KillRequest(5),
+        HistoryRequest(5),
+        OutputExRequest(5, 1),
+    ],
+    ids=["cx", "lx", "rp", "ru", "pa", "rs", "ki", "hx", "ox"],
 )
-def test_it_drops_the_whole_task_extensions_on_the_fifo(request_: Request) -> None:
+def test_it_drops_the_socket_only_extensions_on_the_fifo(request_: Request) -> None:
     framer = FifoFraming()
     framer.feed(encode(request_) + LIST, T0)
     opcode = request_.opcode.decode()

@@ -17,11 +17,17 @@ from saturnd.protocol import (
     COURSE_OPCODES,
     CreateExRequest,
     CreateRequest,
+    HistoryRequest,
+    KillRequest,
     ListExRequest,
     ListRequest,
+    OutputExRequest,
+    PauseRequest,
     RemoveRequest,
     ReplaceRequest,
     Request,
+    ResumeRequest,
+    RunNowRequest,
     StderrRequest,
     StdoutRequest,
     TaskEntry,
@@ -29,6 +35,7 @@ from saturnd.protocol import (
     TimesExitcodesRequest,
     VersionRequest,
 )
+from saturnd.runrecord import BY_HAND, CUT_STDOUT, KILLED, RunRecord
 from saturnd.store import StoreError
 from saturnd.task import Extras, Task
 from saturnd.timing import Timing
@@ -49,6 +56,15 @@ class DictStore:
         self.runs = {7: tmp / "runs7"}
         (tmp / "runs7").write_bytes(bytes.fromhex("00000001 0000000069ffc2e0 0003"))
         self.next_id = 8
+        self.paused = {3}
+        self.histories = {
+            7: (RunRecord(1_700_000_000, 1_700_000_090, 0, 0, CUT_STDOUT | BY_HAND, 4321),),
+            3: (RunRecord(-1, 2, 0xFFFF, KILLED),),
+        }
+        # (task, stream, start) -> (cut, bytes) of the kept outputs; start 0: the last.
+        self.kept = {(7, "stdout", 0): (True, b"cut"), (7, "stderr", 1_700_000_000): (False, b"")}
+        self.going = {3: 2}  # runs in progress
+        self.started: list[int] = []
         self.calls: list[str] = []
         self.fail: str | None = None
 
@@ -102,6 +118,35 @@ class DictStore:
         self.calls.append(stream)
         return self.outputs.get((task_id, stream))
 
+    def set_paused(self, task_id: int, paused: bool) -> bool:
+        self.calls.append("pause" if paused else "resume")
+        if task_id not in self._tasks:
+            return False
+        if paused:
+            self.paused.add(task_id)
+        else:
+            self.paused.discard(task_id)
+        return True
+
+    def history(self, task_id: int) -> tuple[RunRecord, ...]:
+        self.calls.append("history")
+        return self.histories.get(task_id, ())
+
+    def kept_output(self, task_id: int, stream: str, start: int) -> tuple[bool, bytes] | None:
+        self.calls.append(f"kept {stream} {start}")
+        return self.kept.get((task_id, stream, start))
+
+    def run_now(self, task_id: int) -> bool:
+        self.calls.append("run")
+        if task_id not in self._tasks:
+            return False
+        self.started.append(task_id)
+        return True
+
+    def stop_runs(self, task_id: int) -> int:
+        self.calls.append("kill")
+        return self.going.pop(task_id, 0)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> DictStore:
@@ -142,6 +187,35 @@ ANSWERS: list[tuple[Request, bytes, list[str]]] = [
         h("4552 454d 00000026") + b"cannot store the task: ARGV[0] says so",
         ["create_task"],
     ),
+    # Issue 14's requests (docs/protocol.md).
+    (PauseRequest(0), h("4f4b"), ["pause"]),
+    (PauseRequest(3), h("4f4b"), ["pause"]),  # already paused: OK all the same
+    (PauseRequest(4), h("4552 4e46"), []),
+    (ResumeRequest(3), h("4f4b"), ["resume"]),
+    (ResumeRequest(0), h("4f4b"), ["resume"]),  # not paused: OK all the same
+    (ResumeRequest(2**64 - 1), h("4552 4e46"), []),
+    (RunNowRequest(3), h("4f4b"), ["run"]),  # paused, and yet it runs: by hand
+    (RunNowRequest(5), h("4552 4e46"), []),
+    (KillRequest(3), h("4f4b 00000002"), ["kill"]),
+    (KillRequest(0), h("4f4b 00000000"), ["kill"]),  # nothing going
+    (KillRequest(1), h("4552 4e46"), []),
+    (HistoryRequest(0), h("4f4b 00000000"), ["history"]),
+    (
+        HistoryRequest(7),
+        h("4f4b 00000001  000000006553f100 000000006553f15a 0000 00 05 000010e1"),
+        ["history"],
+    ),
+    (
+        HistoryRequest(3),
+        h("4f4b 00000001  ffffffffffffffff 0000000000000002 ffff 02 00 00000000"),
+        ["history"],
+    ),
+    (HistoryRequest(4), h("4552 4e46"), []),
+    (OutputExRequest(7, 1), h("4f4b 01 00000003") + b"cut", ["kept stdout 0"]),
+    (OutputExRequest(7, 2, 1_700_000_000), h("4f4b 00 00000000"), ["kept stderr 1700000000"]),
+    (OutputExRequest(7, 2), h("4552 4e52"), ["kept stderr 0"]),  # not kept
+    (OutputExRequest(0, 1, 5), h("4552 4e52"), ["kept stdout 5"]),
+    (OutputExRequest(9, 1), h("4552 4e46"), []),
 ]
 
 
@@ -188,7 +262,14 @@ def test_it_tells_its_version_and_every_request_it_serves(store: DictStore) -> N
     opcodes = reply[10 + len(version) :]
     assert len(opcodes) == 2 * count
     served = {opcodes[i : i + 2] for i in range(0, len(opcodes), 2)}
-    assert served == COURSE_OPCODES | {b"vr", b"cx", b"lx", b"rp"}
+    assert served == COURSE_OPCODES | {b"vr", b"cx", b"lx", b"rp"} | {
+        b"ru",
+        b"pa",
+        b"rs",
+        b"ki",
+        b"hx",
+        b"ox",
+    }
 
 
 def test_it_has_one_handler_per_request_type() -> None:
@@ -204,7 +285,36 @@ def test_it_has_one_handler_per_request_type() -> None:
         CreateExRequest,
         ListExRequest,
         ReplaceRequest,
+        RunNowRequest,
+        PauseRequest,
+        ResumeRequest,
+        KillRequest,
+        HistoryRequest,
+        OutputExRequest,
     }
+
+
+def test_it_pauses_and_resumes_in_the_store(store: DictStore) -> None:
+    handlers.handle(PauseRequest(7), store)
+    assert store.paused == {3, 7}
+    handlers.handle(ResumeRequest(3), store)
+    assert store.paused == {7}
+
+
+def test_it_starts_a_run_by_hand_and_kills_once(store: DictStore) -> None:
+    assert handlers.handle(RunNowRequest(0), store) == h("4f4b")
+    assert store.started == [0]
+    assert handlers.handle(KillRequest(3), store) == h("4f4b 00000002")
+    assert handlers.handle(KillRequest(3), store) == h("4f4b 00000000")
+
+
+def test_it_lets_a_failure_to_start_a_run_through(store: DictStore) -> None:
+    def fail(task_id: int) -> bool:
+        raise StoreError("cannot start a run of task 0: Resource temporarily unavailable")
+
+    store.run_now = fail  # type: ignore[method-assign]
+    with pytest.raises(StoreError, match="cannot start a run"):
+        handlers.handle(RunNowRequest(0), store)
 
 
 def test_a_refused_replace_changes_nothing(store: DictStore) -> None:

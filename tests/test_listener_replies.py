@@ -26,10 +26,15 @@ from pathlib import Path
 
 import pytest
 
+<<<<<<< HEAD
 from saturnd import history as run_history
+=======
+from saturnd.clock import SystemClock
+>>>>>>> helper-q3
 from saturnd.handlers import FileReply
 from saturnd.listener import REPLY_OPEN_TIMEOUT, REPLY_STALL_TIMEOUT, Listener, StopFlag
 from saturnd.outgoing import SMALL_REPLY, Outgoing
+from saturnd.runcontrol import ServedStore
 from saturnd.store import Store
 from saturnd.taskdir import append_run
 from saturnd.timing import Timing
@@ -371,7 +376,8 @@ class Bench:
         self.store = Store.open(state, self.log)
         self.stop = StopFlag()
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.listener = Listener(self.pipes, self.store, self.log, self.stop, self.wake_read)
+        served = ServedStore(self.store, SystemClock(), self.log)
+        self.listener = Listener(self.pipes, served, self.log, self.stop, self.wake_read)
         self.listener.open()
         self.thread = threading.Thread(target=self.listener.run, daemon=True)
         self.thread.start()

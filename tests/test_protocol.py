@@ -28,19 +28,28 @@ from saturnd.protocol import (
     CreateReply,
     CreateRequest,
     ErrorReply,
+    HistoryReply,
+    HistoryRequest,
+    KillReply,
+    KillRequest,
     ListExReply,
     ListExRequest,
     ListReply,
     ListRequest,
     OkReply,
+    OutputExReply,
+    OutputExRequest,
     OutputReply,
+    PauseRequest,
     ProtocolError,
     RemoveRequest,
     ReplaceReply,
     ReplaceRequest,
     Reply,
     Request,
+    ResumeRequest,
     Run,
+    RunNowRequest,
     StderrRequest,
     StdoutRequest,
     TaskEntry,
@@ -51,6 +60,7 @@ from saturnd.protocol import (
     VersionRequest,
     encode,
 )
+from saturnd.runrecord import BY_HAND, CUT_STDERR, CUT_STDOUT, KILLED, SKIPPED, RunRecord
 from saturnd.task import NO_EXTRAS, Extras, Task
 from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES, Timing
 
@@ -72,26 +82,50 @@ ECHO_TEST_1 = (b"echo", b"test-1")
 ECHO_TEST_1_HEX = "00 00 00 02  00 00 00 04 65 63 68 6f  00 00 00 06 74 65 73 74 2d 31"
 
 # docs/protocol.md's CREATE-EX example: `echo test-1` at 9:00 on the 1st, in UTC, A=1,
-# "in" on its standard input, MAILTO="" (no mail).
+# "in" on its standard input, MAILTO="" (no mail); EXTRAS start with POLICY: no timeout,
+# no jitter, no flag, no on-failure command.
 MONTHLY = Task(
     Timing.cron("0 9 1 * *", zone="UTC"), ECHO_TEST_1, Extras(((b"A", b"1"),), b"in", b"")
 )
 MONTHLY_HEX = (
     "00 00 00 00 00 00 00 01  00 00 02 00  7f  00 00 00 02  1f fe  00  00 00 00 03 55 54 43"
     f"  {ECHO_TEST_1_HEX}"
+    "  00 00 00 00  00 00 00 00  00  00 00 00 00"
     "  00 00 00 01  00 00 00 01 41  00 00 00 01 31  00 00 00 02 69 6e  01 00 00 00 00"
 )
 # @reboot (every set empty, flag 2), the daemon's zone, no extras at all.
 AT_REBOOT = Task(Timing.cron("@reboot"), (b"ls",), NO_EXTRAS)
 AT_REBOOT_HEX = (
     "00 00 00 00 00 00 00 00  00 00 00 00  00  00 00 00 00  00 00  02  00 00 00 00"
-    "  00 00 00 01  00 00 00 02 6c 73  00 00 00 00  00 00 00 00  00"
+    "  00 00 00 01  00 00 00 02 6c 73"
+    "  00 00 00 00  00 00 00 00  00  00 00 00 00  00 00 00 00  00 00 00 00  00"
 )
 # Mondays or the 13th (cron's OR rule, flag 1), in every month but December.
 OR_DAYS = Task(Timing.cron("0 0 13 1-11 1"), (b"x",))
 OR_DAYS_HEX = (
     "00 00 00 00 00 00 00 01  00 00 00 01  02  00 00 20 00  0f fe  01  00 00 00 00"
-    "  00 00 00 01  00 00 00 01 78  00 00 00 00  00 00 00 00  00"
+    "  00 00 00 01  00 00 00 01 78"
+    "  00 00 00 00  00 00 00 00  00  00 00 00 00  00 00 00 00  00 00 00 00  00"
+)
+# Every policy: timeout 1h30m (5400 s), jitter 5m (300 s), PFLAGS no-overlap 1 |
+# catch-up 2 | paused 4, on failure `mail me`; then no variable, no stdin, no MAILTO.
+POLICIES = Task(
+    Timing.cron("*/15 * * * *"),
+    (b"x",),
+    Extras(timeout=5400, jitter=300, no_overlap=True, catch_up=True, on_failure=b"mail me",
+           paused=True),
+)  # fmt: skip
+POLICIES_HEX = (
+    "00 00 20 00 40 00 80 01  00 ff ff ff  7f  ff ff ff fe  1f fe  00  00 00 00 00"
+    "  00 00 00 01  00 00 00 01 78"
+    "  00 00 15 18  00 00 01 2c  07  00 00 00 07 6d 61 69 6c 20 6d 65"
+    "  00 00 00 00  00 00 00 00  00"
+)
+# A no-overlap task that is neither paused nor caught up: PFLAGS 01 alone.
+NO_OVERLAP = Task(Timing(), (b"x",), Extras(no_overlap=True))
+NO_OVERLAP_HEX = (
+    f"{EVERY_MINUTE_HEX}  ff ff ff fe  1f fe  00  00 00 00 00  00 00 00 01  00 00 00 01 78"
+    "  00 00 00 00  00 00 00 00  01  00 00 00 00  00 00 00 00  00 00 00 00  00"
 )
 
 REQUESTS: list[tuple[Request, str]] = [
@@ -126,6 +160,19 @@ REQUESTS: list[tuple[Request, str]] = [
         f"  00 00 00 02  {OR_DAYS_HEX}  {AT_REBOOT_HEX}",
     ),
     (ReplaceRequest((), ()), "72 70  00 00 00 00  00 00 00 00"),
+    (CreateExRequest(POLICIES), f"63 78  {POLICIES_HEX}"),
+    (CreateExRequest(NO_OVERLAP), f"63 78  {NO_OVERLAP_HEX}"),
+    (RunNowRequest(7), "72 75  00 00 00 00 00 00 00 07"),
+    (PauseRequest(2**64 - 1), "70 61  ff ff ff ff ff ff ff ff"),
+    (ResumeRequest(0), "72 73  00 00 00 00 00 00 00 00"),
+    (KillRequest(0x0102030405060708), "6b 69  01 02 03 04 05 06 07 08"),
+    (HistoryRequest(26), "68 78  00 00 00 00 00 00 00 1a"),
+    # OUTPUT-EX: TASKID, STREAM uint8 (1 stdout, 2 stderr), START int64 (0: the last run).
+    (OutputExRequest(3, 1), "6f 78  00 00 00 00 00 00 00 03  01  00 00 00 00 00 00 00 00"),
+    (
+        OutputExRequest(3, 2, 1_700_000_000),
+        "6f 78  00 00 00 00 00 00 00 03  02  00 00 00 00 65 53 f1 00",
+    ),
 ]
 
 REPLIES: list[tuple[bytes, Reply, str]] = [
@@ -201,6 +248,42 @@ REPLIES: list[tuple[bytes, Reply, str]] = [
         ErrorReply(b"EM", "no task with id 3"),
         "45 52 45 4d  00 00 00 11" + " 6e 6f 20 74 61 73 6b 20 77 69 74 68 20 69 64 20 33",
     ),
+    (
+        b"lx",
+        ListExReply((TaskEntry(1, POLICIES.timing, POLICIES.argv, POLICIES.extras),)),
+        f"4f 4b  00 00 00 01  00 00 00 00 00 00 00 01  {POLICIES_HEX}",
+    ),
+    (b"ru", OkReply(), "4f 4b"),
+    (b"ru", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"pa", OkReply(), "4f 4b"),
+    (b"pa", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"rs", OkReply(), "4f 4b"),
+    (b"rs", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"ki", KillReply(0), "4f 4b  00 00 00 00"),
+    (b"ki", KillReply(3), "4f 4b  00 00 00 03"),
+    (b"ki", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"hx", HistoryReply(()), "4f 4b  00 00 00 00"),
+    # run-record: START int64, END int64, EXITCODE uint16, OUTCOME uint8, FLAGS uint8,
+    # PID int32.
+    (
+        b"hx",
+        HistoryReply(
+            (
+                RunRecord(1_700_000_000, 1_700_000_090, 0, 0, CUT_STDOUT | BY_HAND, 4321),
+                RunRecord(1_700_000_060, 1_700_000_060, 0xFFFF, SKIPPED),
+                RunRecord(-1, 2**63 - 1, 0xFFFF, KILLED, CUT_STDERR, -1),
+            )
+        ),
+        "4f 4b  00 00 00 03"
+        "  00 00 00 00 65 53 f1 00  00 00 00 00 65 53 f1 5a  00 00  00  05  00 00 10 e1"
+        "  00 00 00 00 65 53 f1 3c  00 00 00 00 65 53 f1 3c  ff ff  03  00  00 00 00 00"
+        "  ff ff ff ff ff ff ff ff  7f ff ff ff ff ff ff ff  ff ff  02  02  ff ff ff ff",
+    ),
+    (b"hx", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"ox", OutputExReply(False, b"hi\n"), "4f 4b  00  00 00 00 03 68 69 0a"),
+    (b"ox", OutputExReply(True, b""), "4f 4b  01  00 00 00 00"),
+    (b"ox", ErrorReply(b"NF"), "45 52 4e 46"),
+    (b"ox", ErrorReply(b"NR"), "45 52 4e 52"),
 ]
 
 
@@ -236,7 +319,26 @@ def test_it_encodes_and_decodes_the_reply_table(opcode: bytes, reply: Reply, hex
 
 def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
     opcodes = {h(hex_)[:2] for _, hex_ in REQUESTS}
-    assert opcodes == {b"LS", b"CR", b"RM", b"TX", b"SO", b"SE", b"TM", b"vr", b"cx", b"lx", b"rp"}
+    assert opcodes == {
+        b"LS",
+        b"CR",
+        b"RM",
+        b"TX",
+        b"SO",
+        b"SE",
+        b"TM",
+        b"vr",
+        b"cx",
+        b"lx",
+        b"rp",
+    } | {
+        b"ru",
+        b"pa",
+        b"rs",
+        b"ki",
+        b"hx",
+        b"ox",
+    }
     kinds = {(opcode, type(reply), getattr(reply, "code", None)) for opcode, reply, _ in REPLIES}
     ok_types = {
         b"LS": ListReply,
@@ -250,9 +352,16 @@ def test_it_covers_every_opcode_and_reply_kind_in_the_tables() -> None:
         b"cx": CreateReply,
         b"lx": ListExReply,
         b"rp": ReplaceReply,
+        b"ru": OkReply,
+        b"pa": OkReply,
+        b"rs": OkReply,
+        b"ki": KillReply,
+        b"hx": HistoryReply,
+        b"ox": OutputExReply,
     }
     errors = [(b"RM", b"NF"), (b"TX", b"NF"), (b"SO", b"NF"), (b"SO", b"NR")]
     errors += [(b"SE", b"NF"), (b"SE", b"NR"), (b"CR", b"EM"), (b"LS", b"EM"), (b"rp", b"EM")]
+    errors += [(op, b"NF") for op in (b"ru", b"pa", b"rs", b"ki", b"hx", b"ox")] + [(b"ox", b"NR")]
     expected: set[tuple[bytes, type, bytes | None]]
     expected = {(op, kind, None) for op, kind in ok_types.items()}
     expected |= {(op, ErrorReply, code) for op, code in errors}
@@ -291,6 +400,12 @@ extras = st.builds(
     st.lists(st.tuples(clean.map(lambda n: n.replace(b"=", b"") or b"N"), clean), max_size=2),
     st.binary(max_size=12),
     st.one_of(st.none(), clean),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.booleans(),
+    clean,
+    st.booleans(),
 )
 tasks = st.builds(Task, whole_timings, argvs, extras)
 
@@ -309,6 +424,21 @@ requests: st.SearchStrategy[Request] = st.one_of(
         st.lists(task_ids, max_size=3).map(tuple),
         st.lists(tasks, max_size=2).map(tuple),
     ),
+    st.builds(RunNowRequest, task_ids),
+    st.builds(PauseRequest, task_ids),
+    st.builds(ResumeRequest, task_ids),
+    st.builds(KillRequest, task_ids),
+    st.builds(HistoryRequest, task_ids),
+    st.builds(OutputExRequest, task_ids, st.sampled_from([1, 2]), st.integers(-(2**63), 2**63 - 1)),
+)
+run_records = st.builds(
+    RunRecord,
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.integers(-(2**31), 2**31 - 1),
 )
 
 REPLY_STRATEGIES: dict[bytes, st.SearchStrategy[Reply]] = {
@@ -340,6 +470,18 @@ REPLY_STRATEGIES: dict[bytes, st.SearchStrategy[Reply]] = {
         ).map(tuple),
     ),
     b"rp": st.builds(ReplaceReply, st.lists(task_ids, max_size=4).map(tuple)),
+    b"ru": st.sampled_from([OkReply(), ErrorReply(b"NF")]),
+    b"pa": st.sampled_from([OkReply(), ErrorReply(b"NF")]),
+    b"rs": st.sampled_from([OkReply(), ErrorReply(b"NF")]),
+    b"ki": st.one_of(st.builds(KillReply, st.integers(0, 2**32 - 1)), st.just(ErrorReply(b"NF"))),
+    b"hx": st.one_of(
+        st.builds(HistoryReply, st.lists(run_records, max_size=4).map(tuple)),
+        st.just(ErrorReply(b"NF")),
+    ),
+    b"ox": st.one_of(
+        st.builds(OutputExReply, st.booleans(), st.binary(max_size=40)),
+        st.sampled_from([ErrorReply(b"NF"), ErrorReply(b"NR")]),
+    ),
 }
 OPCODES = tuple(REPLY_STRATEGIES)
 replies = st.sampled_from(OPCODES).flatmap(lambda op: st.tuples(st.just(op), REPLY_STRATEGIES[op]))
@@ -357,6 +499,12 @@ REQUEST_TYPES = (
     CreateExRequest,
     ListExRequest,
     ReplaceRequest,
+    RunNowRequest,
+    PauseRequest,
+    ResumeRequest,
+    KillRequest,
+    HistoryRequest,
+    OutputExRequest,
 )
 REPLY_TYPES: dict[bytes, tuple[type, ...]] = {
     b"LS": (ListReply,),
@@ -369,6 +517,12 @@ REPLY_TYPES: dict[bytes, tuple[type, ...]] = {
     b"cx": (CreateReply,),
     b"lx": (ListExReply,),
     b"rp": (ReplaceReply,),
+    b"ru": (OkReply, ErrorReply),
+    b"pa": (OkReply, ErrorReply),
+    b"rs": (OkReply, ErrorReply),
+    b"ki": (KillReply, ErrorReply),
+    b"hx": (HistoryReply, ErrorReply),
+    b"ox": (OutputExReply, ErrorReply),
 }
 ERROR_CODES = {
     b"LS": set(),
@@ -381,6 +535,12 @@ ERROR_CODES = {
     b"cx": set(),
     b"lx": set(),
     b"rp": set(),
+    b"ru": {b"NF"},
+    b"pa": {b"NF"},
+    b"rs": {b"NF"},
+    b"ki": {b"NF"},
+    b"hx": {b"NF"},
+    b"ox": {b"NF", b"NR"},
 }
 
 
@@ -681,6 +841,32 @@ def test_it_refuses_an_unknown_reply_type(opcode: bytes, reptype: str) -> None:
 )
 def test_it_refuses_an_error_code_that_request_cannot_get(opcode: bytes, code: str) -> None:
     expect_error_on_last_byte(ReplyDecoder(opcode), h(f"45 52 {code}"))
+
+
+@pytest.mark.parametrize("stream", ["00", "03", "ff"])
+def test_it_refuses_an_output_ex_stream_other_than_stdout_or_stderr(stream: str) -> None:
+    expect_error_on_last_byte(
+        RequestDecoder(), h(f"6f 78  00 00 00 00 00 00 00 03  {stream}  00 00 00 00 00 00 00 00")
+    )
+
+
+@pytest.mark.parametrize("cut", ["02", "ff"])
+def test_it_refuses_an_output_ex_cut_flag_other_than_0_or_1(cut: str) -> None:
+    expect_error_on_last_byte(ReplyDecoder(b"ox"), h(f"4f 4b {cut}"))
+
+
+def test_it_refuses_unknown_policy_flags_in_extras() -> None:
+    # NO_OVERLAP_HEX with PFLAGS 08, a bit no policy has.
+    data = h(f"63 78  {NO_OVERLAP_HEX}")
+    at = 2 + 24 + 9 + 8  # opcode, TIMING-EX, COMMANDLINE, TIMEOUT and JITTER
+    assert data[at] == 0x01
+    with pytest.raises(ProtocolError, match="unknown policy flags 0x8"):
+        decode_request(data[:at] + b"\x08" + data[at + 1 :])
+
+
+@pytest.mark.parametrize("opcode", [b"ru", b"pa", b"rs", b"ki", b"hx"])
+def test_it_refuses_nr_where_only_output_ex_can_get_it(opcode: bytes) -> None:
+    expect_error_on_last_byte(ReplyDecoder(opcode), h("45 52 4e 52"))
 
 
 def test_it_refuses_a_reply_decoder_for_an_unknown_opcode() -> None:

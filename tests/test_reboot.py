@@ -57,6 +57,9 @@ class Table:
     def refresh(self) -> bool:
         return False
 
+    def paused_ids(self) -> frozenset[int]:
+        return frozenset(i for i, entry in self.tasks.items() if entry.extras.paused)
+
 
 class OneMinute:
     """A clock at NOW whose first wait stops the executor's loop."""

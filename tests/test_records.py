@@ -51,15 +51,18 @@ from saturnd.timing import (
     FULL_MONTHS,
     Timing,
 )
+from saturnd.wiretypes import PFLAGS_OFFSET
 
 ECHO = (b"echo", b"test-1")
 WEDNESDAY_9_14 = Timing(minutes=1, hours=(1 << 9) | (1 << 14), daysofweek=1 << 3)
 # The task of PROTOCOL.md's worked example as a VERSION 2 BODY: TIMING-EX (TIMING, every
-# day of the month, every month, no flag, no zone), COMMANDLINE, then no extras.
+# day of the month, every month, no flag, no zone), COMMANDLINE, then no extras: no
+# POLICY (TIMEOUT 0, JITTER 0, PFLAGS 0, an empty ON_FAILURE), NBENV 0, an empty
+# STDIN, MAILTO not set.
 ECHO_BODY = bytes.fromhex(
     "0000000000000001 00004200 08  fffffffe 1ffe 00 00000000"
     "00000002 00000004 6563686f 00000006 746573742d31"
-    "00000000 00000000 00"
+    "00000000 00000000 00 00000000  00000000 00000000 00"
 )
 ECHO_TASK = Task(WEDNESDAY_9_14, ECHO)
 ECHO_COMMAND = (24, 24 + 22)  # where the COMMANDLINE lies in ECHO_BODY
@@ -161,7 +164,39 @@ def test_it_keeps_a_whole_task_in_a_body(task: Task) -> None:
     assert decode_body(body + bytes(5)) == task
     command, end = command_span(body)
     assert body[command:end] == ECHO_BODY[ECHO_COMMAND[0] : ECHO_COMMAND[1]] or task.argv != ECHO
-    assert body[end:] != bytes(9) or task.extras.is_empty
+    assert body[end:] != bytes(22) or task.extras.is_empty
+
+
+# A task with every policy, derived by hand from the layout: ECHO_BODY's TIMING-EX and
+# COMMANDLINE, then POLICY (TIMEOUT 90 s, JITTER 300 s, PFLAGS no-overlap 1 | catch-up
+# 2 | paused 4, ON_FAILURE "notify"), NBENV 1 ("A", "B"), STDIN "in", MAILTO "me".
+POLICY_TASK = Task(
+    WEDNESDAY_9_14,
+    ECHO,
+    Extras(((b"A", b"B"),), b"in", b"me", 90, 300, True, True, b"notify", True),
+)
+POLICY_BODY = ECHO_BODY[: ECHO_COMMAND[1]] + bytes.fromhex(
+    "0000005a 0000012c 07 00000006 6e6f74696679"
+    "00000001 00000001 41 00000001 42"
+    "00000002 696e  01 00000002 6d65"
+)
+
+
+def test_it_keeps_every_policy_in_a_body_where_pause_finds_it() -> None:
+    assert encode_task_body(POLICY_TASK) == POLICY_BODY
+    assert decode_body(POLICY_BODY + bytes(4)) == POLICY_TASK
+    command, end = command_span(POLICY_BODY)
+    assert (command, end) == ECHO_COMMAND
+    # PAUSE and RESUME rewrite this one byte: PFLAGS_OFFSET past the COMMANDLINE.
+    assert POLICY_BODY[end + PFLAGS_OFFSET] == 0x07
+    resumed = bytearray(POLICY_BODY)
+    resumed[end + PFLAGS_OFFSET] = 0x03
+    assert decode_body(bytes(resumed)) == Task(
+        WEDNESDAY_9_14, ECHO, POLICY_TASK.extras.replace(paused=False)
+    )
+    paused_only = bytearray(ECHO_BODY)
+    paused_only[end + PFLAGS_OFFSET] = 0x04
+    assert decode_body(bytes(paused_only)) == Task(WEDNESDAY_9_14, ECHO, Extras(paused=True))
 
 
 def u32(value: int) -> bytes:
@@ -171,7 +206,8 @@ def u32(value: int) -> bytes:
 TIMING_BYTES = ECHO_BODY[:13]
 TEX = ECHO_BODY[:24]  # the TIMING-EX of ECHO_BODY
 COMMAND = ECHO_BODY[ECHO_COMMAND[0] : ECHO_COMMAND[1]]
-NONE = bytes(9)  # no extras
+NONE = bytes(22)  # no extras
+NO_POLICY = bytes(13)  # TIMEOUT 0, JITTER 0, PFLAGS 0, ON_FAILURE empty
 X = u32(1) + u32(1) + b"x"  # the command line "x"
 
 
@@ -202,16 +238,29 @@ BAD_BODIES = {
     "string too long": TEX + u32(1) + u32(MAX_STRING + 1) + b"x",
     "empty argv0": TEX + u32(1) + u32(0) + NONE,
     "no extras": TEX + COMMAND,
-    "truncated extras": TEX + COMMAND + bytes(8),
-    "too many variables": TEX + COMMAND + u32(MAX_ENV + 1) + bytes(9),
-    "variable past the end": TEX + COMMAND + u32(1) + u32(1) + b"A",
-    "empty variable name": TEX + COMMAND + u32(1) + u32(0) + u32(0) + bytes(5),
-    "= in a name": TEX + COMMAND + u32(1) + u32(3) + b"A=B" + u32(0) + bytes(5),
-    "NUL in a value": TEX + COMMAND + u32(1) + u32(1) + b"A" + u32(1) + b"\0" + bytes(5),
-    "stdin too long": TEX + COMMAND + u32(0) + u32(MAX_STRING + 1) + b"x",
-    "MAILTO flag 2": TEX + COMMAND + bytes(8) + b"\x02" + u32(0),
-    "MAILTO too long": TEX + COMMAND + bytes(8) + b"\x01" + u32(MAX_ERROR_MESSAGE + 1),
-    "NUL in MAILTO": TEX + COMMAND + bytes(8) + b"\x01" + u32(1) + b"\0",
+    "truncated extras": TEX + COMMAND + bytes(21),
+    "policy cut": TEX + COMMAND + bytes(8),
+    "unknown policy flag": TEX + COMMAND + bytes(8) + b"\x08" + bytes(13),
+    "on-failure too long": TEX + COMMAND + bytes(9) + u32(MAX_STRING + 1) + b"x",
+    "on-failure past the end": TEX + COMMAND + bytes(9) + u32(5) + b"true",
+    "NUL in on-failure": TEX + COMMAND + bytes(9) + u32(1) + b"\0" + bytes(9),
+    "too many variables": TEX + COMMAND + NO_POLICY + u32(MAX_ENV + 1) + bytes(9),
+    "variable past the end": TEX + COMMAND + NO_POLICY + u32(1) + u32(1) + b"A",
+    "empty variable name": TEX + COMMAND + NO_POLICY + u32(1) + u32(0) + u32(0) + bytes(5),
+    "= in a name": TEX + COMMAND + NO_POLICY + u32(1) + u32(3) + b"A=B" + u32(0) + bytes(5),
+    "NUL in a value": TEX
+    + COMMAND
+    + NO_POLICY
+    + u32(1)
+    + u32(1)
+    + b"A"
+    + u32(1)
+    + b"\0"
+    + bytes(5),
+    "stdin too long": TEX + COMMAND + NO_POLICY + u32(0) + u32(MAX_STRING + 1) + b"x",
+    "MAILTO flag 2": TEX + COMMAND + NO_POLICY + bytes(8) + b"\x02" + u32(0),
+    "MAILTO too long": TEX + COMMAND + NO_POLICY + bytes(8) + b"\x01" + u32(MAX_ERROR_MESSAGE + 1),
+    "NUL in MAILTO": TEX + COMMAND + NO_POLICY + bytes(8) + b"\x01" + u32(1) + b"\0",
     "garbage after": ECHO_BODY + b"\x00\x01",
     "garbage after padding": ECHO_BODY + bytes(5) + b"\xff",
 }
@@ -252,6 +301,10 @@ def test_it_refuses_to_encode_a_body_that_would_not_decode(
         Extras(mailto=b"\0"),
         Extras(mailto=b"m" * (MAX_ERROR_MESSAGE + 1)),
         Extras(((b"A", b""),) * (MAX_ENV + 1)),
+        Extras(on_failure=b"mail \0 me"),
+        Extras(on_failure=b"x" * (MAX_STRING + 1)),
+        Extras(timeout=2**32),
+        Extras(jitter=-1),
     ],
 )
 def test_it_refuses_to_encode_extras_that_would_not_decode(extras: Extras) -> None:
@@ -326,7 +379,7 @@ def test_it_scans_a_zero_sized_tombstone() -> None:
 
 def test_it_drops_a_torn_tail_at_every_byte_of_the_last_record() -> None:
     last = live(7, (b"sh", b"-c", b"echo hello"), pad=3)
-    whole = cmds(8, live(0), encode_record(TOMBSTONE, ECHO_BODY, 60), last)
+    whole = cmds(8, live(0), encode_record(TOMBSTONE, ECHO_BODY, 80), last)
     start = len(whole) - len(last)
     expected = scan_cmds(whole).slots[:2]
     for cut in range(start + 1, len(whole)):
@@ -448,6 +501,12 @@ extras_ = st.builds(
     st.lists(st.tuples(names.map(lambda n: n.replace(b"\0", b"") or b"N"), no_nul), max_size=3),
     st.binary(max_size=20),
     st.one_of(st.none(), no_nul),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.booleans(),
+    no_nul,
+    st.booleans(),
 )
 argvs = st.tuples(st.binary(min_size=1, max_size=20)).flatmap(
     lambda head: st.lists(st.binary(max_size=20), max_size=4).map(lambda rest: head + tuple(rest))
@@ -520,7 +579,7 @@ def test_it_scans_lean_with_used_lengths_and_shared_timings() -> None:
         encode_record(0, ECHO_BODY, len(ECHO_BODY) + 4),
         encode_record(TOMBSTONE, ls_body, len(ls_body)),
         encode_record(1, ls_body, 60),
-        encode_record(2, x_body := encode_body(WEDNESDAY_9_14, (b"x",), EXTRAS), 110),
+        encode_record(2, x_body := encode_body(WEDNESDAY_9_14, (b"x",), EXTRAS), 130),
     )
     full = scan_cmds(data)
     lean = scan_cmds(data, lean=True)
@@ -556,7 +615,7 @@ def test_the_lean_scan_frees_a_bad_body_with_the_same_problem(body: bytes) -> No
 
 
 def test_it_hands_each_slot_to_a_sink_in_file_order() -> None:
-    data = cmds(3, live(2), encode_record(TOMBSTONE, ECHO_BODY, 60), live(0), live(2))
+    data = cmds(3, live(2), encode_record(TOMBSTONE, ECHO_BODY, 80), live(0), live(2))
     handed: list[Slot] = []
     scan = scan_cmds(data, lean=True, sink=handed.append)
     assert scan.slots == []

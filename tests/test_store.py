@@ -1162,3 +1162,115 @@ def test_a_replace_acknowledges_nothing_when_a_step_fails(
     assert fail_at > 6  # 2 mkdirs, open, pwrite, fsync, rename, then the directory's flush
     opened.close()
     assert list(reopen(state).tasks) == [0, 2, 3, 4]
+
+
+# --- PAUSE and RESUME: one byte in place -----------------------------------------------
+
+
+def pflags_at(state: Path, task_id: int) -> tuple[int, int]:
+    """(offset in `cmds`, value) of a task's PFLAGS, found by decoding its record: the
+    byte 8 past the end of its COMMANDLINE (4 of TIMEOUT, 4 of JITTER)."""
+    data = cmds_bytes(state)
+    for slot in scan_cmds(data, lean=True).slots:
+        if slot.task_id == task_id:
+            at = slot.offset + RECORD_HEAD_SIZE + slot.command_end + 8
+            return at, data[at]
+    raise KeyError(task_id)
+
+
+def test_it_pauses_and_resumes_a_task_by_rewriting_one_byte(state: Path, store: Store) -> None:
+    policies = Extras(((b"A", b"1"),), b"in", None, 60, 5, True, False, b"notify")
+    store.create_task(Task(AT_NINE, (b"job",), policies))
+    store.create_task(WHOLE)
+    before = cmds_bytes(state)
+    list_before = store.list_reply()
+    at, value = pflags_at(state, 0)
+    assert value == 0x01  # no-overlap
+    assert store.set_paused(0, True) is True
+    after = cmds_bytes(state)
+    assert [i for i in range(len(before)) if before[i] != after[i]] == [at]
+    assert after[at] == 0x05  # no-overlap | paused
+    assert store.tasks[0].extras == policies.replace(paused=True)
+    assert store.tasks[1].extras == WHOLE.extras
+    assert store.list_reply() == list_before  # the course's LIST has no policies
+    assert store.list_ex_reply() == encode(ListExReply(tuple(store.tasks.values())))
+    assert store.paused_ids() == {0}
+    assert_like_a_fresh_load(state, store)
+    assert reopen(state).tasks[0].extras.paused
+    # Already paused: OK, and nothing written.
+    assert store.set_paused(0, True) is True
+    assert cmds_bytes(state) == after
+    assert store.set_paused(0, False) is True
+    assert cmds_bytes(state) == before
+    assert store.paused_ids() == frozenset()
+    assert store.set_paused(1, False) is True  # not paused: nothing to do
+    assert cmds_bytes(state) == before
+    assert store.set_paused(7, True) is False
+    assert store.remove(0)
+    assert store.set_paused(0, True) is False
+
+
+def test_a_reader_sees_a_pause_that_keeps_the_size_of_cmds(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    store.create(EVERY_MINUTE, (b"b",))
+    age(state)
+    reader = Store.open(state, LOG, read_only=True)  # not racy: the stamp is trusted
+    assert reader.refresh() is False
+    assert reader.paused_ids() == frozenset()
+    size = os.stat(state / "cmds").st_size
+    store.set_paused(1, True)
+    assert os.stat(state / "cmds").st_size == size
+    assert reader.refresh() is True
+    assert reader.paused_ids() == {1}
+    assert reader.tasks[1].extras.paused
+    age(state)
+    assert reader.refresh() is False
+    store.set_paused(1, False)
+    assert reader.refresh() is True
+    assert reader.paused_ids() == frozenset()
+
+
+def test_the_paused_ids_follow_every_write(state: Path, store: Store) -> None:
+    def fresh() -> frozenset[int]:
+        return Store.open(state, LOG, read_only=True).paused_ids()
+
+    assert store.paused_ids() == fresh() == frozenset()
+    store.create(EVERY_MINUTE, (b"a",))
+    store.create_task(Task(EVERY_MINUTE, (b"b",), Extras(paused=True)))
+    assert store.paused_ids() == fresh() == {1}
+    cached = store.paused_ids()
+    assert store.paused_ids() is cached  # no scan while nothing changes
+    store.set_paused(0, True)
+    store.create_task(Task(AT_NINE, (b"c",), Extras(paused=True, catch_up=True)))
+    assert store.paused_ids() == fresh() == {0, 1, 2}
+    store.remove(1)
+    assert store.paused_ids() == fresh() == {0, 2}
+    store.replace([0], [Task(EVERY_MINUTE, (b"d",), Extras(paused=True)), Task(AT_NINE, (b"e",))])
+    assert store.paused_ids() == fresh() == {2, 3}
+    store.set_paused(3, False)
+    assert store.paused_ids() == fresh() == {2}
+    assert Store.open(state, LOG).paused_ids() == {2}
+
+
+def test_a_failed_pause_changes_nothing(
+    state: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    before = cmds_bytes(state)
+    for fail_at in (1, 2):  # the pwrite, then the fdatasync after it
+        with monkeypatch.context() as patch:
+            Injected(patch, fail_at, errno.EIO)
+            with pytest.raises(StoreError, match="cannot pause task 0"):
+                store.set_paused(0, True)
+        assert cmds_bytes(state) == before
+        assert store.paused_ids() == frozenset()
+        assert not store.tasks[0].extras.paused
+        assert_like_a_fresh_load(state, store)
+    assert store.set_paused(0, True) is True
+    assert reopen(state).paused_ids() == {0}
+
+
+def test_a_read_only_store_cannot_pause(state: Path, store: Store) -> None:
+    store.create(EVERY_MINUTE, (b"a",))
+    with pytest.raises(StoreError):
+        Store.open(state, LOG, read_only=True).set_paused(0, True)
