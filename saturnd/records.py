@@ -3,8 +3,9 @@
 This module owns, sans I/O:
 - the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
   BODY is a whole task exactly as on the wire (`protocol.encode_task`: TIMING-EX,
-  COMMANDLINE, EXTRAS), then zero padding; VERSION 1 files (BODY = the course's TIMING
-  and COMMANDLINE) are read too (`cmdsupgrade.py` turns one into VERSION 2);
+  COMMANDLINE, EXTRAS), then zero padding; older files are read too, to be upgraded
+  (`cmdsupgrade.py`): VERSION 1 (BODY = the course's TIMING and COMMANDLINE) and
+  VERSION 2 (EXTRAS without the POLICY that VERSION 3 puts first);
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
   lean (for the daemon's index: each live slot's shared Timing, used length and where
   its COMMANDLINE lies, no argv; the file may be a bytearray, scanned in place) or
@@ -67,6 +68,8 @@ from saturnd.wiretypes import (
 __all__ = [
     "HEADER_SIZE",
     "MAGIC",
+    "NO_POLICY",
+    "OLD_VERSIONS",
     "RECORD_HEAD_SIZE",
     "RUNS_HEAD_SIZE",
     "RUN_SIZE",
@@ -95,9 +98,12 @@ __all__ = [
 
 MAGIC: Final = b"SATD"
 """First four bytes of every `cmds` file."""
-VERSION: Final = 2
-"""The `cmds` layout this code writes (BODY = a whole task); it also reads VERSION 1
-(BODY = the course's TIMING and COMMANDLINE), to upgrade it."""
+VERSION: Final = 3
+"""The `cmds` layout this code writes (BODY = a whole task, EXTRAS starting with the
+POLICY); it also reads VERSION 1 (BODY = the course's TIMING and COMMANDLINE) and
+VERSION 2 (EXTRAS without POLICY), to upgrade them."""
+OLD_VERSIONS: Final = (1, 2)
+"""The older layouts this code reads, to upgrade them (`cmdsupgrade.py`)."""
 TOMBSTONE: Final = 0xFFFF_FFFF_FFFF_FFFF
 """The ID of a free slot (never a task id)."""
 
@@ -126,6 +132,10 @@ MAX_SIZE: Final = 0xFFFF_FFFF
 _NO_EXTRAS_SIZE: Final = len(encode_extras(NO_EXTRAS))
 """Bytes of the EXTRAS of a task that has none, all zeros (22): no policy, an empty
 ON_FAILURE, NBENV 0, an empty STDIN, MAILTO not set."""
+NO_POLICY: Final = bytes(POLICY_SIZE + _U32.size)
+"""The POLICY of a task that has none (13 zeros, ON_FAILURE empty): what the upgrade
+of a VERSION 2 body inserts after its COMMANDLINE."""
+_NO_EXTRAS_SIZES: Final = {2: _NO_EXTRAS_SIZE - len(NO_POLICY), VERSION: _NO_EXTRAS_SIZE}
 
 
 class RecordsError(Exception):
@@ -144,7 +154,8 @@ def encode_header(next_id: int, version: int = VERSION) -> bytes:
 
 
 def header_version(data: bytes | bytearray) -> int:
-    """The VERSION of a `cmds` file: 1 (to upgrade) or VERSION; raises RecordsError.
+    """The VERSION of a `cmds` file: one of OLD_VERSIONS (to upgrade) or VERSION;
+    raises RecordsError.
 
     A file shorter than a header is a fresh (or torn-at-birth) one: VERSION.
     """
@@ -153,7 +164,7 @@ def header_version(data: bytes | bytearray) -> int:
     magic, version, _ = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise RecordsError(f"not a saturnd cmds file (magic {magic.hex(' ')})")
-    if version not in (1, VERSION):
+    if version != VERSION and version not in OLD_VERSIONS:
         raise RecordsError(f"unsupported cmds version {version}")
     value: int = version
     return value
@@ -284,11 +295,12 @@ def _parse_body(
     extras = NO_EXTRAS
     if version != 1:
         rest = end - pos
-        if rest >= _NO_EXTRAS_SIZE and data.count(0, pos, end) == rest:
+        none = _NO_EXTRAS_SIZES[version]
+        if rest >= none and data.count(0, pos, end) == rest:
             # The common case, in one count: no extras (all zeros), then zero padding.
-            used = pos + _NO_EXTRAS_SIZE - start
+            used = pos + none - start
             return timing, used, command - start, command_end - start, extras
-        extras, pos = _parse_extras(data, pos, end)
+        extras, pos = _parse_extras(data, pos, end, version)
     # Padding is written as zeros; anything else means the body is not what was written.
     if pos < end and data.count(0, pos, end) != end - pos:
         raise RecordsError(f"non-zero bytes after the task at body offset {pos - start}")
@@ -321,16 +333,19 @@ def _decode_timing_ex(data: bytes | bytearray, offset: int, end: int) -> Timing:
     return timing
 
 
-def _parse_extras(data: bytes | bytearray, pos: int, end: int) -> tuple[Extras, int]:
+def _parse_extras(data: bytes | bytearray, pos: int, end: int, version: int) -> tuple[Extras, int]:
     """The EXTRAS at `pos` (policy, environment, standard input, MAILTO) and where they
-    end."""
-    if pos + POLICY_SIZE > end:
-        raise RecordsError("body ends inside the policy")
-    timeout, jitter, pflags = _POLICY.unpack_from(data, pos)
-    pos += POLICY_SIZE
-    if pflags & ~(PFLAG_NO_OVERLAP | PFLAG_CATCH_UP | PFLAG_PAUSED):
-        raise RecordsError(f"unknown policy flags {pflags:#x}")
-    on_failure, pos = _string_at(data, pos, end, MAX_STRING, "the on-failure command")
+    end; a VERSION 2 body has no policy."""
+    timeout = jitter = pflags = 0
+    on_failure = b""
+    if version >= 3:
+        if pos + POLICY_SIZE > end:
+            raise RecordsError("body ends inside the policy")
+        timeout, jitter, pflags = _POLICY.unpack_from(data, pos)
+        pos += POLICY_SIZE
+        if pflags & ~(PFLAG_NO_OVERLAP | PFLAG_CATCH_UP | PFLAG_PAUSED):
+            raise RecordsError(f"unknown policy flags {pflags:#x}")
+        on_failure, pos = _string_at(data, pos, end, MAX_STRING, "the on-failure command")
     count, pos = _u32_at(data, pos, end, "the environment")
     if count > MAX_ENV:
         raise RecordsError(f"{count} environment variables exceed the limit of {MAX_ENV}")

@@ -72,7 +72,9 @@ class ServedStore:
     def stop_runs(self, task_id: int) -> int:
         """Tell every run in progress of the task to stop; how many there were."""
         try:
-            return taskdir.request_stop(self.store.task_dir(task_id))
+            # The clock is the daemon's: a run whose supervising process was killed is
+            # recorded here, ending now (the fake clock's, under --clock).
+            return taskdir.request_stop(self.store.task_dir(task_id), int(self._clock.now()))
         except OSError as error:
             raise StoreError(
                 f"cannot stop the runs of task {task_id}: {describe(error)}"

@@ -17,7 +17,7 @@ Rules:
   in one 8-byte `pwrite`; a removal writes the tombstone before deleting the task's
   directory. Loading drops a torn tail and finishes interrupted removals. PAUSE and
   RESUME rewrite the one PFLAGS byte of a record in place (a 1-byte write cannot tear).
-- Whole-file changes (the upgrade of a VERSION 1 `cmds` at start, REPLACE) write
+- Whole-file changes (the upgrade of an older `cmds` at start, REPLACE) write
   `cmds.new` and rename it over `cmds`: a crash leaves one file or the other, and a
   leftover `cmds.new` is deleted at the next start. REPLACE makes its new task
   directories before the rename and deletes the removed ones after it: a crash leaves
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Final
 
 from saturnd import taskdir
-from saturnd.cmdsupgrade import upgrade_v1
+from saturnd.cmdsupgrade import upgrade
 from saturnd.records import (
     HEADER_SIZE,
     ID_SIZE,
@@ -211,10 +211,10 @@ class Store(TaskTable):
             self._log.warning("deleted %s, left by an interrupted rewrite", self._dir / CMDS_TEMP)
 
     def _upgrade(self, data: bytearray) -> bytearray:
-        """Rewrite a VERSION 1 `cmds` (read into `data`) as VERSION 2, crash-safely; the
-        new file's bytes. Its tasks, ids and NEXT_ID are the old file's (`upgrade_v1`)."""
+        """Rewrite an older `cmds` (read into `data`) as VERSION, crash-safely; the new
+        file's bytes. Its tasks, ids and NEXT_ID are the old file's (`upgrade`)."""
         try:
-            upgraded, old = upgrade_v1(data)
+            upgraded, old = upgrade(data)
         except RecordsError as error:
             raise StoreError(f"{self._path}: {error}") from error
         for problem in old.problems:
@@ -225,7 +225,9 @@ class Store(TaskTable):
             raise StoreError(
                 f"cannot upgrade {self._path} to version {VERSION}: {describe(error)}"
             ) from error
-        self._log.info("upgraded %s from version 1 to version %d", self._path, VERSION)
+        self._log.info(
+            "upgraded %s from version %d to version %d", self._path, old.version, VERSION
+        )
         return upgraded
 
     def _rewrite(self, content: bytearray) -> None:

@@ -9,7 +9,7 @@ Invariants:
   3): per task, six numbers in arrays (id, record offset, BODY length before the
   padding, kind of its shared Timing, where its COMMANDLINE starts and ends in the
   BODY), about 30 bytes besides the file's own bytes.
-- Only VERSION 2 bytes are indexed (the store upgrades a VERSION 1 file first).
+- Only current (VERSION) bytes are indexed (the store upgrades an older file first).
 - Tasks are kept by increasing id; LIST and LIST-EX entries, command lines and extras
   are read from the bytes only when asked for, so loading decodes no command line.
 - Views hold an index, not a copy: they follow the writer's create and remove, and a

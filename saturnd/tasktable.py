@@ -9,7 +9,7 @@ remove, replace); the executor uses a read-only Store, the listener the writer.
 Rules:
 - The in-memory index (taskindex.py) is the truth between loads: LIST never parses
   the file. A reload builds a new index, so a view taken before shows the old table.
-- A VERSION 1 `cmds` is read as its upgrade (`records.upgrade_v1`), in memory only:
+- An older `cmds` is read as its upgrade (`cmdsupgrade.upgrade`), in memory only:
   the listener rewrites the file at its start, and a reader sees the same tasks before
   and after.
 - `refresh` costs one `stat` when nothing changed, except within a couple of seconds
@@ -30,7 +30,7 @@ from time import time_ns
 from typing import Final
 
 from saturnd import taskdir
-from saturnd.cmdsupgrade import upgrade_v1
+from saturnd.cmdsupgrade import upgrade
 from saturnd.protocol import TaskEntry
 from saturnd.records import (
     HEADER_SIZE,
@@ -154,7 +154,7 @@ class TaskTable:
         try:
             if self._read_only and header_version(data) != VERSION:
                 # The listener upgrades it at its start: until then, read it as it will be.
-                data = upgrade_v1(data)[0]
+                data = upgrade(data)[0]
             index, free, scan = index_cmds(data, writer=not self._read_only)
         except RecordsError as error:
             raise StoreError(f"{self._path}: {error}") from error

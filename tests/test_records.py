@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from saturnd.cmdsupgrade import encode_body_v1, upgrade_v1
+from saturnd.cmdsupgrade import encode_body_v1, encode_body_v2, upgrade, upgrade_v1
 from saturnd.protocol import (
     MAX_ARGC,
     MAX_ENV,
@@ -97,7 +97,7 @@ def test_it_round_trips_the_header(next_id: int) -> None:
     data = encode_header(next_id)
     assert len(data) == HEADER_SIZE == 16
     assert data[:4] == MAGIC == b"SATD"
-    assert data[4:8] == struct.pack(">I", VERSION) == b"\x00\x00\x00\x02"
+    assert data[4:8] == struct.pack(">I", VERSION) == b"\x00\x00\x00\x03"
     assert data[8:] == struct.pack(">Q", next_id)
     assert decode_header(data) == next_id
 
@@ -110,7 +110,7 @@ def test_it_refuses_a_bad_magic() -> None:
         scan_cmds(data + live(0))
 
 
-@pytest.mark.parametrize("version", [0, 3, 0xFFFF_FFFF])
+@pytest.mark.parametrize("version", [0, 4, 0xFFFF_FFFF])
 def test_it_refuses_an_unknown_version(version: int) -> None:
     data = MAGIC + struct.pack(">IQ", version, 3)
     with pytest.raises(RecordsError, match=f"^unsupported cmds version {version}$"):
@@ -731,7 +731,8 @@ def test_the_lean_scan_agrees_with_the_full_scan(
 
 def test_it_reads_the_version_of_a_header() -> None:
     assert header_version(encode_header(3, version=1)) == 1
-    assert header_version(encode_header(3)) == VERSION == 2
+    assert header_version(encode_header(3, version=2)) == 2
+    assert header_version(encode_header(3)) == VERSION == 3
     assert header_version(b"SAT") == VERSION  # a torn-at-birth file is a fresh one
     assert decode_header(encode_header(7, version=1)) == 7
 
@@ -803,3 +804,64 @@ def test_it_upgrades_an_empty_version_1_file() -> None:
 def test_it_upgrades_only_a_version_1_file(data: bytes) -> None:
     with pytest.raises(RecordsError, match="not a version 1 cmds file"):
         upgrade_v1(data)
+
+
+# --- version 2 (extras without POLICY) and its upgrade ------------------------------
+
+# ECHO_TASK with A=1, "in" on its standard input and MAILTO "me", as a VERSION 2 BODY
+# (by hand): ECHO_BODY's TIMING-EX and COMMANDLINE, then NBENV 1, "A", "1", STDIN "in",
+# MAILTO set, "me"; no POLICY.
+V2_EXTRAS = Extras(((b"A", b"1"),), b"in", b"me")
+V2_BODY = ECHO_BODY[: ECHO_COMMAND[1]] + bytes.fromhex(
+    "00000001 00000001 41 00000001 31  00000002 696e  01 00000002 6d65"
+)
+
+
+def test_it_reads_a_version_2_body_without_a_policy() -> None:
+    assert encode_body_v2(Task(WEDNESDAY_9_14, ECHO, V2_EXTRAS)) == V2_BODY
+    assert decode_body(V2_BODY + bytes(3), version=2) == Task(WEDNESDAY_9_14, ECHO, V2_EXTRAS)
+    assert decode_body(ECHO_BODY[: ECHO_COMMAND[1]] + bytes(9), version=2) == ECHO_TASK
+    with pytest.raises(RecordsError):
+        decode_body(V2_BODY)  # not a VERSION 3 body
+    with pytest.raises(ValueError, match="no policy"):
+        encode_body_v2(Task(Timing(), ECHO, Extras(paused=True)))
+
+
+def v2_file() -> bytes:
+    """A VERSION 2 file with extras, padding, a tombstone, a record that does not
+    decode and a slot reused (ids out of order)."""
+    with_extras = encode_body_v2(Task(WEDNESDAY_9_14, ECHO, V2_EXTRAS))
+    plain = encode_body_v2(Task(Timing(zone="UTC"), (b"ls",)))
+    return cmds(
+        8,
+        encode_record(6, plain, len(plain) + 7),
+        encode_record(TOMBSTONE, bytes(30), 30),
+        encode_record(2, with_extras, len(with_extras)),
+        encode_record(3, bytes(25), 25),
+        version=2,
+    )
+
+
+def test_it_upgrades_a_version_2_file_to_exactly_its_tasks() -> None:
+    old = v2_file()
+    assert [s.task_id for s in scan_cmds(old).slots] == [6, None, 2, None]
+    upgraded, old_scan = upgrade(bytearray(old))
+    assert old_scan.version == 2
+    assert old_scan.problems == scan_cmds(old).problems and len(old_scan.problems) == 1
+    tasks = [
+        (2, Task(WEDNESDAY_9_14, ECHO, V2_EXTRAS)),
+        (6, Task(Timing(zone="UTC"), (b"ls",))),
+    ]
+    # Spliced, yet byte for byte what encode_body gives: no free slot, no padding.
+    assert bytes(upgraded) == cmds(
+        8, *(encode_record(i, body := encode_task_body(t), len(body)) for i, t in tasks)
+    )
+    scan = scan_cmds(bytes(upgraded))
+    assert (scan.version, scan.next_id, scan.problems) == (VERSION, 8, [])
+    assert [(s.task_id, Task(s.timing, s.argv, s.extras)) for s in scan.slots] == tasks  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", [encode_header(3), b"", b"SATD"])
+def test_it_upgrades_only_an_old_file(data: bytes) -> None:
+    with pytest.raises(RecordsError, match="not an old cmds file"):
+        upgrade(data)

@@ -79,7 +79,7 @@ def test_it_creates_a_fresh_store(state: Path, store: Store) -> None:
     assert dict(store.tasks) == {}
     assert store.next_id == 0
     cmds = state / "cmds"
-    assert cmds.read_bytes() == b"SATD\x00\x00\x00\x02" + bytes(8)
+    assert cmds.read_bytes() == b"SATD\x00\x00\x00\x03" + bytes(8)
     assert stat.S_IMODE(cmds.stat().st_mode) == 0o600
 
 
@@ -175,7 +175,7 @@ def test_it_drops_a_torn_tail_on_open(
 def test_it_starts_over_from_a_torn_header(state: Path) -> None:
     (state / "cmds").write_bytes(b"SAT")
     assert reopen(state).next_id == 0
-    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x02" + bytes(8)
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x03" + bytes(8)
 
 
 def test_it_finishes_an_interrupted_removal(state: Path, store: Store) -> None:
@@ -236,10 +236,10 @@ def test_it_frees_a_live_record_that_does_not_decode(state: Path, store: Store) 
 
 
 def test_it_refuses_an_unknown_version(state: Path) -> None:
-    (state / "cmds").write_bytes(b"SATD\x00\x00\x00\x03" + bytes(8))
-    with pytest.raises(StoreError, match="unsupported cmds version 3"):
+    (state / "cmds").write_bytes(b"SATD\x00\x00\x00\x04" + bytes(8))
+    with pytest.raises(StoreError, match="unsupported cmds version 4"):
         Store.open(state, LOG)
-    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x03" + bytes(8)
+    assert cmds_bytes(state) == b"SATD\x00\x00\x00\x04" + bytes(8)
 
 
 def test_it_refuses_a_cmds_that_is_a_symlink(state: Path) -> None:
@@ -806,10 +806,10 @@ def test_a_failed_create_leaves_the_copy_of_cmds_as_the_file(state: Path, store:
 def test_the_copy_of_cmds_gets_the_repairs_of_the_file(state: Path) -> None:
     body = encode_body(AT_NINE, (b"kept",))
     # NEXT_ID 0 is behind the live id 3, and a torn record follows.
-    data = b"SATD" + struct.pack(">IQ", 2, 0) + encode_record(3, body, len(body) + 5)
+    data = b"SATD" + struct.pack(">IQ", 3, 0) + encode_record(3, body, len(body) + 5)
     (state / "cmds").write_bytes(data + encode_record(TOMBSTONE, body, 60)[:20])
     store = Store.open(state, LOG)
-    assert cmds_bytes(state) == b"SATD" + struct.pack(">IQ", 2, 4) + data[HEADER_SIZE:]
+    assert cmds_bytes(state) == b"SATD" + struct.pack(">IQ", 3, 4) + data[HEADER_SIZE:]
     assert_like_a_fresh_load(state, store)
     assert store.create(EVERY_MINUTE, (b"new",)) == 4  # appended where the file ends
     assert_like_a_fresh_load(state, store)
@@ -963,7 +963,7 @@ def test_it_checks_a_fresh_directory(state: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"SAT", b"SATD\x00\x00\x00\x02" + bytes(8) + b"a torn tail"],
+    [b"SAT", b"SATD\x00\x00\x00\x03" + bytes(8) + b"a torn tail"],
     ids=["torn-header", "torn-tail"],
 )
 def test_it_passes_what_open_repairs(state: Path, content: bytes) -> None:
@@ -977,7 +977,7 @@ def test_it_passes_what_open_repairs(state: Path, content: bytes) -> None:
     ("content", "message"),
     [
         (b"SATX\x00\x00\x00\x01" + bytes(8), "not a saturnd cmds file"),
-        (b"SATD\x00\x00\x00\x03" + bytes(8), "unsupported cmds version 3"),
+        (b"SATD\x00\x00\x00\x04" + bytes(8), "unsupported cmds version 4"),
     ],
     ids=["magic", "version"],
 )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from saturnd.cmdsupgrade import encode_body_v1
+from saturnd.cmdsupgrade import encode_body_v1, encode_body_v2
 from saturnd.decoding import decode_reply
 from saturnd.protocol import (
     CreateExRequest,
@@ -106,7 +106,7 @@ def test_it_upgrades_a_version_1_cmds_in_place(
     with caplog.at_level(logging.INFO):
         store = Store.open(state, LOG)
     assert "upgraded" in caplog.text
-    assert version_of(state) == 2
+    assert version_of(state) == 3
     assert dict(store.tasks) == tasks
     assert store.next_id == 15
     assert store.list_reply() == Store.open(state, LOG, read_only=True).list_reply()
@@ -143,6 +143,67 @@ def test_it_deletes_a_rewrite_left_by_a_crash(
         assert loaded(state) == (tasks, 15)
     assert not (state / CMDS_TEMP).exists()
     assert "interrupted rewrite" in caplog.text
+
+
+# --- version 2 (0.3.0: extras without a policy) ----------------------------------
+
+V2_TASKS = {
+    3: TaskEntry(3, Timing.cron("0 4 1 * *", zone="UTC"), (b"monthly",), Extras(((b"A", b"1"),))),
+    4: TaskEntry(4, AT_NINE, (b"echo", b"%"), Extras((), b"line\n", b"")),
+    7: TaskEntry(7, EVERY_MINUTE, (b"true",)),
+}
+
+
+def write_v2(state: Path) -> dict[int, TaskEntry]:
+    """A version 2 `cmds` as saturnd 0.3.0 leaves it (padding, a tombstone), with the
+    live tasks' directories and a history in one of them; the tasks it holds."""
+    records = []
+    for task_id, entry in V2_TASKS.items():
+        body = encode_body_v2(entry.task)
+        records.append(encode_record(task_id, body, len(body) + task_id % 3))
+        if task_id == 3:
+            records.append(encode_record(TOMBSTONE, bytes(17), 17))
+    (state / "cmds").write_bytes(encode_header(9, version=2) + b"".join(records))
+    os.chmod(state / "cmds", 0o600)
+    for task_id in V2_TASKS:
+        (state / f"task_{task_id}").mkdir(mode=0o700)
+    append_run(state / "task_4", 1_700_000_000, 0)
+    return dict(V2_TASKS)
+
+
+def test_it_upgrades_a_version_2_cmds_in_place_keeping_every_extra(
+    state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tasks = write_v2(state)
+    before = (state / "cmds").read_bytes()
+    reader = Store.open(state, LOG, read_only=True)
+    assert dict(reader.tasks) == tasks  # read as its upgrade, the file unchanged
+    assert (state / "cmds").read_bytes() == before
+    with caplog.at_level(logging.INFO):
+        store = Store.open(state, LOG)
+    assert "upgraded" in caplog.text and "from version 2 to version 3" in caplog.text
+    assert version_of(state) == 3
+    assert dict(store.tasks) == tasks
+    assert store.next_id == 9
+    assert store.set_paused(4, True)  # the POLICY is there to be written
+    assert store.tasks[4].extras == tasks[4].extras.replace(paused=True)
+    store.close()
+    assert reader.refresh() is True
+    assert reader.paused_ids() == {4}
+    assert loaded(state)[0][3] == tasks[3]
+    assert (state / "task_4" / "times-exitcodes").exists()
+
+
+def test_a_version_2_upgrade_killed_at_any_step_loses_nothing(state: Path) -> None:
+    tasks = write_v2(state)
+    pristine = (state / "cmds").read_bytes()
+    kill_at = 1
+    while run_killed(upgrade(state), kill_at):
+        assert loaded(state) == (tasks, 9), kill_at
+        (state / "cmds").write_bytes(pristine)
+        kill_at += 1
+    assert kill_at > 5
+    assert version_of(state) == 3
 
 
 # --- killed at every step, and at random moments --------------------------------
@@ -197,7 +258,7 @@ def test_an_upgrade_killed_at_any_step_loses_nothing(state: Path) -> None:
         (state / "cmds").write_bytes(pristine)  # the next try starts from version 1 again
         kill_at += 1
     assert kill_at > 5  # open, pwrite, fsync, rename, ... were all interrupted once
-    assert version_of(state) == 2
+    assert version_of(state) == 3
     assert loaded(state) == (tasks, 15)
 
 
@@ -272,7 +333,7 @@ def test_a_daemon_upgrades_at_start_and_serves_whole_tasks(tmp_path: Path) -> No
     tasks = write_v1(daemon.state)
     daemon.start()
     try:
-        assert version_of(daemon.state) == 2
+        assert version_of(daemon.state) == 3
         listed = daemon.cassini("-l").stdout.decode().splitlines()
         assert [int(line.split(":")[0]) for line in listed] == list(tasks)
         assert listed[1] == "5: 0 9 1-5 echo five"
