@@ -26,11 +26,8 @@ from pathlib import Path
 
 import pytest
 
-<<<<<<< HEAD
 from saturnd import history as run_history
-=======
 from saturnd.clock import SystemClock
->>>>>>> helper-q3
 from saturnd.handlers import FileReply
 from saturnd.listener import REPLY_OPEN_TIMEOUT, REPLY_STALL_TIMEOUT, Listener, StopFlag
 from saturnd.outgoing import SMALL_REPLY, Outgoing
