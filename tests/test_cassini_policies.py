@@ -55,7 +55,8 @@ from saturnd.runrecord import (
 )
 from saturnd.task import MAX_DURATION, Extras, Task
 from saturnd.timing import Timing
-from tests.daemon_harness import CASSINI, Daemon
+from tests.conftest import NOW as DAEMON_NOW
+from tests.daemon_harness import CASSINI, Daemon, wait_for
 
 MakeDaemon = Callable[..., Daemon]
 TRY = "Try 'cassini -h' for more information.\n"
@@ -562,3 +563,42 @@ def test_it_asks_a_saturnd_without_output_ex_the_course_way(tmp_path: Path) -> N
     with stand_in:
         assert _cassini(pipes, "-e", "1") == (b"err\n", "", 0)
     assert stand_in.requests == [encode(OutputExRequest(1, 2)), b"SE" + (1).to_bytes(8, "big")]
+
+
+def test_it_acts_on_a_task_of_the_real_daemon(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+    daemon = make_daemon(root=tmp_path)
+    a = daemon.create("sh", "-c", "echo out; exit 3")
+    b = daemon.create("--timeout", "1s", "sleep", "30")
+    c = daemon.create("-m", "59", "sleep", "60")
+    daemon.step_to(DAEMON_NOW + 60)
+    wait_for(lambda: daemon.runs(a) and daemon.runs(b), timeout=15, what="a run, a timeout")
+    history = daemon.cassini("-x", str(b), "-v").stdout.decode().splitlines()
+    assert history[1].split()[2:5] == ["-", "1s", "timed"], history
+
+    assert daemon.cassini("--pause", str(a)).stdout == b""
+    table = daemon.cassini("-l", "-v").stdout.decode().splitlines()
+    assert table[1].split()[:2] == [str(a), "paused"] and " 3 " in table[1]
+    assert "timed out" in table[2]
+    assert [t["paused"] for t in json.loads(daemon.cassini("-l", "--json").stdout)] == [
+        True,
+        False,
+        False,
+    ]
+
+    assert daemon.cassini("--run", str(c)).stdout == b""
+    wait_for(
+        lambda: b"stopping 1 run" in daemon.cassini("--kill", str(c)).stdout,
+        timeout=15,
+        what="the run by hand to be killed",
+    )
+    wait_for(lambda: daemon.runs(c), timeout=15, what="the killed run's record")
+    (run,) = json.loads(daemon.cassini("-x", str(c), "-v", "--json").stdout)
+    assert (run["outcome"], run["by_hand"], run["failed"]) == ("killed", True, True)
+
+    (first,) = json.loads(daemon.cassini("-x", str(a), "-v", "--json").stdout)
+    kept = daemon.cassini("-o", str(a), "--start", str(first["start"]["time"]))
+    assert (kept.stdout, kept.stderr) == (b"out\n", b"")
+    assert daemon.cassini("--resume", str(a)).stdout == b""
+    assert not json.loads(daemon.cassini("-l", "--json").stdout)[0]["paused"]
+    done = daemon.cassini("--run", "99", check=False)
+    assert (done.returncode, done.stderr) == (1, b"cassini: no task with id 99\n")
