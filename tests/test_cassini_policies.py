@@ -602,3 +602,14 @@ def test_it_acts_on_a_task_of_the_real_daemon(make_daemon: MakeDaemon, tmp_path:
     assert not json.loads(daemon.cassini("-l", "--json").stdout)[0]["paused"]
     done = daemon.cassini("--run", "99", check=False)
     assert (done.returncode, done.stderr) == (1, b"cassini: no task with id 99\n")
+    # Over the FIFOs (a daemon of the course) the table has no history to show.
+    fifo = subprocess.run(
+        [CASSINI, "-p", str(daemon.pipes), "-l", "-v"],
+        capture_output=True,
+        env=dict(daemon.env, CASSINI_TRANSPORT="fifo"),
+        timeout=30,
+        check=False,
+    )
+    assert (fifo.returncode, fifo.stderr) == (0, b"")
+    rows = [line.split() for line in fifo.stdout.decode().splitlines()[1:]]
+    assert [row[4:6] for row in rows] == [["-", "-"]] * 3  # LAST and RESULT
