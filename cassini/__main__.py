@@ -271,12 +271,13 @@ def _color() -> bool:
 
 def _needs_socket(request: Request) -> str:
     """Why a request that cannot travel over the FIFOs was made: `this task has ...: `."""
-    from cassini import cli
     from saturnd.protocol import CreateExRequest
 
     if not isinstance(request, CreateExRequest):
         return ""
-    what = cli.beyond_course(request.task)
+    from cassini.creating import beyond_course
+
+    what = beyond_course(request.task)
     return f"this task has {', '.join(what)}: only saturnd's socket can carry it, and "
 
 

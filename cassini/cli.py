@@ -6,9 +6,8 @@ This module owns:
   (`--import FILE`, which sends one CREATE per crontab line), or `UsageError`;
 - `render`: a request and its reply -> an `Outcome` (stdout bytes, stderr text, exit
   status), for the outputs of PROTOCOL.md; `respond` does the same for an `Invocation`,
-  handing the newer outputs (`-n`, `-l -v`, `--json`, `--export`) to `cassini.output`;
-- `make_create_request`: a timing, argv and extras -> CREATE (the course's, when it
-  says the whole task) or CREATE-EX, within the daemon's limits;
+  handing the newer outputs (`-n`, `-l -v -v`, `--json`, `--export`) to `cassini.output`,
+  `-x -v` to `cassini.history` and `-l -v` to `cassini.table`;
 - `task_line`: a task as `-l` lists it (PROTOCOL.md's line, plus what it cannot say);
 - `USAGE`, the help text.
 
@@ -17,29 +16,28 @@ Rules:
   epoch seconds into local time, is a function the caller passes in.
 - Options are parsed like `getopt.getopt` (by `cassini.options`, which behaves the same
   without importing `re`) with PROTOCOL.md's option string plus the newer
-  options (`-n: -N: -v` and the long `--export --import= --json`, and for -c `--dom=
-  --month= --cron= --tz= --env=`), so parsing stops at the
+  options (`-n: -N: -v` and the long `--export --import= --json --start= --run=
+  --pause= --resume= --kill=`, and for -c `--dom= --month= --cron= --tz= --env=` and
+  the run policies), so parsing stops at the
   first non-option argument: it and everything after it are the command of `-c`. An
   argument list the original option string accepts parses exactly as before (the new
   letters were errors there; long options were errors there).
-- Nothing is sent for invalid arguments: every check happens here, before any I/O
-  (`--tz` reads the zone database: the one look at the file system, and `zoneinfo`
-  is imported only then).
+- Nothing is sent for invalid arguments: every check happens here or in
+  `cassini.creating` (`-c`'s request), before any I/O.
 - The listings ask for LIST-EX, whose tasks are whole; over the FIFOs (a C daemon) the
   course's LIST is sent instead (`fifo_request`). A `-l` line is PROTOCOL.md's for a
   task the course can say; otherwise `timing_text`'s words follow the day of week.
 - Start-up speed: `cassini -h` must cost little more than starting Python, so this module
-  imports only `os` and `cassini.options` when it loads. `saturnd.protocol` and
+  imports only `cassini.options` when it loads. `saturnd.protocol` and
   `saturnd.timing` are imported by the functions that need them, and this module's own
   classes are plain classes: `import dataclasses` alone costs about a third of the
   interpreter's start-up. The
-  newer outputs live in `cassini.output` and `cassini.crontab`, imported only by the
+  newer outputs live in `cassini.output`, `cassini.history`, `cassini.table` and
+  `cassini.crontab`, and `-c` in `cassini.creating`, imported only by the
   invocations that use them, so the plain options load nothing new.
 """
 
 from __future__ import annotations
-
-import os
 
 from cassini.options import GetoptError, getopt
 
@@ -64,7 +62,6 @@ if TYPE_CHECKING:
         TimesExitcodesReply,
     )
     from saturnd.runrecord import RunRecord
-    from saturnd.task import Extras, Task
     from saturnd.timing import Timing
 
     LocalTime = Callable[[int], time.struct_time]
@@ -86,19 +83,16 @@ __all__ = [
     "Outcome",
     "UsageError",
     "local_text",
-    "make_create_request",
     "out_of_range",
     "parse_args",
     "parse_count",
     "parse_task_id",
+    "single_value",
+    "TIMING_OPTIONS",
     "parse_start",
-    "policies_of",
     "TASK_PATH",
-    "beyond_course",
-    "check_zone",
     "escape",
     "fifo_request",
-    "parse_env",
     "render",
     "respond",
     "task_line",
@@ -227,16 +221,16 @@ _OPERATIONS = frozenset(
     {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
     | {"--version", "--run", "--pause", "--resume", "--kill"}
 )
-# Options that only make sense with -c: the fields they set, and the others.
-_TIMING_OPTIONS = {
+TIMING_OPTIONS = {
     "-m": "minutes",
     "-H": "hours",
     "-d": "daysofweek",
     "--dom": "daysofmonth",
     "--month": "months",
 }
+"""The options of -c that set a timing field, and the field (cassini.creating)."""
 _POLICY_OPTIONS = ("--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure")
-_TASK_OPTIONS = (*_TIMING_OPTIONS, "--cron", "--tz", "--env", *_POLICY_OPTIONS)
+_TASK_OPTIONS = (*TIMING_OPTIONS, "--cron", "--tz", "--env", *_POLICY_OPTIONS)
 # Every option that only makes sense with some operations: the operations, and how the
 # usage error names them.
 _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
@@ -425,7 +419,7 @@ def parse_task_id(text: str) -> int:
     return int(significant or "0")
 
 
-def _single(options: list[tuple[str, str]], name: str) -> str | None:
+def single_value(options: list[tuple[str, str]], name: str) -> str | None:
     """The argument of an option that may be given once, or None when it is absent."""
     values = [value for option, value in options if option == name]
     if len(values) > 1:
@@ -442,128 +436,6 @@ def parse_count(text: str) -> int:
         if count <= MAX_COUNT:
             return count
     raise UsageError(f"invalid count {text!r}: expected a number from 1 to {MAX_COUNT}")
-
-
-def make_create_request(
-    timing: Timing, argv: tuple[bytes, ...], extras: Extras | None = None
-) -> Request:
-    """The request creating a task, or `UsageError` when the daemon could not take it.
-
-    The course's CREATE when it says the whole task (any daemon takes it, over the FIFOs
-    too), else CREATE-EX (saturnd's socket only). The daemon drops a request beyond its
-    limits without replying; say why here instead.
-    """
-    from saturnd.protocol import (
-        MAX_ARGC,
-        MAX_REQUEST,
-        MAX_STRING,
-        CreateExRequest,
-        CreateRequest,
-        encode,
-    )
-    from saturnd.task import NO_EXTRAS, Task, check_extras
-
-    if not argv:
-        raise UsageError("the command is empty")
-    if argv[0] == b"":
-        raise UsageError("the command's name is empty")
-    if len(argv) > MAX_ARGC:
-        raise UsageError(f"too many arguments ({len(argv)}; at most {MAX_ARGC})")
-    task = Task(timing, argv, NO_EXTRAS if extras is None else extras)
-    problem = check_extras(task.extras)
-    if problem is not None:
-        raise UsageError(problem)
-    strings = [*argv, *(b for pair in task.extras.env for b in pair), task.extras.stdin]
-    strings.append(task.extras.on_failure)
-    for data in strings:
-        if len(data) > MAX_STRING:
-            raise UsageError(f"an argument of {len(data)} bytes is longer than {MAX_STRING}")
-    request: Request = CreateRequest(timing, argv) if task.is_course else CreateExRequest(task)
-    if len(encode(request)) > MAX_REQUEST:
-        raise UsageError(f"the command line is longer than {MAX_REQUEST} bytes")
-    return request
-
-
-def beyond_course(task: Task) -> list[str]:
-    """What of `task` the course's CREATE cannot carry, in words (empty: nothing)."""
-    from saturnd.timing import FULL_DAYSOFMONTH, FULL_MONTHS
-
-    timing, extras = task.timing, task.extras
-    clock = not timing.reboot  # an @reboot timing's sets are all empty
-    named = [
-        (timing.reboot, "@reboot"),
-        (clock and timing.daysofmonth != FULL_DAYSOFMONTH, "a day of month"),
-        (clock and timing.months != FULL_MONTHS, "a month"),
-        (bool(timing.zone), "a time zone"),
-        (bool(extras.env), "environment variables"),
-        (bool(extras.stdin), "standard input"),
-        (extras.mailto is not None, "MAILTO"),
-        (extras.timeout != 0, "a timeout"),
-        (extras.jitter != 0, "a jitter"),
-        (extras.no_overlap, "--no-overlap"),
-        (extras.catch_up, "--catch-up"),
-        (bool(extras.on_failure), "an on-failure command"),
-        (extras.paused, "a paused state"),
-    ]
-    return [words for present, words in named if present]
-
-
-def check_zone(zone: str) -> None:
-    """Raise `UsageError` unless `zone` is a time zone this machine knows (`Europe/Paris`).
-
-    `zoneinfo` is imported here, only for `--tz`: cassini's other calls never pay for it.
-    """
-    import zoneinfo
-
-    if not zone:
-        raise UsageError("--tz needs a time zone name, such as Europe/Paris")
-    try:
-        zoneinfo.ZoneInfo(zone)
-    except (ValueError, LookupError, OSError):
-        # LookupError: ZoneInfoNotFoundError; ValueError: `../x`, an absolute path;
-        # OSError: a directory of the database (`America`).
-        raise UsageError(f"unknown time zone {zone!r}") from None
-
-
-def parse_env(text: str) -> tuple[bytes, bytes]:
-    """A `--env NAME=VALUE` argument -> (name, value); raises `UsageError`."""
-    name, equals, value = text.partition("=")
-    if not equals or not name:
-        raise UsageError(f"invalid --env {text!r}: expected NAME=VALUE")
-    return os.fsencode(name), os.fsencode(value)
-
-
-def _create_timing(options: list[tuple[str, str]]) -> Timing:
-    from saturnd.timing import Timing, TimingError
-
-    zone = _single(options, "--tz")
-    if zone is not None:
-        check_zone(zone)
-    schedule = _single(options, "--cron")
-    try:
-        if schedule is not None:
-            for option, _ in options:
-                if option in _TIMING_OPTIONS:
-                    raise UsageError(f"option --cron cannot be combined with {option}")
-            return Timing.cron(schedule, zone or "")
-        fields = {}
-        for option, field in _TIMING_OPTIONS.items():
-            value = _single(options, option)
-            fields[field] = "*" if value is None else value
-        return Timing.parse(**fields, zone=zone or "")
-    except TimingError as error:
-        raise UsageError(str(error)) from None
-
-
-def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
-    from saturnd.task import Extras
-
-    if not command:
-        raise UsageError("-c needs a command to run")
-    timing = _create_timing(options)
-    env = tuple(parse_env(value) for option, value in options if option == "--env")
-    argv = tuple(os.fsencode(arg) for arg in command)
-    return make_create_request(timing, argv, Extras(env).replace(**policies_of(options)))
 
 
 def parse_start(text: str) -> int:
@@ -589,33 +461,6 @@ def parse_start(text: str) -> int:
     if not 0 < seconds < 1 << 63:
         raise UsageError(f"invalid --start {text!r}: out of range")
     return seconds
-
-
-def policies_of(options: list[tuple[str, str]]) -> dict[str, object]:
-    """The run policies among `options` (getopt's, from `-c` or a crontab's `#saturnd:`
-    line), as `Extras` fields; raises `UsageError`."""
-    policies: dict[str, object] = {}
-    for option in ("--timeout", "--jitter"):
-        text = _single(options, option)
-        if text is not None:
-            # Imported only here: a `-c` without durations loads nothing new.
-            from cassini.duration import DurationError, parse_duration
-
-            try:
-                policies[option[2:]] = parse_duration(text)
-            except DurationError as error:
-                raise UsageError(f"{error} (option {option})") from None
-    if policies.get("timeout") == 0:
-        raise UsageError("--timeout 0 would stop every run at once: leave --timeout out")
-    flags = {option for option, _ in options}
-    policies["no_overlap"] = "--no-overlap" in flags
-    policies["catch_up"] = "--catch-up" in flags
-    command = _single(options, "--on-failure")
-    if command is not None:
-        if not command.strip():
-            raise UsageError("--on-failure needs a command")
-        policies["on_failure"] = os.fsencode(command)
-    return policies
 
 
 def _action_classes() -> dict[str, Callable[[int], Request]]:
@@ -671,7 +516,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         raise UsageError(error.msg) from None
     if any(option in ("-h", "--help") for option, _ in options):
         return Help()
-    pipes_dir = _single(options, "-p")
+    pipes_dir = single_value(options, "-p")
 
     operations = list(dict.fromkeys((o, v) for o, v in options if o in _OPERATIONS))
     if len(operations) > 1:
@@ -690,7 +535,9 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
     json = any(option == "--json" for option, _ in options)
 
     if operation == "-c":
-        return Invocation(_create_request(options, rest), pipes_dir)
+        from cassini.creating import create_request
+
+        return Invocation(create_request(options, rest), pipes_dir)
     if operation == "--import":
         if argument == "":
             raise UsageError("--import needs a file name (- for standard input)")
@@ -710,7 +557,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
 
         history = HistoryRequest(parse_task_id(argument))
         return Invocation(history, pipes_dir, mode="history", json=json)
-    start = _single(options, "--start")
+    start = single_value(options, "--start")
     if start is not None:
         from saturnd.protocol import OutputExRequest
 
@@ -726,7 +573,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         request = VersionRequest(f"cassini {__version__}".encode())
         return Invocation(request, pipes_dir, mode="version")
     if operation == "-n":
-        count = _single(options, "-N")
+        count = single_value(options, "-N")
         return Invocation(
             _plain_request("-l"),
             pipes_dir,

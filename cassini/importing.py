@@ -277,7 +277,8 @@ def _create_each(pipes_dir: str, name: str, entries: Sequence[Entry], out: Out, 
 def _create_one(pipes_dir: str, entry: Entry, out: Out, created: list[int]) -> int | str:
     """CREATE the task of one line: the status of printing its id, or why it failed."""
     from cassini import transport
-    from cassini.cli import UsageError, make_create_request
+    from cassini.cli import UsageError
+    from cassini.creating import make_create_request
     from saturnd.protocol import CreateReply
 
     try:

@@ -33,7 +33,8 @@ _OPTIONS = ("timeout=", "jitter=", "no-overlap", "catch-up", "on-failure=")
 
 def read_policies(text: str) -> dict[str, object]:
     """The `Extras` fields of the words after `#saturnd:`; `ValueError` with the reason."""
-    from cassini.cli import UsageError, policies_of
+    from cassini.cli import UsageError
+    from cassini.creating import policies_of
     from cassini.options import GetoptError, getopt
 
     try:

@@ -27,7 +27,6 @@ from cassini.cli import (
     Invocation,
     Outcome,
     UsageError,
-    beyond_course,
     escape,
     fifo_request,
     parse_args,
@@ -36,6 +35,7 @@ from cassini.cli import (
     respond,
     task_line,
 )
+from cassini.creating import beyond_course
 from saturnd.protocol import (
     CreateExRequest,
     CreateReply,
