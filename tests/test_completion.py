@@ -118,8 +118,9 @@ def test_bash_completes_task_ids_from_the_daemon_of_p(
         daemon.create("echo", name)
     daemon.cassini("-r", "1")
     pipes = str(daemon.pipes)
-    for option in ("-r", "-x", "-o", "-e", "-n"):
+    for option in ("-r", "-x", "-o", "-e", "-n", "--run", "--pause", "--resume", "--kill"):
         assert bash_complete("cassini", "-p", pipes, option, "") == ["0", "2"]
+    assert bash_complete("cassini", "-p", pipes, "--ki", "=", "") == ["0", "2"]
     assert bash_complete("cassini", f"-p{pipes}", "-lx", "2") == ["2"]
     assert bash_complete("cassini", "-p", pipes, "-n", "0", "-N", "") == []
     # A directory where no daemon listens: never the default one, where the user's may.
@@ -395,6 +396,8 @@ def test_zsh_completes_task_ids_from_the_daemon_of_p(
     daemon.cassini("-r", "0")
     assert sorted(zsh_complete(f"cassini -p {daemon.pipes} -x ", tmp_path)) == ["1", "2"]
     assert sorted(zsh_complete(f"cassini -p{daemon.pipes} -n ", tmp_path)) == ["1", "2"]
+    assert sorted(zsh_complete(f"cassini -p {daemon.pipes} --pause ", tmp_path)) == ["1", "2"]
+    assert sorted(zsh_complete(f"cassini -p {daemon.pipes} --kill=", tmp_path)) == ["1", "2"]
     # A directory where no daemon listens: never the default one, where the user's may.
     (tmp_path / "none").mkdir()
     assert zsh_complete(f"cassini -p {tmp_path / 'none'} -r ", tmp_path) == []
