@@ -13,8 +13,12 @@ Rules:
 - A created task whose program cassini cannot find (cassini.program, with the task's
   PATH) gets a warning on stderr after its id: the task exists, the exit status stays 0.
 - Listings ask LIST-EX; the FIFOs get LIST instead, and a saturnd older than LIST-EX
-  (it drops the request) is asked again with LIST. A whole task that cannot be created
-  for want of the socket is one line saying what of it needs the socket.
+  (it drops the request) is asked again with LIST. `-o`/`-e` ask OUTPUT-EX on the
+  socket (a cut output then says so on stderr), falling back the same way. A whole
+  task that cannot be created for want of the socket is one line saying what of it
+  needs the socket.
+- `-l -v` asks LIST-EX, then each task's HISTORY (one exchange per task, on the socket
+  only), and colours failures only when stdout is a terminal and NO_COLOR is unset.
 - `--import` reads the whole crontab; cassini.importing checks every line and applies
   them (a refused line creates nothing); `--edit` is cassini.edit's.
 """
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
     from cassini.cli import Import
     from saturnd.protocol import Reply, Request
+    from saturnd.runrecord import RunRecord
 
 __all__ = ["PIPES_DIR_VARIABLE", "default_pipes_dir", "main"]
 
@@ -180,7 +185,13 @@ def _run(args: Sequence[str]) -> int:
     except OSError as error:  # not foreseen by transport; still one line, not a traceback
         _error(f"cassini: {error}\n")
         return 1
-    outcome = cli.respond(parsed, reply, time.localtime, time.time())
+    histories = None
+    if parsed.mode == "table":
+        histories = _histories(pipes_dir, reply)
+    color = parsed.mode == "table" and _color()
+    outcome = cli.respond(
+        parsed, reply, time.localtime, time.time(), histories=histories, color=color
+    )
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)
@@ -190,35 +201,83 @@ def _run(args: Sequence[str]) -> int:
 
 
 def _exchange(pipes_dir: str, request: Request) -> Reply:
-    """One exchange; a listing falls back to the course's LIST where LIST-EX is unknown.
+    """One exchange; a listing falls back to the course's LIST where LIST-EX is unknown,
+    `-o`/`-e` (sent as OUTPUT-EX, to learn whether the output was cut) to STDOUT/STDERR.
 
-    Over the FIFOs the transport sends LIST itself. A saturnd older than LIST-EX (still
-    running after an upgrade) drops it on the socket, closing the connection without a
-    reply or after an `ER EM`: it is asked again with LIST.
+    Over the FIFOs the transport sends the course's request itself. A saturnd older than
+    the extension (still running after an upgrade) drops it on the socket, closing the
+    connection without a reply or after an `ER EM`: it is asked again the course's way.
     """
     from cassini import cli, transport
-    from saturnd.protocol import ERR_MESSAGE, ErrorReply, ListExRequest, ListRequest
+    from saturnd.protocol import (
+        ERR_MESSAGE,
+        ErrorReply,
+        ListExRequest,
+        ListRequest,
+        OutputExRequest,
+        StderrRequest,
+        StdoutRequest,
+    )
 
     fallback = cli.fifo_request(request)
-    if not isinstance(request, ListExRequest):
+    course: Request = ListRequest()
+    if isinstance(request, StdoutRequest | StderrRequest):
+        # OUTPUT-EX for the last run says whether the output was cut; the course's
+        # request goes over the FIFOs, and to a saturnd older than OUTPUT-EX.
+        course, fallback = request, request
+        request = OutputExRequest(request.task_id, 1 if isinstance(request, StdoutRequest) else 2)
+    elif not isinstance(request, ListExRequest):
         return transport.exchange(pipes_dir, request, fifo_request=fallback)
     try:
         reply = transport.exchange(pipes_dir, request, fifo_request=fallback)
     except transport.NoReplyError:
-        return transport.exchange(pipes_dir, ListRequest())
+        return transport.exchange(pipes_dir, course)
     if isinstance(reply, ErrorReply) and reply.code == ERR_MESSAGE:
-        return transport.exchange(pipes_dir, ListRequest())
+        return transport.exchange(pipes_dir, course)
     return reply
+
+
+def _histories(pipes_dir: str, reply: Reply) -> dict[int, tuple[RunRecord, ...] | None]:
+    """`-l -v`: each listed task's HISTORY, None where the daemon cannot say (no socket, a
+    saturnd without HISTORY, a task removed meanwhile): the table shows `-` there."""
+    from cassini import transport
+    from saturnd.protocol import HistoryReply, HistoryRequest, ListExReply, ListReply
+
+    histories: dict[int, tuple[RunRecord, ...] | None] = {}
+    if not isinstance(reply, ListReply | ListExReply):
+        return histories
+    for task in reply.tasks:
+        try:
+            answer = transport.exchange(pipes_dir, HistoryRequest(task.task_id))
+        except transport.NoSocketError:
+            break  # the FIFOs (a C daemon): no task has a HISTORY to ask for
+        except transport.TransportError:
+            histories[task.task_id] = None
+            continue
+        histories[task.task_id] = answer.runs if isinstance(answer, HistoryReply) else None
+    return histories
+
+
+def _color() -> bool:
+    """Colour for the status table: stdout is a terminal and NO_COLOR is unset or empty
+    (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stdout is not None and os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
 
 
 def _needs_socket(request: Request) -> str:
     """Why a request that cannot travel over the FIFOs was made: `this task has ...: `."""
-    from cassini import cli
     from saturnd.protocol import CreateExRequest
 
     if not isinstance(request, CreateExRequest):
         return ""
-    what = cli.beyond_course(request.task)
+    from cassini.creating import beyond_course
+
+    what = beyond_course(request.task)
     return f"this task has {', '.join(what)}: only saturnd's socket can carry it, and "
 
 

@@ -6,9 +6,8 @@ This module owns:
   (`--import FILE`, which sends one CREATE per crontab line), or `UsageError`;
 - `render`: a request and its reply -> an `Outcome` (stdout bytes, stderr text, exit
   status), for the outputs of PROTOCOL.md; `respond` does the same for an `Invocation`,
-  handing the newer outputs (`-n`, `-l -v`, `--json`, `--export`) to `cassini.output`;
-- `make_create_request`: a timing, argv and extras -> CREATE (the course's, when it
-  says the whole task) or CREATE-EX, within the daemon's limits;
+  handing the newer outputs (`-n`, `-l -v -v`, `--json`, `--export`) to `cassini.output`,
+  `-x -v` to `cassini.history` and `-l -v` to `cassini.table`;
 - `task_line`: a task as `-l` lists it (PROTOCOL.md's line, plus what it cannot say);
 - `USAGE`, the help text.
 
@@ -17,29 +16,28 @@ Rules:
   epoch seconds into local time, is a function the caller passes in.
 - Options are parsed like `getopt.getopt` (by `cassini.options`, which behaves the same
   without importing `re`) with PROTOCOL.md's option string plus the newer
-  options (`-n: -N: -v` and the long `--export --import= --json`, and for -c `--dom=
-  --month= --cron= --tz= --env=`), so parsing stops at the
+  options (`-n: -N: -v` and the long `--export --import= --json --start= --run=
+  --pause= --resume= --kill=`, and for -c `--dom= --month= --cron= --tz= --env=` and
+  the run policies), so parsing stops at the
   first non-option argument: it and everything after it are the command of `-c`. An
   argument list the original option string accepts parses exactly as before (the new
   letters were errors there; long options were errors there).
-- Nothing is sent for invalid arguments: every check happens here, before any I/O
-  (`--tz` reads the zone database: the one look at the file system, and `zoneinfo`
-  is imported only then).
+- Nothing is sent for invalid arguments: every check happens here or in
+  `cassini.creating` (`-c`'s request), before any I/O.
 - The listings ask for LIST-EX, whose tasks are whole; over the FIFOs (a C daemon) the
   course's LIST is sent instead (`fifo_request`). A `-l` line is PROTOCOL.md's for a
   task the course can say; otherwise `timing_text`'s words follow the day of week.
 - Start-up speed: `cassini -h` must cost little more than starting Python, so this module
-  imports only `os` and `cassini.options` when it loads. `saturnd.protocol` and
+  imports only `cassini.options` when it loads. `saturnd.protocol` and
   `saturnd.timing` are imported by the functions that need them, and this module's own
   classes are plain classes: `import dataclasses` alone costs about a third of the
   interpreter's start-up. The
-  newer outputs live in `cassini.output` and `cassini.crontab`, imported only by the
+  newer outputs live in `cassini.output`, `cassini.history`, `cassini.table` and
+  `cassini.crontab`, and `-c` in `cassini.creating`, imported only by the
   invocations that use them, so the plain options load nothing new.
 """
 
 from __future__ import annotations
-
-import os
 
 from cassini.options import GetoptError, getopt
 
@@ -47,21 +45,23 @@ from cassini.options import GetoptError, getopt
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import time
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from saturnd.protocol import (
         CreateReply,
         ErrorReply,
+        KillReply,
         ListExReply,
         ListReply,
         OkReply,
+        OutputExReply,
         OutputReply,
         Reply,
         Request,
         TaskEntry,
         TimesExitcodesReply,
     )
-    from saturnd.task import Extras, Task
+    from saturnd.runrecord import RunRecord
     from saturnd.timing import Timing
 
     LocalTime = Callable[[int], time.struct_time]
@@ -75,6 +75,7 @@ __all__ = [
     "PROTOCOL_OPTIONS",
     "TRY_HELP",
     "USAGE",
+    "CUT_MESSAGE",
     "Edit",
     "Help",
     "Import",
@@ -82,17 +83,16 @@ __all__ = [
     "Outcome",
     "UsageError",
     "local_text",
-    "make_create_request",
     "out_of_range",
     "parse_args",
     "parse_count",
     "parse_task_id",
+    "single_value",
+    "TIMING_OPTIONS",
+    "parse_start",
     "TASK_PATH",
-    "beyond_course",
-    "check_zone",
     "escape",
     "fifo_request",
-    "parse_env",
     "render",
     "respond",
     "task_line",
@@ -104,6 +104,7 @@ PROTOCOL_OPTIONS = "hlcqm:H:d:p:r:x:o:e:"
 OPTIONS = PROTOCOL_OPTIONS + "n:N:v"
 """PROTOCOL.md's option string and the newer short options (-n ID, -N COUNT, -v)."""
 LONG_OPTIONS = (
+    "catch-up",
     "check",
     "cron=",
     "dom=",
@@ -112,15 +113,26 @@ LONG_OPTIONS = (
     "export",
     "help",
     "import=",
+    "jitter=",
     "json",
+    "kill=",
     "month=",
+    "no-overlap",
+    "on-failure=",
+    "pause=",
     "replace",
+    "resume=",
+    "run=",
+    "start=",
+    "timeout=",
     "tz=",
     "version",
 )
 """The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
 NAME=VALUE, --export, --help (the same as -h), --import FILE, --json, --month MONTHS,
---replace, --tz ZONE, --version (--check and --replace go with --import)."""
+--replace, --tz ZONE, --version (--check and --replace go with --import); the run
+policies of -c (--timeout D, --jitter D, --no-overlap, --catch-up, --on-failure CMD);
+acting on a task (--run, --pause, --resume, --kill ID); -o/-e's --start TIME."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -130,13 +142,16 @@ MAX_COUNT = 1000
 """The largest `-N`: enough for years of a daily task, quick to compute."""
 
 USAGE = """\
-usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
+usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
        cassini [-p PIPES_DIR] -c [-m MINUTES] [-H HOURS] [-d DAYSOFWEEK] [--dom DAYS]
-                  [--month MONTHS] [--tz ZONE] [--env NAME=VALUE]... COMMAND [ARG...]
-       cassini [-p PIPES_DIR] -c --cron SCHEDULE [--tz ZONE] [--env NAME=VALUE]...
+                  [--month MONTHS] [--tz ZONE] [--env NAME=VALUE]... [POLICY...]
                   COMMAND [ARG...]
-       cassini [-p PIPES_DIR] -r|-o|-e TASKID
-       cassini [-p PIPES_DIR] -x TASKID [--json]
+       cassini [-p PIPES_DIR] -c --cron SCHEDULE [--tz ZONE] [--env NAME=VALUE]...
+                  [POLICY...] COMMAND [ARG...]
+       cassini [-p PIPES_DIR] -r TASKID
+       cassini [-p PIPES_DIR] -o|-e TASKID [--start TIME]
+       cassini [-p PIPES_DIR] -x TASKID [-v] [--json]
+       cassini [-p PIPES_DIR] --run|--pause|--resume|--kill TASKID
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
        cassini [-p PIPES_DIR] --export
        cassini [-p PIPES_DIR] --import FILE [--replace] [--check]
@@ -146,7 +161,9 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
        cassini -h|--help
 
   -l              list the tasks (the default)
-  -v              with -l: add each task's next start time and a description
+  -v              with -l: a table of next start, last run and its result;
+                  -v -v: each task's next start time and a description;
+                  with -x: each run's duration, outcome and marks
   -c              create a task running COMMAND [ARG...] (options after COMMAND are its own)
   -m MINUTES      minutes of the new task, crontab syntax such as 0-2,5 (default *)
   -H HOURS        hours of the new task (default *)
@@ -159,10 +176,22 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   --tz ZONE       read the new task's schedule in time zone ZONE (Europe/Paris)
   --env NAME=VALUE
                   a variable of the new task's environment (repeatable)
+  POLICY is one of:
+  --timeout DURATION  stop a run still going after DURATION (90s, 5m, 2h, 1d, 1h30m)
+  --jitter DURATION   delay each start by a random time up to DURATION
+  --no-overlap        skip a start while the task's previous run is still going
+  --catch-up          run once after the daemon was down across a start
+  --on-failure CMD    run CMD with /bin/sh -c when a run fails
   -r TASKID       remove a task
   -x TASKID       print a task's run times and exit codes
   -o TASKID       print the standard output of a task's last run
   -e TASKID       print the standard error of a task's last run
+  --start TIME    with -o or -e: of the kept run that started at TIME (as -x
+                  shows it, YYYY-MM-DD HH:MM:SS, or epoch seconds)
+  --run TASKID    start a run of a task now
+  --pause TASKID  stop starting a task (it keeps its schedule and history)
+  --resume TASKID start a paused task again
+  --kill TASKID   stop a task's runs in progress
   -n TASKID       print the next start times of a task, in local time
   -N COUNT        with -n: how many start times (default 5, at most 1000)
   --json          with -l, -x or -n: print one JSON document instead of text
@@ -178,6 +207,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v] [--json]
   -h, --help      print this help
 """
 
+CUT_MESSAGE = "cassini: output cut at the cap\n"
+"""What stderr says after an output that the daemon cut at its size cap."""
 TRY_HELP = "Try 'cassini -h' for more information."
 """The line that follows a usage error's reason, in place of the whole usage."""
 
@@ -188,37 +219,42 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
     {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
-    | {"--version"}
+    | {"--version", "--run", "--pause", "--resume", "--kill"}
 )
-# Options that only make sense with -c: the fields they set, and the others.
-_TIMING_OPTIONS = {
+TIMING_OPTIONS = {
     "-m": "minutes",
     "-H": "hours",
     "-d": "daysofweek",
     "--dom": "daysofmonth",
     "--month": "months",
 }
-_TASK_OPTIONS = (*_TIMING_OPTIONS, "--cron", "--tz", "--env")
+"""The options of -c that set a timing field, and the field (cassini.creating)."""
+_POLICY_OPTIONS = ("--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure")
+_TASK_OPTIONS = (*TIMING_OPTIONS, "--cron", "--tz", "--env", *_POLICY_OPTIONS)
 # Every option that only makes sense with some operations: the operations, and how the
 # usage error names them.
 _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
     **{option: (frozenset({"-c"}), "-c") for option in _TASK_OPTIONS},
     "-N": (frozenset({"-n"}), "-n"),
-    "-v": (frozenset({"-l"}), "-l"),
+    "-v": (frozenset({"-l", "-x"}), "-l or -x"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
+    "--start": (frozenset({"-o", "-e"}), "-o or -e"),
     **{option: (frozenset({"--import"}), "--import") for option in ("--replace", "--check")},
 }
 # Why an operation refuses a word after its options: those that take an argument take
 # exactly one (`cassini -r 4 5` is not two removals); for the others, a word there is
 # most likely a command that forgot -c.
 _ONE_ARGUMENT = {
-    **{option: f"{option} takes one task id" for option in ("-r", "-x", "-o", "-e", "-n")},
+    **{
+        option: f"{option} takes one task id"
+        for option in ("-r", "-x", "-o", "-e", "-n", "--run", "--pause", "--resume", "--kill")
+    },
     "--import": "--import takes one file",
 }
 _NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
 # others are cassini.output's.
-_MODES = ("plain", "verbose", "next", "export", "version")
+_MODES = ("plain", "verbose", "table", "history", "next", "export", "version")
 
 
 class UsageError(ValueError):
@@ -383,7 +419,7 @@ def parse_task_id(text: str) -> int:
     return int(significant or "0")
 
 
-def _single(options: list[tuple[str, str]], name: str) -> str | None:
+def single_value(options: list[tuple[str, str]], name: str) -> str | None:
     """The argument of an option that may be given once, or None when it is absent."""
     values = [value for option, value in options if option == name]
     if len(values) > 1:
@@ -402,119 +438,40 @@ def parse_count(text: str) -> int:
     raise UsageError(f"invalid count {text!r}: expected a number from 1 to {MAX_COUNT}")
 
 
-def make_create_request(
-    timing: Timing, argv: tuple[bytes, ...], extras: Extras | None = None
-) -> Request:
-    """The request creating a task, or `UsageError` when the daemon could not take it.
+def parse_start(text: str) -> int:
+    """`--start TIME`: a run's start as `-x` shows it (`YYYY-MM-DD HH:MM:SS`, local time) or
+    as epoch seconds (`-x -v --json`'s `time`); raises `UsageError`.
 
-    The course's CREATE when it says the whole task (any daemon takes it, over the FIFOs
-    too), else CREATE-EX (saturnd's socket only). The daemon drops a request beyond its
-    limits without replying; say why here instead.
+    Local time is read with `time.mktime` (the zone of the process, as `-x` prints it).
     """
-    from saturnd.protocol import (
-        MAX_ARGC,
-        MAX_REQUEST,
-        MAX_STRING,
-        CreateExRequest,
-        CreateRequest,
-        encode,
-    )
-    from saturnd.task import NO_EXTRAS, Task, check_extras
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        seconds = int(text)
+    else:
+        import time
 
-    if not argv:
-        raise UsageError("the command is empty")
-    if argv[0] == b"":
-        raise UsageError("the command's name is empty")
-    if len(argv) > MAX_ARGC:
-        raise UsageError(f"too many arguments ({len(argv)}; at most {MAX_ARGC})")
-    task = Task(timing, argv, NO_EXTRAS if extras is None else extras)
-    problem = check_extras(task.extras)
-    if problem is not None:
-        raise UsageError(problem)
-    strings = [*argv, *(b for pair in task.extras.env for b in pair), task.extras.stdin]
-    for data in strings:
-        if len(data) > MAX_STRING:
-            raise UsageError(f"an argument of {len(data)} bytes is longer than {MAX_STRING}")
-    request: Request = CreateRequest(timing, argv) if task.is_course else CreateExRequest(task)
-    if len(encode(request)) > MAX_REQUEST:
-        raise UsageError(f"the command line is longer than {MAX_REQUEST} bytes")
-    return request
+        try:
+            parsed = time.strptime(text.replace("T", " ", 1), "%Y-%m-%d %H:%M:%S")
+            seconds = int(time.mktime(parsed))
+        except (ValueError, OverflowError):
+            raise UsageError(
+                f"invalid --start {text!r}: expected a run's start as -x shows it "
+                "(YYYY-MM-DD HH:MM:SS) or epoch seconds"
+            ) from None
+    # 0 asks for the last run on the wire: no real run starts at 1970-01-01 00:00:00 UTC.
+    if not 0 < seconds < 1 << 63:
+        raise UsageError(f"invalid --start {text!r}: out of range")
+    return seconds
 
 
-def beyond_course(task: Task) -> list[str]:
-    """What of `task` the course's CREATE cannot carry, in words (empty: nothing)."""
-    from saturnd.timing import FULL_DAYSOFMONTH, FULL_MONTHS
+def _action_classes() -> dict[str, Callable[[int], Request]]:
+    from saturnd.protocol import KillRequest, PauseRequest, ResumeRequest, RunNowRequest
 
-    timing, extras = task.timing, task.extras
-    clock = not timing.reboot  # an @reboot timing's sets are all empty
-    named = [
-        (timing.reboot, "@reboot"),
-        (clock and timing.daysofmonth != FULL_DAYSOFMONTH, "a day of month"),
-        (clock and timing.months != FULL_MONTHS, "a month"),
-        (bool(timing.zone), "a time zone"),
-        (bool(extras.env), "environment variables"),
-        (bool(extras.stdin), "standard input"),
-        (extras.mailto is not None, "MAILTO"),
-    ]
-    return [words for present, words in named if present]
-
-
-def check_zone(zone: str) -> None:
-    """Raise `UsageError` unless `zone` is a time zone this machine knows (`Europe/Paris`).
-
-    `zoneinfo` is imported here, only for `--tz`: cassini's other calls never pay for it.
-    """
-    import zoneinfo
-
-    if not zone:
-        raise UsageError("--tz needs a time zone name, such as Europe/Paris")
-    try:
-        zoneinfo.ZoneInfo(zone)
-    except (ValueError, LookupError, OSError):
-        # LookupError: ZoneInfoNotFoundError; ValueError: `../x`, an absolute path;
-        # OSError: a directory of the database (`America`).
-        raise UsageError(f"unknown time zone {zone!r}") from None
-
-
-def parse_env(text: str) -> tuple[bytes, bytes]:
-    """A `--env NAME=VALUE` argument -> (name, value); raises `UsageError`."""
-    name, equals, value = text.partition("=")
-    if not equals or not name:
-        raise UsageError(f"invalid --env {text!r}: expected NAME=VALUE")
-    return os.fsencode(name), os.fsencode(value)
-
-
-def _create_timing(options: list[tuple[str, str]]) -> Timing:
-    from saturnd.timing import Timing, TimingError
-
-    zone = _single(options, "--tz")
-    if zone is not None:
-        check_zone(zone)
-    schedule = _single(options, "--cron")
-    try:
-        if schedule is not None:
-            for option, _ in options:
-                if option in _TIMING_OPTIONS:
-                    raise UsageError(f"option --cron cannot be combined with {option}")
-            return Timing.cron(schedule, zone or "")
-        fields = {}
-        for option, field in _TIMING_OPTIONS.items():
-            value = _single(options, option)
-            fields[field] = "*" if value is None else value
-        return Timing.parse(**fields, zone=zone or "")
-    except TimingError as error:
-        raise UsageError(str(error)) from None
-
-
-def _create_request(options: list[tuple[str, str]], command: list[str]) -> Request:
-    from saturnd.task import Extras
-
-    if not command:
-        raise UsageError("-c needs a command to run")
-    timing = _create_timing(options)
-    env = tuple(parse_env(value) for option, value in options if option == "--env")
-    argv = tuple(os.fsencode(arg) for arg in command)
-    return make_create_request(timing, argv, Extras(env))
+    return {
+        "--run": RunNowRequest,
+        "--pause": PauseRequest,
+        "--resume": ResumeRequest,
+        "--kill": KillRequest,
+    }
 
 
 def _task_request(option: str, text: str) -> Request:
@@ -559,7 +516,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         raise UsageError(error.msg) from None
     if any(option in ("-h", "--help") for option, _ in options):
         return Help()
-    pipes_dir = _single(options, "-p")
+    pipes_dir = single_value(options, "-p")
 
     operations = list(dict.fromkeys((o, v) for o, v in options if o in _OPERATIONS))
     if len(operations) > 1:
@@ -578,7 +535,9 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
     json = any(option == "--json" for option, _ in options)
 
     if operation == "-c":
-        return Invocation(_create_request(options, rest), pipes_dir)
+        from cassini.creating import create_request
+
+        return Invocation(create_request(options, rest), pipes_dir)
     if operation == "--import":
         if argument == "":
             raise UsageError("--import needs a file name (- for standard input)")
@@ -586,10 +545,25 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         return Import(argument, pipes_dir, replace="--replace" in flags, check="--check" in flags)
     if operation == "--edit":
         return Edit(pipes_dir)
+    verbose = sum(option == "-v" for option, _ in options)
     if operation in ("-l", "-q"):
-        verbose = any(option == "-v" for option, _ in options)
-        mode = "verbose" if verbose else "plain"
+        # -l -v: the status table (with HISTORY per task); -l -v -v: each task's details.
+        mode = ("plain", "table", "verbose")[min(verbose, 2)]
         return Invocation(_plain_request(operation), pipes_dir, mode=mode, json=json)
+    if operation in ("--run", "--pause", "--resume", "--kill"):
+        return Invocation(_action_classes()[operation](parse_task_id(argument)), pipes_dir)
+    if operation == "-x" and verbose:
+        from saturnd.protocol import HistoryRequest
+
+        history = HistoryRequest(parse_task_id(argument))
+        return Invocation(history, pipes_dir, mode="history", json=json)
+    start = single_value(options, "--start")
+    if start is not None:
+        from saturnd.protocol import OutputExRequest
+
+        stream = 1 if operation == "-o" else 2
+        output = OutputExRequest(parse_task_id(argument), stream, parse_start(start))
+        return Invocation(output, pipes_dir)
     if operation == "--export":
         return Invocation(_plain_request("-l"), pipes_dir, mode="export")
     if operation == "--version":
@@ -599,7 +573,7 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         request = VersionRequest(f"cassini {__version__}".encode())
         return Invocation(request, pipes_dir, mode="version")
     if operation == "-n":
-        count = _single(options, "-N")
+        count = single_value(options, "-N")
         return Invocation(
             _plain_request("-l"),
             pipes_dir,
@@ -622,9 +596,16 @@ def _render_error(request: Request, reply: ErrorReply, localtime: LocalTime) -> 
     from saturnd.protocol import ERR_MESSAGE, ERR_NEVER_RAN, ERR_NOT_FOUND
 
     task_id = getattr(request, "task_id", None)
+    never_ran = f"task {task_id} has not run yet"
+    start = getattr(request, "start", 0)
+    if start:  # OUTPUT-EX for one run: that run's output is not (or no longer) kept
+        never_ran = f"task {task_id} keeps no output of a run started at {start}"
+        shown = local_text(localtime, start)
+        if shown is not None:
+            never_ran += f" ({shown})"
     messages = {
         ERR_NOT_FOUND: f"no task with id {task_id}",
-        ERR_NEVER_RAN: f"task {task_id} has not run yet",
+        ERR_NEVER_RAN: never_ran,
         # Our daemon's reason, on the socket: printable characters only, on one line.
         ERR_MESSAGE: "".join(c if c.isprintable() else " " for c in reply.message),
     }
@@ -743,8 +724,23 @@ def render(request: Request, reply: Reply, localtime: LocalTime) -> Outcome:
         protocol.CreateReply: _render_create,
         protocol.TimesExitcodesReply: _render_runs,
         protocol.OutputReply: _render_output,
+        protocol.KillReply: _render_kill,
+        protocol.OutputExReply: _render_output_ex,
     }
     return renderers[type(reply)](request, reply, localtime)
+
+
+def _render_kill(request: Request, reply: KillReply, localtime: LocalTime) -> Outcome:
+    """KILL's reply, by cassini.history (loaded only for it)."""
+    from cassini import history
+
+    return history.render_kill(request, reply)
+
+
+def _render_output_ex(request: Request, reply: OutputExReply, localtime: LocalTime) -> Outcome:
+    """`-o`/`-e` (with or without `--start`) over saturnd's socket: the bytes unchanged, and
+    one line on stderr when the daemon cut the output at its cap."""
+    return Outcome(reply.output, CUT_MESSAGE if reply.cut else "")
 
 
 def respond(
@@ -752,13 +748,32 @@ def respond(
     reply: Reply,
     localtime: LocalTime,
     now: float,
+    *,
+    histories: Mapping[int, Sequence[RunRecord] | None] | None = None,
+    color: bool = False,
 ) -> Outcome:
     """What to print, and the exit status, for `reply` to `invocation`'s request.
 
     `now` (epoch seconds) is where `-n` and `-l -v` start looking for the next runs.
-    The plain outputs stay here; the others load `cassini.output` only when asked for.
+    `histories` (task id -> its HISTORY runs, None where unknown) and `color` (red
+    failures) are the status table's (`-l -v`). The plain outputs stay here; the others
+    load `cassini.output`, `cassini.history` or `cassini.table` only when asked for.
     """
+    from saturnd.protocol import HistoryReply, ListExReply, ListReply
+
     if invocation.mode == "plain" and not invocation.json:
+        return render(invocation.request, reply, localtime)
+    if invocation.mode == "history" and isinstance(reply, HistoryReply):
+        from cassini import history
+
+        return history.render_history(invocation, reply, localtime)
+    if invocation.mode == "table" and isinstance(reply, ListReply | ListExReply):
+        from cassini import table
+
+        return table.render_table(
+            invocation, reply.tasks, histories or {}, localtime, now, color=color
+        )
+    if invocation.mode in ("history", "table"):  # an error reply
         return render(invocation.request, reply, localtime)
     from cassini import output
 

@@ -34,6 +34,8 @@ What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
   found on PATH, builtins skipped: it is how `export` writes a task `echo hi`.
 - A user name before the command (/etc/crontab's format) is refused, or dropped when it
   is the importing user's own name.
+- saturnd's own comment lines (cassini.policyline): `#saturnd: OPTIONS` gives the next
+  task line its run policies, `#saturnd-paused: LINE` is the task line of a paused task.
 - The command runs to the end of the line, trailing blanks included (they matter after
   a `%`), as cron reads it. Lines may end with CRLF (the CR is dropped). All or
   nothing: when any line is refused, no entry is given.
@@ -42,6 +44,8 @@ What a line means is cron's meaning (cron(5), cronie's and Debian's reading):
 from __future__ import annotations
 
 import shlex
+
+from cassini.policyline import PAUSED_PREFIX, POLICY_PREFIX, read_policies
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:
@@ -468,6 +472,7 @@ def parse(
     problems: list[Problem] = []
     warnings: list[str] = []
     state = State()
+    policies: tuple[int, dict[str, object]] | None = None  # a #saturnd: line waiting
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline ending the last line
@@ -476,12 +481,29 @@ def parse(
         # the command (and the shell would not find it); take it for the line end.
         text = raw.removesuffix(b"\r").decode("utf-8", "surrogateescape")
         stripped = text.strip(_BLANKS)
-        if not stripped or stripped.startswith("#"):
+        try:
+            if stripped.startswith(POLICY_PREFIX):
+                if policies is not None:
+                    raise _Refused(f"line {policies[0]}'s {POLICY_PREFIX} has no task line")
+                try:
+                    policies = (number, read_policies(stripped[len(POLICY_PREFIX) :]))
+                except ValueError as error:
+                    raise _Refused(str(error)) from None
+                continue
+        except _Refused as refused:
+            problems.append(Problem(number, str(refused)))
+            continue
+        paused = stripped.startswith(PAUSED_PREFIX)
+        if paused:
+            text = stripped[len(PAUSED_PREFIX) :]
+        elif not stripped or stripped.startswith("#"):
             continue
         try:
             if "\0" in text:
                 raise _Refused("the line holds a NUL byte")
             found = setting(text)
+            if found is not None and paused:
+                raise _Refused(f"{PAUSED_PREFIX} is for a task line, not a setting")
             if found is not None:
                 _apply_setting(*found, state, context)
                 mail = found[0] == "MAILTO" and found[1]
@@ -496,7 +518,16 @@ def parse(
                 raise _Refused(
                     f'cron does not read {name}= as a setting: write {name}="" for an empty value'
                 )
-            entries.append(Entry(number, _task_line(text.lstrip(_BLANKS), state, context)))
+            task = _task_line(text.lstrip(_BLANKS), state, context)
+            if policies is not None or paused:
+                changes = {} if policies is None else policies[1]
+                task = type(task)(
+                    task.timing, task.argv, task.extras.replace(**changes, paused=paused)
+                )
+                policies = None
+            entries.append(Entry(number, task))
         except _Refused as refused:
             problems.append(Problem(number, str(refused)))
+    if policies is not None:
+        problems.append(Problem(policies[0], f"{POLICY_PREFIX} has no task line after it"))
     return ([] if problems else entries), problems, warnings

@@ -8,8 +8,11 @@ For each task it writes the settings that change since the previous line (and
 shell's command as written, other argv quoted for sh (`exec` first when the program has
 a builtin's name). cron cannot unset a variable, so tasks go with fewer variable names
 (and without MAILTO) first, in whichever of two orders leaves out fewer; a task that
-cannot follow is left out as a comment saying why. Every line is read back with `parse`
-before it is written: what would not come back as an equal `Task` is left out likewise.
+cannot follow is left out as a comment saying why. A task's run policies go on a
+`#saturnd:` line just before its line, and a paused task's line is written after
+`#saturnd-paused: ` (cassini.policyline): cron ignores both, `--import` reads them.
+Every line is read back with `parse` before it is written: what would not come back as
+an equal `Task` is left out likewise.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cassini.crontab import (
     parse,
     stdin_text,
 )
+from cassini.policyline import PAUSED_PREFIX, write_policies
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:
@@ -213,14 +217,20 @@ def _task_lines(task: TaskEntry, state: State) -> list[str] | str:
     stdin = _stdin_suffix(extras.stdin)
     if stdin is None:
         return "no text after a % gives its standard input"
+    try:
+        policy = write_policies(extras)
+    except ValueError as error:
+        return str(error)
+    before = [] if policy is None else [policy]
+    paused = f"{PAUSED_PREFIX} " if extras.paused else ""
     for text in _command_texts(task.task, new.shell):
-        line = f"{schedule} {text}{stdin}"
+        line = f"{paused}{schedule} {text}{stdin}"
         # Read the line back as `parse` will: only what comes back equal is written.
-        data = _encode("\n".join([*_setting_lines(new), line]) + "\n")
+        data = _encode("\n".join([*_setting_lines(new), *before, line]) + "\n")
         back, problems, _ = parse(data)
         if not problems and len(back) == 1 and back[0].task == task.task:
             state.env, state.mailto, state.zone = env, mailto, zone
-            return [*lines, line]
+            return [*lines, *before, line]
     return "no crontab line makes cron run it the same way"
 
 

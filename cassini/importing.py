@@ -3,8 +3,8 @@ tasks compared with the daemon's, then applied in one exchange.
 
 This module owns:
 - `plan` (pure): which of the daemon's tasks an imported crontab keeps (equal `Task`s,
-  matched as a multiset, lowest id first), which it removes (`--replace` only) and
-  which lines it creates; `describe` (pure): what `--check` prints of a plan;
+  the paused state aside, matched as a multiset, lowest id first), which it removes
+  (`--replace` only) and which lines it creates; `describe` (pure): what `--check` prints of a plan;
 - `run_import` and `apply`, the thin I/O around them: LIST-EX, then one REPLACE
   (`remove` the ids, `create` the tasks), which the daemon applies all or nothing;
 - `local_context`: what the crontab reader needs of this machine (user names, sendmail,
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from cassini.cli import Import
     from cassini.crontab import Context, Entry
     from saturnd.protocol import TaskEntry
+    from saturnd.task import Task
 
     Out = Callable[[bytes], int]
     Err = Callable[[str], None]
@@ -75,23 +76,33 @@ class Plan:
 def plan(current: Sequence[TaskEntry], entries: Sequence[Entry], replace: bool) -> Plan:
     """The plan making the daemon's tasks `current` into those of `entries`.
 
-    Without `replace`, every line is created and nothing is kept or removed.
+    Without `replace`, every line is created and nothing is kept or removed. A line
+    keeps a task that differs from it in its paused state alone, and the task keeps its
+    state: pausing is `--pause`/`--resume`'s, and a crontab kept in a file and imported
+    again must not undo it (a `#saturnd-paused:` line only creates a task paused).
     """
     if not replace:
         return Plan([], list(entries), [])
     unused: dict[object, list[TaskEntry]] = {}
     for task in sorted(current, key=lambda task: task.task_id):
-        unused.setdefault(task.task, []).append(task)
+        unused.setdefault(_unpaused(task.task), []).append(task)
     keep: list[tuple[Entry, TaskEntry]] = []
     create: list[Entry] = []
     for entry in entries:
-        same = unused.get(entry.task)
+        same = unused.get(_unpaused(entry.task))
         if same:
             keep.append((entry, same.pop(0)))
         else:
             create.append(entry)
     remove = sorted((t for tasks in unused.values() for t in tasks), key=lambda t: t.task_id)
     return Plan(keep, create, remove)
+
+
+def _unpaused(task: Task) -> Task:
+    """`task` as `plan` compares it: without its paused state."""
+    if not task.extras.paused:
+        return task
+    return type(task)(task.timing, task.argv, task.extras.replace(paused=False))
 
 
 def describe(result: Plan, lines: Sequence[bytes]) -> bytes:
@@ -266,7 +277,8 @@ def _create_each(pipes_dir: str, name: str, entries: Sequence[Entry], out: Out, 
 def _create_one(pipes_dir: str, entry: Entry, out: Out, created: list[int]) -> int | str:
     """CREATE the task of one line: the status of printing its id, or why it failed."""
     from cassini import transport
-    from cassini.cli import UsageError, make_create_request
+    from cassini.cli import UsageError
+    from cassini.creating import make_create_request
     from saturnd.protocol import CreateReply
 
     try:

@@ -21,7 +21,9 @@ Rules:
 - JSON: a task carries the course's fields (`minutes`, `hours`, `daysofweek`, `argv`),
   then `daysofmonth`, `months` (canonical text), `days_or`, `reboot`, `zone` (null: the
   daemon's), `env` (a list of {name, value}, in order), `stdin` and `mailto` (null:
-  not set). One document per call, on one line, ASCII only (`ensure_ascii`), so it is valid
+  not set), then the run policies `timeout` and `jitter` (seconds, 0: none),
+  `no_overlap`, `catch_up`, `on_failure` (null: none) and `paused`. One document per
+  call, on one line, ASCII only (`ensure_ascii`), so it is valid
   UTF-8 whatever bytes the commands hold. An argument is decoded as UTF-8; a byte that
   is not part of valid UTF-8 becomes the lone surrogate U+DC80 + byte (Python's
   `surrogateescape`, written `\\udcXX`), so the exact bytes can be recovered. Errors
@@ -65,6 +67,7 @@ __all__ = [
     "next_starts",
     "plain_description",
     "render",
+    "task_json",
     "task_starts",
     "task_zone",
 ]
@@ -343,7 +346,18 @@ def _task_fields(task: TaskEntry) -> dict[str, object]:
         "env": [{"name": _text(name), "value": _text(value)} for name, value in extras.env],
         "stdin": _text(extras.stdin),
         "mailto": None if extras.mailto is None else _text(extras.mailto),
+        "timeout": extras.timeout,
+        "jitter": extras.jitter,
+        "no_overlap": extras.no_overlap,
+        "catch_up": extras.catch_up,
+        "on_failure": _text(extras.on_failure) or None,
+        "paused": extras.paused,
     }
+
+
+def task_json(task: TaskEntry) -> dict[str, object]:
+    """A task as `--json` shows it (a new dict each call: the caller may add to it)."""
+    return _task_fields(task)
 
 
 class _Context:

@@ -6,14 +6,32 @@
 #   source PREFIX/share/bash-completion/completions/cassini.bash
 #
 # Completes the options (once an operation such as -l or -r is on the line, only those
-# valid with it), the task ids after -r -x -o -e -n in numeric order (asked of the daemon
+# valid with it), the task ids after -r -x -o -e -n --run --pause --resume --kill in
+# numeric order (asked of the daemon
 # with `cassini -l`, through the pipes directory of a -p already on the line, else of
-# $SATURND_PIPES_DIR, else the default), day names after -d, month names after --month,
+# $SATURND_PIPES_DIR, else the default), durations after --timeout and --jitter,
+# day names after -d, month names after --month,
 # the @ names after --cron, time zones after --tz, variable names after --env,
 # directories after -p, files after --import (then --replace and --check), and after -c
 # the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
+
+_cassini_long()
+{
+    # The long option a word names, as getopt reads it: the exact name, else the only
+    # one it is a prefix of (nothing when there are none or several).
+    local name=${1#--} option found=''
+    for option in catch-up check cron dom edit env export help import jitter json kill \
+        month no-overlap on-failure pause replace resume run start timeout tz version; do
+        [[ $option == "$name" ]] && { printf '%s' "$option"; return; }
+        if [[ $option == "$name"* ]]; then
+            [[ -n $found ]] && return
+            found=$option
+        fi
+    done
+    printf '%s' "$found"
+}
 
 _cassini_task_ids()
 {
@@ -26,12 +44,17 @@ _cassini_task_ids()
 # are refused there. No operation yet: any option.
 declare -gA _cassini_options_after=(
     [l]='-h --help -p -l -v --json'
-    [c]='-h --help -p -c -m -H -d --dom --month --cron --tz --env'
-    [x]='-h --help -p --json'
+    [c]='-h --help -p -c -m -H -d --dom --month --cron --tz --env
+        --timeout --jitter --no-overlap --catch-up --on-failure'
+    [x]='-h --help -p -v --json'
     [n]='-h --help -p -N --json'
     [r]='-h --help -p'
-    [o]='-h --help -p'
-    [e]='-h --help -p'
+    [o]='-h --help -p --start'
+    [e]='-h --help -p --start'
+    [run]='-h --help -p'
+    [pause]='-h --help -p'
+    [resume]='-h --help -p'
+    [kill]='-h --help -p'
     [q]='-h --help -p'
     [export]='-h --help -p'
     [import]='-h --help -p --replace --check'
@@ -42,7 +65,7 @@ declare -gA _cassini_options_after=(
 _cassini()
 {
     local cur=${COMP_WORDS[COMP_CWORD]}
-    local word pending='' create='' operation='' given=' ' letter i=1 j
+    local word pending='' create='' operation='' given=' ' letter long i=1 j
     local -a pipes=()
 
     # Walk the words before the cursor as getopt would.
@@ -51,7 +74,9 @@ _cassini()
         if [[ -n $pending ]]; then
             # The argument of the previous option. `--import=FILE` reaches us as
             # three words: --import, =, FILE.
-            if [[ $pending == @(import|dom|month|cron|tz|env) && $word == = ]]; then
+            if [[ $pending == @(import|dom|month|cron|tz|env|run|pause|resume|kill) &&
+                $word == = ]] ||
+                [[ $pending == @(timeout|jitter|on-failure|start) && $word == = ]]; then
                 ((i++))
                 continue
             fi
@@ -63,7 +88,7 @@ _cassini()
         elif [[ ${#word} -gt 2 && --import == "$word"* ]]; then
             pending=import # --import or a prefix of it, as getopt takes it
             operation=import
-        elif [[ ${word%%=*} == --@(d|do|dom|m|mo|mon|mont|month|cr|cro|cron|t|tz|en|env) ]]; then
+        elif [[ ${word%%=*} == --@(d|do|dom|m|mo|mon|mont|month|cr|cro|cron|tz|en|env) ]]; then
             # The options of -c that take a value (getopt takes any unique prefix: --c
             # is --check or --cron, --e --edit, --env or --export); with
             # `=VALUE` in the same word, nothing is pending.
@@ -79,6 +104,18 @@ _cassini()
             operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
             operation=version
+        elif [[ $word == --?* ]] && long=$(_cassini_long "${word%%=*}") &&
+            [[ $long == @(run|pause|resume|kill|timeout|jitter|on-failure|start|no-overlap|catch-up) ]]; then
+            # Issue 14's options: acting on a task (an operation taking an id), the run
+            # policies of -c and -o/-e's --start (a value), and the two policy flags.
+            case $long in
+                run | pause | resume | kill) operation=$long ;;&
+                no-overlap | catch-up) given+="--$long " ;;
+                *)
+                    given+="--$long "
+                    [[ $word == *=* ]] || pending=$long
+                    ;;
+            esac
         elif [[ $word == --* ]]; then
             :
         elif [[ $word == -?* ]]; then
@@ -136,7 +173,8 @@ _cassini()
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return
             ;;
-        [rxoen])
+        [rxoen] | run | pause | resume | kill)
+            [[ $cur == = ]] && cur=''
             mapfile -t COMPREPLY < <(compgen -W "$(_cassini_task_ids "${pipes[@]}")" -- "$cur")
             # Keep cassini's order, by increasing id: bash would sort 10 before 2.
             compopt -o nosort 2>/dev/null
@@ -178,8 +216,17 @@ _cassini()
                 sunday monday tuesday wednesday thursday friday saturday' -- "${cur##*[,-]}")
             return
             ;;
+        timeout | jitter)
+            [[ $cur == = ]] && cur=''
+            # After a number, the units that may follow it: smaller than the last one.
+            [[ $cur == *[0-9] ]] || return
+            local before=${cur%"${cur##*[!0-9]}"} units='d h m s' unit
+            case ${before: -1} in d) units='h m s' ;; h) units='m s' ;; m) units=s ;; s) units='' ;; esac
+            for unit in $units; do COMPREPLY+=("$cur$unit"); done
+            return
+            ;;
         ?*)
-            return # a timing field or a count: nothing to offer
+            return # a timing field, a count, a command or a time: nothing to offer
             ;;
     esac
     if [[ -n $create && $cur != -* ]]; then
@@ -187,7 +234,9 @@ _cassini()
         return
     fi
     local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json
-        --help --version --dom --month --cron --tz --env --replace --check --edit'
+        --help --version --dom --month --cron --tz --env --replace --check --edit
+        --timeout --jitter --no-overlap --catch-up --on-failure --start
+        --run --pause --resume --kill'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
     # --cron says all five fields: none of theirs with it.
     if [[ $given == *" --cron "* ]]; then
@@ -195,10 +244,11 @@ _cassini()
     elif [[ $given == *" -"[mHd]" "* || $given == *" --"@(dom|month)" "* ]]; then
         given+='--cron '
     fi
-    # cassini refuses a second -m -H -d -N -p --dom --month --cron --tz, even with the same
-    # value (--env may be repeated).
+    # cassini refuses a second -m -H -d -N -p --dom --month --cron --tz --timeout --jitter
+    # --on-failure --start, even with the same value (--env may be repeated).
     offered=" ${offered//$'\n'/ } "
-    for word in -m -H -d -N -p --dom --month --cron --tz; do
+    for word in -m -H -d -N -p --dom --month --cron --tz --timeout --jitter --on-failure \
+        --start --no-overlap --catch-up; do
         [[ $given == *" $word "* ]] && offered=${offered/ $word / }
     done
     mapfile -t COMPREPLY < <(compgen -W "$offered" -- "$cur")

@@ -27,7 +27,6 @@ from cassini.cli import (
     Invocation,
     Outcome,
     UsageError,
-    beyond_course,
     escape,
     fifo_request,
     parse_args,
@@ -36,6 +35,7 @@ from cassini.cli import (
     respond,
     task_line,
 )
+from cassini.creating import beyond_course
 from saturnd.protocol import (
     CreateExRequest,
     CreateReply,
@@ -527,12 +527,13 @@ def test_it_renders_times_with_the_given_local_time() -> None:
 
 NEWER = [
     # (args, the invocation)
-    (["-v"], Invocation(ListExRequest(), mode="verbose")),
-    (["-l", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-v"], Invocation(ListExRequest(), mode="table")),
+    (["-l", "-v"], Invocation(ListExRequest(), mode="table")),
     (["-lv", "-v"], Invocation(ListExRequest(), mode="verbose")),
+    (["-lvvv"], Invocation(ListExRequest(), mode="verbose")),
     (["--json"], Invocation(ListExRequest(), json=True)),
     (["-l", "--json", "-p", "/p"], Invocation(ListExRequest(), "/p", json=True)),
-    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="verbose", json=True)),
+    (["-l", "-v", "--js"], Invocation(ListExRequest(), mode="table", json=True)),
     (["-x", "3", "--json"], Invocation(TimesExitcodesRequest(3), json=True)),
     (["-n", "4"], Invocation(ListExRequest(), mode="next", task_id=4, count=5)),
     (["-n4", "-N", "12"], Invocation(ListExRequest(), mode="next", task_id=4, count=12)),
@@ -562,8 +563,8 @@ def test_it_parses_the_newer_options(args: list[str], expected: object) -> None:
 NEWER_INVALID = [
     (["-N", "3"], "option -N is only valid with -n"),
     (["-l", "-N", "3"], "option -N is only valid with -n"),
-    (["-x", "1", "-v"], "option -v is only valid with -l"),
-    (["-n", "1", "-v"], "option -v is only valid with -l"),
+    (["-r", "1", "-v"], "option -v is only valid with -l or -x"),
+    (["-n", "1", "-v"], "option -v is only valid with -l or -x"),
     (["-r", "1", "--json"], "option --json is only valid with -l, -x or -n"),
     (["-o", "1", "--json"], "option --json is only valid with -l, -x or -n"),
     (["--export", "--json"], "option --json is only valid with -l, -x or -n"),
@@ -652,6 +653,7 @@ def test_it_responds_to_plain_invocations_as_render_does(
 # --- start-up: the plain options load nothing new ---------------------------------------
 
 NEW_MODULES = {"cassini.output", "cassini.crontab", "json", "saturnd.schedule", "cron_descriptor"}
+NEW_MODULES |= {"cassini.history", "cassini.table", "cassini.duration", "cassini.policyline"}
 
 
 def _imported(*args: str) -> set[str]:
@@ -678,6 +680,9 @@ def _imported(*args: str) -> set[str]:
         ["-x", "1"],
         ["-r", "1"],
         ["-c", "-m", "1", "true"],
+        ["-c", "--no-overlap", "true"],
+        ["--kill", "1"],
+        ["-o", "1", "--start", "5"],
         ["-N", "3"],  # a usage error
     ],
 )

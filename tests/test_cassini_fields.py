@@ -76,7 +76,7 @@ def test_it_creates_and_lists_whole_tasks(make_daemon: MakeDaemon) -> None:
     ]
     assert (tasks[6]["stdin"], tasks[6]["mailto"]) == ("", None)
 
-    verbose = daemon.cassini("-l", "-v").stdout.decode()
+    verbose = daemon.cassini("-l", "-v", "-v").stdout.decode()
     assert "5: - - - @reboot mount-backups\n    next run: at each start of the daemon" in verbose
     assert "    env: GREETING=hi there\n    env: X=\n" in verbose
     assert "(America/New_York time)" in verbose

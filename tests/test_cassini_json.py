@@ -135,7 +135,7 @@ def test_it_matches_the_text_outputs(make_daemon: MakeDaemon) -> None:
 def test_it_matches_the_verbose_listing(make_daemon: MakeDaemon) -> None:
     daemon, _ = _daemon_with_runs(make_daemon)
     both = _stable(
-        lambda: daemon.cassini("-l", "-v").stdout + b"\0" + daemon.cassini("-lv", "--json").stdout
+        lambda: daemon.cassini("-lvv").stdout + b"\0" + daemon.cassini("-lv", "--json").stdout
     )
     text, _, document = both.partition(b"\0")
     tasks = _document(document)
@@ -149,6 +149,8 @@ def test_it_matches_the_verbose_listing(make_daemon: MakeDaemon) -> None:
     assert set(tasks[0]) == {
         "id", "minutes", "hours", "daysofweek", "argv", "next", "description",
         "daysofmonth", "months", "days_or", "reboot", "zone", "env", "stdin", "mailto",
+        "timeout", "jitter", "no_overlap", "catch_up", "on_failure", "paused",
+        "running", "last", "result", "failed",
     }  # fmt: skip
     assert set(tasks[0]["next"]) == {"time", "local"}
 
@@ -200,6 +202,12 @@ def test_it_carries_the_whole_task() -> None:
         "env": [{"name": "PATH", "value": "/opt/bin"}, {"name": "X", "value": "\udcff"}],
         "stdin": "line 1\nline 2",
         "mailto": "",
+        "timeout": 0,
+        "jitter": 0,
+        "no_overlap": False,
+        "catch_up": False,
+        "on_failure": None,
+        "paused": False,
     }
     assert (tasks[1]["reboot"], tasks[1]["minutes"], tasks[1]["zone"]) == (True, "", None)
     assert (tasks[2]["daysofmonth"], tasks[2]["months"], tasks[2]["days_or"]) == ("29", "2", False)
@@ -237,10 +245,12 @@ def test_it_imports_only_what_each_output_needs(make_daemon: MakeDaemon) -> None
     daemon, ids = _daemon_with_runs(make_daemon)
     newer = {"cassini.output", "cassini.crontab", "cassini.cronwrite", "json", "saturnd.schedule"}
     newer.add("cron_descriptor")
+    newer |= {"cassini.history", "cassini.table", "cassini.duration", "cassini.policyline"}
     for args in (["-l"], ["-x", str(ids[0])], ["-o", str(ids[0])]):
         assert _imported(daemon, *args) & newer == set(), args
     assert _imported(daemon, "-l", "--json") & newer == {"cassini.output", "json"}
     assert _imported(daemon, "-n", "0") & newer == {"cassini.output", "saturnd.schedule"}
-    assert "cron_descriptor" in _imported(daemon, "-l", "-v")
-    exporting = {"cassini.output", "cassini.crontab", "cassini.cronwrite"}
+    assert "cron_descriptor" in _imported(daemon, "-l", "-v", "-v")
+    assert "cron_descriptor" not in _imported(daemon, "-l", "-v")  # the table has no words
+    exporting = {"cassini.output", "cassini.crontab", "cassini.cronwrite", "cassini.policyline"}
     assert _imported(daemon, "--export") & newer == exporting

@@ -470,7 +470,7 @@ def test_it_lists_verbosely_end_to_end(make_daemon: MakeDaemon) -> None:
     daemon.create("-m", "0", "-H", "9,14", "-d", "3", "echo", "test-1")
     daemon.create("-m", "*/15", "printf", "%s\\n", os.fsdecode(b"caf\xc3\xa9 \xff"))
     plain = daemon.cassini("-l").stdout
-    verbose, before = _stable(lambda: daemon.cassini("-l", "-v").stdout)
+    verbose, before = _stable(lambda: daemon.cassini("-l", "-v", "-v").stdout)
     lines = verbose.split(b"\n")
     # Every third line is the line of -l, byte for byte.
     assert b"".join(line + b"\n" for line in lines[0:-1:3]) == plain
@@ -480,8 +480,8 @@ def test_it_lists_verbosely_end_to_end(make_daemon: MakeDaemon) -> None:
         b"    description: At 09:00 and 14:00, only on Wednesday",
         b"    description: Every 15 minutes",
     ]
-    # `-v` alone lists verbosely too.
-    assert _stable(lambda: daemon.cassini("-v").stdout)[0] == verbose
+    # `-vv` alone lists verbosely too.
+    assert _stable(lambda: daemon.cassini("-vv").stdout)[0] == verbose
 
 
 def test_it_lists_verbosely_without_cron_descriptor(
@@ -494,6 +494,6 @@ def test_it_lists_verbosely_without_cron_descriptor(
     monkeypatch.setenv("PYTHONPATH", str(hidden))
     daemon = make_daemon(root=tmp_path)
     daemon.create("-m", "0", "-H", "9", "-d", "3", "true")
-    result = daemon.cassini("-l", "-v")
+    result = daemon.cassini("-l", "-v", "-v")
     assert result.stdout.endswith(b"    description: At 09:00, on Wednesday\n")
     assert result.stderr == b""

@@ -29,7 +29,7 @@ ZSH_SCRIPT = ROOT / "completions" / "_cassini"
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 ZSH = shutil.which("zsh")
 
-OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*)", USAGE)))
+OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*(?:-[a-z]+)*)", USAGE)))
 
 
 def _env() -> dict[str, str]:
@@ -41,6 +41,8 @@ def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
     expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
+    expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
+    expected += ["--start", "--run", "--pause", "--resume", "--kill"]
     assert sorted(expected) == OPTIONS
 
 
@@ -116,8 +118,9 @@ def test_bash_completes_task_ids_from_the_daemon_of_p(
         daemon.create("echo", name)
     daemon.cassini("-r", "1")
     pipes = str(daemon.pipes)
-    for option in ("-r", "-x", "-o", "-e", "-n"):
+    for option in ("-r", "-x", "-o", "-e", "-n", "--run", "--pause", "--resume", "--kill"):
         assert bash_complete("cassini", "-p", pipes, option, "") == ["0", "2"]
+    assert bash_complete("cassini", "-p", pipes, "--ki", "=", "") == ["0", "2"]
     assert bash_complete("cassini", f"-p{pipes}", "-lx", "2") == ["2"]
     assert bash_complete("cassini", "-p", pipes, "-n", "0", "-N", "") == []
     # A directory where no daemon listens: never the default one, where the user's may.
@@ -152,7 +155,10 @@ def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_
 _WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
 _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
-_AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env"]
+_WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
+_WITH_ARGUMENT |= {"--timeout": "5m", "--jitter": "1m", "--on-failure": "x", "--start": "99"}
+_POLICIES = ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
+_AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env", *_POLICIES]
 AFTER_AN_OPERATION = [
     # (the words before, the options offered next)
     (["-l"], ["-h", "--help", "-p", "-l", "-v", "--json"]),
@@ -160,23 +166,56 @@ AFTER_AN_OPERATION = [
     (["-c"], ["-h", "--help", "-p", "-c", "-m", "-H", "-d", *_AFTER_C]),
     (
         ["-c", "-m", "1"],
-        ["-h", "--help", "-p", "-c", "-H", "-d", "--dom", "--month", "--tz", "--env"],
+        ["-h", "--help", "-p", "-c", "-H", "-d", "--dom", "--month", "--tz", "--env", *_POLICIES],
     ),
-    (["-c", "--cron", "@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
-    (["-c", "--cron=@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env"]),
+    (["-c", "--cron", "@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]),
+    (["-c", "--cron=@daily"], ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]),
     (
         ["-c", "--dom", "1"],
-        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--month", "--tz", "--env"],
+        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--month", "--tz", "--env", *_POLICIES],
     ),
     (
         ["-c", "--tz", "UTC", "--env", "A=1"],
-        ["-h", "--help", "-p", "-c", "-m", "-H", "-d", "--dom", "--month", "--cron", "--env"],
+        [
+            "-h",
+            "--help",
+            "-p",
+            "-c",
+            "-m",
+            "-H",
+            "-d",
+            "--dom",
+            "--month",
+            "--cron",
+            "--env",
+            *_POLICIES,
+        ],
     ),
-    (["-x", "1"], ["-h", "--help", "-p", "--json"]),
+    (
+        ["-c", "--timeout", "5m", "--no-overlap"],
+        [
+            "-h",
+            "--help",
+            "-p",
+            "-c",
+            "-m",
+            "-H",
+            "-d",
+            *_AFTER_C[:5],
+            *_POLICIES[1:2],
+            _POLICIES[3],
+            _POLICIES[4],
+        ],
+    ),
+    (["-x", "1"], ["-h", "--help", "-p", "-v", "--json"]),
+    (["-o", "1"], ["-h", "--help", "-p", "--start"]),
+    (["--run", "1"], ["-h", "--help", "-p"]),
+    (["--pau", "1"], ["-h", "--help", "-p"]),
+    (["--kill", "1"], ["-h", "--help", "-p"]),
     (["-n", "1"], ["-h", "--help", "-p", "-N", "--json"]),
     (["-r", "1"], ["-h", "--help", "-p"]),
-    (["-o1"], ["-h", "--help", "-p"]),
-    (["-e", "1"], ["-h", "--help", "-p"]),
+    (["-o1"], ["-h", "--help", "-p", "--start"]),
+    (["-e", "1"], ["-h", "--help", "-p", "--start"]),
     (["-q"], ["-h", "--help", "-p"]),
     (["--exp"], ["-h", "--help", "-p"]),
     (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
@@ -232,8 +271,11 @@ def test_bash_completes_the_values_of_the_new_fields() -> None:
     assert bash_complete("cassini", "-c", "--cron", "=", "@r") == ["@reboot"]
     # `--cr=@daily` reaches the completion as three words, as bash splits at the =.
     offered = bash_complete("cassini", "-c", "--cr", "=", "@daily", "-")
-    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env"]
+    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]
     assert bash_complete("cassini", "-c", "--dom", "") == []
+    assert bash_complete("cassini", "-c", "--timeout", "90") == ["90d", "90h", "90m", "90s"]
+    assert bash_complete("cassini", "-c", "--jit", "=", "1h3") == ["1h3m", "1h3s"]
+    assert bash_complete("cassini", "-c", "--on-failure", "") == []
     assert bash_complete(
         "cassini", "-c", "--env", "CASSINI_T", prelude="export CASSINI_TEST=1\n"
     ) == ["CASSINI_TEST="]
@@ -354,6 +396,8 @@ def test_zsh_completes_task_ids_from_the_daemon_of_p(
     daemon.cassini("-r", "0")
     assert sorted(zsh_complete(f"cassini -p {daemon.pipes} -x ", tmp_path)) == ["1", "2"]
     assert sorted(zsh_complete(f"cassini -p{daemon.pipes} -n ", tmp_path)) == ["1", "2"]
+    assert sorted(zsh_complete(f"cassini -p {daemon.pipes} --pause ", tmp_path)) == ["1", "2"]
+    assert sorted(zsh_complete(f"cassini -p {daemon.pipes} --kill=", tmp_path)) == ["1", "2"]
     # A directory where no daemon listens: never the default one, where the user's may.
     (tmp_path / "none").mkdir()
     assert zsh_complete(f"cassini -p {tmp_path / 'none'} -r ", tmp_path) == []
@@ -394,9 +438,15 @@ def test_zsh_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_p
     [
         ("cassini -l -", ["-h", "--help", "-p", "-v", "--json"]),
         ("cassini -c -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
-        ("cassini -c --cron @daily -", ["-h", "--help", "-p", "--tz", "--env"]),
+        ("cassini -c --cron @daily -", ["-h", "--help", "-p", "--tz", "--env", *_POLICIES]),
         ("cassini -c --env A=1 -", ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C]),
-        ("cassini -x 1 -", ["-h", "--help", "-p", "--json"]),
+        ("cassini -x 1 -", ["-h", "--help", "-p", "-v", "--json"]),
+        ("cassini -o 1 -", ["-h", "--help", "-p", "--start"]),
+        ("cassini --kill 1 -", ["-h", "--help", "-p"]),
+        (
+            "cassini -c --no-overlap -",
+            ["-h", "--help", "-p", "-m", "-H", "-d", *_AFTER_C[:7], *_POLICIES[3:]],
+        ),
         ("cassini -n 1 -", ["-h", "--help", "-p", "-N", "--json"]),
         ("cassini -r 1 -", ["-h", "--help", "-p"]),
         ("cassini -m 1 -", ["-h", "--help", "-p", "-c", "-H", "-d", *_AFTER_C[:2], *_AFTER_C[3:]]),
@@ -414,6 +464,7 @@ def test_zsh_completes_the_values_of_the_new_fields(tmp_path: Path) -> None:
     assert zsh_complete("cassini -c --month mar-ma", tmp_path) == ["mar", "may", "march"]
     assert sorted(zsh_complete("cassini -c --cron @m", tmp_path)) == ["@midnight", "@monthly"]
     assert zsh_complete("cassini -c --tz Europe/Par", tmp_path) == ["Paris"]
+    assert zsh_complete("cassini -c --timeout 1h3", tmp_path) == ["m", "s"]  # after 1h3
     setup = "export CASSINI_TEST=1"
     assert zsh_complete("cassini -c --env CASSINI_T", tmp_path, setup=setup) == ["CASSINI_TEST"]
 
