@@ -22,8 +22,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from saturnd import taskdir
 from saturnd.clock import Clock
 from saturnd.executor import start_by_hand
-from saturnd.protocol import TaskEntry
-from saturnd.runrecord import RunRecord
+from saturnd.protocol import EXITCODE_ABNORMAL, TaskEntry
+from saturnd.runrecord import EXITED, RunRecord
 from saturnd.spawn import DEFAULT_MAX_OUTPUT
 from saturnd.statefile import describe
 from saturnd.store import Store, StoreError
@@ -114,7 +114,15 @@ class ServedStore:
         return self.store.output(task_id, stream)
 
     def history(self, task_id: int) -> tuple[RunRecord, ...]:
-        return self.store.history(task_id)
+        """The recorded runs, then one record per run in progress (END 0: not ended)."""
+        done = self.store.history(task_id)
+        try:
+            going = taskdir.runs_in_progress(self.store.task_dir(task_id))
+        except OSError:
+            going = []
+        return done + tuple(
+            RunRecord(start, 0, EXITCODE_ABNORMAL, EXITED, 0, pid) for start, pid in going
+        )
 
     def kept_output(self, task_id: int, stream: str, start: int) -> tuple[bool, bytes] | None:
         return self.store.kept_output(task_id, stream, start)

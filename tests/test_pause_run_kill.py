@@ -71,9 +71,14 @@ def history(daemon: Daemon, task_id: int) -> tuple[RunRecord, ...]:
     return reply.runs
 
 
+def ended(daemon: Daemon, task_id: int) -> tuple[RunRecord, ...]:
+    """The runs that have ended (HISTORY ends with the runs in progress, END 0)."""
+    return tuple(run for run in history(daemon, task_id) if run.end)
+
+
 def wait_for_runs(daemon: Daemon, task_id: int, count: int) -> tuple[RunRecord, ...]:
-    wait_for(lambda: len(history(daemon, task_id)) >= count, what=f"{count} runs")
-    return history(daemon, task_id)
+    wait_for(lambda: len(ended(daemon, task_id)) >= count, what=f"{count} runs")
+    return ended(daemon, task_id)
 
 
 def paused_in_listing(daemon: Daemon, task_id: int) -> bool:
@@ -127,6 +132,8 @@ def test_it_kills_a_run_in_progress_and_records_it_killed(make_daemon: MakeDaemo
     assert ask(daemon, RunNowRequest(task_id)) == OkReply()
     task_dir = daemon.state / f"task_{task_id}"
     wait_for(lambda: any(pid for _, pid in runs_in_progress(task_dir)), what="the run")
+    ((start, pid),) = runs_in_progress(task_dir)
+    assert history(daemon, task_id) == (RunRecord(start, 0, 0xFFFF, 0, 0, pid),)  # going
     asked = time.monotonic()
     assert ask(daemon, KillRequest(task_id)) == KillReply(1)
     (run,) = wait_for_runs(daemon, task_id, 1)
