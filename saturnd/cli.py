@@ -143,26 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_count(text: str) -> int:
-    """A --keep-outputs value: a whole number of runs, 1 or more."""
+def _whole_number(text: str, unit: str, least: int) -> int:
+    """A whole number of `unit`, `least` or more, or an argparse error saying why."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of runs: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+        raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
     return value
+
+
+def _run_count(text: str) -> int:
+    """A --keep-outputs value: a whole number of runs, 1 or more."""
+    return _whole_number(text, "runs", 1)
 
 
 def _byte_count(text: str) -> int:
     """A --max-output value: a whole number of bytes, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number(text, "bytes", 0)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

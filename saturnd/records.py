@@ -63,6 +63,7 @@ from saturnd.wiretypes import (
     PFLAG_PAUSED,
     POLICY_SIZE,
     encode_extras,
+    extras_of,
 )
 
 __all__ = [
@@ -364,17 +365,7 @@ def _parse_extras(data: bytes | bytearray, pos: int, end: int, version: int) -> 
         mailto, pos = _string_at(data, pos, end, MAX_ERROR_MESSAGE, "MAILTO")
     elif flag != 0:
         raise RecordsError(f"MAILTO flag {flag} is neither 0 nor 1")
-    extras = Extras(
-        tuple(env),
-        stdin,
-        mailto,
-        timeout,
-        jitter,
-        bool(pflags & PFLAG_NO_OVERLAP),
-        bool(pflags & PFLAG_CATCH_UP),
-        on_failure,
-        bool(pflags & PFLAG_PAUSED),
-    )
+    extras = extras_of(tuple(env), stdin, mailto, timeout, jitter, pflags, on_failure)
     problem = check_extras(extras)
     if problem is not None:
         raise RecordsError(problem)

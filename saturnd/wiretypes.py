@@ -32,6 +32,7 @@ __all__ = [
     "RUN_RECORD_SIZE",
     "decode_run_record",
     "encode_run_record",
+    "extras_of",
     "PFLAGS_OFFSET",
     "PFLAG_CATCH_UP",
     "PFLAG_NO_OVERLAP",
@@ -164,6 +165,29 @@ def decode_run_record(data: bytes | bytearray, offset: int = 0) -> RunRecord:
     return RunRecord(*_RUN_RECORD.unpack_from(data, offset))
 
 
+def extras_of(
+    env: tuple[tuple[bytes, bytes], ...],
+    stdin: bytes,
+    mailto: bytes | None,
+    timeout: int,
+    jitter: int,
+    pflags: int,
+    on_failure: bytes,
+) -> Extras:
+    """The `Extras` that decoded EXTRAS fields say (PFLAGS unpacked here, once)."""
+    return Extras(
+        env,
+        stdin,
+        mailto,
+        timeout,
+        jitter,
+        bool(pflags & PFLAG_NO_OVERLAP),
+        bool(pflags & PFLAG_CATCH_UP),
+        on_failure,
+        bool(pflags & PFLAG_PAUSED),
+    )
+
+
 def encode_task(task: Task) -> bytes:
     """A `task`: TIMING-EX, COMMANDLINE, EXTRAS (CREATE-EX, LIST-EX, REPLACE, `cmds`)."""
     return (
@@ -259,17 +283,7 @@ def read_extras() -> Generator[int, bytes, Extras]:
     if has_mailto not in (b"\0", b"\1"):
         raise ProtocolError(f"MAILTO flag {has_mailto.hex()} is neither 0 nor 1")
     mailto = (yield from read_string(MAX_ERROR_MESSAGE)) if has_mailto == b"\1" else None
-    extras = Extras(
-        tuple(env),
-        stdin,
-        mailto,
-        timeout,
-        jitter,
-        bool(flags & PFLAG_NO_OVERLAP),
-        bool(flags & PFLAG_CATCH_UP),
-        on_failure,
-        bool(flags & PFLAG_PAUSED),
-    )
+    extras = extras_of(tuple(env), stdin, mailto, timeout, jitter, flags, on_failure)
     problem = check_extras(extras)
     if problem is not None:
         raise ProtocolError(problem)

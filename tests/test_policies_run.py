@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from saturnd import liveruns, runpolicy, runsupervisor, taskdir
@@ -32,6 +31,7 @@ from saturnd.spawn import RunSpec, spawn_run, spawn_runs
 from saturnd.task import NO_EXTRAS, Extras
 from tests.conftest import NOW
 from tests.daemon_harness import Daemon
+from tests.test_spawn import gone
 
 START = 1_795_248_000
 TASK_ID = 3
@@ -45,14 +45,6 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLI
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
-
-
-def gone(pid: int) -> bool:
-    """The process has ended (a zombie counts: it runs no more)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.fixture
