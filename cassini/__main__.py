@@ -189,9 +189,9 @@ def _run(args: Sequence[str]) -> int:
     if parsed.mode == "table":
         histories = _histories(pipes_dir, reply)
     color = parsed.mode == "table" and _color()
-    outcome = cli.respond(
-        parsed, reply, time.localtime, time.time(), histories=histories, color=color
-    )
+    from cassini.replies import respond
+
+    outcome = respond(parsed, reply, time.localtime, time.time(), histories=histories, color=color)
     status = _write_stdout(outcome.stdout) if outcome.stdout else 0
     if outcome.stderr:
         _error(outcome.stderr)

@@ -17,8 +17,8 @@ reach the terminal: nothing here prints a task's own text.
 
 from __future__ import annotations
 
-from cassini.cli import Outcome, local_text, out_of_range
 from cassini.duration import format_duration
+from cassini.replies import Outcome, local_text, out_of_range
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing
 if TYPE_CHECKING:

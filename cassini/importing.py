@@ -110,7 +110,7 @@ def describe(result: Plan, lines: Sequence[bytes]) -> bytes:
 
     `lines` are the crontab's lines (line N is `lines[N - 1]`).
     """
-    from cassini.cli import task_line
+    from cassini.replies import task_line
 
     out = [b"keep %d: line %d\n" % (task.task_id, entry.line) for entry, task in result.keep]
     for entry in result.create:

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import itertools
 
-from cassini.cli import Outcome, escape, local_text, out_of_range, task_line
-from cassini.cli import render as render_plain
+from cassini.replies import Outcome, escape, local_text, out_of_range, task_line
+from cassini.replies import render as render_plain
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ Rules:
 
 from __future__ import annotations
 
-from cassini.cli import Outcome, escape, local_text, timing_text
 from cassini.duration import format_duration
 from cassini.history import columns, is_failure, is_running, result_text, run_document
+from cassini.replies import Outcome, escape, local_text, timing_text
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing
 if TYPE_CHECKING:

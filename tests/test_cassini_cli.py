@@ -25,17 +25,13 @@ from cassini.cli import (
     Help,
     Import,
     Invocation,
-    Outcome,
     UsageError,
-    escape,
     fifo_request,
     parse_args,
     parse_task_id,
-    render,
-    respond,
-    task_line,
 )
 from cassini.creating import beyond_course
+from cassini.replies import Outcome, escape, render, respond, task_line
 from saturnd.protocol import (
     CreateExRequest,
     CreateReply,

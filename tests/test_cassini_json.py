@@ -17,7 +17,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cassini import output
-from cassini.cli import Invocation, Outcome
+from cassini.cli import Invocation
+from cassini.replies import Outcome
 from saturnd.protocol import (
     ListExReply,
     ListExRequest,

@@ -22,7 +22,8 @@ import pytest
 from croniter import croniter
 
 from cassini import output
-from cassini.cli import Invocation, Outcome, respond
+from cassini.cli import Invocation
+from cassini.replies import Outcome, respond
 from saturnd.protocol import (
     ErrorReply,
     ListExReply,

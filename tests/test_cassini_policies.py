@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cassini import crontab, cronwrite, importing
-from cassini.cli import CUT_MESSAGE, Invocation, UsageError, parse_args, respond
+from cassini.cli import Invocation, UsageError, parse_args
+from cassini.replies import CUT_MESSAGE, respond
 from cassini.table import RED, RESET
 from saturnd.protocol import (
     CreateExRequest,
