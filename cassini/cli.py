@@ -12,8 +12,8 @@ Rules:
   epoch seconds into local time, is a function the caller passes in.
 - Options are parsed like `getopt.getopt` (by `cassini.options`, which behaves the same
   without importing `re`) with PROTOCOL.md's option string plus the newer
-  options (`-n: -N: -v` and the long `--export --import= --json --start= --run=
-  --pause= --resume= --kill=`, and for -c `--dom= --month= --cron= --tz= --env=` and
+  options (`-n: -N: -v` and the long `--export --export-k8s --image= --import= --json
+  --start= --run= --pause= --resume= --kill=`, and for -c `--dom= --month= --cron= --tz= --env=` and
   the run policies), so parsing stops at the
   first non-option argument: it and everything after it are the command of `-c`. An
   argument list the original option string accepts parses exactly as before (the new
@@ -85,7 +85,9 @@ LONG_OPTIONS = (
     "edit",
     "env=",
     "export",
+    "export-k8s",
     "help",
+    "image=",
     "import=",
     "jitter=",
     "json",
@@ -103,10 +105,11 @@ LONG_OPTIONS = (
     "version",
 )
 """The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
-NAME=VALUE, --export, --help (the same as -h), --import FILE, --json, --month MONTHS,
---replace, --tz ZONE, --version (--check and --replace go with --import); the run
-policies of -c (--timeout D, --jitter D, --no-overlap, --catch-up, --on-failure CMD);
-acting on a task (--run, --pause, --resume, --kill ID); -o/-e's --start TIME."""
+NAME=VALUE, --export, --export-k8s (with --image IMAGE), --help (the same as -h),
+--import FILE, --json, --month MONTHS, --replace, --tz ZONE, --version (--check and
+--replace go with --import); the run policies of -c (--timeout D, --jitter D,
+--no-overlap, --catch-up, --on-failure CMD); acting on a task (--run, --pause,
+--resume, --kill ID); -o/-e's --start TIME."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -128,6 +131,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
        cassini [-p PIPES_DIR] --run|--pause|--resume|--kill TASKID
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
        cassini [-p PIPES_DIR] --export
+       cassini [-p PIPES_DIR] --export-k8s --image IMAGE
        cassini [-p PIPES_DIR] --import FILE [--replace] [--check]
        cassini [-p PIPES_DIR] --edit
        cassini [-p PIPES_DIR] -q
@@ -170,6 +174,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
   -N COUNT        with -n: how many start times (default 5, at most 1000)
   --json          with -l, -x or -n: print one JSON document instead of text
   --export        print every task as a crontab line
+  --export-k8s    print every task as a Kubernetes CronJob manifest (YAML)
+  --image IMAGE   with --export-k8s: the container image that runs the commands
   --import FILE   create a task per line of crontab FILE (- for standard input)
   --replace       with --import: make the tasks those of FILE, keeping unchanged ones
   --check         with --import: only say what would be created, kept and removed
@@ -191,6 +197,7 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
     {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
+    | {"--export-k8s"}
     | {"--version", "--run", "--pause", "--resume", "--kill"}
 )
 TIMING_OPTIONS = {
@@ -208,6 +215,7 @@ _TASK_OPTIONS = (*TIMING_OPTIONS, "--cron", "--tz", "--env", *_POLICY_OPTIONS)
 _MODIFIERS: dict[str, tuple[frozenset[str], str]] = {
     **{option: (frozenset({"-c"}), "-c") for option in _TASK_OPTIONS},
     "-N": (frozenset({"-n"}), "-n"),
+    "--image": (frozenset({"--export-k8s"}), "--export-k8s"),
     "-v": (frozenset({"-l", "-x"}), "-l or -x"),
     "--json": (frozenset({"-l", "-x", "-n"}), "-l, -x or -n"),
     "--start": (frozenset({"-o", "-e"}), "-o or -e"),
@@ -226,7 +234,7 @@ _ONE_ARGUMENT = {
 _NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
 # others are cassini.output's.
-_MODES = ("plain", "verbose", "table", "history", "next", "export", "version")
+_MODES = ("plain", "verbose", "table", "history", "next", "export", "export-k8s", "version")
 
 
 class UsageError(ValueError):
@@ -253,10 +261,11 @@ class Invocation:
 
     `pipes_dir` is `-p`'s directory (None: the default). `mode` is "plain" (PROTOCOL.md's
     output), "verbose" (`-l -v`), "next" (`-n task_id`, `count` start times) or "export"
-    (`--export`); `json` is `--json`.
+    (`--export`) or "export-k8s" (`--export-k8s`, for containers of `image`); `json` is
+    `--json`.
     """
 
-    __slots__ = ("count", "json", "mode", "pipes_dir", "request", "task_id")
+    __slots__ = ("count", "image", "json", "mode", "pipes_dir", "request", "task_id")
 
     def __init__(
         self,
@@ -267,6 +276,7 @@ class Invocation:
         json: bool = False,
         task_id: int | None = None,
         count: int = DEFAULT_COUNT,
+        image: str = "",
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"unknown mode {mode!r}")
@@ -276,9 +286,18 @@ class Invocation:
         self.json = json
         self.task_id = task_id
         self.count = count
+        self.image = image
 
     def _key(self) -> tuple[object, ...]:
-        return (self.request, self.pipes_dir, self.mode, self.json, self.task_id, self.count)
+        return (
+            self.request,
+            self.pipes_dir,
+            self.mode,
+            self.json,
+            self.task_id,
+            self.count,
+            self.image,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Invocation):
@@ -296,6 +315,8 @@ class Invocation:
             extra += ", json=True"
         if self.mode == "next":
             extra += f", task_id={self.task_id!r}, count={self.count!r}"
+        if self.image:
+            extra += f", image={self.image!r}"
         return f"Invocation({self.request!r}, {self.pipes_dir!r}{extra})"
 
 
@@ -512,6 +533,11 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         return Invocation(output, pipes_dir)
     if operation == "--export":
         return Invocation(_plain_request("-l"), pipes_dir, mode="export")
+    if operation == "--export-k8s":
+        image = single_value(options, "--image")
+        if not image:
+            raise UsageError("--export-k8s needs --image IMAGE (the container image)")
+        return Invocation(_plain_request("-l"), pipes_dir, mode="export-k8s", image=image)
     if operation == "--version":
         from saturnd import __version__
         from saturnd.protocol import VersionRequest

@@ -5,7 +5,8 @@ This module owns:
 - `render`: a request and its reply -> an `Outcome`, for the outputs of PROTOCOL.md;
   `respond` does the same for an `Invocation` (cassini.cli), handing the newer outputs
   (`-n`, `-l -v -v`, `--json`, `--export`) to `cassini.output`, `-x -v` to
-  `cassini.history` and `-l -v` to `cassini.table`;
+  `cassini.history`, `-l -v` to `cassini.table` and `--export-k8s` to
+  `cassini.k8sexport`;
 - `task_line`: a task as `-l` lists it (PROTOCOL.md's line, plus what it cannot say),
   with `timing_text` and `escape`; `local_text`, a run's time as the outputs show it.
 
@@ -273,7 +274,14 @@ def respond(
         return table.render_table(
             invocation, reply.tasks, histories or {}, localtime, now, color=color
         )
-    if invocation.mode in ("history", "table"):  # an error reply
+    if invocation.mode == "export-k8s" and isinstance(reply, ListReply | ListExReply):
+        from cassini.k8sexport import export_k8s
+
+        text, warnings, skipped = export_k8s(reply.tasks, invocation.image)
+        notes = [f"cassini: {warning}\n" for warning in warnings]
+        notes += [f"cassini: task {task.task_id} is not exported: {why}\n" for task, why in skipped]
+        return Outcome(text, "".join(notes), 1 if skipped else 0)
+    if invocation.mode in ("history", "table", "export-k8s"):  # an error reply
         return render(invocation.request, reply, localtime)
     from cassini import output
 

@@ -22,8 +22,8 @@ _cassini_long()
     # The long option a word names, as getopt reads it: the exact name, else the only
     # one it is a prefix of (nothing when there are none or several).
     local name=${1#--} option found=''
-    for option in catch-up check cron dom edit env export help import jitter json kill \
-        month no-overlap on-failure pause replace resume run start timeout tz version; do
+    for option in catch-up check cron dom edit env export export-k8s help image import \
+        jitter json kill month no-overlap on-failure pause replace resume run start timeout tz version; do
         [[ $option == "$name" ]] && { printf '%s' "$option"; return; }
         if [[ $option == "$name"* ]]; then
             [[ -n $found ]] && return
@@ -57,6 +57,7 @@ declare -gA _cassini_options_after=(
     [kill]='-h --help -p'
     [q]='-h --help -p'
     [export]='-h --help -p'
+    [export-k8s]='-h --help -p --image'
     [import]='-h --help -p --replace --check'
     [edit]='-h --help -p'
     [version]='-h --help -p'
@@ -76,7 +77,7 @@ _cassini()
             # three words: --import, =, FILE.
             if [[ $pending == @(import|dom|month|cron|tz|env|run|pause|resume|kill) &&
                 $word == = ]] ||
-                [[ $pending == @(timeout|jitter|on-failure|start) && $word == = ]]; then
+                [[ $pending == @(timeout|jitter|on-failure|start|image) && $word == = ]]; then
                 ((i++))
                 continue
             fi
@@ -98,14 +99,16 @@ _cassini()
             esac
             given+="--$long "
             [[ $word == *=* ]] || pending=$long
-        elif [[ ${#word} -gt 3 && --export == "$word"* ]]; then
-            operation=export
+        elif [[ $word == --export ]]; then
+            operation=export # its shorter prefixes are also --export-k8s's: ambiguous
+        elif [[ ${#word} -gt 8 && --export-k8s == "$word"* ]]; then
+            operation=export-k8s
         elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
             operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
             operation=version
         elif [[ $word == --?* ]] && long=$(_cassini_long "${word%%=*}") &&
-            [[ $long == @(run|pause|resume|kill|timeout|jitter|on-failure|start|no-overlap|catch-up) ]]; then
+            [[ $long == @(run|pause|resume|kill|timeout|jitter|on-failure|start|no-overlap|catch-up|image) ]]; then
             # Issue 14's options: acting on a task (an operation taking an id), the run
             # policies of -c and -o/-e's --start (a value), and the two policy flags.
             case $long in
@@ -233,7 +236,8 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --export-k8s
+        --image --import --json
         --help --version --dom --month --cron --tz --env --replace --check --edit
         --timeout --jitter --no-overlap --catch-up --on-failure --start
         --run --pause --resume --kill'
@@ -248,7 +252,7 @@ _cassini()
     # --on-failure --start, even with the same value (--env may be repeated).
     offered=" ${offered//$'\n'/ } "
     for word in -m -H -d -N -p --dom --month --cron --tz --timeout --jitter --on-failure \
-        --start --no-overlap --catch-up; do
+        --start --no-overlap --catch-up --image; do
         [[ $given == *" $word "* ]] && offered=${offered/ $word / }
     done
     mapfile -t COMPREPLY < <(compgen -W "$offered" -- "$cur")

@@ -539,8 +539,12 @@ NEWER = [
         Invocation(ListExRequest(), mode="next", task_id=7, count=7, json=True),
     ),
     (["--export"], Invocation(ListExRequest(), mode="export")),
-    (["--exp", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
-    (["--ex"], Invocation(ListExRequest(), mode="export")),  # a prefix of one long option
+    (["--export", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
+    # --export-k: a prefix of one long option (--ex, --exp are --export's and its).
+    (
+        ["--export-k", "--ima", "reg/img:1"],
+        Invocation(ListExRequest(), mode="export-k8s", image="reg/img:1"),
+    ),
     (["--import", "f.txt"], Import("f.txt")),
     (["--import=-", "-p", "d"], Import("-", "d")),
     (["-p", "d", "--import", "--json"], Import("--json", "d")),
@@ -585,7 +589,13 @@ NEWER_INVALID = [
     (["-n", "1", "x"], "unexpected argument 'x'"),
     (["--x"], "option --x not recognized"),
     (["--list"], "option --list not recognized"),
-    (["--ex", "-m", "1"], "option -m is only valid with -c"),
+    (["--export", "-m", "1"], "option -m is only valid with -c"),
+    (["--ex"], "option --ex not a unique prefix"),
+    (["--export-k8s"], "--export-k8s needs --image IMAGE"),
+    (["--export-k8s", "--image="], "--export-k8s needs --image IMAGE"),
+    (["--export", "--image", "i"], "option --image is only valid with --export-k8s"),
+    (["--export-k8s", "--image", "i", "--image", "j"], "option --image given more than once"),
+    (["--export-k8s", "--image", "i", "x"], "unexpected argument 'x'"),
 ]
 
 

@@ -29,7 +29,7 @@ ZSH_SCRIPT = ROOT / "completions" / "_cassini"
 BASH_COMPLETION = Path("/usr/share/bash-completion/bash_completion")
 ZSH = shutil.which("zsh")
 
-OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*(?:-[a-z]+)*)", USAGE)))
+OPTIONS = sorted(set(re.findall(r"(?<![\w-])(--?[A-Za-z][a-z]*(?:-[a-z0-9]+)*)", USAGE)))
 
 
 def _env() -> dict[str, str]:
@@ -43,6 +43,7 @@ def test_it_finds_the_options_of_the_usage() -> None:
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
     expected += ["--start", "--run", "--pause", "--resume", "--kill"]
+    expected += ["--export-k8s", "--image"]
     assert sorted(expected) == OPTIONS
 
 
@@ -106,8 +107,9 @@ def bash_complete(
 
 def test_bash_completes_the_options() -> None:
     assert sorted(bash_complete("cassini", "-")) == OPTIONS
-    assert bash_complete("cassini", "--ex") == ["--export"]
+    assert bash_complete("cassini", "--ex") == ["--export", "--export-k8s"]
     assert bash_complete("cassini", "-l", "--j") == ["--json"]
+    assert bash_complete("cassini", "--export-k8s", "--i") == ["--image"]
 
 
 def test_bash_completes_task_ids_from_the_daemon_of_p(
@@ -157,6 +159,7 @@ _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
 _WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
 _WITH_ARGUMENT |= {"--timeout": "5m", "--jitter": "1m", "--on-failure": "x", "--start": "99"}
+_WITH_ARGUMENT |= {"--image": "img"}
 _POLICIES = ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
 _AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env", *_POLICIES]
 AFTER_AN_OPERATION = [
@@ -217,7 +220,8 @@ AFTER_AN_OPERATION = [
     (["-o1"], ["-h", "--help", "-p", "--start"]),
     (["-e", "1"], ["-h", "--help", "-p", "--start"]),
     (["-q"], ["-h", "--help", "-p"]),
-    (["--exp"], ["-h", "--help", "-p"]),
+    (["--export"], ["-h", "--help", "-p"]),
+    (["--export-k", "--image", "img"], ["-h", "--help", "-p"]),
     (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--import", "f", "--check"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--ed"], ["-h", "--help", "-p"]),
@@ -382,7 +386,7 @@ def test_the_zsh_script_is_found_by_compinit(tmp_path: Path) -> None:
 @needs_zsh
 def test_zsh_completes_the_options(tmp_path: Path) -> None:
     assert sorted(set(zsh_complete("cassini -", tmp_path))) == OPTIONS
-    assert zsh_complete("cassini --ex", tmp_path) == ["--export"]
+    assert zsh_complete("cassini --ex", tmp_path) == ["--export", "--export-k8s"]
 
 
 @needs_zsh

@@ -1,0 +1,227 @@
+"""Kubernetes CronJobs from tasks, sans I/O: what `--export-k8s --image IMAGE` prints.
+
+This module owns `export_k8s`: tasks -> the text of one `batch/v1` CronJob manifest
+per task (YAML documents separated by `---`), the warnings that name what does not
+carry over, and the tasks left out and why; and `FIELDS`, how each field of the task
+model (`Timing`, the argv, `Extras`) maps to a CronJob or why it warns.
+
+Invariants:
+- Never silent: a field whose meaning a CronJob cannot keep is named in a warning
+  (task id and field), and a task no CronJob can run as saturnd would is left out
+  with a reason (an @reboot task has no schedule; an argument or variable that is not
+  UTF-8 cannot be a Kubernetes string; a day-of-month AND day-of-week schedule, which
+  Kubernetes' cron parser reads as an OR).
+- The YAML is written by hand (cassini takes no YAML library): every string is
+  double-quoted with escapes for all but printable characters, so the text reads back
+  as exactly the task's characters whatever they are; numbers and booleans are bare.
+- Pure and standard library only; loaded only by `--export-k8s`.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from saturnd.protocol import TaskEntry
+
+__all__ = [
+    "FIELDS",
+    "MAX_NAME",
+    "NO_CATCH_UP_DEADLINE",
+    "export_k8s",
+    "job_name",
+    "quote",
+]
+
+MAX_NAME = 52
+"""Longest CronJob name: the controller appends 11 characters to name each Job, and a
+Job's name must fit a 63-character label."""
+
+NO_CATCH_UP_DEADLINE = 60
+"""startingDeadlineSeconds of a task without --catch-up: a start the controller missed
+by more than a minute is skipped (Kubernetes documents that values under 10 may never
+start the job, as the controller checks every 10 seconds). Without it (catch-up),
+Kubernetes starts the latest missed run once when it is back, as saturnd does."""
+
+FIELDS: dict[str, str] = {
+    # Timing
+    "minutes": "spec.schedule",
+    "hours": "spec.schedule",
+    "daysofweek": "spec.schedule",
+    "daysofmonth": "spec.schedule",
+    "months": "spec.schedule",
+    "days_or": "spec.schedule (an AND of two restricted day fields: left out)",
+    "reboot": "left out with a warning (a CronJob has no @reboot)",
+    "zone": "spec.timeZone (none: a warning, the controller's zone applies)",
+    # the command
+    "argv": "the container's command (not UTF-8: left out)",
+    # Extras
+    "env": "the container's env (not UTF-8: left out)",
+    "stdin": "warning: a container's command gets no standard input",
+    "mailto": "warning when set: Kubernetes sends no mail",
+    "timeout": "jobTemplate.spec.activeDeadlineSeconds",
+    "jitter": "warning: Kubernetes has no random delay",
+    "no_overlap": "spec.concurrencyPolicy Forbid (else Allow)",
+    "catch_up": "spec.startingDeadlineSeconds (absent with catch-up)",
+    "on_failure": "warning: Kubernetes runs no command when a job fails",
+    "paused": "spec.suspend",
+}
+"""Every field of the task model -> how the CronJob carries it, or the warning."""
+
+_NAME_PREFIX = "saturnd-task-"
+
+
+def quote(text: str) -> str:
+    """`text` as a YAML double-quoted scalar that reads back as exactly `text`.
+
+    Only printable characters go as they are; the others (controls, line and paragraph
+    separators, the byte-order mark, which YAML either forbids or folds) are escaped.
+    """
+    parts = ['"']
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            parts.append("\\" + char)
+        elif 0x20 <= code < 0x7F or (code > 0x9F and char.isprintable() and code != 0xFEFF):
+            parts.append(char)
+        elif code <= 0xFF:
+            parts.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            parts.append(f"\\u{code:04x}")
+        else:
+            parts.append(f"\\U{code:08x}")
+    parts.append('"')
+    return "".join(parts)
+
+
+def job_name(task_id: int, argv0: bytes) -> str:
+    """The CronJob's name: `saturnd-task-ID-PROGRAM`, a DNS-1123 name of at most
+    `MAX_NAME` characters. PROGRAM is the basename of argv[0], lower-cased, each run of
+    other characters than a-z and 0-9 made one `-`, cut to fit; empty, it is left out."""
+    base = f"{_NAME_PREFIX}{task_id}"
+    program = argv0.rsplit(b"/", 1)[-1].decode("ascii", "replace").lower()
+    words: list[str] = []
+    word = ""
+    for char in program:
+        if "a" <= char <= "z" or "0" <= char <= "9":
+            word += char
+        elif word:
+            words.append(word)
+            word = ""
+    if word:
+        words.append(word)
+    suffix = "-".join(words)[: MAX_NAME - len(base) - 1].strip("-")
+    return f"{base}-{suffix}" if suffix else base
+
+
+def _text(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _manifest(task: TaskEntry, image: str, warn: list[str]) -> list[str] | str:
+    """The manifest's lines for `task`, with its warnings added to `warn`, or why no
+    CronJob can run it."""
+    timing, extras = task.timing, task.extras
+    if timing.reboot:
+        return "reboot: @reboot has no CronJob schedule"
+    from saturnd.timing import DAYSOFMONTH, DAYSOFWEEK
+
+    if (
+        not timing.days_or
+        and timing.daysofmonth != DAYSOFMONTH.full
+        and timing.daysofweek != DAYSOFWEEK.full
+    ):
+        # Kubernetes' parser (robfig/cron v3) ORs the day fields unless one is exactly
+        # `*`: a `*/2` that cron reads as a star is a restriction there.
+        return "days_or: Kubernetes cannot say a day of month AND a day of week"
+    try:
+        schedule = timing.format_cron()
+    except ValueError:
+        return "schedule: no cron schedule means its timing"
+    argv = [_text(arg) for arg in task.argv]
+    command = [arg for arg in argv if arg is not None]
+    if len(command) != len(argv):
+        return "argv: an argument is not UTF-8, which a Kubernetes string cannot hold"
+    env: dict[str, str] = {}
+    for name, value in extras.env:
+        name_text, value_text = _text(name), _text(value)
+        if name_text is None or value_text is None:
+            return "env: a variable is not UTF-8, which a Kubernetes string cannot hold"
+        env[name_text] = value_text  # a later one wins, as for the daemon
+
+    prefix = f"task {task.task_id}: "
+    if not timing.zone:
+        warn.append(
+            prefix + "zone: none set: the CronJob runs in the controller's zone (often UTC)"
+        )
+    if extras.stdin:
+        warn.append(prefix + "stdin: not carried: a container's command gets no input")
+    if extras.mailto:
+        warn.append(prefix + "mailto: not carried: Kubernetes sends no mail")
+    if extras.jitter:
+        warn.append(prefix + f"jitter: not carried ({extras.jitter}s): no random delay")
+    if extras.on_failure:
+        warn.append(prefix + "on_failure: not carried: Kubernetes runs no command on failure")
+
+    lines = [
+        "apiVersion: batch/v1",
+        "kind: CronJob",
+        "metadata:",
+        f"  name: {quote(job_name(task.task_id, task.argv[0] if task.argv else b''))}",
+        "  labels:",
+        '    app.kubernetes.io/managed-by: "cassini"',
+        f'    saturnd/task-id: "{task.task_id}"',
+        "spec:",
+        f"  schedule: {quote(schedule)}",
+    ]
+    if timing.zone:
+        lines.append(f"  timeZone: {quote(timing.zone)}")
+    lines.append(f"  concurrencyPolicy: {'Forbid' if extras.no_overlap else 'Allow'}")
+    if not extras.catch_up:
+        lines.append(f"  startingDeadlineSeconds: {NO_CATCH_UP_DEADLINE}")
+    lines += [
+        f"  suspend: {'true' if extras.paused else 'false'}",
+        "  jobTemplate:",
+        "    spec:",
+        # saturnd runs a start once: no retry of a failed run.
+        "      backoffLimit: 0",
+    ]
+    if extras.timeout:
+        lines.append(f"      activeDeadlineSeconds: {extras.timeout}")
+    lines += [
+        "      template:",
+        "        spec:",
+        "          restartPolicy: Never",
+        "          containers:",
+        '            - name: "task"',
+        f"              image: {quote(image)}",
+        "              command:",
+        *(f"                - {quote(arg)}" for arg in command),
+    ]
+    if env:
+        lines.append("              env:")
+        for name_text, value_text in env.items():
+            lines.append(f"                - name: {quote(name_text)}")
+            lines.append(f"                  value: {quote(value_text)}")
+    return lines
+
+
+def export_k8s(
+    tasks: Iterable[TaskEntry], image: str
+) -> tuple[bytes, list[str], list[tuple[TaskEntry, str]]]:
+    """The manifests of `tasks` (by id) for containers of `image`, the warnings (one
+    line each, naming task and field), and the tasks left out with why."""
+    documents: list[str] = []
+    warnings: list[str] = []
+    skipped: list[tuple[TaskEntry, str]] = []
+    for task in sorted(tasks, key=lambda entry: entry.task_id):
+        found = _manifest(task, image, warnings)
+        if isinstance(found, str):
+            skipped.append((task, found))
+        else:
+            documents.append("".join(line + "\n" for line in found))
+    return "---\n".join(documents).encode(), warnings, skipped
