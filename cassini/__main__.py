@@ -21,6 +21,8 @@ Rules:
   only), and colours failures only when stdout is a terminal and NO_COLOR is unset.
 - `--import` reads the whole crontab; cassini.importing checks every line and applies
   them (a refused line creates nothing); `--edit` is cassini.edit's.
+- `--export-systemd DIR` writes cassini.systemdexport's files into DIR and its warnings
+  (fields systemd cannot say) on stderr; exit 1 only when a task was left out.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from cassini.cli import Import
+    from cassini.cli import ExportSystemd, Import
     from saturnd.protocol import Reply, Request
     from saturnd.runrecord import RunRecord
 
@@ -149,6 +151,33 @@ def _edit(pipes_dir: str | None) -> int:
         return 130
 
 
+def _export_systemd(parsed: ExportSystemd) -> int:
+    """`--export-systemd DIR`: LIST-EX, then cassini.systemdexport's files written into
+    DIR (made if missing), every warning on stderr. Exit 1 when a task was not written
+    (its warning says so) or DIR cannot be written."""
+    from cassini import importing, systemdexport
+
+    pipes_dir = default_pipes_dir() if parsed.pipes_dir is None else parsed.pipes_dir
+    found = importing.fetch(pipes_dir)
+    if isinstance(found, str):
+        _error(f"cassini: {found}\n")
+        return 1
+    import time
+
+    files, warnings = systemdexport.export(found, time.time())
+    try:
+        os.makedirs(parsed.directory, exist_ok=True)
+        for name, data in files.items():
+            with open(os.path.join(parsed.directory, name), "wb") as file:
+                file.write(data)
+    except OSError as error:
+        _error(f"cassini: cannot write into {parsed.directory}: {error.strerror or error}\n")
+        return 1
+    _error("".join(f"cassini: warning: {line}\n" for line in warnings))
+    written = {name.split(".")[0] for name in files if name.endswith(".timer")}
+    return 0 if len(written) == len(found) else 1
+
+
 def _run(args: Sequence[str]) -> int:
     from cassini import cli
 
@@ -164,6 +193,8 @@ def _run(args: Sequence[str]) -> int:
         return _import(parsed)
     if isinstance(parsed, cli.Edit):
         return _edit(parsed.pipes_dir)
+    if isinstance(parsed, cli.ExportSystemd):
+        return _export_systemd(parsed)
 
     import time
 

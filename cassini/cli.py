@@ -59,6 +59,7 @@ __all__ = [
     "TRY_HELP",
     "USAGE",
     "Edit",
+    "ExportSystemd",
     "Help",
     "Import",
     "Invocation",
@@ -86,6 +87,7 @@ LONG_OPTIONS = (
     "env=",
     "export",
     "export-k8s",
+    "export-systemd=",
     "help",
     "image=",
     "import=",
@@ -105,11 +107,11 @@ LONG_OPTIONS = (
     "version",
 )
 """The long options, for getopt: --check, --cron SCHEDULE, --dom DAYS, --edit, --env
-NAME=VALUE, --export, --export-k8s (with --image IMAGE), --help (the same as -h),
---import FILE, --json, --month MONTHS, --replace, --tz ZONE, --version (--check and
---replace go with --import); the run policies of -c (--timeout D, --jitter D,
---no-overlap, --catch-up, --on-failure CMD); acting on a task (--run, --pause,
---resume, --kill ID); -o/-e's --start TIME."""
+NAME=VALUE, --export, --export-k8s (with --image IMAGE), --export-systemd DIR, --help
+(the same as -h), --import FILE, --json, --month MONTHS, --replace, --tz ZONE, --version
+(--check and --replace go with --import); the run policies of -c (--timeout D, --jitter D,
+--no-overlap, --catch-up, --on-failure CMD); acting on a task (--run, --pause, --resume,
+--kill ID); -o/-e's --start TIME."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -132,6 +134,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
        cassini [-p PIPES_DIR] -n TASKID [-N COUNT] [--json]
        cassini [-p PIPES_DIR] --export
        cassini [-p PIPES_DIR] --export-k8s --image IMAGE
+       cassini [-p PIPES_DIR] --export-systemd DIR
        cassini [-p PIPES_DIR] --import FILE [--replace] [--check]
        cassini [-p PIPES_DIR] --edit
        cassini [-p PIPES_DIR] -q
@@ -176,6 +179,9 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
   --export        print every task as a crontab line
   --export-k8s    print every task as a Kubernetes CronJob manifest (YAML)
   --image IMAGE   with --export-k8s: the container image that runs the commands
+  --export-systemd DIR
+                  write every task as systemd user units (a .timer and a .service)
+                  into DIR, with a README saying how to enable them
   --import FILE   create a task per line of crontab FILE (- for standard input)
   --replace       with --import: make the tasks those of FILE, keeping unchanged ones
   --check         with --import: only say what would be created, kept and removed
@@ -197,7 +203,7 @@ _MAX_TASK_ID_DIGITS = len(str(_MAX_TASK_ID))
 # same argument is harmless and accepted).
 _OPERATIONS = frozenset(
     {"-l", "-c", "-q", "-r", "-x", "-o", "-e", "-n", "--export", "--import", "--edit"}
-    | {"--export-k8s"}
+    | {"--export-k8s", "--export-systemd"}
     | {"--version", "--run", "--pause", "--resume", "--kill"}
 )
 TIMING_OPTIONS = {
@@ -230,6 +236,7 @@ _ONE_ARGUMENT = {
         for option in ("-r", "-x", "-o", "-e", "-n", "--run", "--pause", "--resume", "--kill")
     },
     "--import": "--import takes one file",
+    "--export-systemd": "--export-systemd takes one directory",
 }
 _NEEDS_C = "a command needs -c"
 # How an invocation shows its reply: "plain" is PROTOCOL.md's output (`render`); the
@@ -349,6 +356,28 @@ class Import:
     def __repr__(self) -> str:
         flags = (", replace=True" if self.replace else "") + (", check=True" if self.check else "")
         return f"Import({self.path!r}, {self.pipes_dir!r}{flags})"
+
+
+class ExportSystemd:
+    """`--export-systemd DIR`: the tasks as systemd user units in DIR
+    (cassini.systemdexport)."""
+
+    __slots__ = ("directory", "pipes_dir")
+
+    def __init__(self, directory: str, pipes_dir: str | None = None) -> None:
+        self.directory = directory
+        self.pipes_dir = pipes_dir
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExportSystemd):
+            return NotImplemented
+        return (self.directory, self.pipes_dir) == (other.directory, other.pipes_dir)
+
+    def __hash__(self) -> int:
+        return hash((ExportSystemd, self.directory, self.pipes_dir))
+
+    def __repr__(self) -> str:
+        return f"ExportSystemd({self.directory!r}, {self.pipes_dir!r})"
 
 
 class Edit:
@@ -471,7 +500,7 @@ def fifo_request(request: Request) -> Request | None:
     return ListRequest() if isinstance(request, ListExRequest) else None
 
 
-def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
+def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit | ExportSystemd:
     """Parse cassini's arguments (without the program name); raises `UsageError`.
 
     `-h` or `--help` anywhere among the options wins over everything else; no option at
@@ -512,6 +541,10 @@ def parse_args(args: Sequence[str]) -> Help | Invocation | Import | Edit:
         return Import(argument, pipes_dir, replace="--replace" in flags, check="--check" in flags)
     if operation == "--edit":
         return Edit(pipes_dir)
+    if operation == "--export-systemd":
+        if argument == "":
+            raise UsageError("--export-systemd needs a directory")
+        return ExportSystemd(argument, pipes_dir)
     verbose = sum(option == "-v" for option, _ in options)
     if operation in ("-l", "-q"):
         # -l -v: the status table (with HISTORY per task); -l -v -v: each task's details.

@@ -2,31 +2,41 @@
 
 This module owns `export_k8s`: tasks -> the text of one `batch/v1` CronJob manifest
 per task (YAML documents separated by `---`), the warnings that name what does not
-carry over, and the tasks left out and why; and `FIELDS`, how each field of the task
-model (`Timing`, the argv, `Extras`) maps to a CronJob or why it warns.
+carry over, and the tasks left out and why. Which task fields map and which warn is
+`cassini.exportfields.KUBERNETES`; the tests hold this module to it.
 
 Invariants:
 - Never silent: a field whose meaning a CronJob cannot keep is named in a warning
   (task id and field), and a task no CronJob can run as saturnd would is left out
   with a reason (an @reboot task has no schedule; an argument or variable that is not
   UTF-8 cannot be a Kubernetes string; a day-of-month AND day-of-week schedule, which
-  Kubernetes' cron parser reads as an OR).
+  Kubernetes' cron parser reads as an OR). Daylight saving: Kubernetes skips a start
+  in a spring-forward gap and runs a fixed time twice in a repeated hour, where saturnd
+  runs it after the gap and once: a task that meets a change in the year after `now` is
+  warned, with the date.
 - The YAML is written by hand (cassini takes no YAML library): every string is
   double-quoted with escapes for all but printable characters, so the text reads back
   as exactly the task's characters whatever they are; numbers and booleans are bare.
-- Pure and standard library only; loaded only by `--export-k8s`.
+- Pure (the clock comes in as `now`) and standard library only; loaded only by
+  `--export-k8s`.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from saturnd.protocol import TaskEntry
+    from saturnd.timing import Timing
+
+# A zone's offset changes at most a few times a year, on a quarter hour (UTC).
+_STEP = timedelta(minutes=15)
+_YEAR = timedelta(days=366)
 
 __all__ = [
-    "FIELDS",
     "MAX_NAME",
     "NO_CATCH_UP_DEADLINE",
     "export_k8s",
@@ -43,31 +53,6 @@ NO_CATCH_UP_DEADLINE = 60
 by more than a minute is skipped (Kubernetes documents that values under 10 may never
 start the job, as the controller checks every 10 seconds). Without it (catch-up),
 Kubernetes starts the latest missed run once when it is back, as saturnd does."""
-
-FIELDS: dict[str, str] = {
-    # Timing
-    "minutes": "spec.schedule",
-    "hours": "spec.schedule",
-    "daysofweek": "spec.schedule",
-    "daysofmonth": "spec.schedule",
-    "months": "spec.schedule",
-    "days_or": "spec.schedule (an AND of two restricted day fields: left out)",
-    "reboot": "left out with a warning (a CronJob has no @reboot)",
-    "zone": "spec.timeZone (none: a warning, the controller's zone applies)",
-    # the command
-    "argv": "the container's command (not UTF-8: left out)",
-    # Extras
-    "env": "the container's env (not UTF-8: left out)",
-    "stdin": "warning: a container's command gets no standard input",
-    "mailto": "warning when set: Kubernetes sends no mail",
-    "timeout": "jobTemplate.spec.activeDeadlineSeconds",
-    "jitter": "warning: Kubernetes has no random delay",
-    "no_overlap": "spec.concurrencyPolicy Forbid (else Allow)",
-    "catch_up": "spec.startingDeadlineSeconds (absent with catch-up)",
-    "on_failure": "warning: Kubernetes runs no command when a job fails",
-    "paused": "spec.suspend",
-}
-"""Every field of the task model -> how the CronJob carries it, or the warning."""
 
 _NAME_PREFIX = "saturnd-task-"
 
@@ -115,6 +100,43 @@ def job_name(task_id: int, argv0: bytes) -> str:
     return f"{base}-{suffix}" if suffix else base
 
 
+def _changes(zone: str, now: float) -> list[tuple[datetime, timedelta, timedelta]]:
+    """The offset changes of `zone` in the year after `now`: (UTC instant, offset
+    before, offset after). LookupError for a zone unknown here."""
+    from zoneinfo import ZoneInfo
+
+    info = ZoneInfo(zone)
+    moment = datetime.fromtimestamp(now // 900 * 900, UTC)
+    before = moment.astimezone(info).utcoffset()
+    changes = []
+    for _ in range(_YEAR // _STEP):
+        moment += _STEP
+        after = moment.astimezone(info).utcoffset()
+        if after != before and after is not None and before is not None:
+            changes.append((moment, before, after))
+        before = after
+    return changes
+
+
+def _dst_warning(timing: Timing, changes: list[tuple[datetime, timedelta, timedelta]]) -> str:
+    """Why Kubernetes starts `timing` otherwise than saturnd across `changes`, or ""."""
+    for instant, before, after in changes:
+        # The wall-clock minutes skipped (spring forward) or seen twice (fall back).
+        start = (instant + min(before, after)).replace(tzinfo=None)
+        minutes = abs(after - before) // timedelta(minutes=1)
+        wall = [start + timedelta(minutes=index) for index in range(minutes)]
+        if not any(timing.matches(moment) for moment in wall):
+            continue
+        day = start.date().isoformat()
+        if after > before:
+            return (
+                f"Kubernetes skips its start in the hour skipped on {day} (saturnd runs it after)"
+            )
+        if not timing.is_wildcard:
+            return f"Kubernetes starts it twice in the hour repeated on {day} (saturnd once)"
+    return ""
+
+
 def _text(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
@@ -122,9 +144,14 @@ def _text(data: bytes) -> str | None:
         return None
 
 
-def _manifest(task: TaskEntry, image: str, warn: list[str]) -> list[str] | str:
+def _manifest(
+    task: TaskEntry,
+    image: str,
+    warn: list[str],
+    changes: list[tuple[datetime, timedelta, timedelta]],
+) -> list[str] | str:
     """The manifest's lines for `task`, with its warnings added to `warn`, or why no
-    CronJob can run it."""
+    CronJob can run it. `changes`: its zone's offset changes in the coming year."""
     timing, extras = task.timing, task.extras
     if timing.reboot:
         return "reboot: @reboot has no CronJob schedule"
@@ -158,6 +185,9 @@ def _manifest(task: TaskEntry, image: str, warn: list[str]) -> list[str] | str:
         warn.append(
             prefix + "zone: none set: the CronJob runs in the controller's zone (often UTC)"
         )
+    dst = _dst_warning(timing, changes)
+    if dst:
+        warn.append(f"{prefix}zone: daylight saving time: {dst}")
     if extras.stdin:
         warn.append(prefix + "stdin: not carried: a container's command gets no input")
     if extras.mailto:
@@ -211,15 +241,27 @@ def _manifest(task: TaskEntry, image: str, warn: list[str]) -> list[str] | str:
 
 
 def export_k8s(
-    tasks: Iterable[TaskEntry], image: str
+    tasks: Iterable[TaskEntry], image: str, now: float
 ) -> tuple[bytes, list[str], list[tuple[TaskEntry, str]]]:
     """The manifests of `tasks` (by id) for containers of `image`, the warnings (one
-    line each, naming task and field), and the tasks left out with why."""
+    line each, naming task and field), and the tasks left out with why; `now` (epoch
+    seconds) starts the year in which daylight-saving changes are looked for."""
     documents: list[str] = []
     warnings: list[str] = []
     skipped: list[tuple[TaskEntry, str]] = []
+    zones: dict[str, list[tuple[datetime, timedelta, timedelta]]] = {"": []}
     for task in sorted(tasks, key=lambda entry: entry.task_id):
-        found = _manifest(task, image, warnings)
+        zone = task.timing.zone
+        if zone not in zones:
+            try:
+                zones[zone] = _changes(zone, now)
+            except (LookupError, ValueError, OSError):
+                zones[zone] = []
+                warnings.append(
+                    f"task {task.task_id}: zone: {zone!r} is unknown here: "
+                    "not checked for daylight saving"
+                )
+        found = _manifest(task, image, warnings, zones[zone])
         if isinstance(found, str):
             skipped.append((task, found))
         else:

@@ -277,7 +277,7 @@ def respond(
     if invocation.mode == "export-k8s" and isinstance(reply, ListReply | ListExReply):
         from cassini.k8sexport import export_k8s
 
-        text, warnings, skipped = export_k8s(reply.tasks, invocation.image)
+        text, warnings, skipped = export_k8s(reply.tasks, invocation.image, now)
         notes = [f"cassini: {warning}\n" for warning in warnings]
         notes += [f"cassini: task {task.task_id} is not exported: {why}\n" for task, why in skipped]
         return Outcome(text, "".join(notes), 1 if skipped else 0)

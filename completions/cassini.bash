@@ -22,8 +22,8 @@ _cassini_long()
     # The long option a word names, as getopt reads it: the exact name, else the only
     # one it is a prefix of (nothing when there are none or several).
     local name=${1#--} option found=''
-    for option in catch-up check cron dom edit env export export-k8s help image import \
-        jitter json kill month no-overlap on-failure pause replace resume run start timeout tz version; do
+    for option in catch-up check cron dom edit env export export-k8s export-systemd help \
+        image import jitter json kill month no-overlap on-failure pause replace resume run start timeout tz version; do
         [[ $option == "$name" ]] && { printf '%s' "$option"; return; }
         if [[ $option == "$name"* ]]; then
             [[ -n $found ]] && return
@@ -58,6 +58,7 @@ declare -gA _cassini_options_after=(
     [q]='-h --help -p'
     [export]='-h --help -p'
     [export-k8s]='-h --help -p --image'
+    [export-systemd]='-h --help -p'
     [import]='-h --help -p --replace --check'
     [edit]='-h --help -p'
     [version]='-h --help -p'
@@ -75,7 +76,7 @@ _cassini()
         if [[ -n $pending ]]; then
             # The argument of the previous option. `--import=FILE` reaches us as
             # three words: --import, =, FILE.
-            if [[ $pending == @(import|dom|month|cron|tz|env|run|pause|resume|kill) &&
+            if [[ $pending == @(import|export-systemd|dom|month|cron|tz|env|run|pause|resume|kill) &&
                 $word == = ]] ||
                 [[ $pending == @(timeout|jitter|on-failure|start|image) && $word == = ]]; then
                 ((i++))
@@ -100,9 +101,12 @@ _cassini()
             given+="--$long "
             [[ $word == *=* ]] || pending=$long
         elif [[ $word == --export ]]; then
-            operation=export # its shorter prefixes are also --export-k8s's: ambiguous
-        elif [[ ${#word} -gt 8 && --export-k8s == "$word"* ]]; then
+            operation=export # its shorter prefixes are also the two others': ambiguous
+        elif [[ ${#word} -gt 9 && --export-k8s == "$word"* ]]; then
             operation=export-k8s
+        elif [[ ${#word} -gt 9 && --export-systemd == "${word%%=*}"* ]]; then
+            operation=export-systemd
+            [[ $word == *=* ]] || pending=export-systemd
         elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
             operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
@@ -176,6 +180,12 @@ _cassini()
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return
             ;;
+        export-systemd)
+            [[ $cur == = ]] && cur=''
+            compopt -o filenames 2>/dev/null
+            mapfile -t COMPREPLY < <(compgen -d -- "$cur")
+            return
+            ;;
         [rxoen] | run | pause | resume | kill)
             [[ $cur == = ]] && cur=''
             mapfile -t COMPREPLY < <(compgen -W "$(_cassini_task_ids "${pipes[@]}")" -- "$cur")
@@ -237,7 +247,7 @@ _cassini()
         return
     fi
     local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --export-k8s
-        --image --import --json
+        --export-systemd --image --import --json
         --help --version --dom --month --cron --tz --env --replace --check --edit
         --timeout --jitter --no-overlap --catch-up --on-failure --start
         --run --pause --resume --kill'

@@ -43,7 +43,7 @@ def test_it_finds_the_options_of_the_usage() -> None:
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
     expected += ["--start", "--run", "--pause", "--resume", "--kill"]
-    expected += ["--export-k8s", "--image"]
+    expected += ["--export-k8s", "--image", "--export-systemd"]
     assert sorted(expected) == OPTIONS
 
 
@@ -107,7 +107,7 @@ def bash_complete(
 
 def test_bash_completes_the_options() -> None:
     assert sorted(bash_complete("cassini", "-")) == OPTIONS
-    assert bash_complete("cassini", "--ex") == ["--export", "--export-k8s"]
+    assert bash_complete("cassini", "--ex") == ["--export", "--export-k8s", "--export-systemd"]
     assert bash_complete("cassini", "-l", "--j") == ["--json"]
     assert bash_complete("cassini", "--export-k8s", "--i") == ["--image"]
 
@@ -159,7 +159,7 @@ _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
 _WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
 _WITH_ARGUMENT |= {"--timeout": "5m", "--jitter": "1m", "--on-failure": "x", "--start": "99"}
-_WITH_ARGUMENT |= {"--image": "img"}
+_WITH_ARGUMENT |= {"--image": "img", "--export-systemd": "d"}
 _POLICIES = ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
 _AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env", *_POLICIES]
 AFTER_AN_OPERATION = [
@@ -222,6 +222,7 @@ AFTER_AN_OPERATION = [
     (["-q"], ["-h", "--help", "-p"]),
     (["--export"], ["-h", "--help", "-p"]),
     (["--export-k", "--image", "img"], ["-h", "--help", "-p"]),
+    (["--export-s", "d"], ["-h", "--help", "-p"]),
     (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--import", "f", "--check"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--ed"], ["-h", "--help", "-p"]),
@@ -386,7 +387,11 @@ def test_the_zsh_script_is_found_by_compinit(tmp_path: Path) -> None:
 @needs_zsh
 def test_zsh_completes_the_options(tmp_path: Path) -> None:
     assert sorted(set(zsh_complete("cassini -", tmp_path))) == OPTIONS
-    assert zsh_complete("cassini --ex", tmp_path) == ["--export", "--export-k8s"]
+    assert zsh_complete("cassini --ex", tmp_path) == [
+        "--export",
+        "--export-k8s",
+        "--export-systemd",
+    ]
 
 
 @needs_zsh

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from cassini import k8sexport
-from cassini.k8sexport import FIELDS, MAX_NAME, NO_CATCH_UP_DEADLINE, export_k8s, job_name
+from cassini import exportfields, k8sexport
+from cassini.k8sexport import MAX_NAME, NO_CATCH_UP_DEADLINE, export_k8s, job_name
 from saturnd.protocol import TaskEntry
 from saturnd.task import Extras, Task
 from saturnd.timing import DAYSOFMONTH, DAYSOFWEEK, MONTHS, Timing, parse_field
@@ -35,6 +35,7 @@ kubernetes_validate = pytest.importorskip(
 yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of kubernetes-validate)")
 
 IMAGE = "registry.example/team/tools:1.2"
+NOW = 1796601600  # 2026-12-06 00:00 UTC: the year after it has the changes of 2027
 # The oldest version with a GA spec.timeZone, and the newest the package carries.
 VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
 DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -65,7 +66,7 @@ TASKS = [
 
 
 def _export(tasks: list[TaskEntry]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    text, warnings, skipped = export_k8s(tasks, IMAGE)
+    text, warnings, skipped = export_k8s(tasks, IMAGE, NOW)
     documents = [document for document in yaml.safe_load_all(text.decode()) if document]
     return documents, warnings, [f"{task.task_id}: {why}" for task, why in skipped]
 
@@ -94,13 +95,13 @@ def test_it_writes_manifests_that_kubernetes_validates() -> None:
 
 
 def test_it_separates_the_documents_with_three_dashes() -> None:
-    text, _, _ = export_k8s(TASKS[:3], IMAGE)
+    text, _, _ = export_k8s(TASKS[:3], IMAGE, NOW)
     assert text.decode().count("\n---\n") == 2
     assert text.startswith(b"apiVersion: batch/v1\n")
 
 
 def test_it_writes_nothing_for_no_task() -> None:
-    assert export_k8s([], IMAGE) == (b"", [], [])
+    assert export_k8s([], IMAGE, NOW) == (b"", [], [])
 
 
 def test_it_carries_the_command_and_environment_exactly() -> None:
@@ -150,7 +151,7 @@ def test_it_warns_for_each_field_it_does_not_carry() -> None:
         (TaskEntry(3, Timing.cron("@reboot"), (b"x",)), "reboot: @reboot has no CronJob"),
         (TaskEntry(3, Timing(), (b"\xff",)), "argv: an argument is not UTF-8"),
         (TaskEntry(3, Timing(), (b"x",), Extras(env=((b"A", b"\xff"),))), "env: a variable"),
-        (TaskEntry(3, Timing.cron("0 0 */2 * 1"), (b"x",)), "days_or: Kubernetes cannot say"),
+        (TaskEntry(3, Timing.cron("0 0 */2 * 1", "UTC"), (b"x",)), "days_or: Kubernetes cannot"),
     ],
     ids=["reboot", "argv", "env", "and"],
 )
@@ -165,7 +166,76 @@ def test_it_leaves_out_a_task_no_cronjob_can_run_and_says_why(
 
 def test_it_has_a_row_for_every_field_of_the_task_model() -> None:
     fields = set(Timing._fields) | set(Extras._fields) | set(Task._fields) - {"timing", "extras"}
-    assert set(FIELDS) == fields
+    assert set(exportfields.KUBERNETES) == fields == set(exportfields.FIELDS)
+    assert set(exportfields.KUBERNETES.values()) <= {exportfields.MAPPED, exportfields.WARNED}
+
+
+# The base task says nothing a CronJob cannot: a daily noon task in UTC. Each entry
+# changes one field from it.
+_BASE = Timing.cron("0 12 * * *", "UTC")
+_CHANGED: dict[str, TaskEntry] = {
+    "minutes": TaskEntry(1, Timing.cron("*/7 12 * * *", "UTC"), (b"x",)),
+    "hours": TaskEntry(1, Timing.cron("0 1-5,9 * * *", "UTC"), (b"x",)),
+    "daysofweek": TaskEntry(1, Timing.cron("0 12 * * 1-5", "UTC"), (b"x",)),
+    "daysofmonth": TaskEntry(1, Timing.cron("0 12 1,15 * *", "UTC"), (b"x",)),
+    "months": TaskEntry(1, Timing.cron("0 12 * 2-4 *", "UTC"), (b"x",)),
+    "days_or": TaskEntry(1, Timing.cron("0 12 13 * 5", "UTC"), (b"x",)),
+    "reboot": TaskEntry(1, Timing(reboot=True), (b"x",)),
+    "zone": TaskEntry(1, Timing.cron("30 2 * * *", "Europe/Paris"), (b"x",)),
+    "env": TaskEntry(1, _BASE, (b"x",), Extras(env=((b"A", b"1"),))),
+    "stdin": TaskEntry(1, _BASE, (b"x",), Extras(stdin=b"in\n")),
+    "mailto": TaskEntry(1, _BASE, (b"x",), Extras(mailto=b"me")),
+    "timeout": TaskEntry(1, _BASE, (b"x",), Extras(timeout=90)),
+    "jitter": TaskEntry(1, _BASE, (b"x",), Extras(jitter=30)),
+    "no_overlap": TaskEntry(1, _BASE, (b"x",), Extras(no_overlap=True)),
+    "catch_up": TaskEntry(1, _BASE, (b"x",), Extras(catch_up=True)),
+    "on_failure": TaskEntry(1, _BASE, (b"x",), Extras(on_failure=b"echo x")),
+    "paused": TaskEntry(1, _BASE, (b"x",), Extras(paused=True)),
+    "argv": TaskEntry(1, _BASE, (b"echo", b"a b", b"%$")),
+}
+
+
+def test_it_warns_for_the_base_task_about_nothing() -> None:
+    documents, warnings, skipped = _export([TaskEntry(1, _BASE, (b"x",))])
+    assert (len(documents), warnings, skipped) == (1, [], [])
+
+
+@pytest.mark.parametrize("field", exportfields.FIELDS)
+def test_it_warns_exactly_for_the_fields_the_table_says(field: str) -> None:
+    assert set(_CHANGED) == set(exportfields.FIELDS)
+    _, warnings, skipped = _export([_CHANGED[field]])
+    named = {line.split(": ")[1] for line in [*warnings, *skipped]}
+    if exportfields.KUBERNETES[field] == exportfields.WARNED:
+        assert named == {field}, (warnings, skipped)
+    else:
+        assert named == set(), (warnings, skipped)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "zone", "warning"),
+    [
+        ("30 2 * * *", "Europe/Paris", "skips its start in the hour skipped on 2027-03-28"),
+        ("* * * * *", "Europe/Paris", "skips its start in the hour skipped on 2027-03-28"),
+        ("30 2 * * *", "America/Chicago", "skips its start in the hour skipped on 2027-03-14"),
+        ("30 1 * * *", "America/Chicago", "starts it twice in the hour repeated on 2027-11-07"),
+        ("30 2 * 10 *", "Europe/Paris", "starts it twice in the hour repeated on 2027-10-31"),
+        ("30 2 * * 1-6", "Europe/Paris", None),  # 03-28 and 10-31 are Sundays
+        ("0 * * * *", "Europe/Paris", "skips its start in the hour skipped on 2027-03-28"),
+        ("0 3 * * *", "Europe/Paris", None),
+        ("30 2 * * *", "Asia/Tokyo", None),
+        ("30 2 * * *", "UTC", None),
+    ],
+)
+def test_it_warns_where_daylight_saving_time_parts_kubernetes_and_saturnd(
+    schedule: str, zone: str, warning: str | None
+) -> None:
+    _, warnings, _ = _export([TaskEntry(1, Timing.cron(schedule, zone), (b"x",))])
+    if warning is None:
+        assert warnings == []
+    else:
+        (line,) = warnings
+        assert line.startswith("task 1: zone: daylight saving time: Kubernetes "), line
+        assert warning in line
 
 
 def test_every_field_of_the_table_tasks_is_set_somewhere() -> None:
