@@ -12,7 +12,7 @@
 # $SATURND_PIPES_DIR, else the default), durations after --timeout and --jitter,
 # day names after -d, month names after --month,
 # the @ names after --cron, time zones after --tz, variable names after --env,
-# directories after -p, files after --import (then --replace and --check), and after -c
+# directories after -p and --export-systemd, files after --import (then --replace and --check), and after -c
 # the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
@@ -22,8 +22,9 @@ _cassini_long()
     # The long option a word names, as getopt reads it: the exact name, else the only
     # one it is a prefix of (nothing when there are none or several).
     local name=${1#--} option found=''
-    for option in catch-up check cron dom edit env export help import jitter json kill \
-        month no-overlap on-failure pause replace resume run start timeout tz version; do
+    for option in catch-up check cron dom edit env export export-systemd help import jitter \
+        json kill month no-overlap on-failure pause replace resume run start timeout tz \
+        version; do
         [[ $option == "$name" ]] && { printf '%s' "$option"; return; }
         if [[ $option == "$name"* ]]; then
             [[ -n $found ]] && return
@@ -57,6 +58,7 @@ declare -gA _cassini_options_after=(
     [kill]='-h --help -p'
     [q]='-h --help -p'
     [export]='-h --help -p'
+    [export-systemd]='-h --help -p'
     [import]='-h --help -p --replace --check'
     [edit]='-h --help -p'
     [version]='-h --help -p'
@@ -74,7 +76,7 @@ _cassini()
         if [[ -n $pending ]]; then
             # The argument of the previous option. `--import=FILE` reaches us as
             # three words: --import, =, FILE.
-            if [[ $pending == @(import|dom|month|cron|tz|env|run|pause|resume|kill) &&
+            if [[ $pending == @(import|export-systemd|dom|month|cron|tz|env|run|pause|resume|kill) &&
                 $word == = ]] ||
                 [[ $pending == @(timeout|jitter|on-failure|start) && $word == = ]]; then
                 ((i++))
@@ -98,8 +100,11 @@ _cassini()
             esac
             given+="--$long "
             [[ $word == *=* ]] || pending=$long
-        elif [[ ${#word} -gt 3 && --export == "$word"* ]]; then
-            operation=export
+        elif [[ $word == --export ]]; then
+            operation=export # exactly: a shorter prefix is also --export-systemd's
+        elif [[ ${#word} -gt 8 && --export-systemd == "${word%%=*}"* ]]; then
+            operation=export-systemd
+            [[ $word == *=* ]] || pending=export-systemd
         elif [[ ${#word} -gt 3 && --edit == "$word"* ]]; then
             operation=edit
         elif [[ ${#word} -gt 2 && --version == "$word"* ]]; then
@@ -162,7 +167,8 @@ _cassini()
         return
     fi
     case $pending in
-        p)
+        p | export-systemd)
+            [[ $cur == = ]] && cur=''
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -d -- "$cur")
             return
@@ -233,7 +239,7 @@ _cassini()
         mapfile -t COMPREPLY < <(compgen -c -- "$cur")
         return
     fi
-    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --import --json
+    local offered='-h -l -v -c -m -H -d -r -x -o -e -n -N -q -p --export --export-systemd --import --json
         --help --version --dom --month --cron --tz --env --replace --check --edit
         --timeout --jitter --no-overlap --catch-up --on-failure --start
         --run --pause --resume --kill'

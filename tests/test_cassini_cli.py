@@ -22,6 +22,7 @@ from cassini.cli import (
     OPTIONS,
     PROTOCOL_OPTIONS,
     USAGE,
+    ExportSystemd,
     Help,
     Import,
     Invocation,
@@ -539,8 +540,9 @@ NEWER = [
         Invocation(ListExRequest(), mode="next", task_id=7, count=7, json=True),
     ),
     (["--export"], Invocation(ListExRequest(), mode="export")),
-    (["--exp", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
-    (["--ex"], Invocation(ListExRequest(), mode="export")),  # a prefix of one long option
+    (["--export", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
+    (["--export-s", "d", "-p", "p"], ExportSystemd("d", "p")),
+    (["--jso"], Invocation(ListExRequest(), json=True)),  # a prefix of one long option
     (["--import", "f.txt"], Import("f.txt")),
     (["--import=-", "-p", "d"], Import("-", "d")),
     (["-p", "d", "--import", "--json"], Import("--json", "d")),
@@ -585,7 +587,8 @@ NEWER_INVALID = [
     (["-n", "1", "x"], "unexpected argument 'x'"),
     (["--x"], "option --x not recognized"),
     (["--list"], "option --list not recognized"),
-    (["--ex", "-m", "1"], "option -m is only valid with -c"),
+    (["--export", "-m", "1"], "option -m is only valid with -c"),
+    (["--ex"], "option --ex not a unique prefix"),  # --export or --export-systemd
 ]
 
 

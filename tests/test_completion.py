@@ -39,7 +39,8 @@ def _env() -> dict[str, str]:
 
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
-    expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
+    expected += ["-q", "-p", "--json", "--export", "--export-systemd", "--import", "--help"]
+    expected += ["--version"]
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
     expected += ["--start", "--run", "--pause", "--resume", "--kill"]
@@ -106,7 +107,8 @@ def bash_complete(
 
 def test_bash_completes_the_options() -> None:
     assert sorted(bash_complete("cassini", "-")) == OPTIONS
-    assert bash_complete("cassini", "--ex") == ["--export"]
+    assert bash_complete("cassini", "--ex") == ["--export", "--export-systemd"]
+    assert bash_complete("cassini", "--export-s") == ["--export-systemd"]
     assert bash_complete("cassini", "-l", "--j") == ["--json"]
 
 
@@ -153,6 +155,7 @@ def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_
 
 # The words of an option and its argument, to check the offered options against cli.py.
 _WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
+_WITH_ARGUMENT |= {"--export-systemd": "d"}
 _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
 _WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
@@ -217,7 +220,8 @@ AFTER_AN_OPERATION = [
     (["-o1"], ["-h", "--help", "-p", "--start"]),
     (["-e", "1"], ["-h", "--help", "-p", "--start"]),
     (["-q"], ["-h", "--help", "-p"]),
-    (["--exp"], ["-h", "--help", "-p"]),
+    (["--export"], ["-h", "--help", "-p"]),
+    (["--export-sys", "d"], ["-h", "--help", "-p"]),
     (["--import", "f"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--import", "f", "--check"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--ed"], ["-h", "--help", "-p"]),
@@ -382,7 +386,7 @@ def test_the_zsh_script_is_found_by_compinit(tmp_path: Path) -> None:
 @needs_zsh
 def test_zsh_completes_the_options(tmp_path: Path) -> None:
     assert sorted(set(zsh_complete("cassini -", tmp_path))) == OPTIONS
-    assert zsh_complete("cassini --ex", tmp_path) == ["--export"]
+    assert zsh_complete("cassini --ex", tmp_path) == ["--export", "--export-systemd"]
 
 
 @needs_zsh
