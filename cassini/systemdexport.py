@@ -255,6 +255,8 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
         service.append(f"OnFailure={stem}-onfailure.service")
     service += ["", "[Service]", "Type=oneshot"]
     service.append("ExecStart=" + " ".join(_exec_words(task.argv)))
+    if b"/" not in task.argv[0] and b"=" in task.argv[0]:
+        warn("argv", "/usr/bin/env takes a program name with a `=` for a variable")
     environment = list(_BASE_ENV)
     for name, value in extras.env:
         problem = _env_problem(name, value)
@@ -265,7 +267,12 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
     service.append("Environment=" + " ".join(_env_quote(n, v) for n, v in environment))
     home = extras.variables().get(b"HOME")
     if home is not None and home.startswith(b"/"):
-        service.append("WorkingDirectory=-" + _escape(_text(home)))
+        # WorkingDirectory= takes the path as written (specifiers aside): no quotes or
+        # escapes to say a backslash, a quote or a control character with.
+        if _escape(_text(home)).replace("%%", "%") == _text(home):
+            service.append("WorkingDirectory=-" + _escape(_text(home)))
+        else:
+            warn("env", "HOME cannot be a WorkingDirectory= of systemd: the home is used")
     service.append("UMask=0022")
     if extras.stdin:
         service.append("StandardInput=data")
@@ -356,6 +363,7 @@ def _readme(enabled: list[str], paused: list[str]) -> str:
         "",
         "Install and start them (each task: a .timer starting its .service):",
         "",
+        "    mkdir -p ~/.config/systemd/user",
         "    cp saturnd-task-* ~/.config/systemd/user/",
         "    systemctl --user daemon-reload",
     ]
