@@ -18,7 +18,10 @@ How each field is said (systemd 252's syntax, checked by `systemd-analyze verify
 - the environment: Environment= SHELL=/bin/sh and PATH=/usr/bin:/bin (saturnd's), then
   the task's variables in order; a task's HOME is its WorkingDirectory= (`-`: a missing
   one is not fatal, as saturnd falls back to `/`); UMask=0022;
-- stdin: StandardInput=data with StandardInputData= (base64, so any byte is exact).
+- stdin: StandardInput=data with StandardInputData= (base64, so any byte is exact);
+- daylight saving: saturnd's rule (saturnd.schedule) and systemd's part in a spring-
+  forward gap and a repeated fall-back hour; `dst_difference` says, from the zone's
+  changes in the year after `now`, whether a task meets either (a `zone` warning).
 
 Rules: pure (tasks in, bytes and strings out); file names and their order are stable, so
 exporting the same tasks twice writes the same files.
