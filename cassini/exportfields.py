@@ -2,10 +2,12 @@
 
 This module owns the table that keeps exporters honest: `FIELDS` is every field a
 `Task` has (Timing's, Extras', then argv), and each exporter's table says for each one
-`MAPPED` (carried over exactly, or as closely as the other scheduler can say it, without
-a warning) or `WARNED` (a task setting it gets a warning line naming the task and the
-field). A test walks `FIELDS` against every table, so a field added to the model and
-forgotten by an exporter fails the tests instead of vanishing silently from exports.
+`MAPPED` (its meaning is carried over; a warning only for a value the other scheduler
+cannot hold at all, such as an environment name systemd refuses) or `WARNED` (some
+values of it mean something else there, or nothing: a task with such a value gets a
+warning line naming the task and the field). A test walks `FIELDS` against every
+table, so a field added to the model and forgotten by an exporter fails the tests
+instead of vanishing silently from exports.
 
 Rules: pure data; one table per exporter, written by that exporter's owner
 (`SYSTEMD`: cassini.systemdexport; `KUBERNETES`: cassini.k8sexport).

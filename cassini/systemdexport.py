@@ -18,7 +18,10 @@ How each field is said (systemd 252's syntax, checked by `systemd-analyze verify
 - the environment: Environment= SHELL=/bin/sh and PATH=/usr/bin:/bin (saturnd's), then
   the task's variables in order; a task's HOME is its WorkingDirectory= (`-`: a missing
   one is not fatal, as saturnd falls back to `/`); UMask=0022;
-- stdin: StandardInput=data with StandardInputData= (base64, so any byte is exact).
+- stdin: StandardInput=data with StandardInputData= (base64, so any byte is exact);
+- daylight saving: saturnd's rule (saturnd.schedule) and systemd's part in a spring-
+  forward gap and a repeated fall-back hour; `dst_difference` says, from the zone's
+  changes in the year after `now`, whether a task meets either (a `zone` warning).
 
 Rules: pure (tasks in, bytes and strings out); file names and their order are stable, so
 exporting the same tasks twice writes the same files.
@@ -255,6 +258,8 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
         service.append(f"OnFailure={stem}-onfailure.service")
     service += ["", "[Service]", "Type=oneshot"]
     service.append("ExecStart=" + " ".join(_exec_words(task.argv)))
+    if b"/" not in task.argv[0] and b"=" in task.argv[0]:
+        warn("argv", "/usr/bin/env takes a program name with a `=` for a variable")
     environment = list(_BASE_ENV)
     for name, value in extras.env:
         problem = _env_problem(name, value)
@@ -265,7 +270,12 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
     service.append("Environment=" + " ".join(_env_quote(n, v) for n, v in environment))
     home = extras.variables().get(b"HOME")
     if home is not None and home.startswith(b"/"):
-        service.append("WorkingDirectory=-" + _escape(_text(home)))
+        # WorkingDirectory= takes the path as written (specifiers aside): no quotes or
+        # escapes to say a backslash, a quote or a control character with.
+        if _escape(_text(home)).replace("%%", "%") == _text(home):
+            service.append("WorkingDirectory=-" + _escape(_text(home)))
+        else:
+            warn("env", "HOME cannot be a WorkingDirectory= of systemd: the home is used")
     service.append("UMask=0022")
     if extras.stdin:
         service.append("StandardInput=data")
@@ -356,6 +366,7 @@ def _readme(enabled: list[str], paused: list[str]) -> str:
         "",
         "Install and start them (each task: a .timer starting its .service):",
         "",
+        "    mkdir -p ~/.config/systemd/user",
         "    cp saturnd-task-* ~/.config/systemd/user/",
         "    systemctl --user daemon-reload",
     ]

@@ -12,8 +12,8 @@
 # $SATURND_PIPES_DIR, else the default), durations after --timeout and --jitter,
 # day names after -d, month names after --month,
 # the @ names after --cron, time zones after --tz, variable names after --env,
-# directories after -p, files after --import (then --replace and --check), and after -c
-# the command and its arguments.
+# directories after -p and --export-systemd, files after --import (then --replace and
+# --check), and after -c the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
@@ -169,7 +169,8 @@ _cassini()
         return
     fi
     case $pending in
-        p)
+        p | export-systemd)
+            [[ $cur == = ]] && cur=''
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -d -- "$cur")
             return
@@ -178,12 +179,6 @@ _cassini()
             [[ $cur == = ]] && cur=''
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
-            return
-            ;;
-        export-systemd)
-            [[ $cur == = ]] && cur=''
-            compopt -o filenames 2>/dev/null
-            mapfile -t COMPREPLY < <(compgen -d -- "$cur")
             return
             ;;
         [rxoen] | run | pause | resume | kill)

@@ -22,6 +22,7 @@ from cassini.cli import (
     OPTIONS,
     PROTOCOL_OPTIONS,
     USAGE,
+    ExportSystemd,
     Help,
     Import,
     Invocation,
@@ -540,11 +541,13 @@ NEWER = [
     ),
     (["--export"], Invocation(ListExRequest(), mode="export")),
     (["--export", "-p", "d"], Invocation(ListExRequest(), "d", mode="export")),
-    # --export-k: a prefix of one long option (--ex, --exp are --export's and its).
+    # --export-k: a prefix of one long option (--ex, --exp, --export- are ambiguous).
     (
         ["--export-k", "--ima", "reg/img:1"],
         Invocation(ListExRequest(), mode="export-k8s", image="reg/img:1"),
     ),
+    (["--export-s", "d", "-p", "p"], ExportSystemd("d", "p")),
+    (["--jso"], Invocation(ListExRequest(), json=True)),  # a prefix of one long option
     (["--import", "f.txt"], Import("f.txt")),
     (["--import=-", "-p", "d"], Import("-", "d")),
     (["-p", "d", "--import", "--json"], Import("--json", "d")),
@@ -590,7 +593,7 @@ NEWER_INVALID = [
     (["--x"], "option --x not recognized"),
     (["--list"], "option --list not recognized"),
     (["--export", "-m", "1"], "option -m is only valid with -c"),
-    (["--ex"], "option --ex not a unique prefix"),
+    (["--ex"], "option --ex not a unique prefix"),  # three --export options
     (["--export-k8s"], "--export-k8s needs --image IMAGE"),
     (["--export-k8s", "--image="], "--export-k8s needs --image IMAGE"),
     (["--export", "--image", "i"], "option --image is only valid with --export-k8s"),

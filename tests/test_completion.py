@@ -39,11 +39,12 @@ def _env() -> dict[str, str]:
 
 def test_it_finds_the_options_of_the_usage() -> None:
     expected = ["-h", "-l", "-v", "-c", "-m", "-H", "-d", "-r", "-x", "-o", "-e", "-n", "-N"]
-    expected += ["-q", "-p", "--json", "--export", "--import", "--help", "--version"]
+    expected += ["-q", "-p", "--json", "--export", "--export-systemd", "--import", "--help"]
+    expected += ["--version"]
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
     expected += ["--start", "--run", "--pause", "--resume", "--kill"]
-    expected += ["--export-k8s", "--image", "--export-systemd"]
+    expected += ["--export-k8s", "--image"]
     assert sorted(expected) == OPTIONS
 
 
@@ -108,6 +109,7 @@ def bash_complete(
 def test_bash_completes_the_options() -> None:
     assert sorted(bash_complete("cassini", "-")) == OPTIONS
     assert bash_complete("cassini", "--ex") == ["--export", "--export-k8s", "--export-systemd"]
+    assert bash_complete("cassini", "--export-s") == ["--export-systemd"]
     assert bash_complete("cassini", "-l", "--j") == ["--json"]
     assert bash_complete("cassini", "--export-k8s", "--i") == ["--image"]
 
@@ -155,6 +157,7 @@ def test_bash_asks_the_daemon_of_saturnd_pipes_dir(make_daemon: MakeDaemon, tmp_
 
 # The words of an option and its argument, to check the offered options against cli.py.
 _WITH_ARGUMENT = {"-m": "1", "-H": "1", "-d": "1", "-p": "d", "-N": "3", "--import": "f"}
+_WITH_ARGUMENT |= {"--export-systemd": "d"}
 _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
 _WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}

@@ -359,3 +359,16 @@ def test_it_says_in_one_line_when_the_directory_cannot_be_written(
     assert result.returncode == 1
     assert result.stderr.decode().count("\n") == 1
     assert result.stderr.startswith(b"cassini: cannot write into ")
+
+
+def test_it_keeps_a_home_it_cannot_write_out_of_working_directory() -> None:
+    task = _entry(5, _BASE_TIMING, (b"/bin/true",), no_overlap=True, env=((b"HOME", b'/a "b"'),))
+    files, warnings = systemdexport.export([task])
+    assert "WorkingDirectory=" not in files["saturnd-task-5.service"].decode()
+    assert [w for w in warnings if w.startswith("task 5: env: HOME")]
+
+
+def test_it_warns_for_a_program_name_env_would_take_for_a_variable() -> None:
+    task = _entry(6, _BASE_TIMING, (b"a=b",), no_overlap=True)
+    _, warnings = systemdexport.export([task])
+    assert _warned_fields(warnings, 6) == {"argv"}
