@@ -17,6 +17,8 @@ Invariants:
 - The YAML is written by hand (cassini takes no YAML library): every string is
   double-quoted with escapes for all but printable characters, so the text reads back
   as exactly the task's characters whatever they are; numbers and booleans are bare.
+  Kubernetes expands `$(NAME)` and turns `$$` into `$` in a command and in variable
+  values: every `$` of those is written doubled, so none is expanded.
 - Pure (the clock comes in as `now`) and standard library only; loaded only by
   `--export-k8s`.
 """
@@ -137,6 +139,12 @@ def _dst_warning(timing: Timing, changes: list[tuple[datetime, timedelta, timede
     return ""
 
 
+def _literal(text: str) -> str:
+    """`text` as Kubernetes reads a command word or variable value without expanding
+    anything: its `$(NAME)` references expand and `$$` means `$`."""
+    return text.replace("$", "$$")
+
+
 def _text(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
@@ -230,13 +238,13 @@ def _manifest(
         '            - name: "task"',
         f"              image: {quote(image)}",
         "              command:",
-        *(f"                - {quote(arg)}" for arg in command),
+        *(f"                - {quote(_literal(arg))}" for arg in command),
     ]
     if env:
         lines.append("              env:")
         for name_text, value_text in env.items():
             lines.append(f"                - name: {quote(name_text)}")
-            lines.append(f"                  value: {quote(value_text)}")
+            lines.append(f"                  value: {quote(_literal(value_text))}")
     return lines
 
 

@@ -62,6 +62,13 @@ TASKS = [
     TaskEntry(5, Timing.cron("@monthly", "Asia/Tokyo"), (b"a b", b"'\"$HOME\\", b"\t\n")),
     TaskEntry(6, Timing.cron("5 4 * * 0,6", "UTC"), (b"caf\xc3\xa9", b"\xe2\x80\xa8\xef\xbb\xbf")),
     TaskEntry(7, Timing.cron("0 6 1-7 * 1", "UTC"), (b"first-monday-or-week",)),
+    # Kubernetes' own expansion: $(NAME) of a defined variable, and $$.
+    TaskEntry(
+        8,
+        Timing(zone="UTC"),
+        (b"sh", b"-c", b"echo $(HOME) $$ $(X) $X $$(X) $"),
+        Extras(env=((b"X", b"1"), (b"Y", b"$(X)$$"))),
+    ),
 ]
 
 
@@ -104,13 +111,31 @@ def test_it_writes_nothing_for_no_task() -> None:
     assert export_k8s([], IMAGE, NOW) == (b"", [], [])
 
 
+def _expand(text: str, env: dict[str, str]) -> str:
+    """What Kubernetes makes of a command word or a variable value: `$$` is `$`, and
+    `$(NAME)` is the value of NAME when the container defines it (else unchanged)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return re.sub(r"\$\$|\$\(([^)]*)\)", one, text)
+
+
 def test_it_carries_the_command_and_environment_exactly() -> None:
     documents, _, _ = _export(TASKS)
     for task, document in zip(TASKS, documents, strict=True):
         container = _container(document)
-        assert [arg.encode() for arg in container["command"]] == list(task.argv)
-        env = {item["name"].encode(): item["value"].encode() for item in container.get("env", [])}
-        assert env == task.extras.variables()
+        env: dict[str, str] = {}
+        for item in container.get("env", []):  # each value sees the earlier ones
+            env[item["name"]] = _expand(item["value"], env)
+        command = [_expand(arg, env) for arg in container["command"]]
+        assert [arg.encode() for arg in command] == list(task.argv)
+        assert {name.encode(): value.encode() for name, value in env.items()} == (
+            task.extras.variables()
+        )
 
 
 def test_it_maps_the_policies() -> None:
