@@ -75,7 +75,9 @@ KUBERNETES: Final[dict[str, str]] = {
     # a daylight-saving change in the coming year (Kubernetes skips a start in the gap
     # and runs a fixed time twice in the repeated hour).
     "zone": WARNED,
-    "env": MAPPED,  # the container's env (a later one wins, as in saturnd)
+    # The container's env (a later one wins, as in saturnd); a name Kubernetes before
+    # 1.34 refuses is warned, one no Kubernetes takes (not printable ASCII) left out.
+    "env": MAPPED,
     "stdin": WARNED,  # a container's command gets no input
     "mailto": WARNED,  # Kubernetes mails nobody (MAILTO="" says the same: not warned)
     "timeout": MAPPED,  # jobTemplate.spec.activeDeadlineSeconds

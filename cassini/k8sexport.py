@@ -139,6 +139,14 @@ def _dst_warning(timing: Timing, changes: list[tuple[datetime, timedelta, timede
     return ""
 
 
+def _old_env_name(name: str) -> bool:
+    """True for a variable name every Kubernetes takes: `[-._a-zA-Z][-._a-zA-Z0-9]*`
+    (1.34 takes any printable ASCII but `=`, KEP-4369)."""
+    if not name or name[0].isdigit():
+        return False
+    return all(char.isascii() and (char.isalnum() or char in "-._") for char in name)
+
+
 def _literal(text: str) -> str:
     """`text` as Kubernetes reads a command word or variable value without expanding
     anything: its `$(NAME)` references expand and `$$` means `$`."""
@@ -186,9 +194,14 @@ def _manifest(
         name_text, value_text = _text(name), _text(value)
         if name_text is None or value_text is None:
             return "env: a variable is not UTF-8, which a Kubernetes string cannot hold"
+        if not all(" " <= char <= "~" for char in name_text):
+            return f"env: Kubernetes refuses the variable name {name_text!r} (not printable ASCII)"
         env[name_text] = value_text  # a later one wins, as for the daemon
 
     prefix = f"task {task.task_id}: "
+    for name_text in env:
+        if not _old_env_name(name_text):
+            warn.append(f"{prefix}env: Kubernetes before 1.34 refuses the name {name_text!r}")
     if not timing.zone:
         warn.append(
             prefix + "zone: none set: the CronJob runs in the controller's zone (often UTC)"

@@ -165,6 +165,12 @@ def test_it_warns_for_each_field_it_does_not_carry() -> None:
         "task 1: jitter: not carried (90s): no random delay",
         "task 1: on_failure: not carried: Kubernetes runs no command on failure",
     ]
+    # A name only Kubernetes 1.34 and later take (KEP-4369).
+    odd = TaskEntry(9, Timing(zone="UTC"), (b"x",), Extras(env=((b"1A", b""), (b"a b", b""))))
+    assert _export([odd])[1] == [
+        "task 9: env: Kubernetes before 1.34 refuses the name '1A'",
+        "task 9: env: Kubernetes before 1.34 refuses the name 'a b'",
+    ]
     # No mail at all (MAILTO="") is what a CronJob does: nothing to say.
     quiet = TaskEntry(9, Timing(zone="UTC"), (b"x",), Extras(mailto=b""))
     assert _export([quiet])[1] == []
@@ -176,9 +182,11 @@ def test_it_warns_for_each_field_it_does_not_carry() -> None:
         (TaskEntry(3, Timing.cron("@reboot"), (b"x",)), "reboot: @reboot has no CronJob"),
         (TaskEntry(3, Timing(), (b"\xff",)), "argv: an argument is not UTF-8"),
         (TaskEntry(3, Timing(), (b"x",), Extras(env=((b"A", b"\xff"),))), "env: a variable"),
+        (TaskEntry(3, Timing(), (b"x",), Extras(env=((b"\xc3\xa9", b"1"),))), "env: Kubernetes"),
+        (TaskEntry(3, Timing(), (b"x",), Extras(env=((b"A\tB", b"1"),))), "env: Kubernetes"),
         (TaskEntry(3, Timing.cron("0 0 */2 * 1", "UTC"), (b"x",)), "days_or: Kubernetes cannot"),
     ],
-    ids=["reboot", "argv", "env", "and"],
+    ids=["reboot", "argv", "env", "env-name", "env-tab", "and"],
 )
 def test_it_leaves_out_a_task_no_cronjob_can_run_and_says_why(
     entry: TaskEntry, reason: str
