@@ -372,3 +372,17 @@ def test_it_warns_for_a_program_name_env_would_take_for_a_variable() -> None:
     task = _entry(6, _BASE_TIMING, (b"a=b",), no_overlap=True)
     _, warnings = systemdexport.export([task])
     assert _warned_fields(warnings, 6) == {"argv"}
+
+
+def test_it_exits_1_when_a_task_is_left_out_and_writes_the_others(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon()
+    kept = daemon.create("-m", "0", "/bin/true")
+    never = daemon.create("--cron", "0 0 31 2 *", "/bin/true")
+    out = tmp_path / "units"
+    result = daemon.cassini("--export-systemd", str(out), check=False)
+    assert result.returncode == 1
+    assert (out / f"saturnd-task-{kept}.timer").exists()
+    assert not (out / f"saturnd-task-{never}.timer").exists()
+    assert f"cassini: warning: task {never}: daysofmonth: " in result.stderr.decode()
