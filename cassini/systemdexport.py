@@ -254,7 +254,7 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
     timer.append("AccuracySec=1s")
     if extras.jitter:
         timer.append(f"RandomizedDelaySec={extras.jitter}s")
-    if extras.catch_up:
+    if extras.catch_up and specs:  # an @reboot start is never missed (saturnd.schedule)
         timer.append("Persistent=true")
     timer += ["", "[Install]", "WantedBy=timers.target", ""]
 

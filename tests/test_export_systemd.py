@@ -494,3 +494,9 @@ def test_it_quotes_words_and_variables_that_systemd_reads_back_unchanged() -> No
         assert words == [b"/bin/sh", b"-c", b'echo "$0" %n $$']
     finally:
         shutil.rmtree(directory)
+
+
+def test_it_makes_only_a_calendar_timer_persistent() -> None:
+    task = _entry(8, Timing(reboot=True), (b"/bin/true",), catch_up=True)
+    files, _ = systemdexport.export([task])
+    assert "Persistent=" not in files["saturnd-task-8.timer"].decode()
