@@ -241,7 +241,12 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
             " or boot with lingering), and at once on `enable --now`",
         )
     elif not specs:
-        warn("minutes", "the task never runs by the clock (an empty set): not exported")
+        timing = task.timing
+        field = next(
+            (name for name in ("minutes", "hours", "months") if not getattr(timing, name)),
+            "daysofmonth",  # days that no month has (31 February)
+        )
+        warn(field, "the task never runs by the clock: not exported")
         return {}, warnings
     timer.extend(f"OnCalendar={spec}" for spec in specs)
     if dst:
@@ -249,7 +254,7 @@ def export_task(task: TaskEntry, dst: str | None = None) -> tuple[dict[str, str]
     timer.append("AccuracySec=1s")
     if extras.jitter:
         timer.append(f"RandomizedDelaySec={extras.jitter}s")
-    if extras.catch_up:
+    if extras.catch_up and specs:  # an @reboot start is never missed (saturnd.schedule)
         timer.append("Persistent=true")
     timer += ["", "[Install]", "WantedBy=timers.target", ""]
 

@@ -372,3 +372,131 @@ def test_it_warns_for_a_program_name_env_would_take_for_a_variable() -> None:
     task = _entry(6, _BASE_TIMING, (b"a=b",), no_overlap=True)
     _, warnings = systemdexport.export([task])
     assert _warned_fields(warnings, 6) == {"argv"}
+
+
+def test_it_exits_1_when_a_task_is_left_out_and_writes_the_others(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = make_daemon()
+    kept = daemon.create("-m", "0", "/bin/true")
+    never = daemon.create("--cron", "0 0 31 2 *", "/bin/true")
+    out = tmp_path / "units"
+    result = daemon.cassini("--export-systemd", str(out), check=False)
+    assert result.returncode == 1
+    assert (out / f"saturnd-task-{kept}.timer").exists()
+    assert not (out / f"saturnd-task-{never}.timer").exists()
+    assert f"cassini: warning: task {never}: daysofmonth: " in result.stderr.decode()
+
+
+_SYSTEMD = "/lib/systemd/systemd"
+_C_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "a": b"\a", "b": b"\b", "f": b"\f", "v": b"\v"}
+
+
+def _dumped_words(line: bytes) -> list[bytes]:
+    """The words of a `Command Line:` of systemd's dump: bare, or double-quoted with
+    backslash escapes (C's, and octal for other bytes)."""
+    words: list[bytes] = []
+    i = 0
+    while i < len(line):
+        if line[i : i + 1] == b" ":
+            i += 1
+            continue
+        word = bytearray()
+        if line[i : i + 1] == b'"':
+            i += 1
+            while line[i : i + 1] != b'"':
+                if line[i : i + 1] == b"\\":
+                    following = line[i + 1 : i + 2].decode()
+                    if following.isdigit():
+                        word.append(int(line[i + 1 : i + 4], 8))
+                        i += 4
+                        continue
+                    word += _C_ESCAPES.get(following, following.encode())
+                    i += 2
+                    continue
+                word += line[i : i + 1]
+                i += 1
+            i += 1
+        else:
+            while i < len(line) and line[i : i + 1] != b" ":
+                word += line[i : i + 1]
+                i += 1
+        words.append(bytes(word))
+    return words
+
+
+def _unit_dump(directory: Path, unit: str) -> list[bytes]:
+    """The lines of `systemd --test --user`'s dump for `unit` loaded from `directory`,
+    as an ordinary user (as root, the user manager's test mode refuses to run)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(directory),
+        "XDG_RUNTIME_DIR": str(directory / "runtime"),
+        "SYSTEMD_UNIT_PATH": f"{directory}:",
+    }
+    (directory / "runtime").mkdir(mode=0o700, exist_ok=True)
+    ids: dict[str, object] = {}
+    if os.getuid() == 0:
+        for path in [directory, *directory.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        ids = {"user": 65534, "group": 65534, "extra_groups": []}
+    result = subprocess.run(
+        [_SYSTEMD, "--test", "--user", f"--unit={unit}", "--no-pager"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        **ids,  # type: ignore[arg-type]
+    )
+    lines = result.stdout.split(b"\n")
+    marker = f"-> Unit {unit}:".encode()
+    starts = [n for n, line in enumerate(lines) if line.strip() == marker]
+    if result.returncode != 0 or not starts:
+        pytest.skip(f"systemd --test --user does not dump units here ({result.returncode})")
+    section = lines[starts[0] + 1 :]
+    ends = [n for n, line in enumerate(section) if line.strip().startswith(b"-> Unit ")]
+    return [line.strip() for line in section[: ends[0] if ends else None]]
+
+
+@pytest.mark.skipif(
+    not os.access(_SYSTEMD, os.X_OK), reason=f"no {_SYSTEMD} (apt-get install systemd)"
+)
+def test_it_quotes_words_and_variables_that_systemd_reads_back_unchanged() -> None:
+    import tempfile
+
+    argv = (
+        b"sh",
+        b"-c",
+        b'echo "$HOME" 100% \\ `x`\n\xff $$y ${z} %h',
+        b"-",
+        b"a b",
+        b"",
+        b"\x01\t\x7f",
+        b"caf\xc3\xa9",
+        b"'single'",
+    )
+    value = b'x "y" $z %h\\q'
+    task = _entry(1, _BASE_TIMING, argv, env=((b"V", value),), on_failure=b'echo "$0" %n $$')
+    files, _ = systemdexport.export([task])
+    # Under /tmp itself: an ordinary user must read it when the test runs as root.
+    directory = Path(tempfile.mkdtemp(dir="/tmp", prefix="saturnd-test-units-"))
+    try:
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        dump = _unit_dump(directory, "saturnd-task-1.service")
+        command = next(line for line in dump if line.startswith(b"Command Line: "))
+        # systemd keeps `$$` until it starts the command, then makes it `$`.
+        words = [w.replace(b"$$", b"$") for w in _dumped_words(command[len(b"Command Line: ") :])]
+        assert words == [b"/usr/bin/env", *argv]
+        assert b"Environment: V=" + value in dump
+        failure = _unit_dump(directory, "saturnd-task-1-onfailure.service")
+        command = next(line for line in failure if line.startswith(b"Command Line: "))
+        words = [w.replace(b"$$", b"$") for w in _dumped_words(command[len(b"Command Line: ") :])]
+        assert words == [b"/bin/sh", b"-c", b'echo "$0" %n $$']
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_it_makes_only_a_calendar_timer_persistent() -> None:
+    task = _entry(8, Timing(reboot=True), (b"/bin/true",), catch_up=True)
+    files, _ = systemdexport.export([task])
+    assert "Persistent=" not in files["saturnd-task-8.timer"].decode()
