@@ -124,7 +124,7 @@ class Sshd:
             "  StrictHostKeyChecking no\n"
             "  UserKnownHostsFile /dev/null\n"
             "  LogLevel ERROR\n"
-            f"  SetEnv SATURND_PIPES_DIR={pipes}\n"
+            f"  SetEnv SATURND_PIPES_DIR={pipes} TZ=UTC\n"
         )
 
     def _listens(self) -> bool:
