@@ -111,22 +111,27 @@ def _queries(task_id: int) -> list[list[str]]:
 
 def test_it_gives_one_hosts_output_exactly(hosts: Hosts) -> None:
     for args in _queries(hosts.task["alpha"]):
-        local = _local(hosts, "alpha", *args)
+        # -l -v -v and -n count from the real clock: a minute may turn between two calls.
+        before = _local(hosts, "alpha", *args)
         through = hosts.cassini("--host", "alpha", *args)
+        after = _local(hosts, "alpha", *args)
+        local = before if through.stdout == before.stdout else after
         assert through.stdout == local.stdout, args
         assert through.stderr == local.stderr, args
         assert through.returncode == local.returncode, args
 
 
 def test_it_prefixes_each_line_with_its_host(hosts: Hosts) -> None:
+    def expected(args: list[str]) -> bytes:
+        names = ("alpha", "beta")
+        return b"".join(remote.prefixed(name, _local(hosts, name, *args).stdout) for name in names)
+
     for args in _queries(hosts.task["alpha"]):
         if "--json" in args:
             continue
+        before = expected(args)
         through = hosts.cassini("--host", "alpha", *args, "--host", "beta")
-        expected_out = b"".join(
-            remote.prefixed(name, _local(hosts, name, *args).stdout) for name in ("alpha", "beta")
-        )
-        assert through.stdout == expected_out, args
+        assert through.stdout in (before, expected(args)), args
         failed = _local(hosts, "alpha", *args).returncode != 0
         assert through.returncode == (1 if failed else 0), args
         for name in ("alpha", "beta"):
@@ -142,12 +147,14 @@ def test_it_prefixes_each_line_with_its_host(hosts: Hosts) -> None:
 def test_it_keys_json_by_host(hosts: Hosts) -> None:
     task = str(hosts.task["alpha"])
     for args in (["-l", "--json"], ["-x", task, "--json"], ["-n", task, "--json"]):
+        before = {name: json.loads(_local(hosts, name, *args).stdout) for name in ("alpha", "beta")}
         through = hosts.cassini("--host", "alpha", "--host", "beta", *args)
         assert through.returncode == 0, through.stderr
         document = json.loads(through.stdout)
         assert list(document) == ["alpha", "beta"]
         for name in ("alpha", "beta"):
-            assert document[name] == json.loads(_local(hosts, name, *args).stdout), args
+            after = json.loads(_local(hosts, name, *args).stdout)  # -n: a minute may turn
+            assert document[name] in (before[name], after), args
 
 
 def test_it_names_an_unreachable_host(hosts: Hosts) -> None:
