@@ -270,6 +270,8 @@ def add_unit_and_commands(parser: argparse.ArgumentParser) -> None:
     )
     status = commands.add_parser(
         "status",
+        # Written out: argparse would wrap it, and a usage error shows one usage line.
+        usage="saturnd status [-h] [-p PIPES_DIR] [-s STATE_DIR] [--json] [--host DEST]...",
         help="show whether a daemon runs for the state directory, and how it is doing",
         description="Show whether a saturnd runs for the state directory: its pid, "
         "uptime, memory and CPU, the number of tasks, the runs in progress, its "
