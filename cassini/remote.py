@@ -323,10 +323,13 @@ def _one(
     host: str, argv: list[str], program: str, stdin: bytes | None, write_err: Callable[[str], None]
 ) -> int:
     """One host: ssh with our own stdout and stderr, so the output is the remote's bytes."""
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     try:
         if stdin is None:
-            proc = subprocess.run(argv, check=False)
+            # Not our stdin: ssh would read it away (`while read host; do cassini --host
+            # "$host"; done <hosts` would stop after the first host).
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
         else:
             proc = subprocess.run(argv, input=stdin, check=False)
     except OSError as error:

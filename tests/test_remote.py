@@ -96,6 +96,7 @@ def _queries(task_id: int) -> list[list[str]]:
     return [
         ["-l"],
         ["-l", "--json"],
+        ["-l", "-v"],
         ["-l", "-v", "-v"],
         ["-x", task],
         ["-x", task, "--json"],
@@ -155,6 +156,23 @@ def test_it_keys_json_by_host(hosts: Hosts) -> None:
         for name in ("alpha", "beta"):
             after = json.loads(_local(hosts, name, *args).stdout)  # -n: a minute may turn
             assert document[name] in (before[name], after), args
+
+
+def test_it_passes_p_on_and_leaves_our_stdin_alone(hosts: Hosts) -> None:
+    # -p goes to the remote cassini, where it wins over SATURND_PIPES_DIR.
+    pipes = str(hosts.daemons["beta"].pipes)
+    through = hosts.cassini("--host", "empty", "-p", pipes, "-l")
+    assert (through.returncode, through.stdout) == (0, _local(hosts, "beta", "-l").stdout)
+    # One host after another in a loop reading host names: ssh must not eat them.
+    loop = subprocess.run(
+        ["/bin/sh", "-c", f'while read -r h; do "{CASSINI}" --host "$h" -l; done'],
+        input=b"alpha\nbeta\n",
+        env=hosts.env(),
+        capture_output=True,
+        timeout=60,
+    )
+    expected = _local(hosts, "alpha", "-l").stdout + _local(hosts, "beta", "-l").stdout
+    assert loop.stdout == expected
 
 
 def test_it_names_an_unreachable_host(hosts: Hosts) -> None:
@@ -275,6 +293,9 @@ def test_it_checks_the_arguments_before_any_connection(hosts: Hosts) -> None:
     dash = hosts.cassini("--host", "-oProxyCommand=true", "-l")
     assert dash.returncode == 1
     assert b"--host needs a destination" in dash.stderr
+    edits = hosts.cassini("--host", "alpha", "--host", "beta", "--edit")
+    assert edits.returncode == 1
+    assert edits.stderr.startswith(b"cassini: --edit takes one --host\n")
     helped = hosts.cassini("--host", "closed", "-h")
     assert helped.returncode == 0
     assert b"--host DEST" in helped.stdout
