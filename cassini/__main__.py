@@ -178,9 +178,67 @@ def _export_systemd(parsed: ExportSystemd) -> int:
     return 0 if len(written) == len(found) else 1
 
 
+def _remote(args: Sequence[str]) -> int | None:
+    """`--host DEST...`: the arguments checked here, then run on each DEST (cassini.remote);
+    None when there is no --host among the options after all."""
+    from cassini import cli, remote
+
+    try:
+        hosts, rest = remote.split_hosts(args, cli.OPTIONS, cli.LONG_OPTIONS)
+        if not hosts:
+            return None
+        parsed = cli.parse_args(rest)
+    except (cli.UsageError, remote.RemoteUsageError) as error:
+        _error(f"cassini: {error}\n{cli.TRY_HELP}\n")
+        return 1
+    if isinstance(parsed, cli.Help):
+        return _write_stdout(cli.USAGE.encode())
+    stdin = None
+    if isinstance(parsed, cli.Import):
+        # The file is read here and the remote reads it on its standard input.
+        name = "<stdin>" if parsed.path == "-" else parsed.path
+        try:
+            stdin = _read_crontab(parsed.path)
+        except OSError as error:
+            _error(f"cassini: cannot read {name}: {error.strerror or error}\n")
+            return 1
+        rest = ["--import", "-"]
+        rest += [] if parsed.pipes_dir is None else ["-p", parsed.pipes_dir]
+        rest += ["--replace"] * parsed.replace + ["--check"] * parsed.check
+    elif isinstance(parsed, cli.Edit):
+        if len(hosts) > 1:
+            _error(f"cassini: --edit takes one --host\n{cli.TRY_HELP}\n")
+            return 1
+        try:
+            return remote.edit(hosts[0], parsed.pipes_dir, _write_stdout, _error)
+        except remote.RemoteUsageError as error:
+            _error(f"cassini: {error}\n")
+            return 1
+    json_output = isinstance(parsed, cli.Invocation) and parsed.json
+    try:
+        return remote.run(
+            hosts,
+            "cassini",
+            rest,
+            json_output=json_output,
+            stdin=stdin,
+            write_out=_write_stdout,
+            write_err=_error,
+        )
+    except remote.RemoteUsageError as error:
+        _error(f"cassini: {error}\n")
+        return 1
+
+
 def _run(args: Sequence[str]) -> int:
     from cassini import cli
 
+    # Only `--ho...` can name --host (`--h` alone is ambiguous with --help): the check
+    # keeps the plain invocations from loading cassini.remote.
+    if any(word.startswith("--ho") for word in args):
+        status = _remote(args)
+        if status is not None:
+            return status
     try:
         parsed = cli.parse_args(args)
     except cli.UsageError as error:

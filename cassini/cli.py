@@ -89,6 +89,7 @@ LONG_OPTIONS = (
     "export-k8s",
     "export-systemd=",
     "help",
+    "host=",
     "image=",
     "import=",
     "jitter=",
@@ -111,7 +112,8 @@ NAME=VALUE, --export, --export-k8s (with --image IMAGE), --export-systemd DIR, -
 (the same as -h), --import FILE, --json, --month MONTHS, --replace, --tz ZONE, --version
 (--check and --replace go with --import); the run policies of -c (--timeout D, --jitter D,
 --no-overlap, --catch-up, --on-failure CMD); acting on a task (--run, --pause, --resume,
---kill ID); -o/-e's --start TIME."""
+--kill ID); -o/-e's --start TIME; --host DEST (run on DEST over ssh: cassini.remote takes
+it out before `parse_args` sees the rest)."""
 TASK_PATH = b"/usr/bin:/bin"
 """The PATH a task gets unless its own environment sets one (cron's, DESIGN.md)."""
 
@@ -139,6 +141,7 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
        cassini [-p PIPES_DIR] --edit
        cassini [-p PIPES_DIR] -q
        cassini [-p PIPES_DIR] --version
+       cassini --host DEST [--host DEST]... [OPTION...]
        cassini -h|--help
 
   -l              list the tasks (the default)
@@ -190,6 +193,8 @@ usage: cassini [-p PIPES_DIR] [-l] [-v [-v]] [--json]
   -p PIPES_DIR    directory of the pipes (default $SATURND_PIPES_DIR if set,
                   else /tmp/USERNAME/saturnd/pipes)
   --version       print cassini's version and the daemon's
+  --host DEST     do it on DEST over ssh ($CASSINI_SSH, else ssh), repeatable:
+                  each line is then prefixed `DEST: ', --json gives one document
   -h, --help      print this help
 """
 

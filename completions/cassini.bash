@@ -13,7 +13,8 @@
 # day names after -d, month names after --month,
 # the @ names after --cron, time zones after --tz, variable names after --env,
 # directories after -p and --export-systemd, files after --import (then --replace and
-# --check), and after -c the command and its arguments.
+# --check), host names after --host (valid with every operation, repeatable), and after
+# -c the command and its arguments.
 # Options are read like cassini reads them (POSIX getopt): they end at the first word
 # that is not an option, which starts the command of -c.
 
@@ -23,7 +24,8 @@ _cassini_long()
     # one it is a prefix of (nothing when there are none or several).
     local name=${1#--} option found=''
     for option in catch-up check cron dom edit env export export-k8s export-systemd help \
-        image import jitter json kill month no-overlap on-failure pause replace resume run start timeout tz version; do
+        host image import jitter json kill month no-overlap on-failure pause replace resume \
+        run start timeout tz version; do
         [[ $option == "$name" ]] && { printf '%s' "$option"; return; }
         if [[ $option == "$name"* ]]; then
             [[ -n $found ]] && return
@@ -43,25 +45,25 @@ _cassini_task_ids()
 # The options that may follow each operation (cassini/cli.py's _MODIFIERS): the others
 # are refused there. No operation yet: any option.
 declare -gA _cassini_options_after=(
-    [l]='-h --help -p -l -v --json'
-    [c]='-h --help -p -c -m -H -d --dom --month --cron --tz --env
+    [l]='-h --help -p --host -l -v --json'
+    [c]='-h --help -p --host -c -m -H -d --dom --month --cron --tz --env
         --timeout --jitter --no-overlap --catch-up --on-failure'
-    [x]='-h --help -p -v --json'
-    [n]='-h --help -p -N --json'
-    [r]='-h --help -p'
-    [o]='-h --help -p --start'
-    [e]='-h --help -p --start'
-    [run]='-h --help -p'
-    [pause]='-h --help -p'
-    [resume]='-h --help -p'
-    [kill]='-h --help -p'
-    [q]='-h --help -p'
-    [export]='-h --help -p'
-    [export-k8s]='-h --help -p --image'
-    [export-systemd]='-h --help -p'
-    [import]='-h --help -p --replace --check'
-    [edit]='-h --help -p'
-    [version]='-h --help -p'
+    [x]='-h --help -p --host -v --json'
+    [n]='-h --help -p --host -N --json'
+    [r]='-h --help -p --host'
+    [o]='-h --help -p --host --start'
+    [e]='-h --help -p --host --start'
+    [run]='-h --help -p --host'
+    [pause]='-h --help -p --host'
+    [resume]='-h --help -p --host'
+    [kill]='-h --help -p --host'
+    [q]='-h --help -p --host'
+    [export]='-h --help -p --host'
+    [import]='-h --help -p --host --replace --check'
+    [edit]='-h --help -p --host'
+    [version]='-h --help -p --host'
+    [export-k8s]='-h --help -p --host --image'
+    [export-systemd]='-h --help -p --host'
 )
 
 _cassini()
@@ -78,7 +80,7 @@ _cassini()
             # three words: --import, =, FILE.
             if [[ $pending == @(import|export-systemd|dom|month|cron|tz|env|run|pause|resume|kill) &&
                 $word == = ]] ||
-                [[ $pending == @(timeout|jitter|on-failure|start|image) && $word == = ]]; then
+                [[ $pending == @(timeout|jitter|on-failure|start|image|host) && $word == = ]]; then
                 ((i++))
                 continue
             fi
@@ -123,6 +125,9 @@ _cassini()
                     [[ $word == *=* ]] || pending=$long
                     ;;
             esac
+        elif [[ $word == --?* && $(_cassini_long "${word%%=*}") == host ]]; then
+            # --host DEST: on another machine over ssh; any operation, any number of times.
+            [[ $word == *=* ]] || pending=host
         elif [[ $word == --* ]]; then
             :
         elif [[ $word == -?* ]]; then
@@ -188,6 +193,11 @@ _cassini()
             compopt -o nosort 2>/dev/null
             return
             ;;
+        host)
+            [[ $cur == = ]] && cur=''
+            mapfile -t COMPREPLY < <(compgen -A hostname -- "$cur")
+            return
+            ;;
         month)
             local done_part=${cur%"${cur##*[,-]}"}
             mapfile -t COMPREPLY < <(compgen -P "$done_part" -W 'jan feb mar apr may jun jul
@@ -245,7 +255,7 @@ _cassini()
         --export-systemd --image --import --json
         --help --version --dom --month --cron --tz --env --replace --check --edit
         --timeout --jitter --no-overlap --catch-up --on-failure --start
-        --run --pause --resume --kill'
+        --run --pause --resume --kill --host'
     [[ -n $operation ]] && offered=${_cassini_options_after[$operation]}
     # --cron says all five fields: none of theirs with it.
     if [[ $given == *" --cron "* ]]; then

@@ -3,7 +3,8 @@
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES]
 [--keep-outputs N] [-h]`
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]`
-`saturnd [-p PIPES_DIR] [-s STATE_DIR] status [-p PIPES_DIR] [-s STATE_DIR] [--json]`
+`saturnd [-p PIPES_DIR] [-s STATE_DIR] status [-p PIPES_DIR] [-s STATE_DIR] [--json]
+[--host DEST]...` (--host: the same asked of each DEST over ssh, by cassini.remote)
 `saturnd [-p PIPES_DIR] [-s STATE_DIR] stop [-p PIPES_DIR] [-s STATE_DIR]`
 `saturnd --version`
 
@@ -61,7 +62,7 @@ def username() -> str:
 USAGE = """saturnd [-p PIPES_DIR] [-s STATE_DIR] [-f] [--clock FILE] [--max-output BYTES]
                [--keep-outputs N]
        saturnd [-p PIPES_DIR] [-s STATE_DIR] --install-unit [--force]
-       saturnd [-p PIPES_DIR] [-s STATE_DIR] status [--json]
+       saturnd [-p PIPES_DIR] [-s STATE_DIR] status [--json] [--host DEST]...
        saturnd [-p PIPES_DIR] [-s STATE_DIR] stop
        saturnd -h | --version"""
 
@@ -269,6 +270,8 @@ def add_unit_and_commands(parser: argparse.ArgumentParser) -> None:
     )
     status = commands.add_parser(
         "status",
+        # Written out: argparse would wrap it, and a usage error shows one usage line.
+        usage="saturnd status [-h] [-p PIPES_DIR] [-s STATE_DIR] [--json] [--host DEST]...",
         help="show whether a daemon runs for the state directory, and how it is doing",
         description="Show whether a saturnd runs for the state directory: its pid, "
         "uptime, memory and CPU, the number of tasks, the runs in progress, its "
@@ -276,6 +279,14 @@ def add_unit_and_commands(parser: argparse.ArgumentParser) -> None:
     )
     _add_directories(status)
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="DEST",
+        help="ask DEST's saturnd over ssh ($CASSINI_SSH, else ssh) instead; repeatable: "
+        "each line is then prefixed 'DEST: ', --json gives one document keyed by DEST",
+    )
     status.set_defaults(command_parser=status)
     stop = commands.add_parser(
         "stop",
@@ -351,10 +362,48 @@ def show_status(args: argparse.Namespace) -> int:
 
     from saturnd import status
 
+    if args.hosts:
+        return _remote_status(args)
     report = status.gather(resolve_paths(args))
     now = time.time()
     _write_out(status.to_json(report, now) if args.json else status.to_text(report, now))
     return status.exit_status(report)
+
+
+def _remote_status(args: argparse.Namespace) -> int:
+    """`status --host DEST...`: `saturnd [-p P] [-s S] status [--json]` run on each DEST
+    (cassini.remote), the directories given here passed on as they were written."""
+    from cassini import remote
+
+    options = []
+    if args.pipes_dir:
+        options += ["-p", args.pipes_dir]
+    if args.state_dir:
+        options += ["-s", args.state_dir]
+    options += ["status"] + ["--json"] * args.json
+
+    def write_err(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def write_out(data: bytes) -> int:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+
+    try:
+        return remote.run(
+            args.hosts,
+            "saturnd",
+            options,
+            json_output=args.json,
+            stdin=None,
+            write_out=write_out,
+            write_err=write_err,
+        )
+    except remote.RemoteUsageError as error:
+        raise StatusError(str(error)) from None
 
 
 def stop_daemon(args: argparse.Namespace) -> int:

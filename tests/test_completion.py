@@ -43,7 +43,7 @@ def test_it_finds_the_options_of_the_usage() -> None:
     expected += ["--version"]
     expected += ["--dom", "--month", "--cron", "--tz", "--env", "--replace", "--check", "--edit"]
     expected += ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
-    expected += ["--start", "--run", "--pause", "--resume", "--kill"]
+    expected += ["--start", "--run", "--pause", "--resume", "--kill", "--host"]
     expected += ["--export-k8s", "--image"]
     assert sorted(expected) == OPTIONS
 
@@ -162,7 +162,7 @@ _WITH_ARGUMENT |= {option: "1" for option in ("-r", "-x", "-o", "-e", "-n")}
 _WITH_ARGUMENT |= {"--dom": "1", "--month": "1", "--cron": "@daily", "--tz": "UTC", "--env": "A=1"}
 _WITH_ARGUMENT |= {option: "1" for option in ("--run", "--pause", "--resume", "--kill")}
 _WITH_ARGUMENT |= {"--timeout": "5m", "--jitter": "1m", "--on-failure": "x", "--start": "99"}
-_WITH_ARGUMENT |= {"--image": "img", "--export-systemd": "d"}
+_WITH_ARGUMENT |= {"--image": "img", "--export-systemd": "d", "--host": "h"}
 _POLICIES = ["--timeout", "--jitter", "--no-overlap", "--catch-up", "--on-failure"]
 _AFTER_C = ["--dom", "--month", "--cron", "--tz", "--env", *_POLICIES]
 AFTER_AN_OPERATION = [
@@ -230,6 +230,8 @@ AFTER_AN_OPERATION = [
     (["--import", "f", "--check"], ["-h", "--help", "-p", "--replace", "--check"]),
     (["--ed"], ["-h", "--help", "-p"]),
 ]
+# --host goes with every operation (cassini.remote takes it out before parsing the rest).
+AFTER_AN_OPERATION = [(before, [*offered, "--host"]) for before, offered in AFTER_AN_OPERATION]
 
 
 @pytest.mark.parametrize(("before", "expected"), AFTER_AN_OPERATION, ids=repr)
@@ -279,7 +281,7 @@ def test_bash_completes_the_values_of_the_new_fields() -> None:
     assert bash_complete("cassini", "-c", "--cron", "=", "@r") == ["@reboot"]
     # `--cr=@daily` reaches the completion as three words, as bash splits at the =.
     offered = bash_complete("cassini", "-c", "--cr", "=", "@daily", "-")
-    assert offered == ["-h", "--help", "-p", "-c", "--tz", "--env", *_POLICIES]
+    assert offered == ["-h", "--help", "-p", "--host", "-c", "--tz", "--env", *_POLICIES]
     assert bash_complete("cassini", "-c", "--dom", "") == []
     assert bash_complete("cassini", "-c", "--timeout", "90") == ["90d", "90h", "90m", "90s"]
     assert bash_complete("cassini", "-c", "--jit", "=", "1h3") == ["1h3m", "1h3s"]
@@ -295,6 +297,15 @@ def test_bash_completes_time_zones() -> None:
     assert bash_complete("cassini", "-c", "--tz", "Europe/Par") == ["Europe/Paris"]
     assert "UTC" in bash_complete("cassini", "-c", "--tz", "U")  # a symbolic link
     assert bash_complete("cassini", "-c", "--tz", "posix") == []  # copies of the others
+
+
+def test_bash_completes_host_names_after_host() -> None:
+    # compgen's host names come from /etc/hosts, which names localhost; `--host=NAME`
+    # reaches the completion as three words, as bash splits at the =.
+    assert "localhost" in bash_complete("cassini", "--host", "localh")
+    assert "localhost" in bash_complete("cassini", "-l", "--host", "=", "localh")
+    # The host taken, the options of the operation follow.
+    assert "--json" in bash_complete("cassini", "--host", "h", "-l", "-")
 
 
 def test_bash_completes_directories_and_files(tmp_path: Path) -> None:
@@ -468,7 +479,7 @@ def test_zsh_offers_only_the_options_valid_after_an_operation(
     line: str, expected: list[str], tmp_path: Path
 ) -> None:
     offered = set(zsh_complete(line, tmp_path)) - {"-"}  # "-": the start of a command of -c
-    assert sorted(offered) == sorted(expected)
+    assert sorted(offered) == sorted([*expected, "--host"])  # --host: with every operation
 
 
 @needs_zsh
