@@ -153,13 +153,20 @@ class FakeDaemon:
     def _open_request(self) -> int:
         return os.open(self.request_path, os.O_RDONLY | os.O_NONBLOCK)
 
+    def _reopen_request(self) -> None:
+        """A fresh read end of the request FIFO, opened before the old one is closed:
+        with no reader for an instant, a client that had just opened the FIFO would get
+        EPIPE on its write (a real daemon keeps its read end open)."""
+        fresh = self._open_request()
+        os.close(self._request_fd)
+        self._request_fd = fresh
+
     def _run(self) -> None:
         try:
             for exchange in self.script:
                 if not self._play(exchange):
                     return
-                os.close(self._request_fd)
-                self._request_fd = self._open_request()
+                self._reopen_request()
             # Script done: keep listening, so a client sending more is noticed.
             while not self._stop.is_set():
                 self._collect_unexpected(self._request_fd, wait=0.02)
@@ -179,8 +186,7 @@ class FakeDaemon:
             return
         self.writers_without_data += 1
         # After a writer has come and gone the FIFO reports end of file for ever: reopen.
-        os.close(fd)
-        self._request_fd = self._open_request()
+        self._reopen_request()
 
     def _read_request(self) -> bytes | None:
         """Bytes of one whole request, or None (recorded as a problem) on time-out."""
@@ -208,8 +214,7 @@ class FakeDaemon:
                     self.problems.append(f"request pipe closed mid-request: {data.hex(' ')}")
                     return None
                 self.writers_without_data += 1
-                os.close(self._request_fd)
-                self._request_fd = self._open_request()
+                self._reopen_request()
                 continue
             data += chunk
         return None
