@@ -1,17 +1,14 @@
 """The byte layout of the state file `cmds` (DESIGN.md, "Files").
 
 This module owns, sans I/O:
-- the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY), where
-  BODY is a whole task exactly as on the wire (`protocol.encode_task`: TIMING-EX,
-  COMMANDLINE, EXTRAS), then zero padding; older files are read too, to be upgraded
-  (`cmdsupgrade.py`): VERSION 1 (BODY = the course's TIMING and COMMANDLINE) and
-  VERSION 2 (EXTRAS without the POLICY that VERSION 3 puts first);
+- the `cmds` header (MAGIC, VERSION, NEXT_ID) and its records (ID, SIZE, BODY): BODY is
+  a whole task as on the wire (`encode_task`), then zero padding; VERSION 1 (the course's
+  TIMING, COMMANDLINE) and 2 (no POLICY) are read too, for `cmdsupgrade.py`;
 - `scan_cmds`: a whole `cmds` file -> its slots, what is valid, and what was wrong;
   lean (for the daemon's index: each live slot's shared Timing, used length and where
   its COMMANDLINE lies, no argv; the file may be a bytearray, scanned in place) or
   full (argv and extras decoded), handed back as a list or one slot at a time;
-- nothing of `times-exitcodes`: that layout is `runsfile.py`'s (its names are
-  re-exported here, where they were first).
+- nothing of `times-exitcodes` (`runsfile.py`'s; its names are re-exported here).
 
 Rules:
 - Pure code: bytes and values in, bytes and values out. `store.py` does the I/O.
@@ -61,6 +58,7 @@ from saturnd.wiretypes import (
     PFLAG_CATCH_UP,
     PFLAG_NO_OVERLAP,
     PFLAG_PAUSED,
+    POLICY,
     POLICY_SIZE,
     encode_extras,
     extras_of,
@@ -113,7 +111,6 @@ _RECORD_HEAD: Final = struct.Struct(">QI")  # ID, SIZE
 _U32: Final = struct.Struct(">I")
 _TIMING: Final = struct.Struct(">QIB")
 _TIMING_EX: Final = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
-_POLICY: Final = struct.Struct(">IIB")  # TIMEOUT, JITTER, PFLAGS (wiretypes.encode_extras)
 
 HEADER_SIZE: Final = _HEADER.size
 """Bytes of the `cmds` header (16)."""
@@ -342,7 +339,7 @@ def _parse_extras(data: bytes | bytearray, pos: int, end: int, version: int) -> 
     if version >= 3:
         if pos + POLICY_SIZE > end:
             raise RecordsError("body ends inside the policy")
-        timeout, jitter, pflags = _POLICY.unpack_from(data, pos)
+        timeout, jitter, pflags = POLICY.unpack_from(data, pos)
         pos += POLICY_SIZE
         if pflags & ~(PFLAG_NO_OVERLAP | PFLAG_CATCH_UP | PFLAG_PAUSED):
             raise RecordsError(f"unknown policy flags {pflags:#x}")

@@ -37,6 +37,7 @@ __all__ = [
     "PFLAG_CATCH_UP",
     "PFLAG_NO_OVERLAP",
     "PFLAG_PAUSED",
+    "POLICY",
     "POLICY_SIZE",
     "MAX_ARGC",
     "MAX_ENV",
@@ -85,7 +86,9 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TIMING = struct.Struct(">QIB")
 _TIMING_EX = struct.Struct(">IHB")  # DAYSOFMONTH, MONTHS, FLAGS after a TIMING
-_POLICY = struct.Struct(">IIB")  # TIMEOUT, JITTER, PFLAGS at the start of EXTRAS
+POLICY: Final = struct.Struct(">IIB")
+"""TIMEOUT, JITTER and PFLAGS: the fixed start of EXTRAS (the store reads it in place)."""
+_POLICY = POLICY
 _RUN_RECORD = struct.Struct(">qqHBBi")
 RUN_RECORD_SIZE: Final = _RUN_RECORD.size
 """Bytes of one `run-record` (24)."""
