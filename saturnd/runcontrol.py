@@ -120,6 +120,12 @@ class ServedStore:
             going = taskdir.runs_in_progress(self.store.task_dir(task_id))
         except OSError:
             going = []
+        if going:
+            # A run's supervisor drops its marker just after recording it: a run both
+            # recorded and marked has ended, and is shown once.
+            first = min(start for start, _ in going)
+            ended = {(run.start, run.pid) for run in done if run.start >= first}
+            going = [run for run in going if run not in ended]
         return done + tuple(
             RunRecord(start, 0, EXITCODE_ABNORMAL, EXITED, 0, pid) for start, pid in going
         )

@@ -3,16 +3,21 @@ the format, a torn tail, the bound on both histories, and which outputs are kept
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
 
-from saturnd import history, taskdir
+from saturnd import history, liveruns, taskdir
+from saturnd.clock import SystemClock
 from saturnd.records import decode_runs, runs_body
+from saturnd.runcontrol import ServedStore
 from saturnd.runrecord import EXITED, KILLED, RunRecord
 from saturnd.spawn import RunSpec, spawn_run
+from saturnd.store import Store
+from saturnd.timing import Timing
 
 START = 1_795_248_000
 
@@ -146,3 +151,36 @@ def test_it_takes_the_number_of_kept_outputs_from_the_daemons_command_line() -> 
     with pytest.raises(SystemExit) as exit_info:
         parse(build_parser(), ["--keep-outputs", "0"])
     assert exit_info.value.code == 2
+
+
+def test_it_shows_a_run_once_between_its_record_and_its_marker_going(tmp_path: Path) -> None:
+    # P5 records a run, then drops its marker: a HISTORY request between the two must
+    # not list the run both ended and in progress.
+    log = logging.getLogger("test.history")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = Store.open(state, log)
+    try:
+        task_id = store.create(Timing.parse("0", "0", "1"), (b"true",))
+        task_dir = store.task_dir(task_id)
+        dir_fd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # Two runs in progress, each marked and locked as its P5 does it.
+            ended = liveruns.create_marker(dir_fd, os.getpid(), 1, START, 4_000_000, 0)
+            going = liveruns.create_marker(dir_fd, os.getpid(), 2, START + 60, 4_000_001, 0)
+            served = ServedStore(store, SystemClock(), log)
+            assert [(run.start, run.end) for run in served.history(task_id)] == [
+                (START, 0),
+                (START + 60, 0),
+            ]
+            history.append_history(dir_fd, RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000))
+            assert served.history(task_id) == (
+                RunRecord(START, START + 1, 0, EXITED, 0, 4_000_000),
+                RunRecord(START + 60, 0, 0xFFFF, EXITED, 0, 4_000_001),
+            )
+            liveruns.drop_marker(dir_fd, ended)
+            liveruns.drop_marker(dir_fd, going)
+        finally:
+            os.close(dir_fd)
+    finally:
+        store.close()

@@ -140,7 +140,8 @@ def test_it_kills_a_run_in_progress_and_records_it_killed(make_daemon: MakeDaemo
     took = time.monotonic() - asked
     assert (run.start, run.outcome, run.exitcode, run.flags) == (T0, KILLED, 0xFFFF, BY_HAND)
     assert took < 5, f"the kill took {took:.1f} s"
-    assert runs_in_progress(task_dir) == []
+    # Its marker goes just after its record.
+    wait_for(lambda: runs_in_progress(task_dir) == [], what="the run's marker to go")
     assert ask(daemon, KillRequest(task_id)) == KillReply(0)
     assert ask(daemon, KillRequest(99)) == NOT_FOUND
     assert ask(daemon, HistoryRequest(99)) == NOT_FOUND

@@ -117,7 +117,11 @@ def test_it_records_a_refused_run_itself_once_space_is_back(
     assert lines(log)[1].endswith(
         f"recorded 1 run of task {TASK_ID} that could not be recorded earlier (from {hhmm(START)})"
     )
-    assert run_files(task_dir) == ["stderr", "stdout", "times-exitcodes"]
+    # The run's marker goes just after its record.
+    wait_for(
+        lambda: run_files(task_dir) == ["stderr", "stdout", "times-exitcodes"],
+        f"only the course's files in {task_dir}",
+    )
     assert taskdir.read_file(task_dir, "stdout") == b"out\n"
     assert taskdir.read_file(task_dir, "stderr") == b"err\n"
 

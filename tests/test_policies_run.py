@@ -293,7 +293,9 @@ def test_it_stops_the_runs_in_progress_on_request(task_dir: Path) -> None:
     assert taskdir.request_stop(task_dir) == 1
     (run,) = records(task_dir, 1)
     assert (run.outcome, run.exitcode, run.pid, run.flags) == (KILLED, 0xFFFF, pid, BY_HAND)
-    assert taskdir.runs_in_progress(task_dir) == [] and taskdir.request_stop(task_dir) == 0
+    # Its marker goes just after its record.
+    wait_for(lambda: taskdir.runs_in_progress(task_dir) == [], "the run's marker to go")
+    assert taskdir.request_stop(task_dir) == 0
     assert gone(pid)
 
 

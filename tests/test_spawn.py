@@ -84,10 +84,18 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLI
         time.sleep(0.003)
 
 
+def markers(directory: Path) -> list[str]:
+    """Markers of runs in progress (liveruns.py): P5 unlinks one after recording it."""
+    return sorted(name for name in os.listdir(directory) if "running." in name)
+
+
 def wait_finished(task_dir: Path, count: int) -> list[tuple[int, int]]:
-    """Wait until `count` runs are recorded and their outputs renamed; the runs."""
+    """Wait until `count` runs are recorded, their outputs renamed and their markers
+    gone (P5 drops a marker just after the record: a run is over only then)."""
     wait_for(
-        lambda: len(read_runs(task_dir)) == count and not temp_files(task_dir),
+        lambda: len(read_runs(task_dir)) == count
+        and not temp_files(task_dir)
+        and not markers(task_dir),
         f"{count} finished runs in {task_dir}",
     )
     return read_runs(task_dir)
