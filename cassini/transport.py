@@ -39,6 +39,7 @@ import fcntl
 import os
 import select
 import stat
+import sys
 import time
 
 from saturnd.decoding import ReplyDecoder
@@ -89,6 +90,9 @@ STOP_TIMEOUT = 15.0
 """Seconds to wait, after TERMINATE's OK, for the daemon to let go of its directory."""
 WAIT_NOTICE = 2.0
 """Seconds of waiting after which a client on a terminal says what it waits for."""
+REOPEN_GRACE = 1.0
+"""Seconds a reply may take to begin after a hang-up that may have been the answer or a
+late writer of the previous reply going (`_receive`): past them, it was the answer."""
 _READ_SIZE = 1 << 16
 _RETRY_FIRST = 0.001
 _RETRY_MAX = 0.02
@@ -441,11 +445,77 @@ def _send(fd: int, path: str, data: bytes, deadline: float) -> None:
         raise TransportError(f"cannot write to {path}: {error.strerror}") from None
 
 
-def _receive(fd: int, path: str, decoder: ReplyDecoder, timeout: float) -> Reply:
-    """Read the reply FIFO until `decoder` has the whole reply."""
+class _ReplyEnd:
+    """Our read end of the reply FIFO, and whether a hang-up on it can only be an answer.
+
+    A read end opened while no writer has the FIFO reports no hang-up until a writer has
+    come and gone: then an empty hang-up is the daemon's "not done" (docs/protocol.md).
+    One opened while a writer has it (the daemon, letting go of the previous client's
+    reply a little late) sees that writer's close as a hang-up too: not an answer.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = self._open()
+        self.early = b""
+        """Reply bytes there from the start (the course's harness writes them early)."""
+        self.clean = False
+        """No writer had the FIFO when this read end was opened."""
+        try:
+            self.early = os.read(self.fd, _READ_SIZE)
+            if not self.early:
+                # No writer now, but one there at the open may have left a hang-up behind.
+                self.reopen()
+        except BlockingIOError:
+            pass  # a writer has it
+        except BaseException as error:
+            os.close(self.fd)
+            if isinstance(error, OSError):
+                raise TransportError(f"cannot read {path}: {error.strerror}") from None
+            raise
+
+    def _open(self) -> int:
+        try:
+            return _open_fifo(self.path, os.O_RDONLY)
+        except OSError as error:
+            raise TransportError(f"cannot open {self.path}: {error.strerror}") from None
+
+    def reopen(self) -> None:
+        """A fresh read end, opened before the old one is closed (so a reply written
+        meanwhile stays in the FIFO), after a read found no writer: clean."""
+        fresh = self._open()
+        os.close(self.fd)
+        self.fd = fresh
+        self.clean = True
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _unread(fd: int) -> int:
+    """Bytes in the FIFO of `fd` that no reader has taken yet (0 if it cannot tell)."""
+    import termios  # only after a late writer's hang-up: not on the usual path
+
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
+
+
+def _receive(end: _ReplyEnd, request_fd: int, decoder: ReplyDecoder, timeout: float) -> Reply:
+    """Read the reply FIFO until `decoder` has the whole reply.
+
+    An empty hang-up on a clean read end (`_ReplyEnd`) is the daemon's "not done". On
+    one that was not, the read end is opened afresh (clean); if our request was already
+    read by then, the first hang-up may have been the answer as well as the late writer
+    going, so a reply must begin within REOPEN_GRACE or that answer is believed.
+    """
+    path = end.path
     deadline = time.monotonic() + timeout
     notice = _Notice("the daemon's reply")
-    received = 0
+    received = len(end.early)
+    decoder.feed(end.early)
+    grace: float | None = None  # set by a hang-up that may have been the answer
     while True:
         try:
             reply = decoder.next_message()
@@ -453,28 +523,36 @@ def _receive(fd: int, path: str, decoder: ReplyDecoder, timeout: float) -> Reply
             raise TransportError(f"malformed reply from daemon: {error}") from None
         if reply is not NEED_DATA:
             return reply  # type: ignore[return-value]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        now = time.monotonic()
+        if received == 0 and grace is not None and now >= grace:
+            raise TransportError(f"the daemon closed {path} without replying")
+        if now >= deadline:
             raise TransportError(f"no complete reply from the daemon within {timeout:g} s")
-        # A reader opened before any writer sees no hang-up until a writer has come and
-        # gone, so this waits until the daemon writes (or the time is up).
-        wait = min(remaining, max(0.05, notice.at - time.monotonic()))
-        readable, _, _ = select.select([fd], [], [], wait)
+        # A clean read end sees no hang-up until a writer has come and gone, so this
+        # waits until the daemon writes (or the time is up).
+        until = deadline if received or grace is None else grace
+        wait = min(until, max(now + 0.05, notice.at)) - now
+        readable, _, _ = select.select([end.fd], [], [], wait)
         if not readable:
             notice.check()
             continue
         try:
-            data = os.read(fd, _READ_SIZE)
+            data = os.read(end.fd, _READ_SIZE)
         except BlockingIOError:
             continue
         except OSError as error:
             raise TransportError(f"cannot read {path}: {error.strerror}") from None
         if not data:
-            if received == 0:
+            if received:
+                raise TransportError(
+                    f"truncated reply from daemon: it closed {path} after {received} bytes"
+                )
+            if end.clean:
                 raise TransportError(f"the daemon closed {path} without replying")
-            raise TransportError(
-                f"truncated reply from daemon: it closed {path} after {received} bytes"
-            )
+            if not _unread(request_fd):
+                grace = min(deadline, time.monotonic() + REOPEN_GRACE)
+            end.reopen()
+            continue
         received += len(data)
         decoder.feed(data)
 
@@ -490,18 +568,18 @@ def _over_fifos(
     decoder = ReplyDecoder(request.opcode)
     data = encode(request)
     lock_fd = _lock(pipes_dir)
-    reply_fd = request_fd = -1
+    reply: _ReplyEnd | None = None
+    request_fd = -1
     try:
-        try:
-            reply_fd = _open_fifo(reply_path, os.O_RDONLY)
-        except OSError as error:
-            raise TransportError(f"cannot open {reply_path}: {error.strerror}") from None
+        reply = _ReplyEnd(reply_path)
         request_fd = _open_request(request_path, open_timeout)
         _send(request_fd, request_path, data, time.monotonic() + reply_timeout)
-        return _receive(reply_fd, reply_path, decoder, reply_timeout)
+        return _receive(reply, request_fd, decoder, reply_timeout)
     finally:
         # The request FIFO is closed only now, after the whole reply (see the rules).
-        for fd in (request_fd, reply_fd, lock_fd):
+        if reply is not None:
+            reply.close()
+        for fd in (request_fd, lock_fd):
             if fd is not None and fd >= 0:
                 os.close(fd)
 

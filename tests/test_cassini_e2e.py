@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -638,8 +639,85 @@ def test_it_serialises_concurrent_clients(pipes: Path) -> None:
         for thread in threads:
             thread.join()
     assert len(fake.requests) == count
-    assert sorted(r.stdout for r in results) == [b"%d\n" % (100 + i) for i in range(count)]
+    assert sorted(r.stdout for r in results) == [b"%d\n" % (100 + i) for i in range(count)], [
+        (r.status, r.stderr) for r in results
+    ]
     assert {r.status for r in results} == {0}
+
+
+class LateWriterDaemon:
+    """A daemon whose writer of the previous reply still holds the reply FIFO when the
+    client opens it, and lets go at a chosen moment of the next exchange: before or
+    after reading the request. Then it answers with `reply` (b"": opened, closed empty)
+    after `delay` seconds."""
+
+    def __init__(self, pipes: Path, *, let_go: str, reply: bytes, delay: float = 0.0):
+        self.pipes, self.let_go, self.reply, self.delay = pipes, let_go, reply, delay
+        # O_RDWR opens a FIFO without waiting for a peer: here it is the late writer.
+        self.late = os.open(pipes / REPLY_PIPE, os.O_RDWR)
+        self.request_fd = os.open(pipes / REQUEST_PIPE, os.O_RDONLY | os.O_NONBLOCK)
+        self.request = b""
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def unread(self) -> int:
+        answer = fcntl.ioctl(self.request_fd, termios.FIONREAD, b"\0" * 4)
+        return int.from_bytes(answer, sys.byteorder)
+
+    def serve(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.unread() == 0 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if self.let_go == "before the request is read":
+            os.close(self.late)
+            time.sleep(0.2)  # the client sees the hang-up with its request still unread
+        self.request = os.read(self.request_fd, 1 << 16)
+        if self.let_go == "after the request is read":
+            os.close(self.late)
+        time.sleep(self.delay)
+        fd = os.open(self.pipes / REPLY_PIPE, os.O_WRONLY | os.O_NONBLOCK)
+        if self.reply:
+            os.write(fd, self.reply)
+        os.close(fd)
+
+    def join(self) -> bytes:
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        os.close(self.request_fd)
+        return self.request
+
+
+@pytest.mark.parametrize("let_go", ["before the request is read", "after the request is read"])
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_a_late_writer_of_the_last_reply_is_not_taken_for_an_answer(
+    pipes: Path, let_go: str, delay: float
+) -> None:
+    # The daemon wrote the last client's reply and was slow to close the FIFO: the next
+    # client, which opened it meanwhile, sees that close as a hang-up. Taken as "not
+    # done", it failed, and its own reply went to the client after it (seen in CI).
+    daemon = LateWriterDaemon(pipes, let_go=let_go, reply=h("4f 4b") + u64(42), delay=delay)
+    result = cassini(pipes, "-c", "x")
+    assert daemon.join() == h("43 52" + FULL_TIMING) + commandline(b"x")
+    assert (result.stdout, result.status) == (b"42\n", 0), result.stderr
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_reply_fifo_closed_empty_is_the_daemons_no(pipes: Path, late: bool) -> None:
+    # The daemon could not store the task: it opens the reply FIFO and closes it empty.
+    if late:
+        daemon = LateWriterDaemon(pipes, let_go="after the request is read", reply=b"")
+        result = cassini(pipes, "-c", "x")
+        daemon.join()
+    else:
+        with FakeDaemon(pipes, [Exchange(b"")]):
+            result = cassini(pipes, "-c", "x")
+    assert (result.stdout, result.status) == (b"", 1)
+    assert (
+        one_line(result.stderr)
+        == f"cassini: the daemon closed {pipes / REPLY_PIPE} without replying"
+    )
+    # Told at once, or after transport.REOPEN_GRACE (1 s) when it cannot tell at once.
+    assert result.seconds < (3 if late else 1)
 
 
 @pytest.mark.parametrize("missing", ["directory", REQUEST_PIPE, REPLY_PIPE])
