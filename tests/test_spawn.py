@@ -93,9 +93,9 @@ def wait_finished(task_dir: Path, count: int) -> list[tuple[int, int]]:
     """Wait until `count` runs are recorded, their outputs renamed and their markers
     gone (P5 drops a marker just after the record: a run is over only then)."""
     wait_for(
-        lambda: len(read_runs(task_dir)) == count
-        and not temp_files(task_dir)
-        and not markers(task_dir),
+        lambda: (
+            len(read_runs(task_dir)) == count and not temp_files(task_dir) and not markers(task_dir)
+        ),
         f"{count} finished runs in {task_dir}",
     )
     return read_runs(task_dir)

@@ -401,6 +401,7 @@ def test_it_records_the_runs_it_missed_once_space_is_back(
     daemon.step_to(NOW + 240)
     wait_for(lambda: len(history()) == seeded + 4, what="the next run")
     assert history()[-4:] == [(moment, 0) for moment in (*missed, NOW + 240)]
+
     # Nothing pending is left: the course's files, the history and the kept outputs.
     def left() -> list[str]:
         return sorted(name for name in os.listdir(task_dir) if not name.startswith("kept."))
