@@ -144,7 +144,14 @@ def create_timing(options: list[tuple[str, str]]) -> Timing:
         for option, field in TIMING_OPTIONS.items():
             value = single_value(options, option)
             fields[field] = "*" if value is None else value
-        return Timing.parse(**fields, zone=zone or "")
+        return Timing.parse(
+            fields["minutes"],
+            fields["hours"],
+            fields["daysofweek"],
+            fields["daysofmonth"],
+            fields["months"],
+            zone or "",
+        )
     except TimingError as error:
         raise UsageError(str(error)) from None
 

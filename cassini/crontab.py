@@ -400,23 +400,30 @@ def _schedule(text: str) -> tuple[str, str]:
     return " ".join(fields), rest.lstrip(_BLANKS)
 
 
-def _task_line(text: str, state: State, context: Context) -> Task:
+def _task_line(text: str, state: State, context: Context) -> tuple[Task, list[str]]:
+    """The task of a line, and notes on what cron makes of text that seems to say more
+    (cronfields.py), or of a line without a command."""
+    from saturnd.cronfields import CronReading
     from saturnd.protocol import MAX_ARGC, MAX_STRING
     from saturnd.task import Extras, Task, check_extras
     from saturnd.timing import Timing, TimingError
 
     schedule, command = _schedule(text)
+    reading = CronReading()
     try:
-        timing = Timing.cron(schedule, state.zone)
+        timing = Timing.cron(schedule, state.zone, read=reading)
     except TimingError as error:
         raise _Refused(str(error)) from None
-    if not command.strip(_BLANKS):
-        raise _Refused(f"{schedule} needs a command after it")
-    if command.startswith("*"):
+    notes = reading.notes
+    if command.startswith("*"):  # cron refuses it too
         raise _Refused("the command starts with '*': one time field too many?")
     command = _without_user(command, context)
     command, stdin = split_percent(command)
-    argv = command_argv(command, state.shell)
+    if not command.strip(_BLANKS):
+        notes.append("no command: cron runs an empty one, which does nothing")
+        argv: tuple[bytes, ...] = (_encode(state.shell), b"-c", _encode(command))
+    else:
+        argv = command_argv(command, state.shell)
     if len(argv) > MAX_ARGC or any(len(arg) > MAX_STRING for arg in argv):
         raise _Refused("the command is longer than saturnd takes")
     env = tuple((_encode(name), _encode(value)) for name, value in state.env.items())
@@ -425,7 +432,7 @@ def _task_line(text: str, state: State, context: Context) -> Task:
     reason = check_extras(extras)
     if reason is not None:
         raise _Refused(reason)
-    return Task(timing, argv, extras)
+    return Task(timing, argv, extras), notes
 
 
 def _without_user(command: str, context: Context) -> str:
@@ -453,7 +460,7 @@ def _apply_setting(name: str, value: str, state: State, context: Context) -> Non
         state.zone = value
     elif name == "MAILTO":
         state.mailto = value
-    elif not name or "\0" in name or "\0" in value:
+    elif "\0" in name or "\0" in value:
         raise _Refused("invalid environment setting")
     else:
         state.env[name] = value
@@ -504,6 +511,9 @@ def parse(
             found = setting(text)
             if found is not None and paused:
                 raise _Refused(f"{PAUSED_PREFIX} is for a task line, not a setting")
+            if found is not None and not found[0]:
+                warnings.append(f"line {number}: a setting without a name changes nothing")
+                continue
             if found is not None:
                 _apply_setting(*found, state, context)
                 mail = found[0] == "MAILTO" and found[1]
@@ -518,7 +528,8 @@ def parse(
                 raise _Refused(
                     f'cron does not read {name}= as a setting: write {name}="" for an empty value'
                 )
-            task = _task_line(text.lstrip(_BLANKS), state, context)
+            task, notes = _task_line(text.lstrip(_BLANKS), state, context)
+            warnings += [f"line {number}: {note}; imported as cron reads it" for note in notes]
             if policies is not None or paused:
                 changes = {} if policies is None else policies[1]
                 task = type(task)(

@@ -114,17 +114,7 @@ def _setting_line(name: str, value: str) -> str:
 
 
 def _unexportable(task: TaskEntry) -> str | None:
-    from saturnd.timing import FULL_DAYSOFWEEK, FULL_HOURS, FULL_MINUTES
-
-    timing = task.timing
-    if not timing.reboot and not (
-        timing.minutes & FULL_MINUTES
-        and timing.hours & FULL_HOURS
-        and timing.daysofweek & FULL_DAYSOFWEEK
-        and timing.daysofmonth
-        and timing.months
-    ):
-        return "it never runs (a timing field has no value)"
+    # A set with no value is written as cron reads one: a range backwards (cronform.py).
     if any(b"\n" in arg for arg in task.argv):
         return "an argument holds a newline, which a crontab line cannot"
     if any(b"\0" in arg for arg in task.argv):

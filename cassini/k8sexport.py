@@ -181,6 +181,11 @@ def _manifest(
         # Kubernetes' parser (robfig/cron v3) ORs the day fields unless one is exactly
         # `*`: a `*/2` that cron reads as a star is a restriction there.
         return "days_or: Kubernetes cannot say a day of month AND a day of week"
+    sets = (timing.minutes, timing.hours, timing.daysofmonth, timing.months, timing.daysofweek)
+    if not all(sets):
+        # An empty set (imported from cron's `5-3`) never runs; its text `1-0` is one
+        # Kubernetes' parser refuses.
+        return "schedule: the task never runs by the clock"
     try:
         schedule = timing.format_cron()
     except ValueError:

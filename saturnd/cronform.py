@@ -6,8 +6,9 @@ only, never names nor `7` for Sunday; and the day fields are written so that cro
 gives back the timing's `days_or`: OR-ed exactly when neither field's text starts with `*`.
 
 Invariant: `Timing.cron(format_cron(t)) == t` (zone aside) for every timing a crontab
-can say; for the others `ValueError` (an empty set; bits out of range; both day sets
-restricted and AND-ed while neither holds its first value, so no `*/N` can start it).
+can say; for the others `ValueError` (bits out of range; both day sets restricted and
+AND-ed while neither holds its first value, so no `*/N` can start it). An empty set is
+a range that goes backwards (`1-0`), which cron reads as no value (cronfields.py).
 
 Pure and standard library only. `timing` imports it on first use, so cassini pays for it
 only when it writes crontab text.
@@ -102,8 +103,10 @@ def format_compact(field: Field, bits: int, *, star: bool = True, need_star: boo
     must start with `*` (one day field of an AND-ed timing whose two day sets are
     restricted). Raises ValueError when no text qualifies.
     """
-    if bits & ~field.full or not bits:
+    if bits & ~field.full or (not bits and need_star):
         raise ValueError(f"no {field.name} text means the set {bits:#x}")
+    if not bits:
+        return f"{field.low + 1}-{field.low}"  # a range backwards: cron reads no value
     if need_star:
         choices = _with_star(field, bits, 1)
         if not choices:

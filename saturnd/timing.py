@@ -33,6 +33,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # `typing.TYPE_CHECKING` would import typing; mypy takes any such name
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
     from typing import ClassVar, Final
 
@@ -50,6 +51,7 @@ __all__ = [
     "Timing",
     "TimingError",
     "format_field",
+    "field_value",
     "parse_field",
 ]
 
@@ -206,7 +208,7 @@ def _number(digits: str) -> int:
     return int(significant or "0") if len(significant) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
-def _value(field: Field, token: str, text: str) -> int:
+def field_value(field: Field, token: str, text: str) -> int:
     """One value of a field: a number in range, or (days of week) a name, short or full;
     7 is Sunday.
 
@@ -273,9 +275,9 @@ def _parse_item(field: Field, item: str, text: str) -> int:
     if first == "*":
         low, high = field.low, field.high
     else:
-        low = _value(field, first, text)
+        low = field_value(field, first, text)
         if last is not None:
-            high = _value(field, last, text)
+            high = field_value(field, last, text)
             if high < low:
                 raise TimingError(field.name, text, f"range {item!r} goes backwards")
         elif step is not None:
@@ -417,25 +419,30 @@ class Timing(Frozen):
         daysofmonth: str = "*",
         months: str = "*",
         zone: str = "",
+        *,
+        read: Callable[[Field, str], int] = parse_field,
     ) -> Timing:
         """Build a timing from crontab fields; raises `TimingError`.
 
         Whether the day fields are OR-ed is read from their text, as cron does: `*/2`
         counts as a star (`0 0 */2 * 1`: odd days that are Mondays), `1-31` does not.
+        `read` reads each field (`cronfields.CronReading` for a crontab's lines).
         """
         return cls(
-            parse_field(MINUTES, minutes),
-            parse_field(HOURS, hours),
-            parse_field(DAYSOFWEEK, daysofweek),
-            parse_field(DAYSOFMONTH, daysofmonth),
-            parse_field(MONTHS, months),
+            read(MINUTES, minutes),
+            read(HOURS, hours),
+            read(DAYSOFWEEK, daysofweek),
+            read(DAYSOFMONTH, daysofmonth),
+            read(MONTHS, months),
             _day_rule_or(daysofmonth, daysofweek),
             False,
             zone,
         )
 
     @classmethod
-    def cron(cls, text: str, zone: str = "") -> Timing:
+    def cron(
+        cls, text: str, zone: str = "", *, read: Callable[[Field, str], int] = parse_field
+    ) -> Timing:
         """A timing from a crontab schedule: five fields `M H DOM MON DOW`, or an `@`
         name (`@daily`, `@reboot`, ...). Raises `TimingError`."""
         words = text.split()
@@ -449,7 +456,7 @@ class Timing(Frozen):
         if len(words) != 5:
             raise TimingError("schedule", text, f"{len(words)} fields, expected 5 or an @name")
         minute, hour, dom, month, dow = words
-        return cls.parse(minute, hour, dow, dom, month, zone)
+        return cls.parse(minute, hour, dow, dom, month, zone, read=read)
 
     def is_valid(self) -> bool:
         """True when no bit outside the fields' ranges is set (PROTOCOL.md)."""
