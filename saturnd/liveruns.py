@@ -5,7 +5,8 @@ This module owns two kinds of entries of `task_<ID>/`:
     running.<P5 pid>.<n>.<START>.<command pid>.<FLAGS>
                        one run in progress (n: its number in P5's batch, FLAGS its
                        runrecord flags); P5 holds an exclusive `flock` on it until the
-                       run is recorded, then unlinks it, then closes it
+                       run is recorded, then unlinks it, then closes it. Command pid 0:
+                       the run waits out its jitter (START is then the scheduled one)
     stop.<P5 pid>.<n>  a request to stop that run (cassini --kill), with SIGUSR1 to P5
 
 Rules:
@@ -32,7 +33,15 @@ from typing import Final
 
 from saturnd.statefile import OPEN_DIR, OPEN_FILE
 
-__all__ = ["LiveRun", "Marker", "create_marker", "live_runs", "stop_group", "want_stop"]
+__all__ = [
+    "LiveRun",
+    "Marker",
+    "create_marker",
+    "live_runs",
+    "rename_marker",
+    "stop_group",
+    "want_stop",
+]
 
 _RUNNING: Final = re.compile(r"running\.([0-9]+)\.([0-9]+)\.(-?[0-9]+)\.([0-9]+)\.([0-9]+)")
 # Slack between the kernel's process start time (in clock ticks) and a file's ctime.
@@ -87,6 +96,16 @@ def create_marker(
             os.unlink(hidden, dir_fd=dir_fd)
         raise
     return Marker(fd, name)
+
+
+def rename_marker(dir_fd: int, marker: Marker, start: int, pid: int) -> Marker:
+    """A waiting run's marker (command pid 0: its jitter not over) once its command has
+    started: the real start and pid, the same locked descriptor. Raises OSError."""
+    p5_pid, number = _p5_and_number(marker.name)
+    flags = int(marker.name.rsplit(".", 1)[1])
+    name = marker_name(p5_pid, number, start, pid, flags)
+    os.rename(marker.name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return Marker(marker.fd, name)
 
 
 def drop_marker(dir_fd: int, marker: Marker) -> None:

@@ -42,7 +42,8 @@ Rules:
   its outcome and end are runpolicy.py's.
 - Policies (man saturnd, "Policies"): a timeout is a SIGTERM to the command's process
   group at its deadline and SIGKILL a grace later (timers in the poll loop, monotonic);
-  a jittered spec waits in a heap, alone; a failed run starts its on-failure command.
+  a jittered spec waits alone, marked as in progress (jitterwait.py); a failed run
+  starts its on-failure command.
 - Stopping: each command has a marker P5 holds locked (liveruns.py); a stop request
   comes with SIGUSR1 (its handler, set before any marker exists, sets a flag).
 - After a run that wrote anything, P5 mails its output (stdout, then stderr, as
@@ -64,7 +65,6 @@ entry to `task_<ID>/`.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import math
 import os
@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Final
 
 from saturnd import history, liveruns, mail, runends, taskdir
+from saturnd.jitterwait import Waiting, WaitingRuns
 from saturnd.launch import Launcher, input_fd, strerror
 from saturnd.p5setup import (
     STOP_ASKED,
@@ -206,8 +207,7 @@ class Supervisor:
         self.started = 0  # runs numbered so far
         self.pending = PendingRuns(self.pid, batch.record, self.log)
         self.began = time.monotonic()
-        # Runs waiting for their jitter: (when, order, spec).
-        self.delayed: list[tuple[float, int, RunSpec]] = []
+        self.delayed = WaitingRuns(self.pid, self.log)  # runs waiting for their jitter
 
     def run(self) -> None:
         """Start every run (as descriptors allow, each after its jitter), then relay,
@@ -225,15 +225,17 @@ class Supervisor:
                     self._log_starts(began)
                 elif jittered(spec.extras.jitter, spec.flags):
                     # Delayed alone: the batch's other runs start on time.
+                    self.started += 1
                     due = began + random.uniform(0, spec.extras.jitter)
-                    heapq.heappush(self.delayed, (due, self.started + len(self.delayed), spec))
+                    self.delayed.add(Waiting(due, self.started, spec))
                 else:
                     self._start(spec)
             now = time.monotonic()
-            while self.delayed and self.delayed[0][0] <= now:
+            while self.delayed and self.delayed.queue[0].due <= now:
                 if not self._room_for_a_run() and (self.running or self.pipes):
                     break
-                self._start(heapq.heappop(self.delayed)[2])
+                waiting = self.delayed.pop()
+                self._start(waiting.spec, waiting)
             if more and not waited and self.log is not None:
                 waited = True
                 self.log.warning(
@@ -271,7 +273,8 @@ class Supervisor:
     def _timers(self, now: float) -> int | None:
         """Send what is due (SIGTERM at a timeout, SIGKILL after the grace); the ms to
         the next timer or jittered start, None if there is none."""
-        soonest = self.delayed[0][0] if self.delayed else math.inf
+        due = self.delayed.next_due()
+        soonest = math.inf if due is None else due
         for run in self.running.values():
             if run.term_at <= now:
                 self._stop(run, TIMED_OUT, now, timeout_grace(run.spec.extras.timeout))
@@ -309,11 +312,12 @@ class Supervisor:
             except OSError:
                 continue  # no request for this run
             self._stop(run, KILLED, now, STOP_GRACE)
+        self.delayed.cancel_requested(int(now - self.began))
 
     def _room_for_a_run(self) -> bool:
         # When nothing is left to wait for, a run is started anyway: if descriptors
         # run out, that run is recorded as not started instead of waiting forever.
-        return self.held + _FDS_PER_RUN <= self.budget
+        return self.held + self.delayed.held + _FDS_PER_RUN <= self.budget
 
     def _log_starts(self, began: float) -> None:
         if self.log is not None and self.started > 1:
@@ -321,21 +325,26 @@ class Supervisor:
 
     # --- starting ------------------------------------------------------------------
 
-    def _start(self, spec: RunSpec) -> None:
-        """Create the run's files and pipes and spawn its command."""
-        self.started += 1
+    def _start(self, spec: RunSpec, waiting: Waiting | None = None) -> None:
+        """Create the run's files and pipes and spawn its command (`waiting`: after its
+        jitter, with the number and marker it has had meanwhile)."""
+        if waiting is None:
+            self.started += 1
+        number = self.started if waiting is None else waiting.number
         logger = self.log
         argv = spec.argv
         if not argv or not argv[0]:
             if logger is not None:
                 logger.error("task %d: empty command line, not run", spec.task_id)
+            if waiting is not None:
+                self.delayed.drop(waiting)
             return
         # Real start: a jittered run starts late; the record says when.
         start = spec.start_time
         if jittered(spec.extras.jitter, spec.flags):
             start += int(time.monotonic() - self.began)
         runends.reap_abandoned(spec.task_id, spec.task_dir, start, self.batch.record, logger)
-        out_name, err_name = taskdir.temporary_names(self.pid, self.started)
+        out_name, err_name = taskdir.temporary_names(self.pid, number)
         dirfd = out = -1
         try:
             dirfd = os.open(spec.task_dir, _DIR_FLAGS)
@@ -354,6 +363,8 @@ class Supervisor:
                     logger.info("task %d: task directory gone, run not started", spec.task_id)
                 else:
                     logger.error("task %d: cannot create output files: %s", spec.task_id, error)
+            if waiting is not None:
+                self.delayed.drop(waiting)
             return
         self.held += 3
         extras = spec.extras
@@ -369,7 +380,7 @@ class Supervisor:
             err_name,
             started=time.monotonic(),
             env=env,
-            number=self.started,
+            number=number,
             start=start,
         )
         write_ends: list[int] = []
@@ -402,10 +413,15 @@ class Supervisor:
             if extras.timeout > 0:
                 run.term_at = run.started + extras.timeout
             try:
-                run.marker = liveruns.create_marker(
-                    dirfd, self.pid, run.number, start, run.pid, spec.flags
-                )
-                self.held += 1
+                if waiting is not None and waiting.marker is not None:
+                    run.marker = waiting.marker  # held since the run was queued
+                    self.held += 1
+                    run.marker = liveruns.rename_marker(dirfd, waiting.marker, start, run.pid)
+                else:
+                    run.marker = liveruns.create_marker(
+                        dirfd, self.pid, run.number, start, run.pid, spec.flags
+                    )
+                    self.held += 1
             except OSError as error:
                 if logger is not None:  # the run goes on, unseen by KILL and status
                     logger.error(
@@ -422,6 +438,9 @@ class Supervisor:
         if len(run.streams) < 2:
             run.streams = [Stream(-1, out, 0), Stream(-1, err, self.batch.max_output)]
         store(run.streams[1], message)
+        if waiting is not None and waiting.marker is not None:
+            run.marker = waiting.marker  # dropped once the run is recorded
+            self.held += 1
         self.unstarted.append(run)
 
     def _enter(self, home: bytes) -> None:

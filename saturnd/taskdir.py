@@ -567,7 +567,8 @@ def reap_abandoned(
                 continue
             liveruns.kill_abandoned(run)
             if (run.start, run.pid) not in done:
-                record(task_dir, run.start, 0xFFFF)
+                if run.pid != 0:  # pid 0: it was waiting for its jitter, and never ran
+                    record(task_dir, run.start, 0xFFFF)
                 history.append_history(
                     dir_fd,
                     RunRecord(run.start, max(now, run.start), 0xFFFF, KILLED, run.flags, run.pid),

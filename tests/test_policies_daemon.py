@@ -15,7 +15,14 @@ import pytest
 
 from cassini.transport import exchange
 from saturnd import taskdir
-from saturnd.protocol import OkReply, PauseRequest, ResumeRequest, RunNowRequest
+from saturnd.protocol import (
+    KillReply,
+    KillRequest,
+    OkReply,
+    PauseRequest,
+    ResumeRequest,
+    RunNowRequest,
+)
 from saturnd.runrecord import BY_HAND, CAUGHT_UP, SKIPPED
 from saturnd.task import Extras, Task
 from saturnd.timing import Timing
@@ -99,6 +106,32 @@ def test_it_skips_overlapping_starts_only_with_no_overlap(
         (NOW + 120, "skipped"),
         (NOW + 180, "skipped"),
     ]
+
+
+def test_a_start_waiting_for_its_jitter_counts_for_no_overlap_and_kill(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # A jitter of 10**6 s: the first start waits (it would start within this test with a
+    # chance of about 1 in 100,000); the next two minutes' starts are skipped for it.
+    daemon = make_daemon()
+    task_id = create_ex(
+        daemon.pipes, Task(EVERY, (b"true",), Extras(jitter=10**6, no_overlap=True))
+    )
+    task_dir = daemon.state / f"task_{task_id}"
+    for moment in daemon.steps(NOW + 60, 3):
+        if moment == NOW + 60:
+            wait_for(lambda: taskdir.runs_in_progress(task_dir), what="the waiting run")
+    wait_for(lambda: len(log_lines(daemon, "skipped")) == 2, what="two skipped starts")
+    assert taskdir.runs_in_progress(task_dir) == [(NOW + 60, 0)]
+    assert exchange(str(daemon.pipes), KillRequest(task_id)) == KillReply(1)
+    wait_for(lambda: len(taskdir.read_history(task_dir)) == 3, what="the cancelled run")
+    runs = taskdir.read_history(task_dir)
+    assert [(run.start, run.outcome_name, run.pid) for run in runs] == [
+        (NOW + 120, "skipped", 0),
+        (NOW + 180, "skipped", 0),
+        (NOW + 60, "killed", 0),
+    ]
+    assert read_runs(task_dir) == []  # no command ran
 
 
 @pytest.mark.parametrize("stop", [10 * 3600, 2 * 86400], ids=["10 hours", "2 days"])

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from saturnd import liveruns, runpolicy, runsupervisor, taskdir
@@ -238,6 +239,55 @@ def test_it_keeps_each_jittered_start_within_its_bound(task_dir: Path) -> None:
     spawn_runs([RunSpec(TASK_ID, task_dir, (b"true",), START, Extras(jitter=1))] * 6)
     runs = records(task_dir, 6)
     assert all(START <= run.start <= START + 1 for run in runs)
+
+
+def test_a_run_waiting_for_its_jitter_is_in_progress_and_starts_under_its_pid(
+    task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen as in progress from the start (pid 0: no command yet), so that --no-overlap
+    # skips the task's next start while it waits (executor.py reads the markers).
+    monkeypatch.setattr(runsupervisor.random, "uniform", lambda low, high: high)
+    spawn_run(RunSpec(TASK_ID, task_dir, (b"sleep", b"30"), START, Extras(jitter=1)))
+    wait_for(lambda: taskdir.runs_in_progress(task_dir), "the waiting run's marker")
+    assert taskdir.runs_in_progress(task_dir) == [(START, 0)]
+    # Once it starts: its real start and its command's pid, under the same marker.
+    wait_for(lambda: taskdir.runs_in_progress(task_dir)[0][1] > 0, "the command")
+    ((start, pid),) = taskdir.runs_in_progress(task_dir)
+    assert start == START + 1 and psutil.Process(pid).cmdline() == ["sleep", "30"]
+    assert taskdir.request_stop(task_dir) == 1
+    (run,) = records(task_dir, 1)
+    assert (run.start, run.outcome, run.pid) == (START + 1, KILLED, pid)
+
+
+def test_a_kill_cancels_a_run_waiting_for_its_jitter(
+    task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runsupervisor.random, "uniform", lambda low, high: high)
+    ran = tmp_path / "ran"
+    spawn(task_dir, f"touch {ran}", Extras(jitter=3600))
+    wait_for(lambda: taskdir.runs_in_progress(task_dir), "the waiting run's marker")
+    (p5,) = {run.p5_pid for run in liveruns.live_runs(task_dir)}
+    assert taskdir.request_stop(task_dir) == 1
+    # Recorded killed in the history only: no command ran, and TX lists runs that ran.
+    (run,) = records(task_dir, 1)
+    assert (run.start, run.exitcode, run.outcome, run.pid) == (START, 0xFFFF, KILLED, 0)
+    assert not (task_dir / "times-exitcodes").exists() and not ran.exists()
+    assert taskdir.runs_in_progress(task_dir) == [] and taskdir.request_stop(task_dir) == 0
+    wait_for(lambda: gone(p5), "the supervising process to end")
+
+
+def test_a_waiting_run_whose_supervisor_was_killed_is_recorded_killed_not_run(
+    task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runsupervisor.random, "uniform", lambda low, high: high)
+    spawn(task_dir, "true", Extras(jitter=3600))
+    wait_for(lambda: taskdir.runs_in_progress(task_dir), "the waiting run's marker")
+    (p5,) = {run.p5_pid for run in liveruns.live_runs(task_dir)}
+    os.kill(p5, signal.SIGKILL)
+    wait_for(lambda: gone(p5), "the supervising process to die")
+    assert taskdir.reap_abandoned(task_dir, START + 60) == 1
+    assert taskdir.read_history(task_dir) == (RunRecord(START, START + 60, 0xFFFF, KILLED),)
+    assert not (task_dir / "times-exitcodes").exists()
 
 
 # --- on failure ---------------------------------------------------------------------
