@@ -191,6 +191,8 @@ def plain_description(timing: Timing) -> str:
     """A timing in plain English, without cron-descriptor: `At 09:00, on Wednesday`."""
     if timing.reboot:
         return _REBOOT_TEXT
+    if not all((timing.daysofmonth, timing.months)):
+        return "Never"  # a set with no value (cron's `5-3`)
     return _plain_clock(timing) + _calendar_text(timing) + _zone_text(timing)
 
 
@@ -287,6 +289,9 @@ class _Describer:
     def _compute(self, timing: Timing) -> str:
         if timing.reboot:
             return _REBOOT_TEXT
+        sets = (timing.minutes, timing.hours, timing.daysofweek, timing.daysofmonth, timing.months)
+        if not all(sets):  # a set with no value (cron's `5-3`): it never runs
+            return plain_description(timing)
         try:
             # The day and month fields as cron reads them (the OR rule included).
             _, _, dom, month, days = timing.format_cron().split(" ")

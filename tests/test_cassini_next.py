@@ -215,6 +215,9 @@ def test_it_describes_timings_without_cron_descriptor(expression: str, text: str
 def test_it_describes_a_timing_that_never_runs() -> None:
     assert output.plain_description(Timing(0, 1, 1)) == "Never"
     assert output.describe(Timing(1, 1, 0)) == "Never"
+    # Imported from cron's ranges backwards (`mon-sun`, `mar-jan`): no value, never.
+    assert output.describe(Timing(1, 1, months=0)) == "Never"
+    assert output.describe(Timing(1, 1, daysofmonth=0)) == "Never"
 
 
 @pytest.mark.parametrize(
