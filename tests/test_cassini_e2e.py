@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+from cassini import transport
+from saturnd.messages import CreateRequest
+from saturnd.timing import Timing
 from tests.conftest import open_fds
 from tests.fake_daemon import REPLY_PIPE, REQUEST_PIPE, Exchange, FakeDaemon, make_pipes
 
@@ -716,8 +719,17 @@ def test_a_reply_fifo_closed_empty_is_the_daemons_no(pipes: Path, late: bool) ->
         one_line(result.stderr)
         == f"cassini: the daemon closed {pipes / REPLY_PIPE} without replying"
     )
-    # Told at once, or after transport.REOPEN_GRACE (1 s) when it cannot tell at once.
-    assert result.seconds < (3 if late else 1)
+    # After transport.REOPEN_GRACE (1 s) when it cannot tell at once.
+    assert result.seconds < 6
+
+
+def test_a_reply_fifo_closed_empty_with_no_late_writer_is_told_at_once(pipes: Path) -> None:
+    # Timed in this process, without a cassini's start-up: no grace is waited.
+    with FakeDaemon(pipes, [Exchange(b"")]):
+        began = time.monotonic()
+        with pytest.raises(transport.TransportError, match="without replying"):
+            transport.exchange(str(pipes), CreateRequest(Timing(), (b"x",)))
+        assert time.monotonic() - began < transport.REOPEN_GRACE / 2
 
 
 @pytest.mark.parametrize("missing", ["directory", REQUEST_PIPE, REPLY_PIPE])
