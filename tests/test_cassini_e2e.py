@@ -529,13 +529,13 @@ def test_it_waits_for_the_lock_in_the_kernels_queue(
 ) -> None:
     # A client that only tried the lock from time to time lost every hand-over to the
     # queued ones and waited until its timeout (it did: 40 s in CI's storm).
-    from cassini import transport
+    from cassini import fifos
 
-    monkeypatch.setattr(transport, "LOCK_TIMEOUT", 5.0)
+    monkeypatch.setattr(fifos, "LOCK_TIMEOUT", 5.0)
     handler = signal.getsignal(signal.SIGALRM)
     with LockHog(pipes) as hog:
         start = time.monotonic()
-        fd = transport._lock(str(pipes))
+        fd = fifos._lock(str(pipes))
         waited = time.monotonic() - start
         turns = hog.turns
         time.sleep(0.2)
@@ -551,9 +551,9 @@ def test_it_waits_for_the_lock_in_the_kernels_queue(
 def test_it_gives_up_on_the_lock_after_its_time(
     pipes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cassini import transport
+    from cassini import fifos
 
-    monkeypatch.setattr(transport, "LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(fifos, "LOCK_TIMEOUT", 0.3)
     handler = signal.getsignal(signal.SIGALRM)
     # A parent may hand cassini a blocked SIGALRM: the timer must still end the wait.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
@@ -566,7 +566,7 @@ def test_it_gives_up_on_the_lock_after_its_time(
             transport.TransportError,
             match=r"cassini\.lock is still locked by another cassini after 0\.3 s$",
         ):
-            transport._lock(str(pipes))
+            fifos._lock(str(pipes))
         assert 0.25 <= time.monotonic() - start < 2
         assert open_fds() == before
         assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == mask | {signal.SIGALRM}
