@@ -6,60 +6,40 @@ each command (launch.py), relay its output, reap it, record the run and publish 
 output. Everything P5 needs comes in one `Batch`, gathered before the forks.
 
 Rules:
-- P5 relays each run's two pipes into `stdout.<P5 pid>.<n>.tmp` and
-  `stderr.<P5 pid>.<n>.tmp` in its task directory (n: the run's number in the batch; one
-  task can run for several minutes in one batch after a clock jump), keeping at most
-  `max_output` bytes of each (1 MiB by default, `saturnd --max-output`) and discarding
-  the rest, so a task that floods its output costs a bounded amount of disk; past the
-  cap the kernel moves the bytes to /dev/null (`splice`), so a flood costs little CPU
-  either. It records a run as soon as its command ends (SIGCHLD on a self-pipe wakes
-  its poll loop; where no wakeup fd can be set, it looks five times a second), after
-  reading what is already buffered in the pipes; a background child that still holds
-  them open then changes nothing that was published, and is not killed by SIGPIPE: P5
-  stays, reading and discarding, until the last writer closes.
-- Descriptors: a running command costs P5 five (task directory, two files, two pipes).
-  P5 raises its own soft RLIMIT_NOFILE to the hard limit, but spawns each command under
-  the daemon's limit, which the command inherits; if a batch needs more descriptors
-  than that, the runs beyond wait for earlier ones to end (one log line).
-- A stream that cannot be stored (disk full, file size limit) is cut where the error
-  happened and the run is still recorded. P5 keeps SIGXFSZ ignored for itself (as Python
-  has it) so a file size limit gives it an error, not death; the command gets the
-  default.
-- A run the disk refuses to record (ENOSPC, EDQUOT, EFBIG, EIO) is not lost: it is
-  kept pending and retried (pendingruns.py), and a later run of the task records the
-  pending ones first.
+- Output: each run's two pipes go into `stdout|stderr.<P5 pid>.<n>.tmp` in its task
+  directory (n: the run's number in the batch), at most `max_output` bytes each (1 MiB,
+  `saturnd --max-output`); past that the kernel splices the rest to /dev/null. A run is
+  recorded as soon as its command ends (SIGCHLD on a self-pipe, else a look five times a
+  second), after what the pipes already hold; a background child still holding them
+  changes nothing published and gets no SIGPIPE: P5 reads and discards until it closes.
+- Descriptors: five per running command. P5 raises its soft RLIMIT_NOFILE to the hard
+  limit but spawns under the daemon's; runs beyond the budget wait (one log line).
+- A stream that cannot be stored is cut where the error happened, and the run is still
+  recorded (P5 ignores SIGXFSZ; the command gets the default). A run the disk refuses
+  to record (ENOSPC, EDQUOT, EFBIG, EIO) is kept pending and retried (pendingruns.py).
 - An exit status is decoded in exactly one place, `proc.decode_status`.
-- A removed task leaves nothing behind: P5 creates, renames and unlinks through a
-  descriptor of the task directory, so it never recreates a removed directory (a
-  deleted one takes no new entries); the recorder opens `times-exitcodes` by path
-  without creating the directory, so FileNotFoundError means "removed meanwhile"
-  (store first renames the directory away): P5 then unlinks the run's temporaries.
+- A removed task leaves nothing behind: P5 works through a descriptor of the task
+  directory (a deleted one takes no new entries), and the recorder's FileNotFoundError
+  means "removed meanwhile": P5 then unlinks the run's temporaries.
 - What a command sees is taskenv.py's: cron's environment plus the task's variables,
-  umask 022 (around each spawn: P5 keeps the daemon's 077), its HOME as
-  working directory (P5 changes directory before a spawn when the HOME differs from
-  the last one; `/` when it cannot), its input (`extras.stdin`, else /dev/null).
-- A run's record: `times-exitcodes`, then `history` and kept outputs (runends.py);
-  its outcome and end are runpolicy.py's.
-- Policies (man saturnd, "Policies"): a timeout is a SIGTERM to the command's process
-  group at its deadline and SIGKILL a grace later (timers in the poll loop, monotonic);
-  a jittered spec waits alone, marked as in progress (jitterwait.py); a failed run
-  starts its on-failure command.
+  umask 022 around each spawn, its HOME as working directory (`/` when it cannot be),
+  its input (`extras.stdin`, else /dev/null).
+- A run's record: `times-exitcodes`, then `history` and kept outputs (runends.py); its
+  outcome and end are runpolicy.py's. Then its output is mailed as cron does (mail.py;
+  unless MAILTO is empty or there is no sendmail, which P5 does not wait for).
+- Policies (man saturnd): a timeout is SIGTERM to the command's process group, SIGKILL
+  a grace later (timers in the poll loop); a jittered spec waits alone, marked as in
+  progress (jitterwait.py); a failed run starts its on-failure command.
 - Stopping: each command has a marker P5 holds locked (liveruns.py); a stop request
   comes with SIGUSR1 (its handler, set before any marker exists, sets a flag).
-- After a run that wrote anything, P5 mails its output (stdout, then stderr, as
-  stored) as cron does (mail.py), unless MAILTO is empty or there is no sendmail; P5
-  does not wait for sendmail (its exit is reaped with the runs', or by init).
 
-Ordering of the history and the outputs. Two runs of one task can end together; the
-`stdout`/`stderr` left visible must be those of the run recorded last. P5 takes
-`flock(LOCK_EX)` on the *task directory's own descriptor* for the span "record, then
-rename both temporaries over stdout and stderr", so these spans of two runs never
-interleave: the run that records last also renames last. The recorder
-(`taskdir.append_run`) takes its own lock on `times-exitcodes`; the directory lock
-(`taskdir.lock_runs`) is a second, separate lock known only to writers of runs, so it
-costs readers nothing; taskdir.py gives the lock order. Alternatives rejected: renaming
-inside the recorder's lock would need a callback in its API; a lock file would add an
-entry to `task_<ID>/`.
+Ordering of the history and the outputs: of two runs of one task ending together, the
+`stdout`/`stderr` left visible are those of the run recorded last. P5 holds
+`flock(LOCK_EX)` on the task directory's own descriptor (`taskdir.lock_runs`) from the
+record to the renames of both temporaries, so these spans never interleave. It is a
+lock of writers only, apart from the recorder's own on `times-exitcodes` (taskdir.py
+gives the order); renaming inside the recorder's lock would need a callback in its API,
+and a lock file an entry in `task_<ID>/`.
 """
 
 from __future__ import annotations
