@@ -101,50 +101,43 @@ class WaitingRuns:
     def cancel_requested(self, elapsed: int) -> None:
         """Cancel each waiting run with a stop request, recorded KILLED (in `history`
         only) ending `elapsed` seconds after its scheduled start."""
-        kept: list[Waiting] = []
-        for waiting in self.queue:
-            if waiting.marker is None or not self._take_request(waiting):
-                kept.append(waiting)
-                continue
-            self.held -= 1
-            spec = waiting.spec
-            marker: liveruns.Marker | None = waiting.marker
-            end = spec.start_time + max(0, elapsed)
-            record = RunRecord(spec.start_time, end, 0xFFFF, KILLED, spec.flags, 0)
+        kept = [waiting for waiting in self.queue if not self._cancel(waiting, elapsed)]
+        if len(kept) != len(self.queue):
+            self.queue = kept
+            heapq.heapify(self.queue)
+
+    def _cancel(self, waiting: Waiting, elapsed: int) -> bool:
+        """Cancel `waiting` if a stop request names it; False when none does."""
+        spec, marker = waiting.spec, waiting.marker
+        if marker is None:
+            return False
+        try:
+            dir_fd = os.open(spec.task_dir, _DIR_FLAGS)
+        except OSError:
+            return False
+        try:
             try:
-                dir_fd = os.open(spec.task_dir, _DIR_FLAGS)
-                try:
-                    taskdir.lock_runs(dir_fd)
-                    history.append_history(dir_fd, record)
-                    liveruns.drop_marker(dir_fd, waiting.marker)
-                    marker = None
-                finally:
-                    os.close(dir_fd)
+                os.stat(liveruns.stop_name(self.p5_pid, waiting.number), dir_fd=dir_fd)
+            except OSError:
+                return False  # no request for this run
+            self.held -= 1
+            end = spec.start_time + max(0, elapsed)
+            try:
+                taskdir.lock_runs(dir_fd)
+                history.append_history(
+                    dir_fd, RunRecord(spec.start_time, end, 0xFFFF, KILLED, spec.flags, 0)
+                )
             except OSError as error:
                 if self.log is not None:
                     self.log.error(
                         "task %d: cannot record a cancelled run: %s", spec.task_id, error
                     )
-            finally:
-                if marker is not None:  # its lock let go: a run abandoned (taskdir.py)
-                    with contextlib.suppress(OSError):
-                        os.close(marker.fd)
-            if self.log is not None:
-                self.log.info("task %d: run waiting for its jitter cancelled (KILL)", spec.task_id)
-        if len(kept) != len(self.queue):
-            self.queue = kept
-            heapq.heapify(self.queue)
-
-    def _take_request(self, waiting: Waiting) -> bool:
-        """Whether a stop request was made for `waiting` (it is consumed)."""
-        try:
-            dir_fd = os.open(waiting.spec.task_dir, _DIR_FLAGS)
-        except OSError:
-            return False
-        try:
-            os.unlink(liveruns.stop_name(self.p5_pid, waiting.number), dir_fd=dir_fd)
-        except OSError:
-            return False
+                os.close(marker.fd)  # its lock let go: recorded later as abandoned
+            else:
+                with contextlib.suppress(OSError):  # it closes the marker in any case
+                    liveruns.drop_marker(dir_fd, marker)  # and removes the request
         finally:
             os.close(dir_fd)
+        if self.log is not None:
+            self.log.info("task %d: run waiting for its jitter cancelled (KILL)", spec.task_id)
         return True
